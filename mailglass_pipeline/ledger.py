@@ -1,0 +1,112 @@
+"""The append-only event ledger (``mailglass_events``).
+
+Events are only ever inserted. Idempotency is the database's job: every
+insert goes through ``ON CONFLICT (idempotency_key) WHERE idempotency_key IS
+NOT NULL DO NOTHING``, whose predicate matches the partial unique index
+exactly (PostgreSQL refuses to infer a partial index otherwise), so a
+webhook delivered twice or two sweeps racing on one orphan store one row.
+
+A batch is one statement (``unnest`` of column arrays): the cost of a write
+does not depend on how many events it carries in round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+#: The Anymail taxonomy, as Mailglass v1.0.0 stores it.
+PROVIDER_EVENT_TYPES = frozenset(
+    {
+        "queued", "sent", "rejected", "failed", "bounced", "deferred", "delivered",
+        "autoresponded", "opened", "clicked", "complained", "unsubscribed", "subscribed", "unknown",
+    }
+)  # fmt: skip
+#: Written by mailglass itself, never by a provider.
+INTERNAL_EVENT_TYPES = frozenset({"dispatched", "suppressed", "reconciled"})
+EVENT_TYPES = PROVIDER_EVENT_TYPES | INTERNAL_EVENT_TYPES
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One row to append. ``id`` defaults to a fresh UUID; ``inserted_at`` to ``now()``."""
+
+    tenant_id: str
+    type: str
+    occurred_at: datetime
+    delivery_id: uuid.UUID | None = None
+    idempotency_key: str | None = None
+    reject_reason: str | None = None
+    normalized_payload: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    trace_id: str | None = None
+    needs_reconciliation: bool = False
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    inserted_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {self.type!r}")
+        if not isinstance(self.tenant_id, str) or not self.tenant_id:
+            raise ValueError("tenant_id must be a non-empty string")
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+
+
+_INSERT = sa.text(
+    """
+    INSERT INTO mailglass_events
+        (id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
+         normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at)
+    SELECT r.id, r.tenant_id, r.delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+           r.normalized_payload, r.metadata, r.trace_id, r.needs_reconciliation,
+           COALESCE(r.inserted_at, now())
+      FROM unnest(
+           CAST(:id AS uuid[]), CAST(:tenant_id AS text[]), CAST(:delivery_id AS uuid[]),
+           CAST(:type AS text[]), CAST(:occurred_at AS timestamptz[]), CAST(:idempotency_key AS text[]),
+           CAST(:reject_reason AS text[]), CAST(:normalized_payload AS jsonb[]), CAST(:metadata AS jsonb[]),
+           CAST(:trace_id AS text[]), CAST(:needs_reconciliation AS boolean[]),
+           CAST(:inserted_at AS timestamptz[])
+      ) AS r(id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
+             normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def to_json(value: Mapping[str, Any]) -> str:
+    """JSON text for a jsonb column; datetimes and UUIDs become strings."""
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def append_events(conn: Connection, events: Sequence[NewEvent]) -> set[uuid.UUID]:
+    """Append ``events`` in one statement; returns the ids actually inserted.
+
+    An event whose idempotency key is already in the ledger (or repeated
+    within ``events``) is skipped, not an error.
+    """
+    if not events:
+        return set()
+    params = {
+        "id": [e.id for e in events],
+        "tenant_id": [e.tenant_id for e in events],
+        "delivery_id": [e.delivery_id for e in events],
+        "type": [e.type for e in events],
+        "occurred_at": [e.occurred_at for e in events],
+        "idempotency_key": [e.idempotency_key for e in events],
+        "reject_reason": [e.reject_reason for e in events],
+        "normalized_payload": [to_json(e.normalized_payload) for e in events],
+        "metadata": [to_json(e.metadata) for e in events],
+        "trace_id": [e.trace_id for e in events],
+        "needs_reconciliation": [e.needs_reconciliation for e in events],
+        "inserted_at": [e.inserted_at for e in events],
+    }
+    return {row[0] for row in conn.execute(_INSERT, params)}

@@ -1,0 +1,156 @@
+"""Delivery projections: what a delivery row says after its events.
+
+Rules (DESIGN.md section 4), applied to a whole batch in one UPDATE:
+
+* ``last_event_type``/``last_event_at`` advance together, only for an event
+  strictly later than ``last_event_at``. Within a batch the latest event
+  wins; on a tie the first in batch order wins, as applying the events one by
+  one would give.
+* ``dispatched_at``, ``delivered_at``, ``bounced_at``, ``complained_at``,
+  ``suppressed_at`` are set once (the earliest such event), only while null.
+* ``terminal`` latches to true and never goes back.
+* each write adds 1 to ``lock_version`` and sets ``updated_at``, so an
+  application using optimistic locking notices.
+
+No lost update: the rows are first locked ``ORDER BY id`` (a fixed order, so
+two sweeps locking overlapping sets cannot deadlock), then the UPDATE reads
+the current row values under that lock. Callers retry the transaction on
+40P01/40001 (``db.run_transaction``).
+
+Announcements go out with ``pg_notify`` inside the same transaction:
+PostgreSQL delivers them only if it commits, which is exactly "announce
+after commit".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+NOTIFY_CHANNEL = "mailglass_delivery_updated"
+
+#: Event types after which a delivery is finished for good.
+TERMINAL_TYPES = ("delivered", "bounced", "complained", "rejected", "failed", "suppressed")
+#: Set-once timestamp column for each event type that has one.
+SET_ONCE_COLUMNS = {
+    "dispatched": "dispatched_at",
+    "delivered": "delivered_at",
+    "bounced": "bounced_at",
+    "complained": "complained_at",
+    "suppressed": "suppressed_at",
+}
+
+
+@dataclass(frozen=True)
+class ProjectedEvent:
+    """An event to fold into a delivery's projection."""
+
+    delivery_id: uuid.UUID
+    type: str
+    occurred_at: datetime
+
+
+_LOCK = sa.text(
+    "SELECT id FROM mailglass_deliveries WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+)
+
+_set_once_aggs = ",\n".join(
+    f"min(occurred_at) FILTER (WHERE type = '{etype}') AS {column}"
+    for etype, column in SET_ONCE_COLUMNS.items()
+)
+_set_once_assignments = ",\n".join(
+    f"{column} = COALESCE(d.{column}, a.{column})" for column in SET_ONCE_COLUMNS.values()
+)
+_terminal_list = ", ".join(f"'{t}'" for t in TERMINAL_TYPES)
+
+_UPDATE = sa.text(
+    f"""
+    WITH ev AS (
+        SELECT * FROM unnest(CAST(:delivery_id AS uuid[]), CAST(:type AS text[]),
+                             CAST(:occurred_at AS timestamptz[]))
+               WITH ORDINALITY AS e(delivery_id, type, occurred_at, ord)
+    ), a AS (
+        SELECT delivery_id,
+               (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+               max(occurred_at) AS latest_at,
+               {_set_once_aggs},
+               bool_or(type IN ({_terminal_list})) AS terminal
+          FROM ev GROUP BY delivery_id
+    )
+    UPDATE mailglass_deliveries d SET
+        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+        last_event_at = GREATEST(d.last_event_at, a.latest_at),
+        {_set_once_assignments},
+        terminal = d.terminal OR a.terminal,
+        lock_version = d.lock_version + 1,
+        updated_at = now()
+      FROM a
+     WHERE d.id = a.delivery_id
+    RETURNING d.id
+    """
+)
+
+
+def apply(conn: Connection, events: Sequence[ProjectedEvent]) -> set[uuid.UUID]:
+    """Fold ``events`` into their deliveries; returns the ids of the deliveries written.
+
+    Two statements whatever the batch size: lock in id order, then update.
+    """
+    if not events:
+        return set()
+    ids = sorted({e.delivery_id for e in events})
+    conn.execute(_LOCK, {"ids": ids})
+    rows = conn.execute(
+        _UPDATE,
+        {
+            "delivery_id": [e.delivery_id for e in events],
+            "type": [e.type for e in events],
+            "occurred_at": [e.occurred_at for e in events],
+        },
+    )
+    return {row[0] for row in rows}
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Payload of one ``mailglass_delivery_updated`` notification."""
+
+    tenant_id: str
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    reconciled_from_event_id: uuid.UUID
+    event_type: str = "reconciled"
+
+
+_NOTIFY = sa.text(
+    """
+    SELECT pg_notify(:channel, json_build_object(
+               'tenant_id', n.tenant_id, 'delivery_id', n.delivery_id, 'event_type', n.event_type,
+               'event_id', n.event_id, 'reconciled_from_event_id', n.from_id)::text)
+      FROM unnest(CAST(:tenant_id AS text[]), CAST(:delivery_id AS uuid[]), CAST(:event_type AS text[]),
+                  CAST(:event_id AS uuid[]), CAST(:from_id AS uuid[]))
+           AS n(tenant_id, delivery_id, event_type, event_id, from_id)
+    """
+)
+
+
+def announce(conn: Connection, announcements: Sequence[Announcement]) -> None:
+    """Queue one notification per announcement; sent by PostgreSQL only on commit."""
+    if not announcements:
+        return
+    conn.execute(
+        _NOTIFY,
+        {
+            "channel": NOTIFY_CHANNEL,
+            "tenant_id": [a.tenant_id for a in announcements],
+            "delivery_id": [a.delivery_id for a in announcements],
+            "event_type": [a.event_type for a in announcements],
+            "event_id": [a.event_id for a in announcements],
+            "from_id": [a.reconciled_from_event_id for a in announcements],
+        },
+    )
