@@ -133,7 +133,9 @@ _MESSAGE_ID_SQL = (
     )
     + ")"
 )
-_EVENT_ID_SQL = f"COALESCE({_text_at('metadata', 'provider_event_id')}, {_text_at('normalized_payload', 'provider_event_id')})"
+_EVENT_ID_SQL = (
+    f"COALESCE({_text_at('metadata', 'provider_event_id')}, {_text_at('normalized_payload', 'provider_event_id')})"
+)
 
 
 def _find_sql(tenant_scoped: bool, lock: bool) -> sa.TextClause:
