@@ -1,0 +1,121 @@
+"""The ``mailglass`` command.
+
+Every subcommand shares one error contract: stdout carries only the result
+(one JSON object where there is one), and any failure, a bad argument or
+an unreachable database, is one line on stderr and a non-zero exit, never a
+traceback. Usage errors exit 2, runtime failures 1. Which database is used
+is said on stderr, with the password masked.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from mailglass_pipeline import db
+from mailglass_pipeline.errors import MailglassError
+
+
+def _say_database(url: str) -> None:
+    click.echo(f"mailglass: database {db.describe_url(url)}", err=True)
+
+
+def _emit(result: dict[str, Any]) -> None:
+    click.echo(json.dumps(result, default=str, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mailglass-pipeline")
+def cli() -> None:
+    """Keep the mailglass delivery ledger correct (reconciler, ingest, Dagster)."""
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the schema (idempotent)."""
+    from mailglass_pipeline import schema
+
+    url = db.resolve_database_url()
+    _say_database(url)
+    before, after = schema.upgrade(url)
+    _emit({"from_revision": before, "to_revision": after, "changed": before != after})
+
+
+@cli.command()
+@click.option("--tenant-id", default=None, help="Sweep one tenant (default: all tenants).")
+@click.option(
+    "--batch-size",
+    "limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most orphans one sweep examines.",
+)
+@click.option("--max-age-minutes", default=10080, show_default=True, type=click.IntRange(min=1))
+@click.option("--grace-seconds", default=60, show_default=True, type=click.IntRange(min=0))
+def reconcile(tenant_id: str | None, limit: int, max_age_minutes: int, grace_seconds: int) -> None:
+    """Run one reconciliation sweep; prints one JSON object."""
+    from mailglass_pipeline import reconciler
+
+    config = reconciler.SweepConfig(limit=limit, max_age_minutes=max_age_minutes, grace_seconds=grace_seconds)
+    tenant_id = reconciler.validate_tenant_id(tenant_id)
+    url = db.resolve_database_url()
+    _say_database(url)
+    _emit(reconciler.sweep(db.get_engine(url), tenant_id, config).as_dict())
+
+
+@cli.command()
+def demo() -> None:
+    """Seed demo tenants with a realistic webhook race (idempotent)."""
+    from mailglass_pipeline import demo as demo_module
+    from mailglass_pipeline import schema
+
+    url = db.resolve_database_url()
+    _say_database(url)
+    schema.upgrade(url)
+    _emit(demo_module.seed(db.get_engine(url)))
+
+
+def _register_optional_commands() -> None:
+    # Commands from other parts of the package register themselves; a part
+    # that fails to import must not take the whole CLI down.
+    try:
+        from mailglass_pipeline.ingest.cli import register as register_ingest
+    except ImportError as exc:  # pragma: no cover - only on a broken install
+        click.echo(f"mailglass: ingest unavailable ({exc})", err=True)
+        return
+    if "ingest" not in cli.commands:
+        register_ingest(cli)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point: one-line errors, meaningful exit codes."""
+    _register_optional_commands()
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="mailglass", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("mailglass: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"mailglass: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (MailglassError, ValueError) as exc:
+        click.echo(f"mailglass: {db.first_line(exc)}", err=True)
+        return 2 if isinstance(exc, ValueError) else 1
+    except sa.exc.DBAPIError as exc:
+        click.echo(f"mailglass: database error: {db.first_line(exc.orig)}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
