@@ -81,6 +81,44 @@ def demo() -> None:
     _emit(demo_module.seed(db.get_engine(url)))
 
 
+@cli.command()
+@click.option("--tenant-id", "tenant_ids", multiple=True, help="Tenant partition to run (default: every tenant).")
+@click.option("--no-demo", is_flag=True, help="Do not seed the demo tenants into an empty database.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
+    """Migrate, seed the demo when empty, and run the Dagster job once per tenant partition."""
+    from mailglass_pipeline import demo as demo_module
+    from mailglass_pipeline import schema
+    from mailglass_pipeline.defs.local_run import materialize_tenants
+
+    url = db.resolve_database_url()
+    _say_database(url)
+    schema.upgrade(url)
+    engine = db.get_engine(url)
+    if not no_demo and demo_module.is_empty(engine):
+        demo_module.seed(engine)
+        click.echo("mailglass: empty database, seeded the demo tenants", err=True)
+    results = materialize_tenants(list(tenant_ids) or None, database_url=url)
+    if as_json:
+        _emit(results)
+        return
+    columns = ("scanned", "linked", "unmatched", "malformed", "remaining_orphans", "stale_orphans")
+    width = max([len("tenant"), *(len(t) for t in results)])
+    click.echo("tenant".ljust(width) + "".join(f"  {c:>17}" for c in columns))
+    for tenant, counts in results.items():
+        click.echo(tenant.ljust(width) + "".join(f"  {counts.get(c, 0):>17}" for c in columns))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
+def dev(host: str, port: int) -> None:
+    """Embedded database if needed, migrations, then the Dagster UI and daemon."""
+    from mailglass_pipeline.defs.dev import run_dev
+
+    raise click.exceptions.Exit(run_dev(host, port))
+
+
 def _register_optional_commands() -> None:
     # Commands from other parts of the package register themselves; a part
     # that fails to import must not take the whole CLI down.
