@@ -5,10 +5,14 @@ belongs to a delivery. It matches on ``(provider, provider_message_id)``
 (the global unique index) *and* the tenant, so a message id that collides
 across tenants never links across them.
 
-SendGrid rule: the send API returns ``X-Message-Id`` (say ``abc123``) and
-the sender stores that, while event webhooks carry ``sg_message_id``
-(``abc123.filterdrecv-...``). For provider ``sendgrid`` the lookup also tries
-the part before the first dot, preferring an exact match.
+SendGrid rule: the send API returns ``X-Message-Id`` and the sender stores
+that, while event webhooks carry ``sg_message_id`` = that id plus a suffix
+starting ``.filter`` (``LRzXl_NHStOGhQ4kofSm_A.filterdrecv-...``; old-format
+ids contain dots themselves: ``14c5d75ce93.dfd.64b469.filter0001...``). For
+provider ``sendgrid`` the lookup also tries the part before ``.filter`` and
+the part before the first dot, preferring an exact match. Ingest already
+stores the stripped id; the fallback serves orphans Mailglass wrote with the
+raw ``sg_message_id``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ _LOOKUP = sa.text(
             WHERE d.provider = k.provider
               AND d.provider_message_id IN (
                     k.message_id,
+                    CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
                     CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END)
               AND d.tenant_id = k.tenant_id
             ORDER BY d.provider_message_id = k.message_id DESC

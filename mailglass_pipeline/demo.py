@@ -1,17 +1,22 @@
-"""Demo data: three tenants caught in the webhook race.
+"""Demo data: three tenants caught in the webhook race, seeded through the ingest path.
 
 What a real install sees in its first minutes, per tenant:
 
-* deliveries whose webhooks arrived after the delivery committed (linked
-  events, no orphan);
+* deliveries whose webhooks arrived after the delivery committed (ingested
+  as linked events, projections updated, no orphan);
 * the race itself: webhooks that arrived a few minutes ago, before their
-  delivery row committed (orphans the next sweep links);
-* webhooks for mail this install never sent (never match, retried);
-* events missing their message id (malformed: counted, never linked);
+  delivery row committed (ingested as orphans; the delivery rows are
+  inserted afterwards; the next sweep links them);
+* webhooks for mail this install never sent (orphans that never match);
+* orphans another writer stored without a message id (malformed: counted,
+  never linked; the ingest path itself never writes such an orphan, so these
+  are written to the ledger directly, as plain SQL or an old client would);
 * 8-day-old orphans (past max age: reported stale, not scanned).
 
-Everything is keyed deterministically (uuid5 ids, fixed idempotency keys,
-``ON CONFLICT DO NOTHING``), so seeding twice adds nothing.
+Webhook bodies are the providers' formats built by
+:mod:`mailglass_pipeline.ingest.samples` and go through the same
+normalizers as real traffic (``verify=False``: nothing is signed here).
+A tenant already seeded is left alone, so seeding twice adds nothing.
 """
 
 from __future__ import annotations
@@ -25,40 +30,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import ledger
 from mailglass_pipeline.db import run_transaction
+from mailglass_pipeline.ingest.core import parse_webhook, store
+from mailglass_pipeline.ingest.samples import build_webhook
 
 TENANTS = ("acme", "globex", "initech")
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 NAMESPACE = uuid.UUID("6d61696c-676c-6173-732d-64656d6f0000")
 
-#: (count per tenant) of each kind of row the demo makes.
-LINKED_DELIVERIES = 12
+#: How many of each kind of row the demo makes per tenant.
+LINKED_DELIVERIES = 10
 RACED_ORPHANS = 8
 NEVER_MATCHING = 4
 MALFORMED = 2
 STALE = 3
-
-
-def _id(*parts: object) -> uuid.UUID:
-    return uuid.uuid5(NAMESPACE, "/".join(str(p) for p in parts))
-
-
-def _message_id(provider: str, tenant: str, kind: str, n: int) -> str:
-    return f"{provider}-{tenant}-{kind}-{n:04d}"
-
-
-def _delivery_params(tenant: str, provider: str, message_id: str, at: datetime) -> dict[str, Any]:
-    recipient = f"{message_id}@{tenant}.example"
-    return {
-        "id": _id("delivery", tenant, message_id),
-        "tenant_id": tenant,
-        "recipient": recipient,
-        "domain": f"{tenant}.example",
-        "provider": provider,
-        "pmid": message_id,
-        "at": at,
-        "key": f"demo:{tenant}:{message_id}",
-    }
-
+RACE_TYPES = ("delivered", "opened", "bounced", "clicked")
 
 _INSERT_DELIVERY = sa.text(
     """
@@ -72,98 +57,114 @@ _INSERT_DELIVERY = sa.text(
 )
 
 
-def _webhook_event(
-    tenant: str,
-    provider: str,
-    message_id: str | None,
-    event_type: str,
-    at: datetime,
-    *,
-    key: str,
-    delivery_id: uuid.UUID | None = None,
-) -> ledger.NewEvent:
-    metadata: dict[str, Any] = {"provider": provider, "provider_event_id": key}
-    if message_id is not None:
-        metadata["provider_message_id"] = message_id
-    return ledger.NewEvent(
-        id=_id("event", key),
-        tenant_id=tenant,
-        type=event_type,
+def _id(*parts: object) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, "/".join(str(p) for p in parts))
+
+
+def _message_id(provider: str, tenant: str, kind: str, n: int) -> str:
+    return f"{provider}-{tenant}-{kind}-{n:04d}"
+
+
+def _recipient(tenant: str, n: int) -> str:
+    return f"customer{n}@{tenant}.example"
+
+
+def _insert_deliveries(conn: Connection, tenant: str, rows: list[tuple[str, str, datetime, int]]) -> int:
+    if not rows:
+        return 0
+    params = [
+        {
+            "id": _id("delivery", tenant, mid),
+            "tenant_id": tenant,
+            "recipient": _recipient(tenant, n),
+            "domain": f"{tenant}.example",
+            "provider": provider,
+            "pmid": mid,
+            "at": at,
+            "key": f"demo:{tenant}:{mid}",
+        }
+        for provider, mid, at, n in rows
+    ]
+    return conn.execute(_INSERT_DELIVERY, params).rowcount
+
+
+def _webhook(
+    conn: Connection, tenant: str, provider: str, message_id: str, event_type: str, at: datetime, n: int
+) -> dict[str, Any]:
+    body, headers = build_webhook(
+        provider,
+        message_id,
+        event_type,
         occurred_at=at,
-        inserted_at=at + timedelta(seconds=2),
-        delivery_id=delivery_id,
-        idempotency_key=f"{provider}:{key}",
-        metadata=metadata,
-        normalized_payload={"event": event_type, "message_id": message_id, "demo": True},
-        needs_reconciliation=delivery_id is None,
+        recipient=_recipient(tenant, n),
+        event_id=str(_id("webhook", tenant, message_id, event_type)),  # stable: a re-seed is a duplicate
     )
+    parsed = parse_webhook(provider, body, headers, verify=False)
+    # Received a couple of seconds after the provider's event time.
+    return store(conn, parsed, tenant, received_at=at + timedelta(seconds=2))
 
 
 def _seed_tenant(conn: Connection, tenant: str, now: datetime) -> dict[str, int]:
-    events: list[ledger.NewEvent] = []
-    deliveries: list[dict[str, Any]] = []
+    counts = {"deliveries": 0, "events": 0, "orphans": 0, "linked": 0}
+    # Event times are relative to now (and some providers' event ids include
+    # the time), so re-seeding is guarded by the tenant's first demo delivery.
+    first_key = f"demo:{tenant}:{_message_id(PROVIDERS[0], tenant, 'sent', 0)}"
+    if conn.execute(sa.text("SELECT 1 FROM mailglass_deliveries WHERE idempotency_key = :k"), {"k": first_key}).first():
+        return counts
+
+    def add(result: dict[str, Any]) -> None:
+        for key in ("events", "orphans", "linked"):
+            counts[key] += result[key]
+
+    # 1. Sent two hours ago; webhooks arrived after the delivery committed.
+    sent = []
     for n in range(LINKED_DELIVERIES):
         provider = PROVIDERS[n % len(PROVIDERS)]
-        mid = _message_id(provider, tenant, "sent", n)
-        sent_at = now - timedelta(hours=2, minutes=n)
-        params = _delivery_params(tenant, provider, mid, sent_at)
-        deliveries.append(params)
-        events.append(
-            _webhook_event(
-                tenant,
-                provider,
-                mid,
-                "delivered",
-                sent_at + timedelta(seconds=20),
-                key=f"{tenant}-delivered-{n}",
-                delivery_id=params["id"],
-            )
-        )
+        sent.append((provider, _message_id(provider, tenant, "sent", n), now - timedelta(hours=2, minutes=n), n))
+    counts["deliveries"] += _insert_deliveries(conn, tenant, sent)
+    for provider, mid, at, n in sent:
+        add(_webhook(conn, tenant, provider, mid, "delivered", at + timedelta(seconds=20), n))
+
+    # 2. The race: webhook first, delivery row committed afterwards.
+    raced = []
     for n in range(RACED_ORPHANS):
         provider = PROVIDERS[n % len(PROVIDERS)]
         mid = _message_id(provider, tenant, "race", n)
-        arrived = now - timedelta(minutes=2 + n)
-        event_type = ("delivered", "opened", "bounced", "clicked")[n % 4]
-        events.append(_webhook_event(tenant, provider, mid, event_type, arrived, key=f"{tenant}-race-{n}"))
-        # The delivery row committed after its webhook arrived: that is the race.
-        deliveries.append(_delivery_params(tenant, provider, mid, arrived - timedelta(seconds=30)))
+        at = now - timedelta(minutes=2 + n)
+        add(_webhook(conn, tenant, provider, mid, RACE_TYPES[n % len(RACE_TYPES)], at, 100 + n))
+        raced.append((provider, mid, at - timedelta(seconds=30), 100 + n))
+    counts["deliveries"] += _insert_deliveries(conn, tenant, raced)
+
+    # 3. Mail this install never sent.
     for n in range(NEVER_MATCHING):
-        provider = PROVIDERS[n % len(PROVIDERS)]
-        events.append(
-            _webhook_event(
-                tenant,
-                provider,
-                _message_id(provider, tenant, "foreign", n),
-                "delivered",
-                now - timedelta(minutes=5 + n),
-                key=f"{tenant}-foreign-{n}",
-            )
-        )
-    for n in range(MALFORMED):
-        events.append(
-            _webhook_event(
-                tenant, "postmark", None, "opened", now - timedelta(minutes=7 + n), key=f"{tenant}-malformed-{n}"
-            )
-        )
+        provider = PROVIDERS[(n + 1) % len(PROVIDERS)]
+        mid = _message_id(provider, tenant, "foreign", n)
+        add(_webhook(conn, tenant, provider, mid, "delivered", now - timedelta(minutes=5 + n), 200 + n))
+
+    # 4. Past max age.
     for n in range(STALE):
-        provider = PROVIDERS[n % len(PROVIDERS)]
-        events.append(
-            _webhook_event(
-                tenant,
-                provider,
-                _message_id(provider, tenant, "stale", n),
-                "delivered",
-                now - timedelta(days=8, minutes=n),
-                key=f"{tenant}-stale-{n}",
-            )
+        provider = PROVIDERS[(n + 2) % len(PROVIDERS)]
+        mid = _message_id(provider, tenant, "stale", n)
+        add(_webhook(conn, tenant, provider, mid, "delivered", now - timedelta(days=8, minutes=n), 300 + n))
+
+    # 5. Another writer's orphans without a message id.
+    malformed = [
+        ledger.NewEvent(
+            id=_id("malformed", tenant, n),
+            tenant_id=tenant,
+            type="opened",
+            occurred_at=now - timedelta(minutes=7 + n),
+            inserted_at=now - timedelta(minutes=7 + n),
+            idempotency_key=f"demo-legacy:{tenant}:{n}",
+            metadata={"provider": "postmark", "note": "legacy writer, message id lost"},
+            needs_reconciliation=True,
         )
-    made = conn.execute(_INSERT_DELIVERY, deliveries).rowcount
-    inserted = ledger.append_events(conn, events)
-    return {
-        "deliveries": made,
-        "events": len(inserted),
-        "orphans": sum(e.id in inserted and e.needs_reconciliation for e in events),
-    }
+        for n in range(MALFORMED)
+    ]
+    inserted = ledger.append_events(conn, malformed)
+    counts["events"] += len(inserted)
+    counts["orphans"] += len(inserted)
+    return counts
 
 
 def seed(engine: Engine, tenants: tuple[str, ...] = TENANTS) -> dict[str, Any]:
@@ -174,11 +175,11 @@ def seed(engine: Engine, tenants: tuple[str, ...] = TENANTS) -> dict[str, Any]:
         made = {tenant: _seed_tenant(conn, tenant, now) for tenant in tenants}
         return {
             "tenants": made,
-            "expected_first_sweep": {
-                "linked_per_tenant": RACED_ORPHANS,
-                "unmatched_per_tenant": NEVER_MATCHING,
-                "malformed_per_tenant": MALFORMED,
-                "stale_per_tenant": STALE,
+            "expected_first_sweep_per_tenant": {
+                "linked": RACED_ORPHANS,
+                "unmatched": NEVER_MATCHING,
+                "malformed": MALFORMED,
+                "stale_orphans": STALE,
             },
             "already_seeded": all(counts["events"] == 0 for counts in made.values()),
         }

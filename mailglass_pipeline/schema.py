@@ -8,6 +8,8 @@ reason (no alembic.ini to find on disk).
 
 from __future__ import annotations
 
+import threading
+
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -20,6 +22,11 @@ EVENTS = "mailglass_events"
 DELIVERIES = "mailglass_deliveries"
 QUEUE = "mailglass_reconciliation_queue"
 VERSION_TABLE = "mailglass_alembic_version"
+
+#: Alembic's ``context``/``op`` proxies are module globals, so two ``command.upgrade`` calls running
+#: in threads of one process clobber each other (KeyError: 'config'). Serialise them here; across
+#: processes the advisory lock taken in ``migrations/env.py`` does the same job.
+_UPGRADE_LOCK = threading.Lock()
 
 
 def alembic_config(url: str) -> Config:
@@ -40,23 +47,22 @@ def current_revision(url: str) -> str | None:
     engine = create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with connect(engine) as conn:
-            return MigrationContext.configure(
-                conn, opts={"version_table": VERSION_TABLE}
-            ).get_current_revision()
+            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     finally:
         engine.dispose()
 
 
 def upgrade(url: str) -> tuple[str | None, str]:
     """Bring the schema to head; returns (revision before, revision after). Idempotent."""
-    before = current_revision(url)
-    engine = create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with connect(engine) as conn:
-            config = alembic_config(url)
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-            conn.commit()
-    finally:
-        engine.dispose()
+    with _UPGRADE_LOCK:
+        before = current_revision(url)
+        engine = create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with connect(engine) as conn:
+                config = alembic_config(url)
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+        finally:
+            engine.dispose()
     return before, head_revision()

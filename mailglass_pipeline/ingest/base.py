@@ -1,0 +1,225 @@
+"""What every provider module shares: settings, headers, the normalized event, small parsers.
+
+Each provider module turns ``(body, headers)`` into a :class:`ParsedWebhook`
+in two steps, always in this order: *verify* (signature, auth, timestamp
+tolerance) and only then *normalize* (JSON into :class:`NormalizedEvent`).
+Nothing here touches the database, so verification and normalization are
+pure functions that tests can run against the published samples and vectors
+with a pinned clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
+
+#: Providers whose webhooks can be ingested (DESIGN.md section 5).
+PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
+
+#: A signed timestamp further than this from our clock (either way) is refused.
+DEFAULT_TOLERANCE_SECONDS = 300
+#: Larger bodies are refused before parsing (no provider sends more per request).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+POSTMARK_AUTH_ENV = "MAILGLASS_POSTMARK_WEBHOOK_AUTH"
+SENDGRID_KEY_ENV = "MAILGLASS_SENDGRID_VERIFICATION_KEY"
+MAILGUN_KEY_ENV = "MAILGLASS_MAILGUN_SIGNING_KEY"
+RESEND_SECRET_ENV = "MAILGLASS_RESEND_WEBHOOK_SECRET"
+SNS_CERT_DIR_ENV = "MAILGLASS_SNS_CERT_DIR"
+MAX_BODY_ENV = "MAILGLASS_INGEST_MAX_BODY_BYTES"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Secrets and limits. :meth:`from_env` reads DESIGN.md's variables; tests build one directly."""
+
+    postmark_auth: str | None = None
+    sendgrid_verification_key: str | None = None
+    mailgun_signing_key: str | None = None
+    resend_webhook_secret: str | None = None
+    sns_cert_dir: str | None = None
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
+        env = os.environ if environ is None else environ
+        raw_limit = env.get(MAX_BODY_ENV) or str(DEFAULT_MAX_BODY_BYTES)
+        try:
+            max_body = int(raw_limit)
+        except ValueError:
+            raise IngestConfigurationError(f"{MAX_BODY_ENV} must be an integer, got {raw_limit!r}") from None
+        if max_body < 1:
+            raise IngestConfigurationError(f"{MAX_BODY_ENV} must be >= 1, got {max_body}")
+        return cls(
+            postmark_auth=env.get(POSTMARK_AUTH_ENV) or None,
+            sendgrid_verification_key=env.get(SENDGRID_KEY_ENV) or None,
+            mailgun_signing_key=env.get(MAILGUN_KEY_ENV) or None,
+            resend_webhook_secret=env.get(RESEND_SECRET_ENV) or None,
+            sns_cert_dir=env.get(SNS_CERT_DIR_ENV) or None,
+            max_body_bytes=max_body,
+        )
+
+
+def require_secret(value: str | None, env_name: str, provider: str) -> str:
+    """The configured secret, or a configuration error naming the variable to set."""
+    if not value:
+        raise IngestConfigurationError(
+            f"{env_name} is not set: cannot verify {provider} webhooks (use --no-verify only to replay "
+            "captures that were verified when received)"
+        )
+    return value
+
+
+class Headers(Mapping[str, str]):
+    """HTTP headers with case-insensitive names (the last value of a repeated name wins)."""
+
+    def __init__(self, headers: Mapping[str, str] | None = None) -> None:
+        self._items: dict[str, str] = {}
+        for name, value in (headers or {}).items():
+            self._items[str(name).strip().lower()] = str(value).strip()
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def first(self, *names: str) -> str | None:
+        """The value of the first of ``names`` present and non-empty."""
+        for name in names:
+            value = self._items.get(name.lower())
+            if value:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """One provider event in DESIGN.md's taxonomy, ready to become a ledger row."""
+
+    type: str
+    occurred_at: datetime
+    provider_event_id: str
+    provider_message_id: str | None
+    payload: Mapping[str, Any]
+    provider_event: str | None = None
+    reject_reason: str | None = None
+    recipient: str | None = None
+    extra_metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Ledger idempotency key; ``"<provider>:<provider_event_id>"`` unless the provider needs more.
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplayToken:
+    """A single-use token (Mailgun's ``signature.token``) to be recorded in the ingest transaction."""
+
+    provider: str
+    token: str
+    body_sha256: str
+
+
+@dataclass(frozen=True)
+class ParsedWebhook:
+    """The verified, normalized content of one webhook request."""
+
+    provider: str
+    events: list[NormalizedEvent]
+    verified: bool
+    replay_token: ReplayToken | None = None
+    #: Extra fields for the caller (e.g. SNS ``subscribe_url``), copied into the result.
+    notice: Mapping[str, Any] = field(default_factory=dict)
+
+
+def check_size(body: bytes, settings: IngestSettings) -> None:
+    if len(body) > settings.max_body_bytes:
+        raise WebhookPayloadError(f"body is {len(body)} bytes, over the {settings.max_body_bytes}-byte limit")
+
+
+def load_json(body: bytes, what: str = "body") -> Any:
+    """Parse JSON exactly (integers stay integers: Postmark's bounce ids exceed 2**53)."""
+    try:
+        text = body.decode("utf-8-sig") if isinstance(body, bytes) else body
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise WebhookPayloadError(f"{what} is not UTF-8: {exc.reason}") from None
+    except json.JSONDecodeError as exc:
+        raise WebhookPayloadError(
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def expect_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WebhookPayloadError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def text_or_none(value: Any) -> str | None:
+    """A non-empty string form of a scalar id, else None."""
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parse_time(value: Any, what: str) -> datetime | None:
+    """ISO 8601 or Unix seconds into an aware UTC datetime; None when absent; bad values are payload errors."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError("boolean")
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        text = str(value).strip()
+        if text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), tz=UTC)
+        parsed = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise WebhookPayloadError(f"{what} is not a timestamp: {value!r} ({exc})") from None
+    if parsed.tzinfo is None:  # providers send UTC; a naive time is read as UTC
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def now_utc(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def check_tolerance(signed: str | int | float | None, now: datetime, settings: IngestSettings, what: str) -> None:
+    """Refuse a signed time missing, unreadable or further than the tolerance from ``now``."""
+    if signed is None or signed == "":
+        raise WebhookSignatureError(f"{what} is missing")
+    try:
+        moment = parse_time(signed, what)
+    except WebhookPayloadError:
+        raise WebhookSignatureError(f"{what} is not a timestamp: {signed!r}") from None
+    assert moment is not None
+    skew = abs((now - moment).total_seconds())
+    if skew > settings.tolerance_seconds:
+        raise WebhookSignatureError(
+            f"{what} {moment.isoformat()} is {int(skew)} s from now, "
+            f"outside the {settings.tolerance_seconds} s tolerance"
+        )
+
+
+def stable_id(*parts: Any) -> str:
+    """A deterministic id for providers without one: SHA-256 over canonical JSON of ``parts``."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return "sha256-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()

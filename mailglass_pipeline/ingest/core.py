@@ -1,0 +1,233 @@
+"""The ingest path: verify, normalize, then store every event of a webhook in one transaction.
+
+Why the order matters: nothing from an unauthenticated body is trusted, so
+each provider module checks the signature (or Basic auth) and the signed
+timestamp before it normalizes anything; a failure raises before the
+database is touched. Storage then happens in ONE transaction, so a webhook is
+stored entirely or not at all:
+
+1. (Mailgun) claim the request's single-use token (see ``mailgun``);
+2. look each event's delivery up inside the tenant by ``(provider,
+   provider_message_id)`` (``deliveries.lookup``, one statement);
+3. append one ledger event per provider event (one statement). Found: the
+   event carries ``delivery_id``. Not found: it is an **orphan**
+   (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose metadata holds
+   exactly the keys the reconciler reads: ``provider``, ``provider_event_id``,
+   ``provider_message_id`` (the Elixir original wrote other keys, so its
+   orphans never reconciled). An event with no message id at all cannot ever
+   be linked; it is stored for the record with ``needs_reconciliation`` FALSE
+   (counted as ``unlinkable``) rather than parked forever as a malformed orphan;
+4. fold the events actually inserted (never duplicates) into their
+   deliveries' projections.
+
+Idempotency is the ledger's unique ``idempotency_key``
+(``"<provider>:<provider_event_id>"``): the same webhook delivered twice
+stores nothing new and reports ``duplicates``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from mailglass_pipeline import deliveries, ledger, projector
+from mailglass_pipeline.db import get_engine, run_transaction, sqlstate_of
+from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses
+from mailglass_pipeline.ingest.base import PROVIDERS, Headers, IngestSettings, ParsedWebhook, ReplayToken
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookSignatureError
+
+log = logging.getLogger(__name__)
+
+Parser = Callable[..., ParsedWebhook]
+PARSERS: dict[str, Parser] = {
+    "postmark": postmark.parse,
+    "sendgrid": sendgrid.parse,
+    "mailgun": mailgun.parse,
+    "ses": ses.parse,
+    "resend": resend.parse,
+}
+assert tuple(PARSERS) == PROVIDERS
+
+#: Seen tokens are kept this long; a token older than the timestamp tolerance is refused anyway.
+TOKEN_RETENTION_SECONDS = 3600
+
+
+def _check_provider(provider: object) -> str:
+    if not isinstance(provider, str) or provider.lower() not in PARSERS:
+        raise IngestConfigurationError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+    return provider.lower()
+
+
+def _as_bytes(body: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"body must be bytes, got {type(body).__name__}")
+
+
+def parse_webhook(
+    provider: str,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    verify: bool = True,
+    settings: IngestSettings | None = None,
+    now: datetime | None = None,
+) -> ParsedWebhook:
+    """Verify and normalize without touching the database (raises the typed ingest errors)."""
+    name = _check_provider(provider)
+    settings = settings or IngestSettings.from_env()
+    return PARSERS[name](_as_bytes(body), Headers(headers), verify_signature=verify, settings=settings, now=now)
+
+
+_PRUNE_TOKENS = sa.text(
+    "DELETE FROM mailglass_webhook_tokens WHERE seen_at < now() - make_interval(secs => :retention)"
+)
+_CLAIM_TOKEN = sa.text(
+    """
+    INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)
+    VALUES (:provider, :token, :tenant_id, :digest)
+    ON CONFLICT (provider, token) DO NOTHING
+    RETURNING true
+    """
+)
+_SEEN_TOKEN = sa.text(
+    "SELECT tenant_id, body_sha256 FROM mailglass_webhook_tokens WHERE provider = :provider AND token = :token"
+)
+
+
+def claim_token(conn: Connection, token: ReplayToken, tenant_id: str) -> None:
+    """Record a single-use token; refuse it if it was seen with another body or tenant.
+
+    A concurrent claim of the same token waits on the primary key until the
+    first transaction ends, then sees its row: exactly one of two racing
+    replays can win.
+    """
+    params = {"provider": token.provider, "token": token.token, "tenant_id": tenant_id, "digest": token.body_sha256}
+    try:
+        conn.execute(_PRUNE_TOKENS, {"retention": TOKEN_RETENTION_SECONDS})
+        if conn.execute(_CLAIM_TOKEN, params).first():
+            return
+    except sa.exc.ProgrammingError as exc:
+        if sqlstate_of(exc) == "42P01":
+            raise IngestConfigurationError(
+                "table mailglass_webhook_tokens is missing: run `mailglass migrate`"
+            ) from exc
+        raise
+    seen = conn.execute(_SEEN_TOKEN, params).first()
+    if seen is None or (seen.tenant_id, seen.body_sha256) != (tenant_id, token.body_sha256):
+        raise WebhookSignatureError(f"{token.provider} webhook token was already used: replay refused")
+
+
+def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "provider_event": event.provider_event,
+        "recipient": event.recipient,
+        "verified": parsed.verified,
+        "source": "mailglass_pipeline.ingest",
+    }
+    metadata.update(event.extra_metadata)
+    # The three keys the reconciler reads come last so nothing can shadow them.
+    metadata["provider"] = parsed.provider
+    metadata["provider_event_id"] = event.provider_event_id
+    metadata["provider_message_id"] = event.provider_message_id
+    return {key: value for key, value in metadata.items() if value is not None}
+
+
+def store(
+    conn: Connection, parsed: ParsedWebhook, tenant_id: str, *, received_at: datetime | None = None
+) -> dict[str, Any]:
+    """Append ``parsed``'s events inside the caller's transaction; returns the counts.
+
+    ``received_at`` is when the webhook originally arrived (the rows'
+    ``inserted_at``, which the reconciler's grace and max-age windows read);
+    default ``now()``. Replays of captures and the demo set it.
+    """
+    if parsed.replay_token is not None:
+        claim_token(conn, parsed.replay_token, tenant_id)
+    events = parsed.events
+    delivery_ids = deliveries.lookup(
+        conn, [tenant_id] * len(events), [parsed.provider] * len(events), [e.provider_message_id for e in events]
+    )
+    rows = [
+        ledger.NewEvent(
+            tenant_id=tenant_id,
+            type=event.type,
+            occurred_at=event.occurred_at,
+            delivery_id=delivery_id,
+            idempotency_key=event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}",
+            reject_reason=event.reject_reason,
+            normalized_payload=event.payload,
+            metadata=_metadata(parsed, event),
+            needs_reconciliation=delivery_id is None and event.provider_message_id is not None,
+            inserted_at=received_at,
+        )
+        for event, delivery_id in zip(events, delivery_ids, strict=True)
+    ]
+    inserted = ledger.append_events(conn, rows)
+    written = [row for row in rows if row.id in inserted]
+    projector.apply(
+        conn,
+        [projector.ProjectedEvent(row.delivery_id, row.type, row.occurred_at) for row in written if row.delivery_id],
+    )
+    return {
+        "events": len(written),
+        "linked": sum(1 for row in written if row.delivery_id is not None),
+        "orphans": sum(1 for row in written if row.needs_reconciliation),
+        "unlinkable": sum(1 for row in written if row.delivery_id is None and not row.needs_reconciliation),
+        "duplicates": len(rows) - len(written),
+        "event_ids": [str(row.id) for row in written],
+    }
+
+
+def ingest(
+    provider: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    tenant_id: str,
+    database_url: str | None = None,
+    verify: bool = True,
+    settings: IngestSettings | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Verify, normalize and store one provider webhook for ``tenant_id``.
+
+    Returns ``{"provider", "tenant_id", "verified", "received", "events",
+    "linked", "orphans", "unlinkable", "duplicates", "event_ids"}``:
+    ``received`` provider events in the request, ``events`` new ledger rows
+    (``linked`` + ``orphans`` + ``unlinkable``), ``duplicates`` already stored.
+    SNS confirmations add ``sns_type``, ``topic_arn`` and ``subscribe_url``.
+
+    Raises :class:`WebhookSignatureError` / :class:`WebhookPayloadError`
+    (nothing written), :class:`IngestConfigurationError` for a missing secret
+    or bad argument. ``verify=False`` skips signature, auth, timestamp and
+    token checks: only for captures verified when they were received.
+    ``settings`` defaults to the environment; ``now`` pins the clock for the
+    timestamp tolerance (tests, replays).
+    """
+    name = _check_provider(provider)
+    if not isinstance(tenant_id, str) or not tenant_id.strip():
+        raise IngestConfigurationError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
+    parsed = parse_webhook(name, body, headers, verify=verify, settings=settings, now=now)
+    if not verify:
+        log.info("ingesting a %s webhook WITHOUT signature verification", name)
+    result: dict[str, Any] = {
+        "provider": name,
+        "tenant_id": tenant_id,
+        "verified": parsed.verified,
+        "received": len(parsed.events),
+    }
+    if parsed.events or parsed.replay_token is not None:
+        counts = run_transaction(get_engine(database_url), lambda conn: store(conn, parsed, tenant_id))
+    else:
+        counts = {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
+    result.update(counts)
+    result.update(parsed.notice)
+    return result

@@ -1,0 +1,182 @@
+"""Mailgun webhooks: one JSON event per request, HMAC-SHA256 over timestamp + token.
+
+Body: ``{"signature": {"timestamp", "token", "signature"}, "event-data": {...}}``.
+The signature is ``hex(HMAC-SHA256(signing key, timestamp + token))``: it
+covers **neither the body nor the URL**, so a captured request's signature
+block could be pasted onto any other event-data. Two defences, both needed:
+the 300 s tolerance on ``timestamp``, and refusing a token seen before. Seen
+tokens are recorded durably in ``mailglass_webhook_tokens`` (migration
+``0002_ingest``) inside the ingest transaction, with the body's SHA-256 and
+the tenant: the *same* request redelivered (same token, same body, same
+tenant) is an idempotent duplicate, anything else carrying a known token is
+refused as a replay. A per-process cache would let a replay through a second
+worker or after a restart.
+
+``provider_message_id`` is ``event-data.message.headers.message-id`` without
+angle brackets (the send API returns it as ``<...>`` in ``id``: a sender must
+store it without the brackets, the RFC 5322 id proper). ``provider_event_id``
+is ``event-data.id``, which Mailgun guarantees unique only within a day, so
+the idempotency key also carries the event's timestamp.
+
+Bodies without the envelope (bare ``event-data``, as the docs print them)
+are accepted only when verification is off (replaying captures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime
+from typing import Any
+
+from mailglass_pipeline.ingest.base import (
+    MAILGUN_KEY_ENV,
+    Headers,
+    IngestSettings,
+    NormalizedEvent,
+    ParsedWebhook,
+    ReplayToken,
+    body_digest,
+    check_size,
+    check_tolerance,
+    expect_object,
+    load_json,
+    now_utc,
+    parse_time,
+    require_secret,
+    stable_id,
+    text_or_none,
+)
+from mailglass_pipeline.ingest.errors import WebhookPayloadError, WebhookSignatureError
+
+PROVIDER = "mailgun"
+
+SIMPLE_TYPES = {
+    "accepted": "queued",
+    "rejected": "rejected",
+    "delivered": "delivered",
+    "opened": "opened",
+    "clicked": "clicked",
+    "unsubscribed": "unsubscribed",
+    "complained": "complained",
+}
+
+#: ``failed`` events: ``reason`` -> reject_reason.
+FAILURE_REASONS = {
+    "bounce": "bounced",
+    "suppress-bounce": "bounced",
+    "suppress-unsubscribe": "unsubscribed",
+    "suppress-complaint": "spam",
+    "espblock": "blocked",
+    "old": "timed_out",
+    "generic": "other",
+}
+
+
+def expected_signature(signing_key: str, timestamp: str, token: str) -> str:
+    return hmac.new(signing_key.encode("utf-8"), (timestamp + token).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signature_valid(signing_key: str, timestamp: str, token: str, signature: str) -> bool:
+    """Whether ``signature`` (hex) is Mailgun's HMAC of ``timestamp + token``."""
+    expected = expected_signature(signing_key, timestamp, token)
+    return hmac.compare_digest(expected.encode("ascii"), signature.strip().lower().encode("utf-8", "replace"))
+
+
+def verify(envelope: dict[str, Any], body: bytes, settings: IngestSettings, now: datetime) -> ReplayToken:
+    key = require_secret(settings.mailgun_signing_key, MAILGUN_KEY_ENV, PROVIDER)
+    block = envelope.get("signature")
+    if not isinstance(block, dict):
+        raise WebhookSignatureError("mailgun webhook has no signature object")
+    fields = [block.get(name) for name in ("timestamp", "token", "signature")]
+    if not all(isinstance(value, (str, int)) and str(value) for value in fields):
+        raise WebhookSignatureError("mailgun signature needs timestamp, token and signature")
+    timestamp, token, signature = (str(value) for value in fields)
+    if not signature_valid(key, timestamp, token, signature):
+        raise WebhookSignatureError("mailgun webhook signature does not verify")
+    check_tolerance(timestamp, now, settings, "mailgun signature.timestamp")
+    return ReplayToken(PROVIDER, token, body_digest(body))
+
+
+def classify(data: dict[str, Any]) -> tuple[str, str | None]:
+    kind = data.get("event")
+    if kind == "failed":
+        reason = FAILURE_REASONS.get(str(data.get("reason") or ""), "other")
+        severity = data.get("severity")
+        if severity == "temporary":
+            return "deferred", None
+        if str(data.get("reason") or "").startswith("suppress-"):
+            return "rejected", reason  # never attempted: on a suppression list
+        if severity == "permanent":
+            return "bounced", reason
+        return "failed", reason
+    event_type = SIMPLE_TYPES.get(str(kind), "unknown")
+    if event_type == "rejected":
+        return event_type, FAILURE_REASONS.get(str(data.get("reason") or ""), "other")
+    if event_type == "complained":
+        return event_type, "spam"
+    if event_type == "unsubscribed":
+        return event_type, "unsubscribed"
+    return event_type, None
+
+
+def message_id_of(data: dict[str, Any]) -> str | None:
+    message = data.get("message")
+    headers = message.get("headers") if isinstance(message, dict) else None
+    raw = text_or_none(headers.get("message-id")) if isinstance(headers, dict) else None
+    if raw and raw.startswith("<") and raw.endswith(">"):
+        raw = raw[1:-1].strip() or None
+    return raw
+
+
+def normalize(data: dict[str, Any], received_at: datetime) -> NormalizedEvent:
+    event_type, reason = classify(data)
+    occurred_at = parse_time(data.get("timestamp"), "mailgun event-data.timestamp")
+    event_id = text_or_none(data.get("id"))
+    provider_event_id = event_id or stable_id(PROVIDER, data)
+    idempotency_key = None
+    if event_id:
+        # Mailgun ids are unique within a day only: pin the key to the event's own time.
+        idempotency_key = f"{PROVIDER}:{event_id}:{data.get('timestamp')}"
+    extra: dict[str, Any] = {}
+    for name in ("severity", "reason"):
+        if isinstance(data.get(name), str):
+            extra[f"mailgun_{name}"] = data[name]
+    if occurred_at is None:
+        extra["occurred_at_estimated"] = True
+    return NormalizedEvent(
+        type=event_type,
+        occurred_at=occurred_at or received_at,
+        provider_event_id=provider_event_id,
+        provider_message_id=message_id_of(data),
+        payload=data,
+        provider_event=text_or_none(data.get("event")),
+        reject_reason=reason,
+        recipient=text_or_none(data.get("recipient")),
+        extra_metadata=extra,
+        idempotency_key=idempotency_key,
+    )
+
+
+def parse(
+    body: bytes,
+    headers: Headers,
+    *,
+    verify_signature: bool = True,
+    settings: IngestSettings | None = None,
+    now: datetime | None = None,
+) -> ParsedWebhook:
+    settings = settings or IngestSettings()
+    check_size(body, settings)
+    moment = now_utc(now)
+    # The signature sits inside the JSON, so the body must be parsed to find it; nothing
+    # from event-data is used before the signature is checked.
+    envelope = expect_object(load_json(body), "mailgun webhook body")
+    token = verify(envelope, body, settings, moment) if verify_signature else None
+    if "event-data" in envelope:
+        data = expect_object(envelope["event-data"], "mailgun event-data")
+    elif verify_signature or "event" not in envelope:
+        raise WebhookPayloadError("mailgun webhook body has no event-data object")
+    else:
+        data = envelope
+    return ParsedWebhook(PROVIDER, [normalize(data, moment)], verified=verify_signature, replay_token=token)
