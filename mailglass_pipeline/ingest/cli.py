@@ -55,14 +55,16 @@ def ingest_command(
         # One byte over the limit is enough for ingest to refuse it; never read an unbounded stream.
         body = source.read(settings.max_body_bytes + 1)
         if no_verify:
-            click.echo(f"warning: --no-verify: {provider} signature and timestamp checks are SKIPPED", err=True)
+            click.echo(
+                f"mailglass: warning: --no-verify: {provider} signature and timestamp checks are SKIPPED", err=True
+            )
         result = ingest(provider, body, headers, tenant_id=tenant_id, verify=not no_verify, settings=settings)
     except MailglassError as exc:
-        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"mailglass: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     except sa.exc.SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        click.echo(f"error: database: {first[0] if first else type(exc).__name__}", err=True)
+        click.echo(f"mailglass: database error: {first[0] if first else type(exc).__name__}", err=True)
         sys.exit(EXIT_ERROR)
     click.echo(json.dumps(result, sort_keys=True))
 
