@@ -18,6 +18,7 @@ minute-scheduled job.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,9 +98,7 @@ def ensure_database(admin_url: str, database: str) -> None:
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            exists = conn.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
-            ).scalar()
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}).scalar()
             if not exists:
                 try:
                     conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
@@ -118,11 +117,22 @@ def resolve_database_url(url: str | None = None) -> str:
     return embedded_server_url()
 
 
+_LEDGER_WRITE = re.compile(
+    r"\b(UPDATE|DELETE|TRUNCATE)\s+(?:FROM\s+|TABLE\s+)?(?:ONLY\s+)?(?:\"?\w+\"?\.)?\"?mailglass_events\b",
+    re.IGNORECASE,
+)
+
+
 def _translate_errors(context: ExceptionContext) -> BaseException | None:
     orig = context.original_exception
     if getattr(orig, "sqlstate", None) == LEDGER_IMMUTABLE_SQLSTATE:
         detail = getattr(getattr(orig, "diag", None), "message_detail", None) or ""
         operation = next((op for op in ("UPDATE", "DELETE", "TRUNCATE") if op in detail), None)
+        if operation is None:
+            # Mailglass's own trigger function (same name, replaced by either side's migration)
+            # raises without the DETAIL line: name the operation from the statement instead.
+            match = _LEDGER_WRITE.search(context.statement or "")
+            operation = match.group(1).upper() if match else None
         return EventLedgerImmutableError(operation)
     return None
 

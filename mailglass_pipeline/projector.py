@@ -86,7 +86,7 @@ _UPDATE = sa.text(
         last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
         last_event_at = GREATEST(d.last_event_at, a.latest_at),
         {_set_once_assignments},
-        terminal = a.terminal,
+        terminal = d.terminal OR a.terminal,
         lock_version = d.lock_version + 1,
         updated_at = now()
       FROM a

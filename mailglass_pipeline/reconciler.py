@@ -94,6 +94,9 @@ def validate_tenant_id(tenant_id: object) -> str | None:
         return None
     if not isinstance(tenant_id, str) or not tenant_id:
         raise ConfigurationError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
+    if "\x00" in tenant_id:
+        # PostgreSQL text cannot hold NUL: refuse it as a bad argument, not a database error.
+        raise ConfigurationError("tenant_id must not contain NUL characters")
     return tenant_id
 
 
@@ -118,19 +121,14 @@ class SweepResult:
 def _text_at(column: str, key: str) -> str:
     # Only a non-empty JSON string counts: a number, object or array under the
     # key makes the orphan malformed rather than matching something odd.
-    return (
-        f"CASE WHEN jsonb_typeof(e.{column} -> '{key}') = 'string' "
-        f"THEN NULLIF(e.{column} ->> '{key}', '') END"
-    )
+    return f"CASE WHEN jsonb_typeof(e.{column} -> '{key}') = 'string' THEN NULLIF(e.{column} ->> '{key}', '') END"
 
 
 _MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
 _PROVIDER_SQL = f"COALESCE({_text_at('metadata', 'provider')}, {_text_at('normalized_payload', 'provider')})"
 _MESSAGE_ID_SQL = (
     "COALESCE("
-    + ", ".join(
-        _text_at(column, key) for column in ("metadata", "normalized_payload") for key in _MESSAGE_ID_KEYS
-    )
+    + ", ".join(_text_at(column, key) for column in ("metadata", "normalized_payload") for key in _MESSAGE_ID_KEYS)
     + ")"
 )
 _EVENT_ID_SQL = (
@@ -143,7 +141,11 @@ def _find_sql(tenant_scoped: bool, lock: bool) -> sa.TextClause:
     locking = "FOR UPDATE OF q SKIP LOCKED" if lock else ""
     return sa.text(
         f"""
-        SELECT e.id, e.tenant_id, e.type, e.occurred_at, e.inserted_at, q.attempts,
+        SELECT e.id, e.tenant_id, e.type,
+               -- 'infinity' is a valid timestamptz but no driver can load it: such an orphan is
+               -- malformed (parked), not a row that fails every sweep of its tenant forever.
+               CASE WHEN isfinite(e.occurred_at) THEN e.occurred_at END AS occurred_at,
+               e.inserted_at, q.attempts,
                {_PROVIDER_SQL} AS provider,
                {_MESSAGE_ID_SQL} AS provider_message_id,
                {_EVENT_ID_SQL} AS provider_event_id
@@ -192,7 +194,7 @@ def find_orphans(
         params["tenant_id"] = tenant_id
     rows = conn.execute(_find_sql(tenant_id is not None, lock), params).all()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=ORPHAN_COLUMNS[:-1])
-    frame["malformed"] = frame["provider"].isna() | frame["provider_message_id"].isna()
+    frame["malformed"] = frame["provider"].isna() | frame["provider_message_id"].isna() | frame["occurred_at"].isna()
     return frame.astype({"malformed": bool})
 
 
@@ -274,13 +276,14 @@ def append_reconciled_events(
 
     matched = linked[linked["delivery_id"].notna()] if not linked.empty else linked
     reconciled_ids = {orphan_id: uuid.uuid4() for orphan_id in matched["id"]} if not matched.empty else {}
+    sweep_time = _now(conn) if not matched.empty else None  # one query per sweep, not one per orphan
     events = [
         ledger.NewEvent(
             id=reconciled_ids[row.id],
             tenant_id=row.tenant_id,
             type="reconciled",
             delivery_id=row.delivery_id,
-            occurred_at=_now(conn),
+            occurred_at=sweep_time,
             idempotency_key=f"reconciled:{row.id}",
             metadata={
                 "reconciled_from_event_id": str(row.id),
@@ -345,9 +348,7 @@ def _summarize(
     tenant_id: str | None,
 ) -> SweepResult:
     result = SweepResult(tenant_id=tenant_id)
-    tenants: Iterable[str] = (
-        sorted(set(linked["tenant_id"]) | set(left)) if not linked.empty else sorted(left)
-    )
+    tenants: Iterable[str] = sorted(set(linked["tenant_id"]) | set(left)) if not linked.empty else sorted(left)
     if tenant_id is not None:
         tenants = [tenant_id]
     for tenant in tenants:
@@ -470,7 +471,5 @@ def stale_orphans(
     conn: Connection, tenant_id: str | None = None, max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES
 ) -> tuple[int, float | None]:
     """Orphans past max age still unreconciled: (count, age in seconds of the oldest)."""
-    count, oldest = conn.execute(
-        _OLDEST_STALE, {"tenant_id": tenant_id, "max_age_minutes": max_age_minutes}
-    ).one()
+    count, oldest = conn.execute(_OLDEST_STALE, {"tenant_id": tenant_id, "max_age_minutes": max_age_minutes}).one()
     return int(count), (float(oldest) if oldest is not None else None)

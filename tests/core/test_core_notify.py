@@ -1,0 +1,72 @@
+"""DESIGN.md section 4: one `mailglass_delivery_updated` notification per linked delivery, only after commit."""
+
+from __future__ import annotations
+
+import uuid
+
+from conftest import make_delivery, make_orphan
+from core_support import drain, listener, reconciled_events
+from sqlalchemy.engine import Engine
+
+from mailglass_pipeline.reconciler import SweepConfig, append_reconciled_events, attempt_link, find_orphans, sweep
+
+KEYS = {"tenant_id", "delivery_id", "event_type", "event_id", "reconciled_from_event_id"}
+
+
+def test_one_notification_per_linked_delivery_matching_the_rows(database_url: str, engine: Engine) -> None:
+    a = make_delivery(engine, "t1", "m-a")
+    b = make_delivery(engine, "t2", "m-b")
+    make_delivery(engine, "t1", "m-idle")
+    a_orphans = {make_orphan(engine, "t1", "m-a", event_type=t) for t in ("delivered", "opened")}
+    b_orphan = make_orphan(engine, "t2", "m-b")
+    make_orphan(engine, "t1", "m-nothing")  # unmatched: no notification
+    make_orphan(engine, "t1", None)  # malformed: no notification
+    with listener(database_url) as conn:
+        assert sweep(engine, None, SweepConfig()).linked == 3
+        notes = drain(conn)
+        assert drain(conn, timeout=0.2) == []
+    assert len(notes) == 2
+    by_delivery = {uuid.UUID(n["delivery_id"]): n for n in notes}
+    assert set(by_delivery) == {a, b}
+    events = {e.id: e for e in reconciled_events(engine)}
+    for note in notes:
+        assert set(note) == KEYS
+        assert note["event_type"] == "reconciled"
+        event = events[uuid.UUID(note["event_id"])]
+        assert str(event.delivery_id) == note["delivery_id"]
+        assert event.tenant_id == note["tenant_id"]
+        assert event.metadata["reconciled_from_event_id"] == note["reconciled_from_event_id"]
+    assert by_delivery[a]["tenant_id"] == "t1" and uuid.UUID(by_delivery[a]["reconciled_from_event_id"]) in a_orphans
+    assert by_delivery[b]["tenant_id"] == "t2" and uuid.UUID(by_delivery[b]["reconciled_from_event_id"]) == b_orphan
+
+
+def test_no_notification_before_commit_or_after_rollback(database_url: str, engine: Engine) -> None:
+    target = make_delivery(engine, "t1", "m-1")
+    make_orphan(engine, "t1", "m-1")
+    with listener(database_url) as listen, engine.connect() as conn:
+        trans = conn.begin()
+        linked = attempt_link(conn, find_orphans(conn, "t1", SweepConfig()))
+        assert append_reconciled_events(conn, linked, "t1").linked == 1
+        assert drain(listen, timeout=0.3) == []  # not before commit
+        trans.rollback()
+        assert drain(listen, timeout=0.5) == []  # nor after a rollback
+        assert reconciled_events(engine) == []
+        # The same work committed does announce (the listener works).
+        trans = conn.begin()
+        linked = attempt_link(conn, find_orphans(conn, "t1", SweepConfig()))
+        append_reconciled_events(conn, linked, "t1")
+        assert drain(listen, timeout=0.2) == []
+        trans.commit()
+        notes = drain(listen)
+    assert [uuid.UUID(n["delivery_id"]) for n in notes] == [target]
+
+
+def test_no_notification_when_nothing_links(database_url: str, engine: Engine) -> None:
+    make_delivery(engine, "t1", "m-1")
+    make_orphan(engine, "t1", "m-1")
+    sweep(engine, "t1", SweepConfig())
+    make_orphan(engine, "t1", "m-unknown")
+    with listener(database_url) as listen:
+        result = sweep(engine, "t1", SweepConfig())
+        assert (result.scanned, result.linked) == (1, 0)
+        assert drain(listen, timeout=0.5) == []
