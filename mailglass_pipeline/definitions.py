@@ -1,0 +1,36 @@
+"""The Dagster code location ``mailglass_pipeline.definitions:defs`` (loaded by ``workspace.yaml``).
+
+One place merges the modules of ``mailglass_pipeline.defs``; each of them says
+why it is shaped the way it is. Resources are bound here so tests and
+``materialize_tenants`` can swap the database by rebinding one key.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions, mem_io_manager
+
+from mailglass_pipeline.defs.assets import webhook_reconciliation
+from mailglass_pipeline.defs.checks import no_stale_orphans
+from mailglass_pipeline.defs.jobs import reconcile_orphans
+from mailglass_pipeline.defs.ops import BATCH_IO_MANAGER_KEY
+from mailglass_pipeline.defs.resources import MailglassDatabase, default_database_resource
+from mailglass_pipeline.defs.schedules import reconcile_every_minute
+from mailglass_pipeline.defs.sensors import tenant_partitions
+
+
+def build_definitions(database: MailglassDatabase | None = None) -> Definitions:
+    """The code location, optionally bound to a given database resource."""
+    return Definitions(
+        assets=[webhook_reconciliation],
+        asset_checks=[no_stale_orphans],
+        jobs=[reconcile_orphans],
+        schedules=[reconcile_every_minute],
+        sensors=[tenant_partitions],
+        resources={
+            "mailglass_db": database or default_database_resource(),
+            BATCH_IO_MANAGER_KEY: mem_io_manager,
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,35 @@
+"""The graph-backed asset ``mailglass/webhook_reconciliation``, one partition per tenant.
+
+What it "materializes" is the reconciled state of a tenant's ledger: a run
+appends the ``reconciled`` events due now, and its materialization records how
+many orphans were scanned and linked and how many are left. It stores no value
+(its last op's output is ``Nothing``): the data is the ledger itself, and the
+batch DataFrames never leave the run. Backfills use one
+run per tenant (``BackfillPolicy.multi_run(1)``) so the per-tenant run tags and
+concurrency limits apply to each of them.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetKey, BackfillPolicy, graph_asset
+
+from mailglass_pipeline.defs.ops import append_reconciled_events, attempt_link, find_orphans, reconcile_config_mapping
+from mailglass_pipeline.defs.partitions import tenants_partitions
+
+WEBHOOK_RECONCILIATION_KEY = AssetKey(["mailglass", "webhook_reconciliation"])
+
+
+@graph_asset(
+    key=WEBHOOK_RECONCILIATION_KEY,
+    partitions_def=tenants_partitions,
+    config=reconcile_config_mapping,
+    backfill_policy=BackfillPolicy.multi_run(1),
+    group_name="mailglass",
+    kinds={"postgres", "python"},
+    description=(
+        "Orphan webhook events of one tenant linked to the deliveries that committed after them: "
+        "find_orphans -> attempt_link -> append_reconciled_events."
+    ),
+)
+def webhook_reconciliation():
+    return append_reconciled_events(attempt_link(find_orphans()))

@@ -1,0 +1,46 @@
+"""Sensor ``tenant_partitions``: one dynamic partition per tenant found in the database.
+
+Tenants are whoever has a delivery or a pending orphan (``reconciler.known_tenants``,
+a loose index scan, cheap every 30 s). Only missing keys are added, so a tick
+with nothing new is a skip. A tenant id that cannot be a partition key (see
+``partitions.TENANT_KEY_PATTERN``) is logged and left out; the others are still
+added, because one odd id must not hide every tenant created after it.
+
+Partitions are never deleted here: deleting a dynamic partition drops its
+materialization history from the UI, and tenants come back.
+
+Default status RUNNING: it only adds partitions, and without it a fresh
+``mailglass dev`` shows the asset with no partitions to launch.
+"""
+
+from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from mailglass_pipeline import db, reconciler
+from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key, tenants_partitions
+from mailglass_pipeline.defs.resources import MailglassDatabase
+
+SENSOR_INTERVAL_SECONDS = 30
+
+
+@sensor(
+    name="tenant_partitions",
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Adds a `tenants` partition for each tenant in the database; unfit tenant ids are logged and skipped.",
+)
+def tenant_partitions(context: SensorEvaluationContext, mailglass_db: MailglassDatabase) -> SensorResult | SkipReason:
+    with db.connect(mailglass_db.get_engine()) as conn:
+        tenants = reconciler.known_tenants(conn)
+    unfit = [t for t in tenants if not is_valid_tenant_key(t)]
+    if unfit:
+        context.log.warning(
+            f"{len(unfit)} tenant id(s) cannot be partition keys and are skipped "
+            f"(allowed: letters, digits, _ . @ -, 1-64 chars): {unfit[:20]!r}"
+        )
+    existing = set(context.instance.get_dynamic_partitions(TENANTS_PARTITIONS_NAME))
+    new = [t for t in tenants if t not in existing and is_valid_tenant_key(t)]
+    if not new:
+        skipped = f"; {len(unfit)} unfit id(s) skipped: {unfit[:5]!r}" if unfit else ""
+        return SkipReason(f"all {len(tenants) - len(unfit)} tenant(s) already have a partition{skipped}")
+    context.log.info(f"adding {len(new)} tenant partition(s): {new[:20]!r}")
+    return SensorResult(dynamic_partitions_requests=[tenants_partitions.build_add_request(new)])

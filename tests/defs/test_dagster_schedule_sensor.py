@@ -1,0 +1,206 @@
+"""The minute schedule and the tenant-partition sensor, evaluated as the daemon would."""
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import make_delivery, make_orphan
+from dagster import (
+    DagsterRunStatus,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+)
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.test_utils import create_run_for_test
+
+from mailglass_pipeline import ledger
+from mailglass_pipeline.definitions import defs
+from mailglass_pipeline.defs.partitions import is_valid_tenant_key
+from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.schedules import reconcile_every_minute
+from mailglass_pipeline.defs.sensors import tenant_partitions
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def _tick(instance, database_url, minute=0):
+    with build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 1, 1, 12, minute, tzinfo=UTC),
+        resources={"mailglass_db": MailglassDatabase(database_url=database_url)},
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        return reconcile_every_minute.evaluate_tick(context)
+
+
+def _run(instance, status, tags, job_name="reconcile_orphans"):
+    """A run of ``job_name`` in ``status`` with ``tags``, as the run queue would hold it."""
+    origin = RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(
+            code_location_origin=RegisteredCodeLocationOrigin(location_name="mailglass_pipeline"),
+            repository_name="__repository__",
+        ),
+        job_name=job_name,
+    )
+    return create_run_for_test(instance, job_name=job_name, status=status, tags=tags, remote_job_origin=origin)
+
+
+def _queue(instance, requests, status=DagsterRunStatus.QUEUED):
+    """What the daemon does with the run requests: create a (queued) run for each."""
+    for request in requests:
+        _run(instance, status, request.tags)
+
+
+def test_schedule_skips_with_a_reason_when_nothing_is_due(instance, engine, database_url):
+    make_orphan(engine, "t1", "m-young", age=timedelta(seconds=10))  # inside the grace window
+    result = _tick(instance, database_url)
+    assert result.run_requests == []
+    assert "grace" in result.skip_message
+
+
+def test_schedule_requests_one_run_per_due_tenant(instance, engine, database_url):
+    make_orphan(engine, "t1", "m-1")
+    make_orphan(engine, "t1", "m-2")
+    make_orphan(engine, "t2", "m-3")
+    make_orphan(engine, "t3", "m-young", age=timedelta(seconds=10))
+    make_delivery(engine, "t4", "m-4")  # a tenant without orphans
+    result = _tick(instance, database_url, minute=1)
+    requests = result.run_requests
+    assert sorted(r.partition_key for r in requests) == ["t1", "t2"]
+    for request in requests:
+        assert request.tags["mailglass/tenant"] == request.partition_key
+        assert request.tags["mailglass/reconcile"] == "true"
+    assert len({r.run_key for r in requests}) == 2
+    # Next minute: new run keys (keys only dedupe within one tick; the in-flight check does the rest).
+    later = _tick(instance, database_url, minute=2)
+    assert not {r.run_key for r in requests} & {r.run_key for r in later.run_requests}
+    # Missing partitions were added so the requests are launchable even without the sensor.
+    assert {"t1", "t2"} <= set(instance.get_dynamic_partitions("tenants"))
+
+
+def test_schedule_skips_tenants_with_a_run_in_flight(instance, engine, database_url):
+    make_orphan(engine, "t1", "m-1")
+    make_orphan(engine, "t2", "m-2")
+    make_orphan(engine, "t3", "m-3")
+    _run(instance, DagsterRunStatus.QUEUED, {"mailglass/tenant": "t1"})
+    _run(instance, DagsterRunStatus.STARTED, {"mailglass/tenant": "t2"})
+    _run(instance, DagsterRunStatus.SUCCESS, {"mailglass/tenant": "t3"})  # finished runs do not count
+    _run(instance, DagsterRunStatus.QUEUED, {"mailglass/tenant": "t3"}, job_name="other_job")  # other jobs neither
+    result = _tick(instance, database_url)
+    assert [r.partition_key for r in result.run_requests] == ["t3"]
+
+    _queue(instance, result.run_requests, DagsterRunStatus.STARTING)
+    skipped = _tick(instance, database_url, minute=1)
+    assert skipped.run_requests == []
+    assert "already has a run queued or running" in skipped.skip_message
+
+
+def test_schedule_never_floods_the_queue_with_200_tenants(instance, engine, database_url):
+    tenants = [f"tenant-{i:03d}" for i in range(200)]
+    events = [
+        ledger.NewEvent(
+            tenant_id=t,
+            type="delivered",
+            occurred_at=datetime.now(UTC) - timedelta(minutes=5),
+            inserted_at=datetime.now(UTC) - timedelta(minutes=5),
+            idempotency_key=f"flood:{t}",
+            metadata={"provider": "postmark", "provider_message_id": f"m-{t}"},
+            needs_reconciliation=True,
+        )
+        for t in tenants
+    ]
+    with engine.begin() as conn:
+        ledger.append_events(conn, events)
+    # Runs are slower than a minute: nothing the schedule queued finishes during 5 ticks.
+    for minute in range(5):
+        result = _tick(instance, database_url, minute=minute)
+        _queue(instance, result.run_requests)
+        if minute == 0:
+            assert len(result.run_requests) == 200
+        else:
+            assert result.run_requests == [] and result.skip_message
+    queued = instance.get_runs()
+    per_tenant = {}
+    for run in queued:
+        per_tenant[run.tags["mailglass/tenant"]] = per_tenant.get(run.tags["mailglass/tenant"], 0) + 1
+    assert len(queued) == 200 and set(per_tenant.values()) == {1}
+
+
+def test_schedule_leaves_out_tenants_unfit_as_partition_keys(instance, engine, database_url):
+    make_orphan(engine, "bad,tenant", "m-1")
+    make_orphan(engine, "good", "m-2")
+    result = _tick(instance, database_url)
+    assert [r.partition_key for r in result.run_requests] == ["good"]
+
+
+def test_schedule_definition(instance):
+    schedule = defs.resolve_schedule_def("reconcile_every_minute")
+    assert schedule.cron_schedule == "* * * * *"
+    assert schedule.job_name == "reconcile_orphans"
+    assert schedule.default_status.value == "STOPPED"
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _sense(instance, database_url):
+    """Evaluate the sensor once; returns (log messages, result)."""
+    records = _Records()
+    with build_sensor_context(
+        instance=instance, resources={"mailglass_db": MailglassDatabase(database_url=database_url)}
+    ) as context:
+        context.log.addHandler(records)
+        return records.messages, tenant_partitions(context)
+
+
+def test_sensor_adds_partitions_and_skips_unfit_ids(instance, engine, database_url):
+    make_delivery(engine, "acme", "m-1")
+    make_orphan(engine, "globex.io", "m-2")
+    make_orphan(engine, "has space", "m-3")
+    make_orphan(engine, "x" * 65, "m-4")
+    make_delivery(engine, "a,b", "m-5")
+
+    logged, result = _sense(instance, database_url)
+    assert isinstance(result, SensorResult)
+    [request] = result.dynamic_partitions_requests
+    assert request.partitions_def_name == "tenants"
+    assert sorted(request.partition_keys) == ["acme", "globex.io"]
+    [warning] = [m for m in logged if "cannot be partition keys" in m]
+    assert "has space" in warning and "a,b" in warning and "x" * 65 in warning
+
+    instance.add_dynamic_partitions("tenants", list(request.partition_keys))  # what the daemon does
+    _, again = _sense(instance, database_url)
+    assert isinstance(again, SkipReason)
+    assert "3 unfit" in again.skip_message  # also visible on the tick without opening its logs
+
+    # A new tenant appears within one tick.
+    make_orphan(engine, "initech", "m-6")
+    _, newer = _sense(instance, database_url)
+    assert list(newer.dynamic_partitions_requests[0].partition_keys) == ["initech"]
+
+
+def test_sensor_definition():
+    sensor = defs.resolve_sensor_def("tenant_partitions")
+    assert sensor.default_status.value == "RUNNING"
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [("t1", True), ("acme-eu_2", True), ("a.b@c", True), ("a,b", False), ("a b", False), ("[x]", False),
+     ("", False), ("x" * 64, True), ("x" * 65, False), ("é", False)],
+)  # fmt: skip
+def test_partition_key_rule(key, ok):
+    assert is_valid_tenant_key(key) is ok
