@@ -1,0 +1,124 @@
+"""LOWER BOUND, for measurement only: one server-side statement per batch doing the sweep's work.
+
+One data-modifying CTE per tenant batch takes the batch from the work queue
+(same order and locking as ``reconciler.find_orphans``), looks up the
+deliveries with the same lateral lookup as ``deliveries.lookup``, appends the
+``reconciled`` events (``ON CONFLICT DO NOTHING``), folds the events that won
+into the deliveries' projections, records the attempt on unmatched orphans and
+queues the notifications: everything the reconciler does, with no round trip
+and no Python per batch. Nothing practical can be faster on the same schema,
+so the benchmark reports the reconciler's distance from it.
+
+The metadata extraction expressions are the reconciler's own (imported), so
+both read orphans identically.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mailglass_pipeline.projector import NOTIFY_CHANNEL, SET_ONCE_COLUMNS, TERMINAL_TYPES
+from mailglass_pipeline.reconciler import _EVENT_ID_SQL, _MESSAGE_ID_SQL, _PROVIDER_SQL
+
+_set_once_aggs = ",\n".join(
+    f"min(occurred_at) FILTER (WHERE type = '{etype}') AS {column}" for etype, column in SET_ONCE_COLUMNS.items()
+)
+_set_once_assignments = ",\n".join(f"{c} = COALESCE(d.{c}, a.{c})" for c in SET_ONCE_COLUMNS.values())
+_terminal = ", ".join(f"'{t}'" for t in TERMINAL_TYPES)
+
+SWEEP_BATCH = sa.text(
+    f"""
+    WITH batch AS (
+        SELECT e.id, e.tenant_id, e.type, e.occurred_at, e.inserted_at,
+               {_PROVIDER_SQL} AS provider, {_MESSAGE_ID_SQL} AS message_id, {_EVENT_ID_SQL} AS provider_event_id
+          FROM mailglass_reconciliation_queue q
+          JOIN mailglass_events e ON e.id = q.event_id
+         WHERE q.parked_at IS NULL
+           AND q.tenant_id = :tenant_id
+           AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+           AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+         ORDER BY q.last_attempted_at ASC NULLS FIRST, q.orphan_inserted_at ASC, q.event_id
+         LIMIT :limit
+         FOR UPDATE OF q SKIP LOCKED
+    ), matched AS (
+        SELECT b.*, d.id AS delivery_id
+          FROM batch b
+          LEFT JOIN LATERAL (
+               SELECT d.id FROM mailglass_deliveries d
+                WHERE d.provider = b.provider
+                  AND d.provider_message_id IN (
+                        b.message_id, CASE WHEN b.provider = 'sendgrid' THEN split_part(b.message_id, '.', 1) END)
+                  AND d.tenant_id = b.tenant_id
+                ORDER BY d.provider_message_id = b.message_id DESC
+                LIMIT 1) d ON b.provider IS NOT NULL AND b.message_id IS NOT NULL
+    ), ins AS (
+        INSERT INTO mailglass_events (id, tenant_id, delivery_id, type, occurred_at, idempotency_key, metadata)
+        SELECT gen_random_uuid(), m.tenant_id, m.delivery_id, 'reconciled', now(), 'reconciled:' || m.id::text,
+               jsonb_build_object('reconciled_from_event_id', m.id::text, 'reconciled_provider', m.provider,
+                                  'reconciled_provider_event_id', m.provider_event_id,
+                                  'reconciled_event_type', m.type)
+          FROM matched m
+         WHERE m.delivery_id IS NOT NULL
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, (metadata ->> 'reconciled_from_event_id')::uuid AS from_id
+    ), won AS (
+        SELECT m.*, i.id AS reconciled_id FROM ins i JOIN matched m ON m.id = i.from_id
+    ), a AS (
+        SELECT delivery_id,
+               (array_agg(type ORDER BY occurred_at DESC, inserted_at ASC))[1] AS latest_type,
+               max(occurred_at) AS latest_at,
+               {_set_once_aggs},
+               bool_or(type IN ({_terminal})) AS terminal
+          FROM won GROUP BY delivery_id
+    ), upd AS (
+        UPDATE mailglass_deliveries d SET
+            last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+            last_event_at = GREATEST(d.last_event_at, a.latest_at),
+            {_set_once_assignments},
+            terminal = d.terminal OR a.terminal,
+            lock_version = d.lock_version + 1,
+            updated_at = now()
+          FROM a
+         WHERE d.id = a.delivery_id
+        RETURNING d.id
+    ), attempted AS (
+        UPDATE mailglass_reconciliation_queue q
+           SET attempts = q.attempts + 1,
+               last_attempted_at = now(),
+               parked_at = CASE WHEN m.provider IS NULL OR m.message_id IS NULL THEN now() END,
+               parked_reason = CASE WHEN m.provider IS NULL OR m.message_id IS NULL THEN 'malformed' END
+          FROM matched m
+         WHERE q.event_id = m.id AND m.delivery_id IS NULL
+        RETURNING q.event_id
+    ), notified AS (
+        SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
+                   'tenant_id', w.tenant_id, 'delivery_id', w.delivery_id, 'event_type', 'reconciled',
+                   'event_id', w.reconciled_id, 'reconciled_from_event_id', w.id)::text)
+          FROM (SELECT DISTINCT ON (delivery_id) * FROM won
+                 ORDER BY delivery_id, occurred_at DESC, inserted_at DESC) w
+    )
+    SELECT (SELECT count(*) FROM batch) AS scanned,
+           (SELECT count(*) FROM ins) AS linked,
+           (SELECT count(*) FROM upd) AS projected,
+           (SELECT count(*) FROM attempted) AS attempted,
+           (SELECT count(*) FROM notified) AS notified
+    """
+)
+
+
+def sweep_tenant(
+    engine: Engine, tenant_id: str, limit: int = 1000, grace_seconds: int = 60, max_age_minutes: int = 10080
+) -> tuple[int, int]:
+    """One batch for one tenant in one statement (one transaction); returns (scanned, linked)."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            SWEEP_BATCH,
+            {
+                "tenant_id": tenant_id,
+                "limit": limit,
+                "grace_seconds": grace_seconds,
+                "max_age_minutes": max_age_minutes,
+            },
+        ).one()
+    return int(row.scanned), int(row.linked)
