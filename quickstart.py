@@ -31,7 +31,7 @@ def _install_key() -> str:
 
 
 def ensure_environment() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script runs under whatever python3 the user has
         sys.exit(f"quickstart: Python 3.11+ is required, this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         print("quickstart: creating .venv", file=sys.stderr)
@@ -51,10 +51,8 @@ def main(argv: list[str]) -> int:
         return 2
     ensure_environment()
     command, rest = argv[0], argv[1:]
-    if command == "run":
-        args = [str(BIN / "mailglass"), "run", *rest]
-    else:
-        args = [str(BIN / "python"), "-m", "pytest", *rest]
+    runner = {"run": [str(BIN / "mailglass"), "run"], "test": [str(BIN / "python"), "-m", "pytest"]}[command]
+    args = [*runner, *rest]
     return subprocess.run(args, cwd=ROOT).returncode
 
 

@@ -82,6 +82,22 @@ def demo() -> None:
 
 
 @cli.command()
+@click.option("--role", required=True, help="Existing database role the reconciler connects as.")
+@click.option("--apply", "apply_now", is_flag=True, help="Run the GRANTs as MAILGLASS_DATABASE_URL (the owner).")
+def grants(role: str, apply_now: bool) -> None:
+    """Print (or --apply) the least-privilege GRANTs for the reconciler's role."""
+    from mailglass_pipeline import grants as grants_module
+
+    if not apply_now:
+        click.echo(grants_module.render_grants(role))
+        return
+    url = db.resolve_database_url()
+    _say_database(url)
+    applied = grants_module.apply_grants(url, role)
+    _emit({"role": role, "statements": len(applied)})
+
+
+@cli.command()
 @click.option("--tenant-id", "tenant_ids", multiple=True, help="Tenant partition to run (default: every tenant).")
 @click.option("--no-demo", is_flag=True, help="Do not seed the demo tenants into an empty database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")

@@ -287,8 +287,8 @@ def append_reconciled_events(
             idempotency_key=f"reconciled:{row.id}",
             metadata={
                 "reconciled_from_event_id": str(row.id),
-                "reconciled_provider": row.provider,
-                "reconciled_provider_event_id": row.provider_event_id,
+                "reconciled_provider": _text_or_none(row.provider),
+                "reconciled_provider_event_id": _text_or_none(row.provider_event_id),
                 "reconciled_event_type": row.type,
             },
         )
@@ -334,6 +334,12 @@ def append_reconciled_events(
     conn.execute(sa.text(_PARK_STALE.format(tenant_filter=tenant_filter)), park_params)
 
     return _summarize(linked, set(won["id"]) if not won.empty else set(), backlog(conn, tenant_id), tenant_id)
+
+
+def _text_or_none(value: object) -> str | None:
+    # pandas' string dtype turns a missing text value into NaN, and json.dumps writes NaN, which
+    # jsonb refuses: one orphan without a provider_event_id (legal) would fail the whole batch.
+    return None if value is None or pd.isna(value) else str(value)
 
 
 def _now(conn: Connection) -> Any:

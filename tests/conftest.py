@@ -101,9 +101,7 @@ def make_delivery(
 ) -> uuid.UUID:
     kwargs.setdefault("last_event_at", datetime.now(UTC) - timedelta(hours=1))
     with engine.begin() as conn:
-        return deliveries.create(
-            conn, tenant_id=tenant_id, provider=provider, provider_message_id=message_id, **kwargs
-        )
+        return deliveries.create(conn, tenant_id=tenant_id, provider=provider, provider_message_id=message_id, **kwargs)
 
 
 def make_orphan(

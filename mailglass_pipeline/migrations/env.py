@@ -19,9 +19,7 @@ MIGRATION_LOCK_KEY = 0x6D61696C676C  # "mailgl": any fixed bigint shared by ever
 def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
-        engine = sa.create_engine(
-            context.config.get_main_option("sqlalchemy.url"), poolclass=sa.pool.NullPool
-        )
+        engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"), poolclass=sa.pool.NullPool)
         with engine.connect() as conn:
             _run(conn)
         engine.dispose()

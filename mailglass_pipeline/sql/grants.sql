@@ -1,0 +1,34 @@
+-- Least privilege for the mailglass reconciler's database role.
+--
+-- Creates nothing: no role, no table. It only REVOKEs and GRANTs on the schema
+-- objects the migrations (run by the owner) created, so re-running it is
+-- idempotent and leaves exactly these privileges. Create the role yourself
+-- first, e.g. CREATE ROLE mailglass_reconciler LOGIN PASSWORD '...';
+--
+--   psql "$OWNER_URL" -v role=mailglass_reconciler -f grants.sql
+--   mailglass grants --role mailglass_reconciler            (prints this file, rendered)
+--   mailglass grants --role mailglass_reconciler --apply    (runs it as MAILGLASS_DATABASE_URL)
+--
+-- What one sweep does, and the privilege each step needs:
+--   find      SELECT on the queue and the ledger, row locks FOR UPDATE OF the queue
+--             (FOR UPDATE needs UPDATE on the locked table)
+--   link      SELECT on deliveries
+--   append    INSERT ... ON CONFLICT DO NOTHING RETURNING id on the ledger (INSERT, SELECT)
+--   project   SELECT ... FOR UPDATE, UPDATE on deliveries
+--   notify    pg_notify needs no privilege
+--   bookkeep  UPDATE on the queue (attempts, parking)
+-- The ledger trigger mailglass_track_orphans runs as the inserting role: for each
+-- appended `reconciled` event it DELETEs the orphan's queue row (and it INSERTs a
+-- queue row for each new orphan). Hence INSERT and DELETE on the queue. The queue
+-- is derived, mutable bookkeeping (every row can be rebuilt from the ledger, as
+-- migration 0001 does when adopting a Mailglass database); the ledger itself gets
+-- no UPDATE, DELETE or TRUNCATE, and the append-only trigger refuses them anyway.
+-- No DDL: the role owns nothing, gets no CREATE, and cannot migrate (that stays
+-- the owner's job: `mailglass migrate` as the owner).
+
+REVOKE ALL ON TABLE mailglass_events, mailglass_deliveries, mailglass_reconciliation_queue FROM :"role";
+
+GRANT USAGE ON SCHEMA public TO :"role";
+GRANT SELECT, INSERT ON TABLE mailglass_events TO :"role";
+GRANT SELECT, UPDATE ON TABLE mailglass_deliveries TO :"role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE mailglass_reconciliation_queue TO :"role";

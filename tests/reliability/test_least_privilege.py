@@ -1,0 +1,195 @@
+"""Item 7: the reconciler runs as a role holding only what ``sql/grants.sql`` grants.
+
+The scenario runs the sweep as a fresh LOGIN role that got nothing but the
+shipped GRANTs (applied through :func:`mailglass_pipeline.grants.apply_grants`,
+the code path ``mailglass grants --apply`` uses). If the reconciler starts to
+need another privilege the sweep fails here; if ``grants.sql`` grants too much
+the refusal assertions fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from conftest import fetch, make_delivery, make_orphan
+from sqlalchemy.engine import Engine, make_url
+
+from mailglass_pipeline import grants
+from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconciler import SweepConfig, reconcile, sweep
+
+MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
+
+
+@pytest.fixture
+def restricted_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
+    role = f"mg_reconciler_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    grants.apply_grants(database_url, role)
+    yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
+    owner = create_engine(database_url, poolclass=sa.pool.NullPool)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+    owner.dispose()
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'DROP ROLE "{role}"'))
+
+
+@pytest.fixture
+def restricted(restricted_url: str) -> Iterator[Engine]:
+    engine = create_engine(restricted_url)
+    yield engine
+    engine.dispose()
+
+
+def _refused(engine: Engine, sql: str) -> str:
+    """Run ``sql`` and return the SQLSTATE it was refused with (fails when it is allowed)."""
+    with pytest.raises(sa.exc.DBAPIError) as info, engine.begin() as conn:
+        conn.execute(sa.text(sql))
+    return getattr(info.value.orig, "sqlstate", "?")
+
+
+def test_rendered_grants_are_exact_and_injection_safe() -> None:
+    sql = grants.render_grants('evil"; DROP TABLE mailglass_events; --')
+    assert ':"role"' not in sql
+    assert '"evil""; DROP TABLE mailglass_events; --"' in sql
+    assert "DROP TABLE mailglass_events;" not in sql.replace('"evil""; DROP TABLE mailglass_events; --"', "")
+    stmts = grants.statements("a;b")
+    assert all(s.startswith(("REVOKE", "GRANT")) for s in stmts)
+    assert any('"a;b"' in s for s in stmts)
+    granted = " ".join(stmts).upper()
+    assert "DELETE ON TABLE MAILGLASS_EVENTS" not in granted
+    assert "ALL PRIVILEGES" not in granted and "CREATE" not in granted
+    for bad in ("", "x\x00y", "r" * 64):
+        with pytest.raises(ConfigurationError):
+            grants.render_grants(bad)
+
+
+def test_table_privileges_are_exactly_the_documented_ones(restricted_url: str, engine: Engine) -> None:
+    role = make_url(restricted_url).username
+    rows = fetch(
+        engine,
+        """
+        SELECT table_name, string_agg(privilege_type, ',' ORDER BY privilege_type) AS privs
+          FROM information_schema.role_table_grants WHERE grantee = :role GROUP BY table_name
+        """,
+        role=role,
+    )
+    assert {r.table_name: r.privs for r in rows} == {
+        "mailglass_events": "INSERT,SELECT",
+        "mailglass_deliveries": "SELECT,UPDATE",
+        "mailglass_reconciliation_queue": "DELETE,INSERT,SELECT,UPDATE",
+    }
+    # Re-applying is idempotent (REVOKE ALL first), not additive.
+    grants.apply_grants(str(engine.url.render_as_string(hide_password=False)), role)
+    assert len(fetch(engine, "SELECT 1 FROM information_schema.role_table_grants WHERE grantee = :r", r=role)) == 8
+
+
+def test_core_reconciler_scenario_as_restricted_role(engine: Engine, restricted: Engine) -> None:
+    # Data written by the owner/application; the sweeps run as the restricted role.
+    linked_orphan = make_orphan(engine, "t1", "m-1", event_type="delivered")
+    delivery = make_delivery(engine, "t1", "m-1")
+    make_orphan(engine, "t1", "m-unknown")
+    make_orphan(engine, "t1", None, metadata={"provider": 7, "provider_message_id": ["x"]})
+    make_orphan(engine, "t1", "m-old", age=timedelta(days=8))
+
+    result = sweep(restricted, "t1", SweepConfig(grace_seconds=0))
+    assert (result.scanned, result.linked, result.unmatched, result.malformed) == (3, 1, 1, 1)
+    assert result.stale_orphans == 1
+    rec = fetch(engine, "SELECT delivery_id, metadata FROM mailglass_events WHERE type = 'reconciled'")
+    assert [(r.delivery_id, r.metadata["reconciled_from_event_id"]) for r in rec] == [(delivery, str(linked_orphan))]
+    row = fetch(
+        engine, "SELECT delivered_at, terminal, lock_version FROM mailglass_deliveries WHERE id = :d", d=delivery
+    )
+    assert row[0].delivered_at is not None and row[0].terminal and row[0].lock_version == 2
+
+    again = sweep(restricted, "t1", SweepConfig(grace_seconds=0))
+    assert (again.scanned, again.linked) == (1, 0)  # only the unmatched orphan is retried
+    assert fetch(engine, "SELECT count(*) AS n FROM mailglass_events WHERE type = 'reconciled'")[0].n == 1
+
+    # A delivery committing later is picked up by the restricted role too.
+    make_delivery(engine, "t1", "m-unknown")
+    assert sweep(restricted, "t1", SweepConfig(grace_seconds=0)).linked == 1
+
+
+def test_public_api_and_cli_run_as_restricted_role(engine: Engine, restricted_url: str) -> None:
+    make_orphan(engine, "t2", "m-1")
+    make_delivery(engine, "t2", "m-1")
+    make_orphan(engine, "t2", "m-2")
+    make_delivery(engine, "t2", "m-2")
+    assert reconcile("t2", limit=1, database_url=restricted_url)["linked"] == 1
+    env = {**os.environ, "MAILGLASS_DATABASE_URL": restricted_url}
+    proc = subprocess.run(
+        [MAILGLASS_BIN, "reconcile", "--tenant-id", "t2", "--grace-seconds", "0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["linked"] == 1
+
+
+def test_restricted_role_cannot_rewrite_history_or_change_schema(engine: Engine, restricted: Engine) -> None:
+    make_orphan(engine, "t3", "m-1")
+    make_delivery(engine, "t3", "m-1")
+    refused = {
+        "UPDATE mailglass_events SET type = 'bounced'": "42501",
+        "DELETE FROM mailglass_events": "42501",
+        "TRUNCATE mailglass_events": "42501",
+        "DELETE FROM mailglass_deliveries": "42501",
+        "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, "
+        "last_event_type, last_event_at) VALUES ('t', 'm', 's', 'r', 'd', 'x', now())": "42501",
+        "CREATE TABLE mg_intruder (id int)": "42501",
+        "ALTER TABLE mailglass_events DISABLE TRIGGER mailglass_events_immutable": "42501",
+        "DROP TRIGGER mailglass_events_immutable ON mailglass_events": "42501",
+        "DROP TABLE mailglass_reconciliation_queue": "42501",
+        "CREATE INDEX mg_i ON mailglass_deliveries (recipient)": "42501",
+        "SELECT * FROM mailglass_alembic_version": "42501",
+    }
+    got = {sql: _refused(restricted, sql) for sql in refused}
+    assert got == refused
+    # And the migrations stay the owner's job.
+    assert fetch(engine, "SELECT count(*) AS n FROM mailglass_events")[0].n == 1
+
+
+def test_grants_cli_prints_and_applies(database_url: str, admin_engine: Engine, engine: Engine) -> None:
+    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
+    printed = subprocess.run(
+        [MAILGLASS_BIN, "grants", "--role", "o'reilly"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == grants.render_grants("o'reilly").strip()
+
+    missing = subprocess.run(
+        [MAILGLASS_BIN, "grants", "--role", "mg_no_such_role", "--apply"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "mg_no_such_role" in missing.stderr.strip().splitlines()[-1]
+
+    role = f"mg_reconciler_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" NOLOGIN'))
+    try:
+        applied = subprocess.run(
+            [MAILGLASS_BIN, "grants", "--role", role, "--apply"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert applied.returncode == 0, applied.stderr
+        assert json.loads(applied.stdout)["role"] == role
+        privileges = fetch(
+            engine, "SELECT count(*) AS n FROM information_schema.role_table_grants WHERE grantee = :r", r=role
+        )
+        assert privileges[0].n == 8
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+        with admin_engine.connect() as conn:
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
