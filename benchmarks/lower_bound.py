@@ -9,8 +9,9 @@ queues the notifications: everything the reconciler does, with no round trip
 and no Python per batch. Nothing practical can be faster on the same schema,
 so the benchmark reports the reconciler's distance from it.
 
-The metadata extraction expressions are the reconciler's own (imported), so
-both read orphans identically.
+The metadata extraction expressions are the reconciler's own (imported), and
+so are the projection rules and the notification payload (projector.py's SQL
+fragments), so both do exactly the same work.
 """
 
 from __future__ import annotations
@@ -18,14 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.projector import NOTIFY_CHANNEL, SET_ONCE_COLUMNS, TERMINAL_TYPES
+from mailglass_pipeline.projector import notify_select, projection_ctes
 from mailglass_pipeline.reconciler import _EVENT_ID_SQL, _MESSAGE_ID_SQL, _PROVIDER_SQL
-
-_set_once_aggs = ",\n".join(
-    f"min(occurred_at) FILTER (WHERE type = '{etype}') AS {column}" for etype, column in SET_ONCE_COLUMNS.items()
-)
-_set_once_assignments = ",\n".join(f"{c} = COALESCE(d.{c}, a.{c})" for c in SET_ONCE_COLUMNS.values())
-_terminal = ", ".join(f"'{t}'" for t in TERMINAL_TYPES)
 
 SWEEP_BATCH = sa.text(
     f"""
@@ -63,25 +58,10 @@ SWEEP_BATCH = sa.text(
         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, (metadata ->> 'reconciled_from_event_id')::uuid AS from_id
     ), won AS (
-        SELECT m.*, i.id AS reconciled_id FROM ins i JOIN matched m ON m.id = i.from_id
-    ), a AS (
-        SELECT delivery_id,
-               (array_agg(type ORDER BY occurred_at DESC, inserted_at ASC))[1] AS latest_type,
-               max(occurred_at) AS latest_at,
-               {_set_once_aggs},
-               bool_or(type IN ({_terminal})) AS terminal
-          FROM won GROUP BY delivery_id
-    ), upd AS (
-        UPDATE mailglass_deliveries d SET
-            last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-            last_event_at = GREATEST(d.last_event_at, a.latest_at),
-            {_set_once_assignments},
-            terminal = d.terminal OR a.terminal,
-            lock_version = d.lock_version + 1,
-            updated_at = now()
-          FROM a
-         WHERE d.id = a.delivery_id
-        RETURNING d.id
+        -- ord: on an occurred_at tie the earlier-inserted orphan wins (projector.projection_ctes).
+        SELECT m.*, i.id AS reconciled_id, m.inserted_at AS ord FROM ins i JOIN matched m ON m.id = i.from_id
+    ), {projection_ctes("won")}, upd AS (
+        SELECT id FROM proj_upd
     ), attempted AS (
         UPDATE mailglass_reconciliation_queue q
            SET attempts = q.attempts + 1,
@@ -91,12 +71,13 @@ SWEEP_BATCH = sa.text(
           FROM matched m
          WHERE q.event_id = m.id AND m.delivery_id IS NULL
         RETURNING q.event_id
+    ), latest AS (
+        SELECT DISTINCT ON (delivery_id) tenant_id, delivery_id, 'reconciled'::text AS event_type,
+               reconciled_id AS event_id, id AS from_id
+          FROM won
+         ORDER BY delivery_id, occurred_at DESC, inserted_at DESC
     ), notified AS (
-        SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
-                   'tenant_id', w.tenant_id, 'delivery_id', w.delivery_id, 'event_type', 'reconciled',
-                   'event_id', w.reconciled_id, 'reconciled_from_event_id', w.id)::text)
-          FROM (SELECT DISTINCT ON (delivery_id) * FROM won
-                 ORDER BY delivery_id, occurred_at DESC, inserted_at DESC) w
+        {notify_select("latest")}
     )
     SELECT (SELECT count(*) FROM batch) AS scanned,
            (SELECT count(*) FROM ins) AS linked,

@@ -6,8 +6,11 @@ NOT NULL DO NOTHING``, whose predicate matches the partial unique index
 exactly (PostgreSQL refuses to infer a partial index otherwise), so a
 webhook delivered twice or two sweeps racing on one orphan store one row.
 
-A batch is one statement (``unnest`` of column arrays): the cost of a write
-does not depend on how many events it carries in round trips.
+A batch is one statement whatever its size, and its rows travel as ONE JSON
+document read server-side by ``json_to_recordset``. Column arrays would be the
+obvious alternative, but the driver escapes array parameters element by
+element: a ``jsonb[]`` of 1,000 small documents costs about 25 ms to send,
+the same rows as one document about 2.4 ms.
 """
 
 from __future__ import annotations
@@ -68,22 +71,22 @@ _INSERT = sa.text(
     SELECT r.id, r.tenant_id, r.delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
            r.normalized_payload, r.metadata, r.trace_id, r.needs_reconciliation,
            COALESCE(r.inserted_at, now())
-      FROM unnest(
-           CAST(:id AS uuid[]), CAST(:tenant_id AS text[]), CAST(:delivery_id AS uuid[]),
-           CAST(:type AS text[]), CAST(:occurred_at AS timestamptz[]), CAST(:idempotency_key AS text[]),
-           CAST(:reject_reason AS text[]), CAST(:normalized_payload AS jsonb[]), CAST(:metadata AS jsonb[]),
-           CAST(:trace_id AS text[]), CAST(:needs_reconciliation AS boolean[]),
-           CAST(:inserted_at AS timestamptz[])
-      ) AS r(id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
-             normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at)
+      FROM json_to_recordset(CAST(:rows AS json)) AS r(
+           id uuid, tenant_id text, delivery_id uuid, type text, occurred_at timestamptz,
+           idempotency_key text, reject_reason text, normalized_payload jsonb, metadata jsonb,
+           trace_id text, needs_reconciliation boolean, inserted_at timestamptz)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
     """
 )
 
 
-def to_json(value: Mapping[str, Any]) -> str:
-    """JSON text for a jsonb column; datetimes and UUIDs become strings."""
+def to_json(value: Any) -> str:
+    """JSON text for a jsonb column (or a batch document); datetimes and UUIDs become strings.
+
+    ``str(datetime)`` is ``2026-11-28 04:00:00.123456+00:00``, which
+    PostgreSQL reads back as the same ``timestamptz``.
+    """
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
@@ -95,18 +98,21 @@ def append_events(conn: Connection, events: Sequence[NewEvent]) -> set[uuid.UUID
     """
     if not events:
         return set()
-    params = {
-        "id": [e.id for e in events],
-        "tenant_id": [e.tenant_id for e in events],
-        "delivery_id": [e.delivery_id for e in events],
-        "type": [e.type for e in events],
-        "occurred_at": [e.occurred_at for e in events],
-        "idempotency_key": [e.idempotency_key for e in events],
-        "reject_reason": [e.reject_reason for e in events],
-        "normalized_payload": [to_json(e.normalized_payload) for e in events],
-        "metadata": [to_json(e.metadata) for e in events],
-        "trace_id": [e.trace_id for e in events],
-        "needs_reconciliation": [e.needs_reconciliation for e in events],
-        "inserted_at": [e.inserted_at for e in events],
-    }
-    return {row[0] for row in conn.execute(_INSERT, params)}
+    rows = [
+        {
+            "id": e.id,
+            "tenant_id": e.tenant_id,
+            "delivery_id": e.delivery_id,
+            "type": e.type,
+            "occurred_at": e.occurred_at,
+            "idempotency_key": e.idempotency_key,
+            "reject_reason": e.reject_reason,
+            "normalized_payload": dict(e.normalized_payload),
+            "metadata": dict(e.metadata),
+            "trace_id": e.trace_id,
+            "needs_reconciliation": e.needs_reconciliation,
+            "inserted_at": e.inserted_at,
+        }
+        for e in events
+    ]
+    return {row[0] for row in conn.execute(_INSERT, {"rows": to_json(rows)})}

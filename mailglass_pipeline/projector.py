@@ -19,13 +19,20 @@ the current row values under that lock. Callers retry the transaction on
 
 Announcements go out with ``pg_notify`` inside the same transaction:
 PostgreSQL delivers them only if it commits, which is exactly "announce
-after commit".
+after commit". A tenant id too long for a notification payload (pg_notify
+refuses 8000 bytes or more) is sent as null rather than failing the sweep.
+
+This module is the one home of these rules. They are exported as SQL
+fragments (:func:`projection_ctes`, :func:`notify_select`) so that the
+reconciler can run them inside its single write statement over the events it
+just appended, while :func:`apply` and :func:`announce` run the very same SQL
+over Python values.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +40,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 NOTIFY_CHANNEL = "mailglass_delivery_updated"
+#: pg_notify refuses payloads of 8000 bytes or more. Every other payload field
+#: is a fixed-size UUID or word, so only the tenant id can push it over: above
+#: this many bytes of JSON it is sent as null (the listener still has the
+#: delivery id to look the tenant up).
+MAX_NOTIFY_TENANT_BYTES = 7000
 
 #: Event types after which a delivery is finished for good.
 TERMINAL_TYPES = ("delivered", "bounced", "complained", "rejected", "failed", "suppressed")
@@ -65,32 +77,59 @@ _set_once_assignments = ",\n".join(
 )
 _terminal_list = ", ".join(f"'{t}'" for t in TERMINAL_TYPES)
 
+
+def projection_ctes(source: str) -> str:
+    """The projection rules as two CTE definitions over the relation named ``source``.
+
+    ``source`` must have the columns ``delivery_id``, ``type``, ``occurred_at``
+    and ``ord`` (batch order: on an ``occurred_at`` tie the lowest ``ord``
+    wins). The result defines ``proj_agg`` (one row per delivery) and
+    ``proj_upd`` (the UPDATE, ``RETURNING d.id``), to be placed after ``WITH``
+    and the CTE that defines ``source``. This is the one home of the rules:
+    :func:`apply` and the reconciler's single write statement both embed it,
+    so they cannot drift apart. The deliveries must already be locked in id
+    order (:func:`lock`) for the no-deadlock guarantee.
+    """
+    return f"""
+    proj_agg AS (
+        SELECT delivery_id,
+               (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+               max(occurred_at) AS latest_at,
+               {_set_once_aggs},
+               bool_or(type IN ({_terminal_list})) AS terminal
+          FROM {source} GROUP BY delivery_id
+    ), proj_upd AS (
+        UPDATE mailglass_deliveries d SET
+            last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+            last_event_at = GREATEST(d.last_event_at, a.latest_at),
+            {_set_once_assignments},
+            terminal = d.terminal OR a.terminal,
+            lock_version = d.lock_version + 1,
+            updated_at = now()
+          FROM proj_agg a
+         WHERE d.id = a.delivery_id
+        RETURNING d.id
+    )"""
+
+
 _UPDATE = sa.text(
     f"""
     WITH ev AS (
         SELECT * FROM unnest(CAST(:delivery_id AS uuid[]), CAST(:type AS text[]),
                              CAST(:occurred_at AS timestamptz[]))
                WITH ORDINALITY AS e(delivery_id, type, occurred_at, ord)
-    ), a AS (
-        SELECT delivery_id,
-               (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
-               max(occurred_at) AS latest_at,
-               {_set_once_aggs},
-               bool_or(type IN ({_terminal_list})) AS terminal
-          FROM ev GROUP BY delivery_id
-    )
-    UPDATE mailglass_deliveries d SET
-        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-        last_event_at = GREATEST(d.last_event_at, a.latest_at),
-        {_set_once_assignments},
-        terminal = d.terminal OR a.terminal,
-        lock_version = d.lock_version + 1,
-        updated_at = now()
-      FROM a
-     WHERE d.id = a.delivery_id
-    RETURNING d.id
+    ), {projection_ctes("ev")}
+    SELECT id FROM proj_upd
     """
 )
+
+
+def lock(conn: Connection, delivery_ids: Iterable[uuid.UUID]) -> None:
+    """Lock the deliveries ``FOR UPDATE`` in id order: two writers locking overlapping sets cannot deadlock."""
+    ids = sorted(set(delivery_ids))
+    if ids:
+        # One array literal as text: the driver would otherwise dump a uuid[] element by element.
+        conn.execute(_LOCK, {"ids": "{" + ",".join(map(str, ids)) + "}"})
 
 
 def apply(conn: Connection, events: Sequence[ProjectedEvent]) -> set[uuid.UUID]:
@@ -100,8 +139,7 @@ def apply(conn: Connection, events: Sequence[ProjectedEvent]) -> set[uuid.UUID]:
     """
     if not events:
         return set()
-    ids = sorted({e.delivery_id for e in events})
-    conn.execute(_LOCK, {"ids": ids})
+    lock(conn, (e.delivery_id for e in events))
     rows = conn.execute(
         _UPDATE,
         {
@@ -124,21 +162,32 @@ class Announcement:
     event_type: str = "reconciled"
 
 
-#: pg_notify refuses a payload of 8000 bytes or more, which would fail the whole sweep of a
-#: tenant whose id is that long, every minute. Such a tenant id is sent as null (listeners
-#: read it from the delivery); everything else in the payload is a fixed ~200 bytes.
-MAX_NOTIFY_TENANT_BYTES = 7000
+def notify_select(source: str) -> str:
+    """A SELECT queueing one notification per row of the relation named ``source``.
+
+    ``source`` has the columns ``tenant_id``, ``delivery_id``, ``event_type``,
+    ``event_id`` and ``from_id``. Shared by :func:`announce` and the
+    reconciler's single write statement, so the payload has one definition.
+    A SELECT in a CTE runs only if the statement reads it: embed it where its
+    rows are consumed (e.g. counted).
+    """
+    return f"""
+    SELECT pg_notify('{NOTIFY_CHANNEL}', json_build_object(
+               'tenant_id', CASE WHEN octet_length(to_json(n.tenant_id)::text) > {MAX_NOTIFY_TENANT_BYTES}
+                                 THEN NULL ELSE n.tenant_id END,
+               'delivery_id', n.delivery_id, 'event_type', n.event_type,
+               'event_id', n.event_id, 'reconciled_from_event_id', n.from_id)::text) AS notified
+      FROM {source} AS n"""
+
 
 _NOTIFY = sa.text(
     f"""
-    SELECT pg_notify(:channel, json_build_object(
-               'tenant_id', CASE WHEN octet_length(to_json(n.tenant_id)::text) <= {MAX_NOTIFY_TENANT_BYTES}
-                                 THEN n.tenant_id END,
-               'delivery_id', n.delivery_id, 'event_type', n.event_type,
-               'event_id', n.event_id, 'reconciled_from_event_id', n.from_id)::text)
-      FROM unnest(CAST(:tenant_id AS text[]), CAST(:delivery_id AS uuid[]), CAST(:event_type AS text[]),
-                  CAST(:event_id AS uuid[]), CAST(:from_id AS uuid[]))
-           AS n(tenant_id, delivery_id, event_type, event_id, from_id)
+    WITH ann AS (
+        SELECT * FROM unnest(CAST(:tenant_id AS text[]), CAST(:delivery_id AS uuid[]),
+                             CAST(:event_type AS text[]), CAST(:event_id AS uuid[]), CAST(:from_id AS uuid[]))
+               AS a(tenant_id, delivery_id, event_type, event_id, from_id)
+    )
+    {notify_select("ann")}
     """
 )
 
@@ -150,7 +199,6 @@ def announce(conn: Connection, announcements: Sequence[Announcement]) -> None:
     conn.execute(
         _NOTIFY,
         {
-            "channel": NOTIFY_CHANNEL,
             "tenant_id": [a.tenant_id for a in announcements],
             "delivery_id": [a.delivery_id for a in announcements],
             "event_type": [a.event_type for a in announcements],

@@ -21,9 +21,13 @@ id) and orphans past ``max_age_minutes`` are *parked*: kept in the queue for
 counting, out of the scan index.
 
 **Set-based and exact under concurrency.** A batch costs a fixed number of
-statements (find, lookup, insert, lock, update, notify, bookkeeping), never
-one per orphan. ``find_orphans`` may lock its queue rows ``FOR UPDATE SKIP
-LOCKED`` so concurrent sweeps take disjoint batches; whatever runs
+statements, never one per orphan: timeouts, find, lookup, lock the matched
+deliveries in id order, ONE write statement (append the ``reconciled``
+events, fold them into the projections, notify, record the attempts, park),
+then count the backlog. Round trips and driver-side parameter escaping, not
+the database work, were most of a batch's cost, hence the single write.
+``find_orphans`` may lock its queue rows ``FOR UPDATE SKIP LOCKED`` so
+concurrent sweeps take disjoint batches; whatever runs
 concurrently, the partial unique index on ``idempotency_key =
 'reconciled:' || orphan.id`` admits one ``reconciled`` event per orphan, and
 projections are written only for events this sweep actually inserted.
@@ -34,6 +38,7 @@ exactly these functions; :func:`sweep` composes them in one transaction.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -43,7 +48,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import deliveries, ledger, projector
+from mailglass_pipeline import deliveries, projector
 from mailglass_pipeline.db import get_engine, run_transaction
 from mailglass_pipeline.errors import ConfigurationError
 
@@ -217,25 +222,147 @@ def attempt_link(conn: Connection, orphans: pd.DataFrame) -> pd.DataFrame:
     return linked
 
 
-_PARK_STALE = """
-    UPDATE mailglass_reconciliation_queue q
-       SET parked_at = now(), parked_reason = 'stale'
-     WHERE q.parked_at IS NULL
-       AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
-       {tenant_filter}
+# The write step of a sweep as ONE statement (data-modifying CTEs), so a batch
+# costs one round trip to write whatever its size. Its input is the linked
+# batch as one JSON document (see ledger: one document is an order of
+# magnitude cheaper to send than a dozen array parameters):
+#
+# * batch: that document (orphan id, delivery id, provider, provider event id,
+#   malformed, place in the batch);
+# * matched: the linked orphans with their type, times and tenant read from
+#   their own ledger rows (append-only, so exactly what find_orphans read);
+# * ins: the reconciled events (metadata and idempotency key per DESIGN.md
+#   section 3, occurred_at = now() = sweep time); ON CONFLICT DO NOTHING makes
+#   a second reconciled event for one orphan impossible, and RETURNING says
+#   which events this sweep actually appended;
+# * won: those orphans, numbered in batch order (the order they arrived in:
+#   occurred_at, inserted_at, then find order), so ties resolve as a replay;
+# * proj_agg/proj_upd: the projection rules, embedded from projector.py (their
+#   one home), over the won orphans only;
+# * notified: one notification per linked delivery naming its latest
+#   reconciled orphan (projector.notify_select; a SELECT CTE runs only when
+#   read, hence the count in the final SELECT);
+# * attempted: the attempt recorded on every unlinked orphan of the batch;
+#   malformed ones are parked, and so are ones that aged out since find (as
+#   the stale parking below would have done right after);
+# * parked: every other orphan past max age is parked as stale. The batch's
+#   unlinked rows are left to `attempted`: one row must not be updated twice
+#   in one statement. A linked stale orphan is parked here and then removed by
+#   the ledger trigger, which fires at the end of the statement.
+#
+# All CTEs share one snapshot, so the backlog count (which must see the queue
+# after the trigger removed the linked orphans) stays a separate statement.
+_WRITE = """
+    WITH batch AS (
+        SELECT r.*
+          FROM json_to_recordset(CAST(:rows AS json)) AS r(
+               id uuid, delivery_id uuid, provider text, provider_event_id text, malformed boolean, pos integer)
+    ), matched AS (
+        -- The orphan's type, times and tenant come from its ledger row, which is append-only: the
+        -- values find_orphans read, at the cost of a primary-key probe instead of serializing them.
+        SELECT b.id, e.tenant_id, b.delivery_id, e.type, e.occurred_at, e.inserted_at,
+               b.provider, b.provider_event_id, b.pos
+          FROM batch b JOIN mailglass_events e ON e.id = b.id
+         WHERE b.delivery_id IS NOT NULL
+    ), ins AS (
+        -- Every column explicit: a database created by Mailglass itself has fewer defaults.
+        INSERT INTO mailglass_events
+            (id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
+             normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at)
+        SELECT gen_random_uuid(), m.tenant_id, m.delivery_id, 'reconciled', now(), 'reconciled:' || m.id::text, NULL,
+               '{{}}'::jsonb,
+               jsonb_build_object('reconciled_from_event_id', m.id::text,
+                                  'reconciled_provider', m.provider,
+                                  'reconciled_provider_event_id', m.provider_event_id,
+                                  'reconciled_event_type', m.type),
+               NULL, false, now()
+          FROM matched m
+         ORDER BY m.pos
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, idempotency_key
+    ), won AS (
+        SELECT m.id, m.tenant_id, m.delivery_id, m.type, m.occurred_at, i.id AS reconciled_id,
+               row_number() OVER (ORDER BY m.occurred_at, m.inserted_at, m.pos) AS ord
+          FROM ins i JOIN matched m ON i.idempotency_key = 'reconciled:' || m.id::text
+    ), {projection},
+    latest AS (
+        SELECT DISTINCT ON (w.delivery_id)
+               w.tenant_id, w.delivery_id, 'reconciled'::text AS event_type, w.reconciled_id AS event_id,
+               w.id AS from_id
+          FROM won w
+         ORDER BY w.delivery_id, w.ord DESC
+    ), notified AS (
+        {notify}
+    ), cutoff AS (
+        SELECT now() - make_interval(mins => :max_age_minutes) AS stale_before
+    ), attempted AS (
+        UPDATE mailglass_reconciliation_queue q
+           SET attempts = q.attempts + 1,
+               last_attempted_at = now(),
+               parked_at = CASE WHEN b.malformed OR q.orphan_inserted_at <= c.stale_before THEN now() END,
+               parked_reason = CASE WHEN b.malformed THEN 'malformed'
+                                    WHEN q.orphan_inserted_at <= c.stale_before THEN 'stale' END
+          FROM batch b, cutoff c
+         WHERE q.event_id = b.id AND b.delivery_id IS NULL
+        RETURNING q.event_id
+    ), parked AS (
+        UPDATE mailglass_reconciliation_queue q
+           SET parked_at = now(), parked_reason = 'stale'
+          FROM cutoff c
+         WHERE q.parked_at IS NULL
+           AND q.orphan_inserted_at <= c.stale_before
+           {tenant_filter}
+           AND NOT EXISTS (SELECT 1 FROM batch b WHERE b.id = q.event_id AND b.delivery_id IS NULL)
+        RETURNING q.event_id
+    )
+    SELECT ARRAY(SELECT id FROM won) AS won,
+           (SELECT count(*) FROM notified) AS notified,
+           (SELECT count(*) FROM attempted) AS attempted,
+           (SELECT count(*) FROM parked) AS parked
 """
 
-_MARK_ATTEMPTED = sa.text(
+
+def _write_sql(tenant_scoped: bool) -> sa.TextClause:
+    return sa.text(
+        _WRITE.format(
+            projection=projector.projection_ctes("won"),
+            notify=projector.notify_select("latest"),
+            tenant_filter="AND q.tenant_id = :tenant_id" if tenant_scoped else "",
+        )
+    )
+
+
+_WRITE_SQL = {scoped: _write_sql(scoped) for scoped in (False, True)}
+
+
+def _text_or_none(values: Iterable[Any]) -> list[str | None]:
+    # NaN, NaT, pd.NA and None all become None (JSON null): json.dumps would write NaN,
+    # which PostgreSQL's JSON parser refuses.
+    return [v if isinstance(v, str) else None for v in values]
+
+
+def _batch_document(linked: pd.DataFrame) -> str:
+    """The linked batch as one JSON array of objects: what the write statement needs, nothing more.
+
+    Plain strings, booleans and integers only, so ``json.dumps`` runs in C
+    without a ``default`` callback per value. A missing delivery id, provider
+    or provider_event_id (None, or NaN after pandas) is JSON null. ``pos`` is
+    the row's place in the batch (find order).
     """
-    UPDATE mailglass_reconciliation_queue q
-       SET attempts = q.attempts + 1,
-           last_attempted_at = now(),
-           parked_at = CASE WHEN m.malformed THEN now() END,
-           parked_reason = CASE WHEN m.malformed THEN 'malformed' END
-      FROM unnest(CAST(:ids AS uuid[]), CAST(:malformed AS boolean[])) AS m(id, malformed)
-     WHERE q.event_id = m.id
-    """
-)
+    if linked.empty:
+        return "[]"
+    has_delivery = linked["delivery_id"].notna().tolist()
+    rows = [
+        {"id": str(orphan_id), "delivery_id": str(delivery_id) if linked_ else None, "provider": provider,
+         "provider_event_id": event_id, "malformed": bool(malformed), "pos": pos}
+        for pos, (orphan_id, delivery_id, linked_, provider, event_id, malformed) in enumerate(
+            zip(linked["id"].tolist(), linked["delivery_id"].tolist(), has_delivery,
+                _text_or_none(linked["provider"]), _text_or_none(linked["provider_event_id"]),
+                linked["malformed"].tolist(), strict=True)
+        )
+    ]  # fmt: skip
+    return json.dumps(rows, separators=(",", ":"))
+
 
 _BACKLOG = """
     SELECT tenant_id,
@@ -273,78 +400,30 @@ def append_reconciled_events(
     config = config or SweepConfig()
     tenant_id = validate_tenant_id(tenant_id)
     _set_timeouts(conn, config)
+    return _write(conn, linked, tenant_id, config)
 
-    matched = linked[linked["delivery_id"].notna()] if not linked.empty else linked
-    reconciled_ids = {orphan_id: uuid.uuid4() for orphan_id in matched["id"]} if not matched.empty else {}
-    sweep_time = _now(conn) if not matched.empty else None  # one query per sweep, not one per orphan
-    events = [
-        ledger.NewEvent(
-            id=reconciled_ids[row.id],
-            tenant_id=row.tenant_id,
-            type="reconciled",
-            delivery_id=row.delivery_id,
-            occurred_at=sweep_time,
-            idempotency_key=f"reconciled:{row.id}",
-            metadata={
-                "reconciled_from_event_id": str(row.id),
-                "reconciled_provider": _text_or_none(row.provider),
-                "reconciled_provider_event_id": _text_or_none(row.provider_event_id),
-                "reconciled_event_type": row.type,
-            },
-        )
-        for row in matched.itertuples(index=False)
-    ]
-    inserted = ledger.append_events(conn, events)
-    won = matched[[reconciled_ids[i] in inserted for i in matched["id"]]] if not matched.empty else matched
 
-    # Batch order = the order the orphans arrived in, so ties resolve as a replay would.
-    ordered = won.sort_values(["occurred_at", "inserted_at"], kind="stable") if not won.empty else won
-    projector.apply(
-        conn,
-        [
-            projector.ProjectedEvent(delivery_id=row.delivery_id, type=row.type, occurred_at=row.occurred_at)
-            for row in ordered.itertuples(index=False)
-        ],
-    )
-    # One announcement per linked delivery, naming its latest reconciled orphan.
-    latest = ordered.drop_duplicates("delivery_id", keep="last") if not ordered.empty else ordered
-    projector.announce(
-        conn,
-        [
-            projector.Announcement(
-                tenant_id=row.tenant_id,
-                delivery_id=row.delivery_id,
-                event_id=reconciled_ids[row.id],
-                reconciled_from_event_id=row.id,
-            )
-            for row in latest.itertuples(index=False)
-        ],
-    )
+def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config: SweepConfig) -> SweepResult:
+    """:func:`append_reconciled_events` once the timeouts are set: three statements whatever the batch.
 
-    unlinked = linked[linked["delivery_id"].isna()] if not linked.empty else linked
-    if not unlinked.empty:
-        conn.execute(
-            _MARK_ATTEMPTED,
-            {"ids": unlinked["id"].tolist(), "malformed": unlinked["malformed"].tolist()},
-        )
-    tenant_filter = "AND q.tenant_id = :tenant_id" if tenant_id is not None else ""
-    park_params: dict[str, Any] = {"max_age_minutes": config.max_age_minutes}
+    1. lock the matched deliveries ``ORDER BY id`` (two sweeps locking
+       overlapping sets cannot deadlock; inside one data-modifying statement
+       the UPDATE would lock in whatever order its plan visits rows);
+    2. the write statement (``_WRITE``);
+    3. the backlog count, which must see the queue after the write.
+    """
+    if not linked.empty:
+        projector.lock(conn, (_as_uuid(d) for d in linked["delivery_id"].dropna()))
+    params: dict[str, Any] = {"rows": _batch_document(linked), "max_age_minutes": config.max_age_minutes}
     if tenant_id is not None:
-        park_params["tenant_id"] = tenant_id
-    conn.execute(sa.text(_PARK_STALE.format(tenant_filter=tenant_filter)), park_params)
-
-    return _summarize(linked, set(won["id"]) if not won.empty else set(), backlog(conn, tenant_id), tenant_id)
-
-
-def _text_or_none(value: object) -> str | None:
-    # pandas' string dtype turns a missing text value into NaN, and json.dumps writes NaN, which
-    # jsonb refuses: one orphan without a provider_event_id (legal) would fail the whole batch.
-    return None if value is None or pd.isna(value) else str(value)
+        params["tenant_id"] = tenant_id
+    row = conn.execute(_WRITE_SQL[tenant_id is not None], params).one()
+    return _summarize(linked, set(row.won), backlog(conn, tenant_id), tenant_id)
 
 
-def _now(conn: Connection) -> Any:
-    # Transaction time: every reconciled event of one sweep carries the same sweep time.
-    return conn.execute(sa.text("SELECT now()")).scalar_one()
+def _as_uuid(value: Any) -> uuid.UUID:
+    # A batch that went through a Dagster IO manager may carry the ids as text.
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def _summarize(
@@ -354,21 +433,31 @@ def _summarize(
     tenant_id: str | None,
 ) -> SweepResult:
     result = SweepResult(tenant_id=tenant_id)
-    tenants: Iterable[str] = sorted(set(linked["tenant_id"]) | set(left)) if not linked.empty else sorted(left)
-    if tenant_id is not None:
-        tenants = [tenant_id]
+    # One pass over plain lists (a boolean mask per tenant would rescan the frame per tenant).
+    per_tenant: dict[str, list[int]] = {}  # tenant -> [scanned, linked, malformed, matched]
+    if not linked.empty:
+        won_ids = {_as_uuid(i) for i in won_ids}
+        for tenant, orphan_id, malformed, matched in zip(
+            linked["tenant_id"].tolist(),
+            linked["id"].tolist(),
+            linked["malformed"].tolist(),
+            linked["delivery_id"].notna().tolist(),
+            strict=True,
+        ):
+            c = per_tenant.setdefault(tenant, [0, 0, 0, 0])
+            c[0] += 1
+            c[1] += _as_uuid(orphan_id) in won_ids
+            c[2] += bool(malformed)
+            c[3] += bool(matched)
+    tenants: Iterable[str] = [tenant_id] if tenant_id is not None else sorted(set(per_tenant) | set(left))
     for tenant in tenants:
-        rows = linked[linked["tenant_id"] == tenant] if not linked.empty else linked
-        scanned = len(rows)
-        linked_n = int(rows["id"].isin(won_ids).sum()) if scanned else 0
-        malformed = int(rows["malformed"].sum()) if scanned else 0
-        matched = int(rows["delivery_id"].notna().sum()) if scanned else 0
+        scanned, linked_n, malformed_n, matched_n = per_tenant.get(tenant, [0, 0, 0, 0])
         counts = {
             "scanned": scanned,
             "linked": linked_n,
-            "unmatched": scanned - matched - malformed,
-            "malformed": malformed,
-            "already_reconciled": matched - linked_n,
+            "unmatched": scanned - matched_n - malformed_n,
+            "malformed": malformed_n,
+            "already_reconciled": matched_n - linked_n,
             **left.get(tenant, {"remaining_orphans": 0, "stale_orphans": 0}),
         }
         result.tenants[tenant] = counts
@@ -383,9 +472,9 @@ def sweep(engine: Engine, tenant_id: str | None = None, config: SweepConfig | No
     tenant_id = validate_tenant_id(tenant_id)
 
     def work(conn: Connection) -> SweepResult:
-        orphans = find_orphans(conn, tenant_id, config, lock=True)
+        orphans = find_orphans(conn, tenant_id, config, lock=True)  # sets the timeouts for the transaction
         linked = attempt_link(conn, orphans)
-        return append_reconciled_events(conn, linked, tenant_id, config)
+        return _write(conn, linked, tenant_id, config)
 
     return run_transaction(engine, work)
 

@@ -155,3 +155,26 @@ def test_tenant_and_stale_helpers(engine: Engine) -> None:
     with engine.connect() as conn:
         assert stale_orphans(conn)[0] == 2
         assert tenants_with_due_orphans(conn) == ["due"]  # still unmatched, still due
+
+
+def test_missing_provider_event_id_as_nan_is_stored_as_json_null(engine: Engine) -> None:
+    # A batch that went through pandas (or a Dagster IO manager) may carry NaN for a missing value;
+    # json.dumps would write NaN, which PostgreSQL refuses.
+    from mailglass_pipeline.reconciler import append_reconciled_events, attempt_link, find_orphans
+
+    make_delivery(engine, "t1", "m-1")
+    orphan = make_orphan(engine, "t1", "m-1", metadata={"provider": "postmark", "provider_message_id": "m-1"})
+    with engine.begin() as conn:
+        linked = attempt_link(conn, find_orphans(conn, "t1", SweepConfig()))
+        linked["provider_event_id"] = float("nan")
+        assert append_reconciled_events(conn, linked, "t1").linked == 1
+    with engine.connect() as conn:
+        metadata = conn.execute(
+            sa.text("SELECT metadata FROM mailglass_events WHERE idempotency_key = :k"), {"k": f"reconciled:{orphan}"}
+        ).scalar_one()
+    assert metadata == {
+        "reconciled_from_event_id": str(orphan),
+        "reconciled_provider": "postmark",
+        "reconciled_provider_event_id": None,
+        "reconciled_event_type": "delivered",
+    }

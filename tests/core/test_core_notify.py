@@ -70,3 +70,21 @@ def test_no_notification_when_nothing_links(database_url: str, engine: Engine) -
         result = sweep(engine, "t1", SweepConfig())
         assert (result.scanned, result.linked) == (1, 0)
         assert drain(listen, timeout=0.5) == []
+
+
+def test_tenant_id_too_long_for_a_notification_is_sent_as_null(database_url: str, engine: Engine) -> None:
+    # pg_notify refuses payloads of 8000 bytes or more: the sweep must still commit and announce.
+    from mailglass_pipeline.projector import MAX_NOTIFY_TENANT_BYTES
+
+    long_tenant = "t" * 7500
+    short = make_delivery(engine, "t1", "m-short")
+    long = make_delivery(engine, long_tenant, "m-long")
+    make_orphan(engine, "t1", "m-short")
+    make_orphan(engine, long_tenant, "m-long")
+    with listener(database_url) as listen:
+        assert sweep(engine, None, SweepConfig()).linked == 2
+        notes = {uuid.UUID(n["delivery_id"]): n for n in drain(listen)}
+    assert set(notes) == {short, long}
+    assert notes[short]["tenant_id"] == "t1"
+    assert notes[long]["tenant_id"] is None
+    assert len(long_tenant) > MAX_NOTIFY_TENANT_BYTES
