@@ -25,8 +25,8 @@ refuses 8000 bytes or more) is sent as null rather than failing the sweep.
 This module is the one home of these rules. They are exported as SQL
 fragments (:func:`projection_ctes`, :func:`notify_select`) so that the
 reconciler can run them inside its single write statement over the events it
-just appended, while :func:`apply` and :func:`announce` run the very same SQL
-over Python values.
+just appended, while :func:`apply` runs the very same projection SQL over
+Python values (ingest's directly linked events).
 """
 
 from __future__ import annotations
@@ -151,23 +151,12 @@ def apply(conn: Connection, events: Sequence[ProjectedEvent]) -> set[uuid.UUID]:
     return {row[0] for row in rows}
 
 
-@dataclass(frozen=True)
-class Announcement:
-    """Payload of one ``mailglass_delivery_updated`` notification."""
-
-    tenant_id: str
-    delivery_id: uuid.UUID
-    event_id: uuid.UUID
-    reconciled_from_event_id: uuid.UUID
-    event_type: str = "reconciled"
-
-
 def notify_select(source: str) -> str:
     """A SELECT queueing one notification per row of the relation named ``source``.
 
     ``source`` has the columns ``tenant_id``, ``delivery_id``, ``event_type``,
-    ``event_id`` and ``from_id``. Shared by :func:`announce` and the
-    reconciler's single write statement, so the payload has one definition.
+    ``event_id`` and ``from_id``. Used by the reconciler's single write
+    statement and by the lower-bound benchmark, so the payload has one definition.
     A SELECT in a CTE runs only if the statement reads it: embed it where its
     rows are consumed (e.g. counted).
     """
@@ -178,31 +167,3 @@ def notify_select(source: str) -> str:
                'delivery_id', n.delivery_id, 'event_type', n.event_type,
                'event_id', n.event_id, 'reconciled_from_event_id', n.from_id)::text) AS notified
       FROM {source} AS n"""
-
-
-_NOTIFY = sa.text(
-    f"""
-    WITH ann AS (
-        SELECT * FROM unnest(CAST(:tenant_id AS text[]), CAST(:delivery_id AS uuid[]),
-                             CAST(:event_type AS text[]), CAST(:event_id AS uuid[]), CAST(:from_id AS uuid[]))
-               AS a(tenant_id, delivery_id, event_type, event_id, from_id)
-    )
-    {notify_select("ann")}
-    """
-)
-
-
-def announce(conn: Connection, announcements: Sequence[Announcement]) -> None:
-    """Queue one notification per announcement; sent by PostgreSQL only on commit."""
-    if not announcements:
-        return
-    conn.execute(
-        _NOTIFY,
-        {
-            "tenant_id": [a.tenant_id for a in announcements],
-            "delivery_id": [a.delivery_id for a in announcements],
-            "event_type": [a.event_type for a in announcements],
-            "event_id": [a.event_id for a in announcements],
-            "from_id": [a.reconciled_from_event_id for a in announcements],
-        },
-    )

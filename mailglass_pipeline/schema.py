@@ -18,9 +18,6 @@ from alembic.script import ScriptDirectory
 
 from mailglass_pipeline.db import connect, create_engine
 
-EVENTS = "mailglass_events"
-DELIVERIES = "mailglass_deliveries"
-QUEUE = "mailglass_reconciliation_queue"
 VERSION_TABLE = "mailglass_alembic_version"
 
 #: Alembic's ``context``/``op`` proxies are module globals, so two ``command.upgrade`` calls running

@@ -16,7 +16,9 @@ run per tenant: a tenant is requested again only once its run has finished.
 A due tenant that has no partition yet (the sensor is stopped or has not
 ticked) gets one here, so the schedule never fails on an unknown key.
 
-Default status STOPPED: see ``DEFAULT_STATUS_REASON``.
+Default status STOPPED: the schedule writes to the ledger every minute for every
+tenant; turning that on is a decision per Dagster instance (one click,
+remembered by the instance), not a side effect of loading the code.
 """
 
 from datetime import UTC, datetime
@@ -41,11 +43,6 @@ from mailglass_pipeline.defs.partitions import (
     tags_for_tenant,
 )
 from mailglass_pipeline.defs.resources import MailglassDatabase
-
-DEFAULT_STATUS_REASON = (
-    "The schedule writes to the ledger every minute for every tenant; turning that on is a decision per "
-    "Dagster instance (one click, remembered by the instance), not a side effect of loading the code."
-)
 
 #: A run in any of these states still occupies (or will occupy) its tenant.
 IN_FLIGHT_STATUSES = [

@@ -38,7 +38,15 @@ from sqlalchemy.engine import Connection
 from mailglass_pipeline import deliveries, ledger, projector
 from mailglass_pipeline.db import get_engine, run_transaction, sqlstate_of
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses
-from mailglass_pipeline.ingest.base import PROVIDERS, Headers, IngestSettings, ParsedWebhook, ReplayToken
+from mailglass_pipeline.ingest.base import (
+    PROVIDERS,
+    Headers,
+    IngestSettings,
+    ParsedWebhook,
+    ReplayToken,
+    check_size,
+    now_utc,
+)
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookSignatureError
 
 log = logging.getLogger(__name__)
@@ -83,7 +91,10 @@ def parse_webhook(
     """Verify and normalize without touching the database (raises the typed ingest errors)."""
     name = _check_provider(provider)
     settings = settings or IngestSettings.from_env()
-    return PARSERS[name](_as_bytes(body), Headers(headers), verify_signature=verify, settings=settings, now=now)
+    data = _as_bytes(body)
+    # What every provider needs first, done once here: a bounded body and one clock reading.
+    check_size(data, settings)
+    return PARSERS[name](data, Headers(headers), verify_signature=verify, settings=settings, now=now_utc(now))
 
 
 _PRUNE_TOKENS = sa.text(

@@ -37,11 +37,9 @@ from mailglass_pipeline.ingest.base import (
     ParsedWebhook,
     ReplayToken,
     body_digest,
-    check_size,
     check_tolerance,
     expect_object,
     load_json,
-    now_utc,
     parse_time,
     require_secret,
     stable_id,
@@ -159,24 +157,16 @@ def normalize(data: dict[str, Any], received_at: datetime) -> NormalizedEvent:
 
 
 def parse(
-    body: bytes,
-    headers: Headers,
-    *,
-    verify_signature: bool = True,
-    settings: IngestSettings | None = None,
-    now: datetime | None = None,
+    body: bytes, headers: Headers, *, verify_signature: bool, settings: IngestSettings, now: datetime
 ) -> ParsedWebhook:
-    settings = settings or IngestSettings()
-    check_size(body, settings)
-    moment = now_utc(now)
     # The signature sits inside the JSON, so the body must be parsed to find it; nothing
     # from event-data is used before the signature is checked.
     envelope = expect_object(load_json(body), "mailgun webhook body")
-    token = verify(envelope, body, settings, moment) if verify_signature else None
+    token = verify(envelope, body, settings, now) if verify_signature else None
     if "event-data" in envelope:
         data = expect_object(envelope["event-data"], "mailgun event-data")
     elif verify_signature or "event" not in envelope:
         raise WebhookPayloadError("mailgun webhook body has no event-data object")
     else:
         data = envelope
-    return ParsedWebhook(PROVIDER, [normalize(data, moment)], verified=verify_signature, replay_token=token)
+    return ParsedWebhook(PROVIDER, [normalize(data, now)], verified=verify_signature, replay_token=token)

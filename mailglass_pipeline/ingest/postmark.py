@@ -33,10 +33,8 @@ from mailglass_pipeline.ingest.base import (
     IngestSettings,
     NormalizedEvent,
     ParsedWebhook,
-    check_size,
     expect_object,
     load_json,
-    now_utc,
     parse_time,
     require_secret,
     stable_id,
@@ -153,16 +151,9 @@ def normalize(event: dict[str, Any], received_at: datetime) -> NormalizedEvent:
 
 
 def parse(
-    body: bytes,
-    headers: Headers,
-    *,
-    verify_signature: bool = True,
-    settings: IngestSettings | None = None,
-    now: datetime | None = None,
+    body: bytes, headers: Headers, *, verify_signature: bool, settings: IngestSettings, now: datetime
 ) -> ParsedWebhook:
-    settings = settings or IngestSettings()
-    check_size(body, settings)
     if verify_signature:
         verify(headers, settings)
     event = expect_object(load_json(body), "postmark webhook body")
-    return ParsedWebhook(PROVIDER, [normalize(event, now_utc(now))], verified=verify_signature)
+    return ParsedWebhook(PROVIDER, [normalize(event, now)], verified=verify_signature)

@@ -30,11 +30,9 @@ from mailglass_pipeline.ingest.base import (
     IngestSettings,
     NormalizedEvent,
     ParsedWebhook,
-    check_size,
     check_tolerance,
     expect_object,
     load_json,
-    now_utc,
     parse_time,
     require_secret,
     stable_id,
@@ -138,18 +136,10 @@ def normalize(event: dict[str, Any], svix_id: str | None, received_at: datetime)
 
 
 def parse(
-    body: bytes,
-    headers: Headers,
-    *,
-    verify_signature: bool = True,
-    settings: IngestSettings | None = None,
-    now: datetime | None = None,
+    body: bytes, headers: Headers, *, verify_signature: bool, settings: IngestSettings, now: datetime
 ) -> ParsedWebhook:
-    settings = settings or IngestSettings()
-    check_size(body, settings)
-    moment = now_utc(now)
     if verify_signature:
-        verify(body, headers, settings, moment)
+        verify(body, headers, settings, now)
     event = expect_object(load_json(body), "resend webhook body")
     svix_id = headers_of(headers)[0]
-    return ParsedWebhook(PROVIDER, [normalize(event, svix_id, moment)], verified=verify_signature)
+    return ParsedWebhook(PROVIDER, [normalize(event, svix_id, now)], verified=verify_signature)

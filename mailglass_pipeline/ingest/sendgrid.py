@@ -44,10 +44,8 @@ from mailglass_pipeline.ingest.base import (
     IngestSettings,
     NormalizedEvent,
     ParsedWebhook,
-    check_size,
     check_tolerance,
     load_json,
-    now_utc,
     parse_time,
     require_secret,
     stable_id,
@@ -172,22 +170,14 @@ def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
 
 
 def parse(
-    body: bytes,
-    headers: Headers,
-    *,
-    verify_signature: bool = True,
-    settings: IngestSettings | None = None,
-    now: datetime | None = None,
+    body: bytes, headers: Headers, *, verify_signature: bool, settings: IngestSettings, now: datetime
 ) -> ParsedWebhook:
-    settings = settings or IngestSettings()
-    check_size(body, settings)
-    moment = now_utc(now)
     if verify_signature:
-        verify(body, headers, settings, moment)
+        verify(body, headers, settings, now)
     batch = load_json(body)
     if isinstance(batch, dict):  # a single event posted bare (hand-made captures)
         batch = [batch]
     if not isinstance(batch, list):
         raise WebhookPayloadError("sendgrid webhook body must be a JSON array of events")
-    events = [normalize(event, index, moment) for index, event in enumerate(batch)]
+    events = [normalize(event, index, now) for index, event in enumerate(batch)]
     return ParsedWebhook(PROVIDER, events, verified=verify_signature)

@@ -62,11 +62,9 @@ from mailglass_pipeline.ingest.base import (
     IngestSettings,
     NormalizedEvent,
     ParsedWebhook,
-    check_size,
     check_tolerance,
     expect_object,
     load_json,
-    now_utc,
     parse_time,
     require_secret,
     stable_id,
@@ -292,25 +290,17 @@ def is_envelope(document: dict[str, Any]) -> bool:
 
 
 def parse(
-    body: bytes,
-    headers: Headers,
-    *,
-    verify_signature: bool = True,
-    settings: IngestSettings | None = None,
-    now: datetime | None = None,
+    body: bytes, headers: Headers, *, verify_signature: bool, settings: IngestSettings, now: datetime
 ) -> ParsedWebhook:
-    settings = settings or IngestSettings()
-    check_size(body, settings)
-    moment = now_utc(now)
     # SNS signs fields inside the JSON envelope, so the envelope is parsed first;
     # nothing from the inner SES message is read before the signature is checked.
     document = expect_object(load_json(body), "SNS message")
     if not is_envelope(document):
         if verify_signature:
             raise WebhookSignatureError("body is not an SNS envelope, so it carries no signature to verify")
-        return ParsedWebhook(PROVIDER, ses_events(document, None, None, moment), verified=False)
+        return ParsedWebhook(PROVIDER, ses_events(document, None, None, now), verified=False)
     if verify_signature:
-        verify(document, headers, settings, moment)
+        verify(document, headers, settings, now)
     sns_type = document.get("Type")
     if sns_type in CONFIRMATIONS:
         notice = {
@@ -335,7 +325,7 @@ def parse(
         payload = {k: document.get(k) for k in ("Type", "MessageId", "TopicArn", "Subject", "Message", "Timestamp")}
         event = NormalizedEvent(
             type="unknown",
-            occurred_at=sns_time or moment,
+            occurred_at=sns_time or now,
             provider_event_id=f"{sns_id}:0",
             provider_message_id=None,
             payload=payload,
@@ -343,4 +333,4 @@ def parse(
             extra_metadata={"sns_message_id": sns_id},
         )
         return ParsedWebhook(PROVIDER, [event], verified=verify_signature)
-    return ParsedWebhook(PROVIDER, ses_events(ses, sns_id, sns_time, moment), verified=verify_signature)
+    return ParsedWebhook(PROVIDER, ses_events(ses, sns_id, sns_time, now), verified=verify_signature)
