@@ -7,7 +7,7 @@ why it is shaped the way it is. Resources are bound here so tests and
 
 from __future__ import annotations
 
-from dagster import Definitions, mem_io_manager
+from dagster import Definitions, in_process_executor, mem_io_manager
 
 from mailglass_pipeline.defs.assets import webhook_reconciliation
 from mailglass_pipeline.defs.checks import no_stale_orphans
@@ -26,6 +26,9 @@ def build_definitions(database: MailglassDatabase | None = None) -> Definitions:
         jobs=[reconcile_orphans],
         schedules=[reconcile_every_minute],
         sensors=[tenant_partitions],
+        # The code location's default executor: the asset page's implicit asset job uses it too, and
+        # the ops hand their batch along in memory (mem_io_manager), which needs a single process.
+        executor=in_process_executor,
         resources={
             "mailglass_db": database or default_database_resource(),
             BATCH_IO_MANAGER_KEY: mem_io_manager,
