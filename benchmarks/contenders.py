@@ -7,7 +7,10 @@ runs on its own clone of the same loaded database.
 
 * ``ours``: :func:`mailglass_pipeline.reconciler.sweep` per tenant batch;
 * ``reference``: :mod:`benchmarks.reference`, the original per-orphan algorithm;
-* ``lower_bound``: :mod:`benchmarks.lower_bound`, one SQL statement per batch.
+* ``lower_bound``: :mod:`benchmarks.lower_bound`, one SQL statement per batch;
+* ``ours_all`` / ``lower_bound_all``: the same two as all-tenant sweeps (what
+  the schedule runs each tick): every tenant at once, ``limit`` per tenant,
+  until a sweep finds nothing due.
 
 ``python -m benchmarks.contenders ours URL --tenants a,b --limit 1000`` runs
 one contender in a fresh process and prints one JSON object, including the
@@ -66,13 +69,42 @@ def _lower_bound(engine: Engine, tenant: str, limit: int, deadline: float | None
     return lower_bound.sweep_tenant(engine, tenant, limit)
 
 
+def _ours_all(engine: Engine, limit: int) -> tuple[int, int]:
+    result = sweep(engine, None, SweepConfig(limit=limit))
+    return result.scanned, result.linked
+
+
+def _lower_bound_all(engine: Engine, limit: int) -> tuple[int, int]:
+    return lower_bound.sweep_all(engine, limit)
+
+
 CONTENDERS: dict[str, BatchFn] = {"ours": _ours, "reference": _reference, "lower_bound": _lower_bound}
+#: All-tenant sweeps (one per schedule tick): every due tenant at once, ``limit`` each, fair total cap.
+ALL_TENANT_CONTENDERS: dict[str, Callable[[Engine, int], tuple[int, int]]] = {
+    "ours_all": _ours_all,
+    "lower_bound_all": _lower_bound_all,
+}
 
 
 def drain(engine: Engine, contender: str, tenants: list[str], limit: int, budget_s: float | None = None) -> RunResult:
-    """Sweep ``tenants`` round robin until drained (or ``budget_s`` elapsed); timed end to end."""
-    batch = CONTENDERS[contender]
+    """Sweep ``tenants`` round robin until drained (or ``budget_s`` elapsed); timed end to end.
+
+    An all-tenant contender instead sweeps every tenant at once until a sweep finds nothing due.
+    """
     result = RunResult(contender)
+    if contender in ALL_TENANT_CONTENDERS:
+        sweep_all = ALL_TENANT_CONTENDERS[contender]
+        start = time.perf_counter()
+        while True:
+            scanned, linked = sweep_all(engine, limit)
+            result.batches += 1
+            result.scanned += scanned
+            result.linked += linked
+            if scanned == 0:
+                break
+        result.elapsed_s = time.perf_counter() - start
+        return result
+    batch = CONTENDERS[contender]
     active = list(tenants)
     start = time.perf_counter()
     deadline = start + budget_s if budget_s is not None else None
@@ -98,7 +130,7 @@ def _max_rss_kib() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("contender", choices=sorted(CONTENDERS))
+    parser.add_argument("contender", choices=sorted([*CONTENDERS, *ALL_TENANT_CONTENDERS]))
     parser.add_argument("url")
     parser.add_argument("--tenants", required=True, help="comma-separated tenant ids")
     parser.add_argument("--limit", type=int, default=1000)

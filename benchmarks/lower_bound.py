@@ -1,7 +1,9 @@
 """LOWER BOUND, for measurement only: one server-side statement per batch doing the sweep's work.
 
-One data-modifying CTE per tenant batch takes the batch from the work queue
-(same order and locking as ``reconciler.find_orphans``), looks up the
+One data-modifying CTE per batch (one tenant, or every tenant with the
+per-tenant quota and the fair total cap) takes the batch from the work queue
+with ``reconciler.find_orphans``'s own statement (same due rule, order,
+quotas and locking), looks up the
 deliveries with the same lateral lookup as ``deliveries.lookup``, appends the
 ``reconciled`` events (``ON CONFLICT DO NOTHING``), folds the events that won
 into the deliveries' projections, records the attempt on unmatched orphans and
@@ -9,9 +11,9 @@ queues the notifications: everything the reconciler does, with no round trip
 and no Python per batch. Nothing practical can be faster on the same schema,
 so the benchmark reports the reconciler's distance from it.
 
-The metadata extraction expressions are the reconciler's own (imported), and
-so are the projection rules and the notification payload (projector.py's SQL
-fragments), so both do exactly the same work.
+The find statement and the backoff expression are the reconciler's own
+(imported), and so are the projection rules and the notification payload
+(projector.py's SQL fragments), so both do exactly the same work.
 """
 
 from __future__ import annotations
@@ -20,22 +22,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.projector import notify_select, projection_ctes
-from mailglass_pipeline.reconciler import _EVENT_ID_SQL, _MESSAGE_ID_SQL, _PROVIDER_SQL
+from mailglass_pipeline.reconciler import _BACKOFF_SQL, DEFAULT_MAX_TOTAL, _find_sql
 
-SWEEP_BATCH = sa.text(
-    f"""
-    WITH batch AS (
-        SELECT e.id, e.tenant_id, e.type, e.occurred_at, e.inserted_at,
-               {_PROVIDER_SQL} AS provider, {_MESSAGE_ID_SQL} AS message_id, {_EVENT_ID_SQL} AS provider_event_id
-          FROM mailglass_reconciliation_queue q
-          JOIN mailglass_events e ON e.id = q.event_id
-         WHERE q.parked_at IS NULL
-           AND q.tenant_id = :tenant_id
-           AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-           AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-         ORDER BY q.last_attempted_at ASC NULLS FIRST, q.orphan_inserted_at ASC, q.event_id
-         LIMIT :limit
-         FOR UPDATE OF q SKIP LOCKED
+
+def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
+    # batch: the reconciler's own find statement, verbatim (same due rule, order, quotas and locking).
+    find = _find_sql(tenant_scoped, lock=True).text
+    return sa.text(
+        f"""
+    WITH batch AS ({find}
     ), matched AS (
         SELECT b.*, d.id AS delivery_id
           FROM batch b
@@ -43,10 +38,12 @@ SWEEP_BATCH = sa.text(
                SELECT d.id FROM mailglass_deliveries d
                 WHERE d.provider = b.provider
                   AND d.provider_message_id IN (
-                        b.message_id, CASE WHEN b.provider = 'sendgrid' THEN split_part(b.message_id, '.', 1) END)
+                        b.provider_message_id,
+                        CASE WHEN b.provider = 'sendgrid' THEN split_part(b.provider_message_id, '.filter', 1) END,
+                        CASE WHEN b.provider = 'sendgrid' THEN split_part(b.provider_message_id, '.', 1) END)
                   AND d.tenant_id = b.tenant_id
-                ORDER BY d.provider_message_id = b.message_id DESC
-                LIMIT 1) d ON b.provider IS NOT NULL AND b.message_id IS NOT NULL
+                ORDER BY d.provider_message_id = b.provider_message_id DESC
+                LIMIT 1) d ON b.provider IS NOT NULL AND b.provider_message_id IS NOT NULL
     ), ins AS (
         INSERT INTO mailglass_events (id, tenant_id, delivery_id, type, occurred_at, idempotency_key, metadata)
         SELECT gen_random_uuid(), m.tenant_id, m.delivery_id, 'reconciled', now(), 'reconciled:' || m.id::text,
@@ -66,8 +63,10 @@ SWEEP_BATCH = sa.text(
         UPDATE mailglass_reconciliation_queue q
            SET attempts = q.attempts + 1,
                last_attempted_at = now(),
-               parked_at = CASE WHEN m.provider IS NULL OR m.message_id IS NULL THEN now() END,
-               parked_reason = CASE WHEN m.provider IS NULL OR m.message_id IS NULL THEN 'malformed' END
+               next_attempt_at = now() + {_BACKOFF_SQL.format(attempts="q.attempts + 1")},
+               linkable_at = NULL,
+               parked_at = CASE WHEN m.provider IS NULL OR m.provider_message_id IS NULL THEN now() END,
+               parked_reason = CASE WHEN m.provider IS NULL OR m.provider_message_id IS NULL THEN 'malformed' END
           FROM matched m
          WHERE q.event_id = m.id AND m.delivery_id IS NULL
         RETURNING q.event_id
@@ -85,7 +84,27 @@ SWEEP_BATCH = sa.text(
            (SELECT count(*) FROM attempted) AS attempted,
            (SELECT count(*) FROM notified) AS notified
     """
-)
+    )
+
+
+SWEEP_BATCH = {scoped: _sweep_batch(scoped) for scoped in (False, True)}
+
+
+def sweep_all(
+    engine: Engine,
+    limit: int = 1000,
+    max_total: int = DEFAULT_MAX_TOTAL,
+    grace_seconds: int = 60,
+    max_age_minutes: int = 10080,
+) -> tuple[int, int]:
+    """One all-tenant sweep (per-tenant quota, fair total cap) in one statement; returns (scanned, linked)."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            SWEEP_BATCH[False],
+            {"limit": limit, "max_total": max_total, "grace_seconds": grace_seconds,
+             "max_age_minutes": max_age_minutes},
+        ).one()  # fmt: skip
+    return int(row.scanned), int(row.linked)
 
 
 def sweep_tenant(
@@ -94,10 +113,11 @@ def sweep_tenant(
     """One batch for one tenant in one statement (one transaction); returns (scanned, linked)."""
     with engine.begin() as conn:
         row = conn.execute(
-            SWEEP_BATCH,
+            SWEEP_BATCH[True],
             {
                 "tenant_id": tenant_id,
                 "limit": limit,
+                "max_total": DEFAULT_MAX_TOTAL,
                 "grace_seconds": grace_seconds,
                 "max_age_minutes": max_age_minutes,
             },

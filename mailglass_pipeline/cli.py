@@ -54,15 +54,35 @@ def migrate() -> None:
     default=1000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Most orphans one sweep examines.",
+    help="Most due orphans one sweep examines per tenant.",
 )
 @click.option("--max-age-minutes", default=10080, show_default=True, type=click.IntRange(min=1))
 @click.option("--grace-seconds", default=60, show_default=True, type=click.IntRange(min=0))
-def reconcile(tenant_id: str | None, limit: int, max_age_minutes: int, grace_seconds: int) -> None:
-    """Run one reconciliation sweep; prints one JSON object."""
+@click.option(
+    "--max-total",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Most orphans the sweep examines in all  [default: reconciler.DEFAULT_MAX_TOTAL]",
+)
+@click.option("--retry-all", is_flag=True, help="Ignore the retry backoff: examine every pending orphan.")
+def reconcile(
+    tenant_id: str | None,
+    limit: int,
+    max_age_minutes: int,
+    grace_seconds: int,
+    max_total: int | None,
+    retry_all: bool,
+) -> None:
+    """Run one reconciliation sweep (all tenants by default); prints one JSON object."""
     from mailglass_pipeline import reconciler
 
-    config = reconciler.SweepConfig(limit=limit, max_age_minutes=max_age_minutes, grace_seconds=grace_seconds)
+    config = reconciler.SweepConfig(
+        limit=limit,
+        max_age_minutes=max_age_minutes,
+        grace_seconds=grace_seconds,
+        max_total=max_total if max_total is not None else reconciler.DEFAULT_MAX_TOTAL,
+        retry_all=retry_all,
+    )
     tenant_id = reconciler.validate_tenant_id(tenant_id)
     url = db.resolve_database_url()
     _say_database(url)
@@ -102,37 +122,57 @@ def grants(role: str, apply_now: bool) -> None:
 @click.option("--no-demo", is_flag=True, help="Do not seed the demo tenants into an empty database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
-    """Migrate, seed the demo when empty, and run the Dagster job once per tenant partition."""
-    from mailglass_pipeline import demo as demo_module
-    from mailglass_pipeline import schema
-    from mailglass_pipeline.defs.local_run import materialize_tenants
+    """Migrate, seed the demo when empty, and run the Dagster job once per tenant partition.
 
-    url = db.resolve_database_url()
+    The runs are recorded in the Dagster instance `mailglass dev` shows.
+    """
+    from mailglass_pipeline import demo as demo_module
+    from mailglass_pipeline.defs import dev as dev_module
+    from mailglass_pipeline.defs.local_run import materialize_tenants
+    from mailglass_pipeline.defs.ops import COUNT_KEYS
+
+    embedded = dev_module.uses_embedded_server()
+    env = dev_module.prepare_dev_environment(quiet=True)  # same instance and databases as `mailglass dev`
+    url = env[db.DATABASE_URL_ENV]
     _say_database(url)
-    schema.upgrade(url)
+    click.echo(f"mailglass: dagster instance {env['DAGSTER_HOME']} (shown by `mailglass dev`)", err=True)
     engine = db.get_engine(url)
     if not no_demo and demo_module.is_empty(engine):
         demo_module.seed(engine)
         click.echo("mailglass: empty database, seeded the demo tenants", err=True)
     results = materialize_tenants(list(tenant_ids) or None, database_url=url)
+    if embedded:
+        click.echo(f"mailglass: {dev_module.embedded_server_note()}", err=True)
     if as_json:
         _emit(results)
         return
-    columns = ("scanned", "linked", "unmatched", "malformed", "remaining_orphans", "stale_orphans")
     width = max([len("tenant"), *(len(t) for t in results)])
-    click.echo("tenant".ljust(width) + "".join(f"  {c:>17}" for c in columns))
+    click.echo("tenant".ljust(width) + "".join(f"  {c:>{len(c)}}" for c in COUNT_KEYS))
     for tenant, counts in results.items():
-        click.echo(tenant.ljust(width) + "".join(f"  {counts.get(c, 0):>17}" for c in columns))
+        click.echo(tenant.ljust(width) + "".join(f"  {counts.get(c, 0):>{len(c)}}" for c in COUNT_KEYS))
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
 def dev(host: str, port: int) -> None:
-    """Embedded database if needed, migrations, then the Dagster UI and daemon."""
+    """Embedded database if needed, migrations, then the Dagster UI and daemon (Ctrl-C or SIGTERM stops both)."""
     from mailglass_pipeline.defs.dev import run_dev
 
     raise click.exceptions.Exit(run_dev(host, port))
+
+
+@cli.command()
+def stop() -> None:
+    """Stop the embedded PostgreSQL of this MAILGLASS_HOME (started by run, dev, demo or the tests)."""
+    from mailglass_pipeline.defs.dev import stop_embedded_server
+
+    home = db.mailglass_home()
+    pid = stop_embedded_server(home)
+    if pid is None:
+        click.echo(f"mailglass: no embedded PostgreSQL running for {home}", err=True)
+        return
+    click.echo(f"mailglass: stopped the embedded PostgreSQL for {home} (pid {pid})", err=True)
 
 
 def _register_optional_commands() -> None:

@@ -10,21 +10,23 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor, mem_io_manager
 
 from mailglass_pipeline.defs.assets import webhook_reconciliation
-from mailglass_pipeline.defs.checks import no_stale_orphans
+from mailglass_pipeline.defs.checks import no_stale_orphans, reconciliation_lag
 from mailglass_pipeline.defs.jobs import reconcile_orphans
 from mailglass_pipeline.defs.ops import BATCH_IO_MANAGER_KEY
 from mailglass_pipeline.defs.resources import MailglassDatabase, default_database_resource
+from mailglass_pipeline.defs.retention import prune_dagster_history, prune_dagster_history_daily
 from mailglass_pipeline.defs.schedules import reconcile_every_minute
 from mailglass_pipeline.defs.sensors import tenant_partitions
+from mailglass_pipeline.defs.sweep import reconcile_due_tenants, reconciliation_sweep
 
 
 def build_definitions(database: MailglassDatabase | None = None) -> Definitions:
     """The code location, optionally bound to a given database resource."""
     return Definitions(
-        assets=[webhook_reconciliation],
-        asset_checks=[no_stale_orphans],
-        jobs=[reconcile_orphans],
-        schedules=[reconcile_every_minute],
+        assets=[webhook_reconciliation, reconciliation_sweep],
+        asset_checks=[no_stale_orphans, reconciliation_lag],
+        jobs=[reconcile_orphans, reconcile_due_tenants, prune_dagster_history],
+        schedules=[reconcile_every_minute, prune_dagster_history_daily],
         sensors=[tenant_partitions],
         # The code location's default executor: the asset page's implicit asset job uses it too, and
         # the ops hand their batch along in memory (mem_io_manager), which needs a single process.

@@ -27,23 +27,35 @@ from sqlalchemy.engine import Connection
 
 from mailglass_pipeline.ledger import to_json
 
-_LOOKUP = sa.text(
+
+def lookup_lateral(key: str) -> str:
+    """The lookup rule as a LATERAL subquery over the relation ``key`` (columns tenant_id, provider, message_id).
+
+    Yields the matching delivery's ``id`` (or no row): exact id first, then for
+    SendGrid the part before ``.filter``, then the part before the first dot,
+    always within the tenant. The one home of the rule: :func:`lookup` and the
+    reconciler's fused find-and-link statement both embed it.
     """
+    return f"""LATERAL (
+           SELECT d.id
+             FROM mailglass_deliveries d
+            WHERE d.provider = {key}.provider
+              AND d.provider_message_id IN (
+                    {key}.message_id,
+                    CASE WHEN {key}.provider = 'sendgrid' THEN split_part({key}.message_id, '.filter', 1) END,
+                    CASE WHEN {key}.provider = 'sendgrid' THEN split_part({key}.message_id, '.', 1) END)
+              AND d.tenant_id = {key}.tenant_id
+            ORDER BY d.provider_message_id = {key}.message_id DESC
+            LIMIT 1
+      )"""
+
+
+_LOOKUP = sa.text(
+    f"""
     SELECT k.ord, d.id
       FROM unnest(CAST(:tenant_id AS text[]), CAST(:provider AS text[]), CAST(:message_id AS text[]))
            WITH ORDINALITY AS k(tenant_id, provider, message_id, ord)
-      LEFT JOIN LATERAL (
-           SELECT d.id
-             FROM mailglass_deliveries d
-            WHERE d.provider = k.provider
-              AND d.provider_message_id IN (
-                    k.message_id,
-                    CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
-                    CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END)
-              AND d.tenant_id = k.tenant_id
-            ORDER BY d.provider_message_id = k.message_id DESC
-            LIMIT 1
-      ) d ON true
+      LEFT JOIN {lookup_lateral("k")} d ON true
      ORDER BY k.ord
     """
 )

@@ -142,3 +142,28 @@ def make_orphan(
 def fetch(engine: Engine, sql: str, **params: Any) -> list[sa.Row[Any]]:
     with engine.connect() as conn:
         return list(conn.execute(sa.text(sql), params))
+
+
+# -- the embedded server: stopped again when this test session started it -------------------
+
+_EMBEDDED_RUNNING_AT_START: bool | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _EMBEDDED_RUNNING_AT_START
+    from mailglass_pipeline.defs.dev import embedded_server_pid
+
+    _EMBEDDED_RUNNING_AT_START = embedded_server_pid() is not None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """`python3 quickstart.py test` leaves nothing running: stop the embedded server this session started.
+
+    Only the controlling process does it (an xdist worker finishing must not stop the server under the others).
+    """
+    if hasattr(session.config, "workerinput") or _EMBEDDED_RUNNING_AT_START is not False:
+        return
+    from mailglass_pipeline.defs.dev import stop_embedded_server
+
+    if stop_embedded_server() is not None:
+        print("\nstopped the embedded PostgreSQL this test session started")

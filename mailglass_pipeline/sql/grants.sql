@@ -16,11 +16,16 @@
 --   append    INSERT ... ON CONFLICT DO NOTHING RETURNING id on the ledger (INSERT, SELECT)
 --   project   SELECT ... FOR UPDATE, UPDATE on deliveries
 --   notify    pg_notify needs no privilege
---   bookkeep  UPDATE on the queue (attempts, parking)
--- The ledger trigger mailglass_track_orphans runs as the inserting role: for each
--- appended `reconciled` event it DELETEs the orphan's queue row (and it INSERTs a
--- queue row for each new orphan). Hence INSERT and DELETE on the queue. The queue
--- is derived, mutable bookkeeping (every row can be rebuilt from the ledger, as
+--   bookkeep  UPDATE on the queue (examinations, retry times, parking)
+-- The queue's rows are added and removed by triggers, never by the role itself:
+-- mailglass_track_orphans on the ledger queues each new orphan and, for each
+-- appended `reconciled` event, deletes the orphan's row; mailglass_wake_orphans
+-- (and its on-rekey twin) on mailglass_deliveries marks orphans due when their
+-- delivery appears. All three are SECURITY DEFINER functions owned by the schema
+-- owner with a pinned search_path (migration 0003), so this role needs no INSERT
+-- or DELETE on the queue, and the sending application's role, which writes
+-- mailglass_deliveries, needs no privilege on the queue at all. The queue is
+-- derived, mutable bookkeeping (every row can be rebuilt from the ledger, as
 -- migration 0001 does when adopting a Mailglass database); the ledger itself gets
 -- no UPDATE, DELETE or TRUNCATE, and the append-only trigger refuses them anyway.
 -- No DDL: the role owns nothing, gets no CREATE, and cannot migrate (that stays
@@ -31,4 +36,4 @@ REVOKE ALL ON TABLE mailglass_events, mailglass_deliveries, mailglass_reconcilia
 GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT, INSERT ON TABLE mailglass_events TO :"role";
 GRANT SELECT, UPDATE ON TABLE mailglass_deliveries TO :"role";
-GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE mailglass_reconciliation_queue TO :"role";
+GRANT SELECT, UPDATE ON TABLE mailglass_reconciliation_queue TO :"role";

@@ -1,12 +1,18 @@
-"""End to end with real processes: dagster-webserver + dagster-daemon on a PostgreSQL-backed instance.
+"""End to end with real processes: ``mailglass dev`` (dagster-webserver + dagster-daemon) on PostgreSQL.
 
-A run for one tenant is launched through the GraphQL API the way the UI does it
-(partition tags asked from the code location, then ``launchRun``), and a backfill
-over two more tenants through ``launchPartitionBackfill``. Everything goes through
-the run queue with the repository's own dagster.yaml, so the test also shows the
-concurrency limits at work: the backfill's runs never overlap.
+Runs are launched through the GraphQL API the way the UI does it: the job's
+Launchpad (partition tags asked from the code location, then a launch), the
+job's partition backfill, the asset page's Materialize (the implicit
+``__ASSET_JOB`` with an asset selection and a partition tag: no job tags), an
+asset backfill (``launchPartitionBackfill`` with an asset selection), the
+schedule, and ``mailglass run`` in a subprocess, all at once. Everything uses the
+repository's own dagster.yaml, so the test shows the limits at work: no two
+reconciliation runs overlap in time (run records' start and end), whatever
+launched them.
 """
 
+import itertools
+import json
 import os
 import shutil
 import socket
@@ -85,7 +91,7 @@ def dagster_home(tmp_path, admin_url, admin_engine):
 
 @pytest.fixture
 def stack(dagster_home, database_url, tmp_path, monkeypatch):
-    """Webserver and daemon processes; always terminated."""
+    """``mailglass dev`` (webserver and daemon); always stopped with SIGTERM, as an operator would."""
     home, storage_url = dagster_home
     env = {
         **os.environ,
@@ -97,32 +103,22 @@ def stack(dagster_home, database_url, tmp_path, monkeypatch):
         if key in ("DAGSTER_HOME", "MAILGLASS_DATABASE_URL", "MAILGLASS_DAGSTER_DATABASE_URL"):
             monkeypatch.setenv(key, value)
     port = _free_port()
-    workspace = str(REPO / "workspace.yaml")
-    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("webserver", "daemon")}  # noqa: SIM115
-    processes = [
-        subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
-            env=env, cwd=tmp_path, stdout=logs["webserver"], stderr=subprocess.STDOUT, start_new_session=True,
-        ),
-        subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", workspace],
-            env=env, cwd=tmp_path, stdout=logs["daemon"], stderr=subprocess.STDOUT, start_new_session=True,
-        ),
-    ]  # fmt: skip
+    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(BIN / "mailglass"), "dev", "--port", str(port)],
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
     try:
-        _wait(lambda: _up(port), 60, "webserver did not come up", tmp_path)
+        _wait(lambda: _up(port), 90, "webserver did not come up", tmp_path)
         yield port, tmp_path
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for log in logs.values():
-            log.close()
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+        log.close()
 
 
 def _up(port: int) -> bool:
@@ -248,3 +244,162 @@ def _code_location_loaded(client: DagsterGraphQLClient, selector) -> bool:
 def _finished(client: DagsterGraphQLClient, run_id: str):
     status = client.get_run_status(run_id)
     return status if status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) else None
+
+
+LAUNCH_RUN = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+START_SCHEDULE = """
+mutation Start($scheduleSelector: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $scheduleSelector) { __typename ... on Error { message } }
+}
+"""
+ASSET_PATH = ["mailglass", "webhook_reconciliation"]
+
+
+def launch_asset_materialization(client: DagsterGraphQLClient, partition: str) -> str:
+    """The asset page's Materialize for one partition: the implicit asset job, a partition tag, no job tags."""
+    params = {
+        "selector": {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": REPOSITORY,
+            "pipelineName": "__ASSET_JOB",
+            "assetSelection": [{"path": ASSET_PATH}],
+            "assetCheckSelection": [],
+        },
+        "mode": "default",
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+    }
+    launched = client._execute(LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def launch_backfill(client: DagsterGraphQLClient, params: dict) -> str:
+    launched = client._execute(LAUNCH_BACKFILL, {"backfillParams": {"fromFailure": False, **params}})
+    launched = launched["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return launched["backfillId"]
+
+
+def assert_no_overlap(windows: dict[str, tuple[float, float]]) -> None:
+    """No two of these (start, end) windows, by run id, overlap."""
+    ordered = sorted(windows.items(), key=lambda item: item[1])
+    for (run_a, (start_a, end_a)), (run_b, (start_b, end_b)) in itertools.pairwise(ordered):
+        assert end_a <= start_b, (
+            f"runs overlapped: {run_a} ({start_a:.3f}-{end_a:.3f}) and {run_b} ({start_b:.3f}-{end_b:.3f})"
+        )
+
+
+def sweep_window(instance: DagsterInstance, record) -> tuple[float, float]:
+    """From the moment the run held the pool (its find_orphans says so) to the run's end."""
+    from mailglass_pipeline.defs.ops import POOL_HELD_MESSAGE
+
+    held = [e.timestamp for e in instance.all_logs(record.dagster_run.run_id) if POOL_HELD_MESSAGE in e.user_message]
+    assert len(held) == 1, record.dagster_run.run_id
+    return held[0], record.end_time
+
+
+@pytest.mark.slow
+def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, database_url, dagster_home):
+    """Launchpad, job backfill, asset Materialize, asset backfill (several and all), schedule, `mailglass run`."""
+    port, log_dir = stack
+    tenants = [f"p{i}" for i in range(1, 7)]
+    for tenant in tenants:
+        make_orphan(engine, tenant, f"{tenant}-m")
+        make_delivery(engine, tenant, f"{tenant}-m")
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("tenants", tenants)
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+    repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+    selector = {"repositorySelector": repository, "partitionSetName": PARTITION_SET}
+    _wait(lambda: _code_location_loaded(client, selector), 90, "code location did not load", log_dir)
+    # `mailglass dev` wrote the pool limit from dagster.yaml before anything could be queued.
+    [pool] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == "mailglass_reconcile"]
+    assert pool.limit == 1
+
+    started = client._execute(
+        START_SCHEDULE,
+        {"scheduleSelector": {**repository, "scheduleName": "reconcile_every_minute"}},
+    )["startSchedule"]
+    assert "message" not in started, started
+
+    run_env = {**os.environ}  # DAGSTER_HOME and both URLs, from the stack fixture
+    mailglass_run = subprocess.Popen(
+        [str(BIN / "mailglass"), "run", "--json", "--tenant-id", "p1", "--tenant-id", "p2"],
+        env=run_env, cwd=log_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "p3"})
+    tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
+    launchpad_run = client.submit_job_execution(
+        "reconcile_orphans",
+        repository_location_name=LOCATION,
+        repository_name=REPOSITORY,
+        run_config={"ops": {"mailglass__webhook_reconciliation": {"config": {"limit": 50, "retry_all": True}}}},
+        tags=tags,
+    )
+    asset_run = launch_asset_materialization(client, "p4")
+    job_backfill = launch_backfill(client, {"selector": selector, "partitionNames": ["p5", "p6"]})
+    asset_backfill = launch_backfill(
+        client, {"assetSelection": [{"path": ASSET_PATH}], "partitionNames": ["p1", "p3", "p6"]}
+    )
+    all_backfill = launch_backfill(client, {"assetSelection": [{"path": ASSET_PATH}], "allPartitions": True})
+
+    out, err = mailglass_run.communicate(timeout=300)
+    assert mailglass_run.returncode == 0, err
+    assert set(json.loads(out)) == {"p1", "p2"}
+
+    def backfill_runs(backfill_id: str, expected: int):
+        runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        return runs if len(runs) == expected and all(r.is_finished for r in runs) else None
+
+    def everything_done():
+        backfills = [backfill_runs(job_backfill, 2), backfill_runs(asset_backfill, 3)]
+        backfills.append(backfill_runs(all_backfill, len(tenants)))
+        singles = [instance.get_run_by_id(run_id) for run_id in (launchpad_run, asset_run)]
+        if any(b is None for b in backfills) or not all(r.is_finished for r in singles):
+            return None
+        return [run for group in backfills for run in group] + singles
+
+    runs = _wait(everything_done, 300, "not every launch finished", log_dir)
+
+    # The schedule: a tenant nobody launched gets orphans; the next tick (within a minute) sweeps it.
+    make_orphan(engine, "s1", "s1-m")
+    make_delivery(engine, "s1", "s1-m")
+
+    def scheduled_done():
+        scheduled = instance.get_runs(RunsFilter(tags={"dagster/schedule_name": "reconcile_every_minute"}))
+        swept = fetch(engine, "SELECT 1 FROM mailglass_events WHERE type = 'reconciled' AND tenant_id = 's1'")
+        return scheduled if scheduled and swept and all(r.is_finished for r in scheduled) else None
+
+    runs += _wait(scheduled_done, 150, "the schedule did not sweep tenant s1", log_dir)
+    failed = [(r.run_id, r.job_name, r.status) for r in runs if r.status != DagsterRunStatus.SUCCESS]
+    assert not failed, failed
+    everything = instance.get_run_records()
+    local_ids = {r.dagster_run.run_id for r in everything} - {r.run_id for r in runs}
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in everything)
+    assert len(everything) == len(runs) + 2  # plus the two `mailglass run` runs
+    assert {"reconcile_orphans", "__ASSET_JOB"} <= {r.dagster_run.job_name for r in everything}
+    # Runs launched through the queue never overlap at all, by their run records.
+    queued = [r for r in everything if r.dagster_run.run_id not in local_ids]
+    assert_no_overlap({r.dagster_run.run_id: (r.start_time, r.end_time) for r in queued})
+    # With the two `mailglass run` runs (no queue), no two sweeps overlap: each sweeps only while it holds the pool.
+    assert_no_overlap({r.dagster_run.run_id: sweep_window(instance, r) for r in everything})
+    # The asset backfill's runs carried a one-key range, which is that tenant.
+    asset_runs = backfill_runs(asset_backfill, 3)
+    assert sorted(r.tags["dagster/asset_partition_range_start"] for r in asset_runs) == ["p1", "p3", "p6"]
+    # Every tenant reconciled exactly once, whatever ran it how often.
+    reconciled = fetch(engine, "SELECT tenant_id FROM mailglass_events WHERE type = 'reconciled' ORDER BY 1")
+    assert [r.tenant_id for r in reconciled] == [*tenants, "s1"]
+    launchpad = instance.get_run_by_id(launchpad_run)
+    assert launchpad.run_config["ops"]["mailglass__webhook_reconciliation"]["config"]["limit"] == 50
+    paths = sorted({r.dagster_run.job_name for r in everything})
+    print(f"{len(everything)} runs ({paths}), none overlapping")

@@ -27,8 +27,12 @@ def test_definitions_expose_the_contract_names():
     assert {"find_orphans", "attempt_link", "append_reconciled_events"} <= op_names
     assert defs.resolve_schedule_def("reconcile_every_minute")
     assert defs.resolve_sensor_def("tenant_partitions")
-    [check_key] = defs.resolve_asset_graph().asset_check_keys
-    assert check_key.name == "no_stale_orphans"
+    checks = {key.name: key.asset_key for key in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {
+        "no_stale_orphans": AssetKey(["mailglass", "webhook_reconciliation"]),
+        "reconciliation_lag": AssetKey(["mailglass", "reconciliation_sweep"]),
+    }
+    assert defs.resolve_schedule_def("reconcile_every_minute").job_name == "reconcile_due_tenants"
 
 
 def test_workspace_has_no_pyproject_shadow():

@@ -1,6 +1,14 @@
 """``materialize_tenants`` (quick start / ``mailglass run``) and ``mailglass dev``'s preparation."""
 
+import contextlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -51,6 +59,7 @@ def test_dev_environment_with_explicit_urls(project, database_url, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setenv("MAILGLASS_DATABASE_URL", database_url)
     monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", "postgresql://dagster:secret@db.example/dagster")
+    monkeypatch.setattr(dev, "ensure_pool_limit", lambda home: 1)  # db.example is not a real server
     env = dev.prepare_dev_environment(project)
     assert env["MAILGLASS_DATABASE_URL"] == database_url
     # The driver is spelled out for dagster-postgres (SQLAlchemy 2.1 would pick psycopg 3 otherwise).
@@ -82,27 +91,78 @@ def test_dev_creates_a_dagster_database_beside_the_app_database(
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def test_run_dev_starts_dagster_dev_on_the_workspace(project, database_url, monkeypatch):
-    monkeypatch.chdir(project)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    monkeypatch.setenv("MAILGLASS_DATABASE_URL", database_url)
-    monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", "postgresql://x@localhost/dagster")
-    started = {}
+def test_dev_runs_the_webserver_and_the_daemon_on_the_workspace(project):
+    webserver, daemon = dev.dev_commands(project, "0.0.0.0", 3123)
+    assert Path(webserver[0]).name == "dagster-webserver" and Path(daemon[0]).name == "dagster-daemon"
+    assert daemon[1] == "run"  # not `dagster dev`: no SupersessionWarning, no dagster.yaml-in-cwd warning
+    for command in (webserver, daemon):
+        assert command[command.index("-w") + 1] == str(project / "workspace.yaml")
+    assert webserver[webserver.index("-p") + 1] == "3123" and webserver[webserver.index("-h") + 1] == "0.0.0.0"
 
-    class FakeProcess:
-        def __init__(self, command, env, cwd):
-            started.update(command=command, env=env, cwd=cwd)
 
-        def wait(self, timeout=None):
-            return 0
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    monkeypatch.setattr(dev.subprocess, "Popen", FakeProcess)
-    assert dev.run_dev("0.0.0.0", 3123) == 0
-    command = started["command"]
-    assert command[1:4] == ["-m", "dagster", "dev"]
-    assert command[command.index("-w") + 1] == str(project / "workspace.yaml")
-    assert command[command.index("-p") + 1] == "3123" and command[command.index("-h") + 1] == "0.0.0.0"
-    assert started["env"]["DAGSTER_HOME"] == str(project / ".dagster_home")
+
+def _up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["foreground-SIGINT", "foreground-SIGTERM", "background-SIGTERM"])
+def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, database_url, admin_url, admin_engine):
+    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MAILGLASS_DATABASE_URL": database_url,
+        "MAILGLASS_DAGSTER_DATABASE_URL": make_url(admin_url).set(database=name).render_as_string(False),
+    }
+    port = _free_port()
+    command = f"{Path(sys.executable).parent / 'mailglass'} dev --port {port}"
+    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
+    try:
+        if how.startswith("background"):
+            # `cmd &` in a non-interactive shell: the job starts with SIGINT ignored.
+            shell = subprocess.run(
+                ["bash", "-c", f"{command} >{tmp_path / 'dev.log'} 2>&1 & echo $!"],
+                env=env, cwd=REPO, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            pid = int(shell.stdout.strip())
+        else:
+            pid = subprocess.Popen(command.split(), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).pid
+        deadline = time.monotonic() + 90
+        while not _up(port):
+            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
+            time.sleep(0.5)
+        tree = dev.process_tree(pid)
+        assert len(tree) >= 4, tree  # mailglass, webserver, daemon, code servers
+        os.kill(pid, signal.SIGINT if how.endswith("SIGINT") else signal.SIGTERM)
+        started = time.monotonic()
+        while any(dev._alive(p) for p in tree) and time.monotonic() - started < 15:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        survivors = [p for p in tree if dev._alive(p)]
+        print(f"{how}: {len(tree)} processes stopped in {elapsed:.1f} s")
+        assert not survivors and elapsed < 10, (survivors, elapsed, (tmp_path / "dev.log").read_text()[-2000:])
+    finally:
+        for p in dev.process_tree(pid) if "pid" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        log.close()
+        with admin_engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_project_root_requires_the_yaml_files(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from dagster import (
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.test_utils import create_run_for_test
 
-from mailglass_pipeline import ledger
+from mailglass_pipeline import ledger, reconciler
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.defs.partitions import is_valid_tenant_key
 from mailglass_pipeline.defs.resources import MailglassDatabase
@@ -52,54 +52,47 @@ def _run(instance, status, tags, job_name="reconcile_orphans"):
     return create_run_for_test(instance, job_name=job_name, status=status, tags=tags, remote_job_origin=origin)
 
 
-def _queue(instance, requests, status=DagsterRunStatus.QUEUED):
-    """What the daemon does with the run requests: create a (queued) run for each."""
-    for request in requests:
-        _run(instance, status, request.tags)
-
-
 def test_schedule_skips_with_a_reason_when_nothing_is_due(instance, engine, database_url):
     make_orphan(engine, "t1", "m-young", age=timedelta(seconds=10))  # inside the grace window
     result = _tick(instance, database_url)
     assert result.run_requests == []
-    assert "grace" in result.skip_message
+    assert "no orphan is due" in result.skip_message
 
 
-def test_schedule_requests_one_run_per_due_tenant(instance, engine, database_url):
-    make_orphan(engine, "t1", "m-1")
-    make_orphan(engine, "t1", "m-2")
-    make_orphan(engine, "t2", "m-3")
-    make_orphan(engine, "t3", "m-young", age=timedelta(seconds=10))
-    make_delivery(engine, "t4", "m-4")  # a tenant without orphans
+def test_schedule_skips_never_matching_orphans_in_backoff(instance, engine, database_url):
+    make_orphan(engine, "t1", "m-never")
+    assert len(_tick(instance, database_url).run_requests) == 1
+    reconciler.reconcile(database_url=database_url)  # examined, unmatched: next try in 1 minute
     result = _tick(instance, database_url, minute=1)
-    requests = result.run_requests
-    assert sorted(r.partition_key for r in requests) == ["t1", "t2"]
-    for request in requests:
-        assert request.tags["mailglass/tenant"] == request.partition_key
-        assert request.tags["mailglass/reconcile"] == "true"
-    assert len({r.run_key for r in requests}) == 2
-    # Next minute: new run keys (keys only dedupe within one tick; the in-flight check does the rest).
+    assert result.run_requests == [] and "no orphan is due" in result.skip_message
+    make_delivery(engine, "t1", "m-never")  # its delivery commits: due again at once
+    assert len(_tick(instance, database_url, minute=2).run_requests) == 1
+
+
+def test_schedule_requests_one_sweep_per_tick_for_many_due_tenants(instance, engine, database_url):
+    for i in range(30):
+        make_orphan(engine, f"t{i}", f"m-{i}")
+    make_delivery(engine, "idle", "m-x")  # a tenant without orphans
+    result = _tick(instance, database_url, minute=1)
+    [request] = result.run_requests
+    assert request.partition_key is None  # one run for every tenant, not a partition run
+    assert request.tags["mailglass/reconcile"] == "true"
+    assert request.tags["mailglass/tenant"] == "*"
+    assert defs.resolve_schedule_def("reconcile_every_minute").job_name == "reconcile_due_tenants"
     later = _tick(instance, database_url, minute=2)
-    assert not {r.run_key for r in requests} & {r.run_key for r in later.run_requests}
-    # Missing partitions were added so the requests are launchable even without the sensor.
-    assert {"t1", "t2"} <= set(instance.get_dynamic_partitions("tenants"))
+    assert [r.run_key for r in later.run_requests] != [request.run_key]  # a key per tick
 
 
-def test_schedule_skips_tenants_with_a_run_in_flight(instance, engine, database_url):
+@pytest.mark.parametrize("status", [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+def test_schedule_skips_while_the_previous_sweep_is_in_flight(instance, engine, database_url, status):
     make_orphan(engine, "t1", "m-1")
-    make_orphan(engine, "t2", "m-2")
-    make_orphan(engine, "t3", "m-3")
-    _run(instance, DagsterRunStatus.QUEUED, {"mailglass/tenant": "t1"})
-    _run(instance, DagsterRunStatus.STARTED, {"mailglass/tenant": "t2"})
-    _run(instance, DagsterRunStatus.SUCCESS, {"mailglass/tenant": "t3"})  # finished runs do not count
-    _run(instance, DagsterRunStatus.QUEUED, {"mailglass/tenant": "t3"}, job_name="other_job")  # other jobs neither
-    result = _tick(instance, database_url)
-    assert [r.partition_key for r in result.run_requests] == ["t3"]
-
-    _queue(instance, result.run_requests, DagsterRunStatus.STARTING)
+    _run(instance, DagsterRunStatus.SUCCESS, {}, job_name="reconcile_due_tenants")  # finished: does not count
+    _run(instance, DagsterRunStatus.QUEUED, {"mailglass/tenant": "t1"})  # a per-tenant run: the pool's business
+    assert len(_tick(instance, database_url).run_requests) == 1
+    previous = _run(instance, status, {}, job_name="reconcile_due_tenants")
     skipped = _tick(instance, database_url, minute=1)
     assert skipped.run_requests == []
-    assert "already has a run queued or running" in skipped.skip_message
+    assert previous.run_id in skipped.skip_message and "still" in skipped.skip_message
 
 
 def test_schedule_never_floods_the_queue_with_200_tenants(instance, engine, database_url):
@@ -118,32 +111,19 @@ def test_schedule_never_floods_the_queue_with_200_tenants(instance, engine, data
     ]
     with engine.begin() as conn:
         ledger.append_events(conn, events)
-    # Runs are slower than a minute: nothing the schedule queued finishes during 5 ticks.
+    # The sweep is slower than a minute: nothing the schedule queued finishes during 5 ticks.
     for minute in range(5):
         result = _tick(instance, database_url, minute=minute)
-        _queue(instance, result.run_requests)
-        if minute == 0:
-            assert len(result.run_requests) == 200
-        else:
-            assert result.run_requests == [] and result.skip_message
-    queued = instance.get_runs()
-    per_tenant = {}
-    for run in queued:
-        per_tenant[run.tags["mailglass/tenant"]] = per_tenant.get(run.tags["mailglass/tenant"], 0) + 1
-    assert len(queued) == 200 and set(per_tenant.values()) == {1}
-
-
-def test_schedule_leaves_out_tenants_unfit_as_partition_keys(instance, engine, database_url):
-    make_orphan(engine, "bad,tenant", "m-1")
-    make_orphan(engine, "good", "m-2")
-    result = _tick(instance, database_url)
-    assert [r.partition_key for r in result.run_requests] == ["good"]
+        for request in result.run_requests:
+            _run(instance, DagsterRunStatus.QUEUED, request.tags, job_name="reconcile_due_tenants")
+        assert len(result.run_requests) == (1 if minute == 0 else 0)
+    assert len(instance.get_runs()) == 1
 
 
 def test_schedule_definition(instance):
     schedule = defs.resolve_schedule_def("reconcile_every_minute")
     assert schedule.cron_schedule == "* * * * *"
-    assert schedule.job_name == "reconcile_orphans"
+    assert schedule.job_name == "reconcile_due_tenants"
     assert schedule.default_status.value == "STOPPED"
 
 

@@ -94,6 +94,7 @@ def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, lock: bo
         "grace_seconds": reconciler.DEFAULT_GRACE_SECONDS,
         "max_age_minutes": reconciler.DEFAULT_MAX_AGE_MINUTES,
         "limit": reconciler.DEFAULT_LIMIT,
+        "max_total": reconciler.DEFAULT_MAX_TOTAL,
     }
     if tenant_scoped:
         params["tenant_id"] = "t0"

@@ -95,8 +95,9 @@ def test_hostile_tenant_ids_sweep_normally_and_stay_isolated(engine: Engine, ten
     assert list(result.tenants) == [tenant]
     assert _reconciled(engine) == {str(own_orphan): (tenant, mine)}
 
-    # The all-tenants sweep reports the hostile tenant under its exact id, and still never crosses.
-    everyone = sweep(engine, None, SWEEP)
+    # The all-tenants sweep (retrying the unmatched orphan at once) reports the hostile tenant under its
+    # exact id, and still never crosses.
+    everyone = sweep(engine, None, SweepConfig(grace_seconds=0, retry_all=True))
     assert everyone.linked == 0 and everyone.tenants[tenant]["unmatched"] == 1
     assert len(_reconciled(engine)) == 1
 

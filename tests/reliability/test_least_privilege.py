@@ -88,11 +88,11 @@ def test_table_privileges_are_exactly_the_documented_ones(restricted_url: str, e
     assert {r.table_name: r.privs for r in rows} == {
         "mailglass_events": "INSERT,SELECT",
         "mailglass_deliveries": "SELECT,UPDATE",
-        "mailglass_reconciliation_queue": "DELETE,INSERT,SELECT,UPDATE",
+        "mailglass_reconciliation_queue": "SELECT,UPDATE",
     }
     # Re-applying is idempotent (REVOKE ALL first), not additive.
     grants.apply_grants(str(engine.url.render_as_string(hide_password=False)), role)
-    assert len(fetch(engine, "SELECT 1 FROM information_schema.role_table_grants WHERE grantee = :r", r=role)) == 8
+    assert len(fetch(engine, "SELECT 1 FROM information_schema.role_table_grants WHERE grantee = :r", r=role)) == 6
 
 
 def test_core_reconciler_scenario_as_restricted_role(engine: Engine, restricted: Engine) -> None:
@@ -113,7 +113,7 @@ def test_core_reconciler_scenario_as_restricted_role(engine: Engine, restricted:
     )
     assert row[0].delivered_at is not None and row[0].terminal and row[0].lock_version == 2
 
-    again = sweep(restricted, "t1", SweepConfig(grace_seconds=0))
+    again = sweep(restricted, "t1", SweepConfig(grace_seconds=0, retry_all=True))
     assert (again.scanned, again.linked) == (1, 0)  # only the unmatched orphan is retried
     assert fetch(engine, "SELECT count(*) AS n FROM mailglass_events WHERE type = 'reconciled'")[0].n == 1
 
@@ -151,6 +151,10 @@ def test_restricted_role_cannot_rewrite_history_or_change_schema(engine: Engine,
         "ALTER TABLE mailglass_events DISABLE TRIGGER mailglass_events_immutable": "42501",
         "DROP TRIGGER mailglass_events_immutable ON mailglass_events": "42501",
         "DROP TABLE mailglass_reconciliation_queue": "42501",
+        # The queue's rows are the triggers' business (SECURITY DEFINER), not the role's.
+        "DELETE FROM mailglass_reconciliation_queue": "42501",
+        "INSERT INTO mailglass_reconciliation_queue (event_id, tenant_id, orphan_inserted_at)"
+        " VALUES (gen_random_uuid(), 't', now())": "42501",
         "CREATE INDEX mg_i ON mailglass_deliveries (recipient)": "42501",
         "SELECT * FROM mailglass_alembic_version": "42501",
     }
@@ -187,9 +191,95 @@ def test_grants_cli_prints_and_applies(database_url: str, admin_engine: Engine, 
         privileges = fetch(
             engine, "SELECT count(*) AS n FROM information_schema.role_table_grants WHERE grantee = :r", r=role
         )
-        assert privileges[0].n == 8
+        assert privileges[0].n == 6
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
         with admin_engine.connect() as conn:
             conn.execute(sa.text(f'DROP ROLE "{role}"'))
+
+
+def test_orphans_written_by_the_restricted_role_are_queued_through_the_trigger(
+    engine: Engine, restricted: Engine
+) -> None:
+    # The reconciler role (also what ingest may run as) appends an orphan: the SECURITY DEFINER ledger
+    # trigger queues it although the role has no INSERT on the queue.
+    with restricted.begin() as conn:
+        orphan = conn.execute(
+            sa.text(
+                "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,"
+                " inserted_at) VALUES ('t4', 'delivered', now(),"
+                ' \'{"provider": "postmark", "provider_message_id": "m-4"}\', true, now() - interval \'5 minutes\')'
+                " RETURNING id"
+            )
+        ).scalar_one()
+    assert (
+        fetch(engine, "SELECT provider_message_id FROM mailglass_reconciliation_queue WHERE event_id = :o", o=orphan)[
+            0
+        ].provider_message_id
+        == "m-4"
+    )
+    make_delivery(engine, "t4", "m-4")
+    assert sweep(restricted, "t4", SweepConfig()).linked == 1
+    assert fetch(engine, "SELECT count(*) AS n FROM mailglass_reconciliation_queue")[0].n == 0
+
+
+@pytest.fixture
+def sender_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
+    """A role like a sending application's: INSERT (and UPDATE of the message id) on deliveries, nothing else."""
+    role = f"mg_sender_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    owner = create_engine(database_url, poolclass=sa.pool.NullPool)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+        conn.execute(sa.text(f'GRANT INSERT ON TABLE mailglass_deliveries TO "{role}"'))
+        conn.execute(
+            sa.text(
+                "GRANT SELECT (id, provider_message_id), UPDATE (provider_message_id)"
+                f' ON mailglass_deliveries TO "{role}"'
+            )
+        )
+    yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+    owner.dispose()
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'DROP ROLE "{role}"'))
+
+
+def test_a_sender_with_no_queue_grant_wakes_orphans(engine: Engine, sender_url: str) -> None:
+    inserted = make_orphan(engine, "t5", "m-ins")
+    rekeyed = make_orphan(engine, "t5", "m-upd")
+    with engine.begin() as conn:  # both examined once, unmatched: backing off
+        conn.execute(sa.text("UPDATE mailglass_reconciliation_queue SET attempts = 3, last_attempted_at = now(),"
+                             " next_attempt_at = now() + interval '4 minutes'"))  # fmt: skip
+    sender = create_engine(sender_url, poolclass=sa.pool.NullPool)
+    try:
+        privileges = fetch(engine, "SELECT count(*) AS n FROM information_schema.role_table_grants"
+                           " WHERE grantee = :r AND table_name = 'mailglass_reconciliation_queue'",
+                           r=make_url(sender_url).username)  # fmt: skip
+        assert privileges[0].n == 0
+        with sender.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain,"
+                    " provider, provider_message_id, last_event_type, last_event_at) VALUES"
+                    " ('t5', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', 'm-ins', 'dispatched', now()),"
+                    " ('t5', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', NULL, 'dispatched', now())"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "UPDATE mailglass_deliveries SET provider_message_id = 'm-upd' WHERE provider_message_id IS NULL"
+                )
+            )
+        with pytest.raises(sa.exc.ProgrammingError), sender.begin() as conn:
+            conn.execute(sa.text("SELECT * FROM mailglass_reconciliation_queue"))
+    finally:
+        sender.dispose()
+    due = fetch(engine, "SELECT event_id FROM mailglass_reconciliation_queue"
+                " WHERE next_attempt_at IS NULL AND linkable_at IS NOT NULL")  # fmt: skip
+    assert {r.event_id for r in due} == {inserted, rekeyed}
+    result = sweep(engine, "t5", SweepConfig())
+    assert (result.scanned, result.linked) == (2, 2)

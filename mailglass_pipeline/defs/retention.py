@@ -1,0 +1,210 @@
+"""Job ``prune_dagster_history`` and schedule ``prune_dagster_history_daily``: Dagster storage stays bounded.
+
+A minute schedule writes about 1,440 runs a day, forever: Dagster OSS purges old schedule and
+sensor ticks (``retention:`` in dagster.yaml) but never runs or their event logs. This job deletes
+the finished runs of THIS code location's jobs that are older than ``keep_days`` (default 14), with
+their event logs (``DagsterInstance.delete_run`` deletes the run row, its tags through the foreign
+key, and every event of the run with their asset-event tags: see ``SqlEventLogStorage.delete_events``).
+
+What the asset's partition history shows afterwards: each tenant partition of
+``mailglass/webhook_reconciliation`` keeps its LATEST materialization, because the run that holds
+it is never deleted, however old. So every tenant still shows its current state (last counts,
+when it was last reconciled) and the asset page never falls back to "never materialized". What is
+lost, plainly: the older points of each tenant's metadata plot, the run pages and logs of runs
+older than ``keep_days``, and the asset check results of those runs (their events, and the
+``asset_check_executions`` rows, which ``delete_run`` leaves behind and this job deletes for the
+same runs: see ``delete_check_executions``). The ledger, the only
+record that matters for correctness, is in the application database and untouched.
+
+Bounded: at most ``max_runs`` deletions per run, in batches of ``batch_size`` (each batch is one
+storage read plus a few statements per run), so a first run on a year of history cannot hold the
+daemon or the database for long; the next day's run continues. Runs not finished (queued, started,
+canceling) are never touched, nor runs of other code locations: a run qualifies only when its job
+belongs to this repository and, when the run records its origin, its code location is this one.
+
+Default status RUNNING: unlike the reconcile schedule it changes nothing an operator relies on
+(14 days of runs stay), and without it storage grows without bound; turning it off is one click.
+It runs at 03:17 UTC, away from the top of the hour.
+"""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    AssetKey,
+    Config,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    OpExecutionContext,
+    RunsFilter,
+    ScheduleDefinition,
+    in_process_executor,
+    job,
+    op,
+)
+from dagster._core.event_api import AssetRecordsFilter
+from pydantic import Field
+
+from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
+
+PRUNE_JOB_NAME = "prune_dagster_history"
+DEFAULT_KEEP_DAYS = 14
+LOCATION_NAME = "mailglass_pipeline"
+FINISHED_STATUSES = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+class PruneConfig(Config):
+    """Launchpad config of a retention run."""
+
+    keep_days: int = Field(default=DEFAULT_KEEP_DAYS, ge=1, le=3650, description="Runs newer than this are kept.")
+    batch_size: int = Field(default=200, ge=1, le=5000, description="Runs read and deleted per batch.")
+    max_runs: int = Field(default=20_000, ge=1, le=1_000_000, description="Most runs one retention run deletes.")
+    dry_run: bool = Field(default=False, description="Count what would be deleted, delete nothing.")
+
+
+def protected_run_ids(instance: DagsterInstance, asset_keys: list[AssetKey]) -> set[str]:
+    """Runs holding the latest materialization of each partition (and of the asset as a whole)."""
+    protected: set[str] = set()
+    for key in asset_keys:
+        latest = instance.get_latest_materialization_event(key)
+        if latest is not None:
+            protected.add(latest.run_id)
+        storage_ids = list(
+            instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION).values()
+        )
+        for start in range(0, len(storage_ids), 500):
+            chunk = storage_ids[start : start + 500]
+            records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=500)
+            protected.update(record.run_id for record in records.records)
+    return protected
+
+
+def delete_check_executions(instance: DagsterInstance, run_ids: list[str]) -> int:
+    """Delete the ``asset_check_executions`` rows of deleted runs; return how many.
+
+    ``delete_run`` leaves them (Dagster 1.13 has no per-run API for them): one ~2 kB row per
+    check evaluation, so without this a minute schedule still grows storage by ~1,440 rows a day.
+    SQL event-log storages only (PostgreSQL in production); another storage is left as it is.
+    """
+    storage = getattr(instance, "event_log_storage", None)
+    if not run_ids or storage is None or not hasattr(storage, "index_connection"):
+        return 0
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+
+    with storage.index_connection() as conn:
+        result = conn.execute(AssetCheckExecutionsTable.delete().where(AssetCheckExecutionsTable.c.run_id.in_(run_ids)))
+        return int(result.rowcount or 0)
+
+
+def prune_history(
+    instance: DagsterInstance,
+    job_names: set[str],
+    *,
+    keep_days: int = DEFAULT_KEEP_DAYS,
+    batch_size: int = 200,
+    max_runs: int = 20_000,
+    dry_run: bool = False,
+    location_name: str | None = LOCATION_NAME,
+    asset_keys: list[AssetKey] | None = None,
+    exclude_run_ids: set[str] | None = None,
+    now: datetime | None = None,
+    log=None,
+) -> dict[str, int]:
+    """Delete finished runs of ``job_names`` created before ``now - keep_days``; return the counts."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
+    protected = protected_run_ids(instance, asset_keys or [WEBHOOK_RECONCILIATION_KEY])
+    skip = protected | (exclude_run_ids or set())
+    deleted = examined = kept_latest = other_location = check_rows = 0
+    # The cursor is the last run seen that stays in storage: a deleted run cannot be a cursor.
+    cursor: str | None = None
+    started = time.monotonic()
+    while deleted < max_runs:
+        records = instance.get_run_records(
+            RunsFilter(job_name=None, statuses=FINISHED_STATUSES, created_before=cutoff),
+            limit=batch_size,
+            order_by="create_timestamp",
+            ascending=True,
+            cursor=cursor,
+        )
+        if not records:
+            break
+        batch = []
+        for record in records:
+            run = record.dagster_run
+            examined += 1
+            if run.job_name not in job_names:
+                continue
+            origin = run.remote_job_origin
+            if location_name and origin is not None and origin.location_name != location_name:
+                other_location += 1
+                continue
+            if run.run_id in skip:
+                kept_latest += run.run_id in protected
+                continue
+            batch.append(run.run_id)
+        doomed = set(batch[: max_runs - deleted])
+        for run_id in batch[: max_runs - deleted]:
+            if not dry_run:
+                instance.delete_run(run_id)
+            deleted += 1
+        if not dry_run:
+            check_rows += delete_check_executions(instance, sorted(doomed))
+        kept = [r.dagster_run.run_id for r in records if dry_run or r.dagster_run.run_id not in doomed]
+        if kept:
+            cursor = kept[-1]
+        if log is not None:
+            log(f"examined {examined} run(s), {'would delete' if dry_run else 'deleted'} {deleted}")
+    return {
+        "deleted_runs": deleted,
+        "examined_runs": examined,
+        "kept_latest_materialization_runs": kept_latest,
+        "skipped_other_location_runs": other_location,
+        "deleted_check_executions": check_rows,
+        "seconds": round(time.monotonic() - started, 3),
+        "dry_run": int(dry_run),
+    }
+
+
+@op(description="Delete this code location's finished runs older than keep_days, with their event logs.")
+def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
+    from mailglass_pipeline.definitions import defs  # lazily: definitions imports this module
+
+    repository = defs.get_repository_def()  # this code location's jobs and assets
+    job_names = set(repository.job_names)
+    asset_keys = sorted(repository.asset_graph.get_all_asset_keys(), key=lambda k: k.to_string())
+    origin = context.dagster_run.remote_job_origin
+    counts = prune_history(
+        context.instance,
+        job_names,
+        keep_days=config.keep_days,
+        batch_size=config.batch_size,
+        max_runs=config.max_runs,
+        dry_run=config.dry_run,
+        location_name=origin.location_name if origin is not None else LOCATION_NAME,
+        asset_keys=asset_keys or [WEBHOOK_RECONCILIATION_KEY],
+        exclude_run_ids={context.run_id},
+        log=context.log.info,
+    )
+    context.log.info(f"retention: {counts}")
+    context.add_output_metadata(counts)
+
+
+@job(
+    name=PRUNE_JOB_NAME,
+    executor_def=in_process_executor,
+    description=f"Keep Dagster storage bounded: delete runs older than {DEFAULT_KEEP_DAYS} days (configurable).",
+)
+def prune_dagster_history() -> None:
+    prune_runs()
+
+
+prune_dagster_history_daily = ScheduleDefinition(
+    name="prune_dagster_history_daily",
+    job=prune_dagster_history,
+    cron_schedule="17 3 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description=f"Daily at 03:17 UTC: delete this location's runs older than {DEFAULT_KEEP_DAYS} days.",
+)

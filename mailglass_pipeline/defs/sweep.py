@@ -1,0 +1,227 @@
+"""The scheduled all-tenant sweep: asset ``mailglass/reconciliation_sweep`` and job ``reconcile_due_tenants``.
+
+Why this shape. The minute schedule must cover 10,000 tenants with ONE run per
+tick (a Dagster run costs seconds of queueing and process start-up: one run per
+tenant per minute cannot keep up beyond a few dozen tenants). What Dagster 1.13
+offers, and why each was or was not used:
+
+* A run of the partitioned asset can only cover a *contiguous range* of the
+  dynamic partition keys, and then records a materialization for every key in
+  the range (planned + materialized: 2 events per partition). The tenants with
+  work are an arbitrary set, so a range would write events for thousands of
+  idle tenants: storage would grow with the number of tenants.
+* So the run materializes an unpartitioned asset, ``mailglass/reconciliation_sweep``,
+  whose compute runs ONE core sweep over every due tenant
+  (``reconciler.sweep(engine, None, ...)``: constant statements, at most
+  ``limit`` orphans per tenant, ``max_total`` in all) and then reports, for
+  each tenant that had work, a materialization of *that tenant's partition* of
+  ``mailglass/webhook_reconciliation`` with the same count metadata as a
+  per-tenant run. Idle tenants get nothing: what a tick writes grows with the
+  tenants that had work (one event row each, plus this asset's own few).
+* Those materializations are written in batches: outside the webserver,
+  dagster-postgres opens a connection per storage call (~25 ms per event here),
+  so 3,000 tenants with work would cost 75 s one by one. Dagster batches events
+  that carry batch metadata when ``DAGSTER_EVENT_BATCH_SIZE`` is set
+  (``handle_new_event``), and dagster-postgres writes a batch of asset
+  materializations in one INSERT (``store_event_batch``). This is the path
+  Dagster itself uses for the materializations of a partition-range output
+  (``execute_step._store_output``); :func:`record_tenant_materializations`
+  follows it through ``DagsterEvent.asset_materialization``.
+* This asset's own materialization carries the run's totals (tenants swept,
+  scanned, linked, unmatched, backlog, oldest due age, lag, unfit tenant ids),
+  so the asset page plots them per scheduled sweep over time; the asset check
+  ``reconciliation_lag`` runs right after it in the same run.
+
+Limits: the op is in ``RECONCILE_POOL`` (run granularity, limit 1 in
+dagster.yaml) and the job's runs carry ``mailglass/reconcile=true``, so a
+scheduled sweep never overlaps another reconciliation run, whatever launched
+either. ``mailglass/tenant=*`` marks the run as covering every tenant ("*" can
+never be a tenant partition key, so it shares no per-tenant slot).
+
+Tenant ids unfit as partition keys are swept like any other; they only get no
+partition materialization (their count and a sample are in the run's metadata).
+"""
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    define_asset_job,
+)
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+from pydantic import Field
+
+from mailglass_pipeline import reconciler
+from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.ops import COUNT_KEYS, DATABASE_RETRY_POLICY, database_errors, wait_for_pool_turn
+from mailglass_pipeline.defs.partitions import (
+    RECONCILE_POOL,
+    RECONCILE_TAGS,
+    TENANT_TAG,
+    TENANTS_PARTITIONS_NAME,
+    is_valid_tenant_key,
+)
+from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.errors import ConfigurationError
+
+SWEEP_KEY = AssetKey(["mailglass", "reconciliation_sweep"])
+SWEEP_JOB_NAME = "reconcile_due_tenants"
+#: The tenant tag of a run covering every tenant ("*" is never a valid partition key).
+ALL_TENANTS = "*"
+SWEEP_RUN_TAGS = {**RECONCILE_TAGS, TENANT_TAG: ALL_TENANTS}
+
+#: Events per storage write when the environment sets no DAGSTER_EVENT_BATCH_SIZE.
+EVENT_BATCH_SIZE = 1000
+UNFIT_SAMPLE = 20
+
+
+class SweepDueConfig(Config):
+    """Launchpad config of the all-tenant sweep (defaults as in DESIGN.md sections 1 and 5)."""
+
+    limit: int = Field(
+        default=reconciler.DEFAULT_LIMIT, ge=1, le=100_000, description="At most this many due orphans per tenant."
+    )
+    max_total: int = Field(
+        default=reconciler.DEFAULT_MAX_TOTAL,
+        ge=1,
+        le=1_000_000,
+        description="At most this many orphans in all per run, fairly shared among the tenants.",
+    )
+    max_age_minutes: int = Field(default=reconciler.DEFAULT_MAX_AGE_MINUTES, ge=1, le=366 * 24 * 60)
+    grace_seconds: int = Field(default=reconciler.DEFAULT_GRACE_SECONDS, ge=0, le=24 * 60 * 60)
+    retry_all: bool = Field(default=False, description="Retry every pending orphan now, ignoring the backoff.")
+
+    def sweep_config(self) -> reconciler.SweepConfig:
+        return reconciler.SweepConfig(
+            limit=self.limit,
+            max_total=self.max_total,
+            max_age_minutes=self.max_age_minutes,
+            grace_seconds=self.grace_seconds,
+            retry_all=self.retry_all,
+        )
+
+
+@contextmanager
+def event_batching(size: int = EVENT_BATCH_SIZE) -> Iterator[None]:
+    """Turn on Dagster's batched event writes for this block unless the environment already chose a size."""
+    if os.environ.get("DAGSTER_EVENT_BATCH_SIZE"):
+        yield
+        return
+    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(size)
+    try:
+        yield
+    finally:
+        os.environ.pop("DAGSTER_EVENT_BATCH_SIZE", None)
+
+
+def record_tenant_materializations(
+    context: AssetExecutionContext, counts_by_tenant: Mapping[str, Mapping[str, int]]
+) -> int:
+    """One materialization of ``mailglass/webhook_reconciliation`` per tenant, written in batches."""
+    if not counts_by_tenant:
+        return 0
+    step_context = context.op_execution_context.get_step_execution_context()
+    batch_id = generate_event_batch_id()
+    last = len(counts_by_tenant) - 1
+    with event_batching():
+        for i, (tenant, counts) in enumerate(counts_by_tenant.items()):
+            materialization = AssetMaterialization(
+                asset_key=WEBHOOK_RECONCILIATION_KEY,
+                partition=tenant,
+                metadata={key: int(counts.get(key, 0)) for key in COUNT_KEYS},
+                description="swept by the scheduled all-tenant sweep",
+            )
+            # Logs the event with its batch metadata: stored when the batch is full or ends.
+            DagsterEvent.asset_materialization(
+                step_context, materialization, DagsterEventBatchMetadata(batch_id, i == last)
+            )
+    return len(counts_by_tenant)
+
+
+def ensure_partitions(context: AssetExecutionContext, tenants: list[str]) -> int:
+    """Add the partitions the tenants with work lack (one read, at most one write)."""
+    if not tenants:
+        return 0
+    known = set(context.instance.get_dynamic_partitions(TENANTS_PARTITIONS_NAME))
+    missing = [t for t in tenants if t not in known]
+    if missing:
+        context.instance.add_dynamic_partitions(TENANTS_PARTITIONS_NAME, missing)
+    return len(missing)
+
+
+def _seconds(value: float | None) -> float:
+    return round(value, 1) if value is not None else 0.0
+
+
+def sweep_metadata(result: reconciler.SweepResult, unfit: list[str], recorded: int) -> dict[str, Any]:
+    """The run's totals as plottable numbers (and the unfit ids as text)."""
+    metadata: dict[str, Any] = {
+        "tenants_swept": result.tenants_swept,
+        "tenants_materialized": recorded,
+        "scanned": result.scanned,
+        "linked": result.linked,
+        "unmatched": result.unmatched,
+        "malformed": result.malformed,
+        "already_reconciled": result.already_reconciled,
+        "remaining_orphans": result.remaining_orphans,
+        "stale_orphans": result.stale_orphans,
+        "due_remaining": result.due_remaining,
+        "oldest_due_age_seconds": _seconds(result.oldest_due_age_seconds),
+        "lag_seconds": _seconds(result.lag_seconds),
+        "unfit_tenant_ids": len(unfit),
+    }
+    if unfit:
+        metadata["unfit_tenant_ids_sample"] = MetadataValue.text(", ".join(repr(t) for t in unfit[:UNFIT_SAMPLE]))
+    return metadata
+
+
+@asset(
+    key=SWEEP_KEY,
+    group_name="mailglass",
+    pool=RECONCILE_POOL,
+    retry_policy=DATABASE_RETRY_POLICY,
+    kinds={"postgres", "python"},
+    description=(
+        "One sweep over every tenant with due orphans (what the minute schedule runs): records a materialization "
+        "of each worked tenant's partition of mailglass/webhook_reconciliation; its own metadata holds the totals."
+    ),
+)
+def reconciliation_sweep(
+    context: AssetExecutionContext, config: SweepDueConfig, mailglass_db: MailglassDatabase
+) -> MaterializeResult:
+    try:
+        sweep_config = config.sweep_config()
+    except ConfigurationError as exc:
+        raise Failure(description=f"invalid sweep config: {exc}", allow_retries=False) from exc
+    wait_for_pool_turn(context.op_execution_context)
+    with database_errors():
+        result = reconciler.sweep(mailglass_db.get_engine(), None, sweep_config)
+    worked = {tenant: counts for tenant, counts in result.tenants.items() if counts.get("scanned", 0) > 0}
+    fit = {tenant: counts for tenant, counts in worked.items() if is_valid_tenant_key(tenant)}
+    unfit = sorted(tenant for tenant in worked if tenant not in fit)
+    added = ensure_partitions(context, list(fit))
+    recorded = record_tenant_materializations(context, fit)
+    context.log.info(
+        f"swept {result.tenants_swept} tenant(s): scanned {result.scanned}, linked {result.linked}; "
+        f"{recorded} partition materialization(s), {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
+    )
+    return MaterializeResult(metadata=sweep_metadata(result, unfit, recorded))
+
+
+reconcile_due_tenants = define_asset_job(
+    name=SWEEP_JOB_NAME,
+    selection=[SWEEP_KEY],
+    tags=SWEEP_RUN_TAGS,
+    run_tags=SWEEP_RUN_TAGS,
+    description="Sweep every tenant with due orphans in one run (the minute schedule's job).",
+)

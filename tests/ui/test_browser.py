@@ -1,0 +1,232 @@
+"""The Dagster UI in a real browser: Debian's chromium, driven by selenium, against a real ``mailglass dev``.
+
+The operator's route: on the asset page, Materialize one tenant through the
+dialog and see the run succeed; launch a backfill of all tenants; from the job's
+Launchpad (Materialize caret -> "Open launchpad") launch a run with a changed
+config. Then the run records show that no two reconciliation runs overlapped.
+``mailglass dev`` runs on the embedded PostgreSQL under a temporary
+MAILGLASS_HOME, exactly as after a fresh clone. On failure, screenshots and the
+page source go to ``$MAILGLASS_TEST_ARTIFACTS`` (default ``tests/ui/artifacts/``).
+``MAILGLASS_UPDATE_SCREENSHOTS=1`` also writes the README's two screenshots into ``docs/``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("MAILGLASS_TEST_ARTIFACTS") or REPO / "tests" / "ui" / "artifacts")
+TIMEOUT = 120.0
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs Debian chromium"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_for(predicate: Callable[[], Any], message: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # the DOM changes under us while React renders
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(message)
+
+
+@pytest.fixture
+def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGLASS_")}
+    env.update({"MAILGLASS_HOME": str(tmp_path / "mailglass"), "DAGSTER_HOME": str(home)})
+    subprocess.run([str(BIN / "mailglass"), "demo"], env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
+    port = _free_port()
+    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(BIN / "mailglass"), "dev", "--port", str(port)],
+        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _up(port), f"mailglass dev did not come up:\n{(tmp_path / 'dev.log').read_text()[-3000:]}")
+        yield port, env
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        subprocess.run([str(BIN / "mailglass"), "stop"], env=env, cwd=REPO, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        stem = ARTIFACTS / f"{request.node.name}-{int(time.time())}"
+        driver.save_screenshot(f"{stem}.png")
+        Path(f"{stem}.html").write_text(driver.page_source)
+        print(f"\nbrowser artifacts: {stem}.png, {stem}.html")
+    driver.quit()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def dismiss_community_dialog(driver: Any) -> None:
+    """Dagster shows a "Join the Dagster community" dialog on a fresh profile: Skip it when it appears."""
+    quiet_until = time.monotonic() + 3
+    while time.monotonic() < quiet_until:
+        for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+            button.click()
+            quiet_until = time.monotonic() + 2
+        time.sleep(0.3)
+
+
+def button(driver: Any, text: str, scope: str = "") -> Any:
+    return wait_for(
+        lambda: next(
+            b
+            for b in driver.find_elements(By.XPATH, f"{scope}//button[contains(normalize-space(), '{text}')]")
+            if b.is_displayed() and b.is_enabled()
+        ),
+        f"no enabled button {text!r}",
+    )  # fmt: skip
+
+
+def open_page(driver: Any, url: str, ready_text: str) -> None:
+    driver.get(url)
+    wait_for(lambda: driver.find_elements(By.XPATH, f"//*[contains(normalize-space(), '{ready_text}')]"), url)
+    dismiss_community_dialog(driver)
+
+
+def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> None:
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    port, env = dev_server
+    base = f"http://127.0.0.1:{port}"
+    for key in ("DAGSTER_HOME",):
+        os.environ[key] = env[key]
+    # `mailglass dev` exported the storage URL to its children; this process resolves it the same way.
+    from mailglass_pipeline.defs.dev import resolve_dagster_storage_url
+
+    os.environ["MAILGLASS_HOME"] = env["MAILGLASS_HOME"]
+    from mailglass_pipeline import db
+
+    os.environ["MAILGLASS_DAGSTER_DATABASE_URL"] = resolve_dagster_storage_url(db.embedded_server_url())
+    instance = DagsterInstance.get()
+    wait_for(lambda: len(instance.get_dynamic_partitions("tenants")) == 3, "the sensor added no partitions")
+
+    # 1. Asset page -> Materialize -> one partition -> Launch 1 run.
+    open_page(browser, f"{base}/assets/mailglass/webhook_reconciliation", "Materialize")
+    button(browser, "Materialize").click()
+    dialog = "//*[@role='dialog']"
+    wait_for(lambda: browser.find_elements(By.XPATH, dialog), "no Materialize dialog")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    Path(ARTIFACTS / "materialize-dialog.html").write_text(browser.page_source)
+    browser.save_screenshot(str(ARTIFACTS / "materialize-dialog.png"))
+    # "Custom" lists every tenant as a tag with a close icon: keep only acme.
+    button(browser, "Custom", dialog).click()
+    for other in ("globex", "initech"):
+        close = f"{dialog}//*[normalize-space(text())='{other}']/ancestor::*[.//*[@aria-label='close']][1]"
+        wait_for(lambda close=close: browser.find_element(By.XPATH, f"{close}//*[@aria-label='close']"), other).click()
+        wait_for(lambda other=other: not browser.find_elements(By.XPATH, f"{dialog}//*[text()='{other}']"), other)
+    button(browser, "Launch 1 run", dialog).click()
+    run = wait_for(lambda: instance.get_runs(limit=1), "no run was created")[0]
+    assert run.tags.get("dagster/partition") == "acme"
+    finished = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, "run did not finish")
+    assert finished.status == DagsterRunStatus.SUCCESS
+
+    # 2. A backfill of all partitions from the same dialog.
+    open_page(browser, f"{base}/assets/mailglass/webhook_reconciliation", "Materialize")
+    button(browser, "Materialize").click()
+    button(browser, "All", dialog).click()
+    button(browser, "Launch backfill", dialog).click()
+    backfill_runs = wait_for(
+        lambda: (
+            (runs := [r for r in instance.get_runs() if r.tags.get("dagster/backfill")])
+            and len(runs) == 3
+            and all(r.is_finished for r in runs)
+            and runs
+        ),
+        "the backfill did not finish 3 runs",
+        timeout=300,
+    )
+    assert all(r.status == DagsterRunStatus.SUCCESS for r in backfill_runs)
+
+    # 3. The job's Launchpad: Materialize caret -> Open launchpad, limit 50, one tenant.
+    open_page(browser, f"{base}/locations/mailglass_pipeline/jobs/reconcile_orphans", "Materialize")
+    {r.run_id for r in instance.get_runs()}
+    caret = wait_for(
+        lambda: next(b for b in browser.find_elements(By.XPATH, "//button[.//*[@aria-label='arrow_drop_down']]")
+                 if b.is_displayed()),
+        "no Materialize caret",
+    )  # fmt: skip
+    caret.click()
+    wait_for(
+        lambda: browser.find_element(By.XPATH, "//*[contains(normalize-space(), 'Open launchpad')]"), "menu"
+    ).click()
+    Path(ARTIFACTS / "launchpad.html").write_text(browser.page_source)
+    browser.save_screenshot(str(ARTIFACTS / "launchpad.png"))
+    pytest.fail("launchpad step not written yet")
+
+
+def _no_overlap(records: list[Any]) -> None:
+    ordered = sorted(records, key=lambda r: r.start_time)
+    for a, b in itertools.pairwise(ordered):
+        assert a.end_time <= b.start_time, (a.dagster_run.run_id, b.dagster_run.run_id)
