@@ -159,10 +159,15 @@ class Stack:
             self.code_env,
         )  # fmt: skip
         health = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(self.grpc_port)]
-        _wait(
-            lambda: subprocess.run(health, capture_output=True, env=self.env, timeout=20).returncode == 0,
-            90, "code server did not become healthy", self.tmp,
-        )  # fmt: skip
+
+        def healthy() -> bool:
+            # A check that hangs (a loaded machine, a server still importing) is "not yet", not a failure.
+            try:
+                return subprocess.run(health, capture_output=True, env=self.env, timeout=30).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
+
+        _wait(healthy, 180, "code server did not become healthy", self.tmp)
 
     def start(self) -> None:
         self.start_code_server()

@@ -155,6 +155,20 @@ def open_page(driver: Any, url: str, ready_text: str) -> None:
     dismiss_community_dialog(driver)
 
 
+GET_CONFIG = "return arguments[0].CodeMirror.getValue();"
+LAUNCHPAD_CONFIG = """ops:
+  mailglass__webhook_reconciliation:
+    config:
+      limit: 50
+"""
+
+
+def snapshot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    Path(ARTIFACTS / f"{name}.html").write_text(driver.page_source)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
 def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> None:
     from dagster import DagsterInstance, DagsterRunStatus
 
@@ -177,9 +191,7 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
     button(browser, "Materialize").click()
     dialog = "//*[@role='dialog']"
     wait_for(lambda: browser.find_elements(By.XPATH, dialog), "no Materialize dialog")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    Path(ARTIFACTS / "materialize-dialog.html").write_text(browser.page_source)
-    browser.save_screenshot(str(ARTIFACTS / "materialize-dialog.png"))
+    snapshot(browser, "materialize-dialog")
     # "Custom" lists every tenant as a tag with a close icon: keep only acme.
     button(browser, "Custom", dialog).click()
     for other in ("globex", "initech"):
@@ -210,20 +222,62 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
     assert all(r.status == DagsterRunStatus.SUCCESS for r in backfill_runs)
 
     # 3. The job's Launchpad: Materialize caret -> Open launchpad, limit 50, one tenant.
+    before = {r.run_id for r in instance.get_runs()}
     open_page(browser, f"{base}/locations/mailglass_pipeline/jobs/reconcile_orphans", "Materialize")
-    {r.run_id for r in instance.get_runs()}
     caret = wait_for(
         lambda: next(b for b in browser.find_elements(By.XPATH, "//button[.//*[@aria-label='arrow_drop_down']]")
                  if b.is_displayed()),
         "no Materialize caret",
     )  # fmt: skip
     caret.click()
+    # The innermost element holding the text: an ancestor match would click the page itself.
     wait_for(
-        lambda: browser.find_element(By.XPATH, "//*[contains(normalize-space(), 'Open launchpad')]"), "menu"
+        lambda: next(
+            e
+            for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Open launchpad']")
+            if e.is_displayed()
+        ),
+        "no 'Open launchpad' in the Materialize menu",
     ).click()
-    Path(ARTIFACTS / "launchpad.html").write_text(browser.page_source)
-    browser.save_screenshot(str(ARTIFACTS / "launchpad.png"))
-    pytest.fail("launchpad step not written yet")
+    editor = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, ".CodeMirror"), "no launchpad config editor")
+    snapshot(browser, "launchpad")
+    partition = wait_for(
+        lambda: next(
+            e
+            for e in browser.find_elements(By.XPATH, "//input[contains(@placeholder, 'artition')]")
+            if e.is_displayed()
+        ),
+        "no partition picker in the launchpad",
+    )
+    partition.click()
+    partition.send_keys("globex")
+    wait_for(
+        lambda: next(
+            e
+            for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='globex']")
+            if e.is_displayed() and e.tag_name != "input"
+        ),
+        "globex is not offered as a partition",
+    ).click()
+    # The partition's config replaces the editor's text: wait until it is loaded, then set our own.
+    wait_for(lambda: "mailglass__webhook_reconciliation" in browser.execute_script(GET_CONFIG, editor), "no config")
+    config = LAUNCHPAD_CONFIG
+    browser.execute_script("arguments[0].CodeMirror.setValue(arguments[1]);", editor, config)
+    wait_for(lambda: browser.execute_script(GET_CONFIG, editor).strip() == config.strip(), "config not set")
+    snapshot(browser, "launchpad-configured")
+    button(browser, "Launch Run").click()
+    launched = wait_for(
+        lambda: [r for r in instance.get_runs() if r.run_id not in before], "the launchpad created no run"
+    )[0]
+    assert launched.tags.get("dagster/partition") == "globex"
+    assert launched.run_config["ops"]["mailglass__webhook_reconciliation"]["config"]["limit"] == 50
+    finished = wait_for(lambda: (r := instance.get_run_by_id(launched.run_id)).is_finished and r, "run did not finish")
+    assert finished.status == DagsterRunStatus.SUCCESS
+
+    # 4. The pool held: no two of these runs (all of this test's) overlapped in time.
+    records = instance.get_run_records()
+    assert len(records) == 5, [r.dagster_run.run_id for r in records]
+    _no_overlap(records)
 
 
 def _no_overlap(records: list[Any]) -> None:
