@@ -132,3 +132,15 @@ def test_the_check_catches_a_sequential_scan(loaded: Engine) -> None:
     plan = _explain(loaded, sa.text("SELECT count(*) FROM mailglass_events WHERE type = 'reconciled'"), {})
     with pytest.raises(AssertionError, match="sequential scan"):
         _assert_no_seq_scan_of_big_tables(plan)
+
+
+def test_known_tenants_walks_indexes_not_the_queue(loaded: Engine) -> None:
+    """The sensor's tenant list every 30 s: a loose index scan per step, never a queue scan per step.
+
+    Every queue index leading with tenant_id is partial; a step without the index's predicate was
+    a sequential scan per tenant (measured 12 s at 10,000 tenants).
+    """
+    plan = _explain(loaded, reconciler._KNOWN_TENANTS, {})
+    scans = [(n["Node Type"], n.get("Relation Name")) for n in _nodes(plan) if n.get("Relation Name")]
+    assert ("Seq Scan", "mailglass_reconciliation_queue") not in scans, scans
+    assert any(rel == "mailglass_reconciliation_queue" for _, rel in scans), scans

@@ -29,6 +29,7 @@ import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,13 +122,6 @@ def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     driver.quit()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
-
-
 def dismiss_community_dialog(driver: Any) -> None:
     """Dagster shows a "Join the Dagster community" dialog on a fresh profile: Skip it when it appears."""
     quiet_until = time.monotonic() + 3
@@ -155,12 +149,10 @@ def open_page(driver: Any, url: str, ready_text: str) -> None:
     dismiss_community_dialog(driver)
 
 
-GET_CONFIG = "return arguments[0].CodeMirror.getValue();"
-LAUNCHPAD_CONFIG = """ops:
-  mailglass__webhook_reconciliation:
-    config:
-      limit: 50
-"""
+# The launchpad's YAML editor is a CodeMirror 5 instance: the test types into it and reads it through its API.
+_EDITOR = "[...document.querySelectorAll('[role=dialog] .CodeMirror')].find(e => e.offsetParent).CodeMirror"
+GET_CONFIG = f"return {_EDITOR}.getValue();"
+LIMIT_NUMBER = "//pre[starts-with(normalize-space(), 'limit:')]//span[normalize-space()='1000']"
 
 
 def snapshot(driver: Any, name: str) -> None:
@@ -169,20 +161,28 @@ def snapshot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
-def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> None:
+def readme_screenshot(driver: Any, url: str, name: str) -> None:
+    """With MAILGLASS_UPDATE_SCREENSHOTS=1, refresh the README's screenshot ``docs/<name>`` from this page."""
+    if os.environ.get("MAILGLASS_UPDATE_SCREENSHOTS") != "1":
+        return
+    open_page(driver, url, "Materialize")
+    time.sleep(3)  # let the page's queries and charts settle: only the picture depends on it, no assertion
+    driver.save_screenshot(str(REPO / "docs" / name))
+
+
+def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser, monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster import DagsterInstance, DagsterRunStatus
+
+    from mailglass_pipeline import db
+    from mailglass_pipeline.defs.dev import resolve_dagster_storage_url
 
     port, env = dev_server
     base = f"http://127.0.0.1:{port}"
-    for key in ("DAGSTER_HOME",):
-        os.environ[key] = env[key]
-    # `mailglass dev` exported the storage URL to its children; this process resolves it the same way.
-    from mailglass_pipeline.defs.dev import resolve_dagster_storage_url
-
-    os.environ["MAILGLASS_HOME"] = env["MAILGLASS_HOME"]
-    from mailglass_pipeline import db
-
-    os.environ["MAILGLASS_DAGSTER_DATABASE_URL"] = resolve_dagster_storage_url(db.embedded_server_url())
+    # This process reads the same instance as `mailglass dev`: its DAGSTER_HOME, and the storage URL it
+    # exported to its children, resolved the same way (monkeypatch undoes all three after the test).
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.setenv("MAILGLASS_HOME", env["MAILGLASS_HOME"])
+    monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", resolve_dagster_storage_url(db.embedded_server_url()))
     instance = DagsterInstance.get()
     wait_for(lambda: len(instance.get_dynamic_partitions("tenants")) == 3, "the sensor added no partitions")
 
@@ -203,6 +203,7 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
     assert run.tags.get("dagster/partition") == "acme"
     finished = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, "run did not finish")
     assert finished.status == DagsterRunStatus.SUCCESS
+    readme_screenshot(browser, f"{base}/assets/mailglass/webhook_reconciliation", "ui-asset-materialized.png")
 
     # 2. A backfill of all partitions from the same dialog.
     open_page(browser, f"{base}/assets/mailglass/webhook_reconciliation", "Materialize")
@@ -220,6 +221,8 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
         timeout=300,
     )
     assert all(r.status == DagsterRunStatus.SUCCESS for r in backfill_runs)
+    partitions_page = f"{base}/assets/mailglass/webhook_reconciliation?view=partitions&partition=acme"
+    readme_screenshot(browser, partitions_page, "ui-asset-partitions.png")
 
     # 3. The job's Launchpad: Materialize caret -> Open launchpad, limit 50, one tenant.
     before = {r.run_id for r in instance.get_runs()}
@@ -239,12 +242,12 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
         ),
         "no 'Open launchpad' in the Materialize menu",
     ).click()
-    editor = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, ".CodeMirror"), "no launchpad config editor")
+    wait_for(lambda: browser.find_elements(By.XPATH, f"{dialog}//*[contains(text(), 'Launchpad')]"), "no launchpad")
     snapshot(browser, "launchpad")
     partition = wait_for(
         lambda: next(
             e
-            for e in browser.find_elements(By.XPATH, "//input[contains(@placeholder, 'artition')]")
+            for e in browser.find_elements(By.XPATH, f"{dialog}//input[contains(@placeholder, 'artition')]")
             if e.is_displayed()
         ),
         "no partition picker in the launchpad",
@@ -259,13 +262,20 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
         ),
         "globex is not offered as a partition",
     ).click()
-    # The partition's config replaces the editor's text: wait until it is loaded, then set our own.
-    wait_for(lambda: "mailglass__webhook_reconciliation" in browser.execute_script(GET_CONFIG, editor), "no config")
-    config = LAUNCHPAD_CONFIG
-    browser.execute_script("arguments[0].CodeMirror.setValue(arguments[1]);", editor, config)
-    wait_for(lambda: browser.execute_script(GET_CONFIG, editor).strip() == config.strip(), "config not set")
+    # Choosing the partition reloads its config into the editor (tags first): only then change the limit.
+    tag = f"{dialog}//*[contains(normalize-space(), 'partition: globex')]"
+    wait_for(lambda: browser.find_elements(By.XPATH, tag), "the launchpad did not take the globex partition")
+    wait_for(lambda: "limit: 1000" in browser.execute_script(GET_CONFIG), "no partition config in the launchpad")
+
+    def limit_is_50() -> bool:  # as the operator does: double-click the number, type the new one
+        if "limit: 1000" in browser.execute_script(GET_CONFIG):
+            number = browser.find_element(By.XPATH, f"{dialog}{LIMIT_NUMBER}")
+            ActionChains(browser).double_click(number).send_keys("50").perform()
+        return "limit: 50\n" in browser.execute_script(GET_CONFIG)
+
+    wait_for(limit_is_50, "the launchpad config did not change")
     snapshot(browser, "launchpad-configured")
-    button(browser, "Launch Run").click()
+    button(browser, "Materialize", dialog).click()
     launched = wait_for(
         lambda: [r for r in instance.get_runs() if r.run_id not in before], "the launchpad created no run"
     )[0]
@@ -275,12 +285,13 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser) -> N
     assert finished.status == DagsterRunStatus.SUCCESS
 
     # 4. The pool held: no two of these runs (all of this test's) overlapped in time.
-    records = instance.get_run_records()
-    assert len(records) == 5, [r.dagster_run.run_id for r in records]
+    ours = {run.run_id, launched.run_id} | {r.run_id for r in backfill_runs}
+    records = [r for r in instance.get_run_records() if r.dagster_run.run_id in ours]
+    assert len(records) == 5 and all(r.start_time and r.end_time for r in records), records
     _no_overlap(records)
 
 
 def _no_overlap(records: list[Any]) -> None:
     ordered = sorted(records, key=lambda r: r.start_time)
     for a, b in itertools.pairwise(ordered):
-        assert a.end_time <= b.start_time, (a.dagster_run.run_id, b.dagster_run.run_id)
+        assert a.end_time is not None and a.end_time <= b.start_time, (a.dagster_run.run_id, b.dagster_run.run_id)
