@@ -221,7 +221,7 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser, monk
         timeout=300,
     )
     assert all(r.status == DagsterRunStatus.SUCCESS for r in backfill_runs)
-    partitions_page = f"{base}/assets/mailglass/webhook_reconciliation?view=partitions&partition=acme"
+    partitions_page = f"{base}/assets/mailglass/webhook_reconciliation?view=partitions&partition=globex"
     readme_screenshot(browser, partitions_page, "ui-asset-partitions.png")
 
     # 3. The job's Launchpad: Materialize caret -> Open launchpad, limit 50, one tenant.
