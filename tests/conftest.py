@@ -167,3 +167,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     if stop_embedded_server() is not None:
         print("\nstopped the embedded PostgreSQL this test session started")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each test's call report on its item (``item.rep_call``), so a fixture can tell a failure from a pass.
+
+    The browser test saves screenshots only on failure. It lives here, in the one conftest: a second
+    ``conftest.py`` would shadow this module for the tests that ``from conftest import ...``.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

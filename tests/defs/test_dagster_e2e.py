@@ -15,11 +15,9 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import sqlalchemy as sa
 from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from process_support import free_port, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.defs.dev import psycopg2_url
@@ -70,12 +69,6 @@ mutation Backfill($backfillParams: LaunchBackfillParams!) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dagster_home(tmp_path, admin_url, admin_engine):
     name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
@@ -102,14 +95,14 @@ def stack(dagster_home, database_url, tmp_path, monkeypatch):
     for key, value in env.items():
         if key in ("DAGSTER_HOME", "MAILGLASS_DATABASE_URL", "MAILGLASS_DAGSTER_DATABASE_URL"):
             monkeypatch.setenv(key, value)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [str(BIN / "mailglass"), "dev", "--port", str(port)],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait(lambda: _up(port), 90, "webserver did not come up", tmp_path)
+        wait_until(lambda: webserver_up(port), 90, "webserver did not come up", tmp_path)
         yield port, tmp_path
     finally:
         process.terminate()
@@ -119,27 +112,6 @@ def stack(dagster_home, database_url, tmp_path, monkeypatch):
             os.killpg(process.pid, 9)
             process.wait()
         log.close()
-
-
-def _up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _wait(predicate, timeout, message, log_dir=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    logs = ""
-    if log_dir is not None:
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in Path(log_dir).glob("*.log"))
-    raise AssertionError(f"{message}\n{logs}")
 
 
 def _metadata_by_partition(instance: DagsterInstance) -> dict[str, dict[str, int]]:
@@ -171,7 +143,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     selector = {"repositorySelector": repository, "partitionSetName": PARTITION_SET}
 
     # 1. A Launchpad launch for t1: the UI asks the code location for the partition's tags, then launches.
-    _wait(lambda: _code_location_loaded(client, selector), 60, "code location did not load", log_dir)
+    wait_until(lambda: _code_location_loaded(client, selector), 60, "code location did not load", log_dir)
     tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     assert tags["mailglass/tenant"] == "t1" and tags["mailglass/reconcile"] == "true"
@@ -192,7 +164,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
         run_config={},
         tags=tags,
     )
-    status = _wait(lambda: _finished(client, run_id), 60, "UI-launched run did not finish", log_dir)
+    status = wait_until(lambda: _finished(client, run_id), 60, "UI-launched run did not finish", log_dir)
     assert status == DagsterRunStatus.SUCCESS, (log_dir / "daemon.log").read_text()[-3000:]
     assert fetch(engine, "SELECT tenant_id FROM mailglass_events WHERE type = 'reconciled'") == [("t1",)]
     ui_run = instance.get_run_by_id(run_id)
@@ -210,7 +182,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill_id}))
         return runs if len(runs) == 2 and all(r.is_finished for r in runs) else None
 
-    runs = _wait(backfill_done, DEADLINE_SECONDS, "backfill runs did not finish", log_dir)
+    runs = wait_until(backfill_done, DEADLINE_SECONDS, "backfill runs did not finish", log_dir)
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
     assert sorted(r.tags["mailglass/tenant"] for r in runs) == ["t2", "t3"]
     assert all(r.tags["mailglass/reconcile"] == "true" for r in runs)
@@ -321,7 +293,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
     repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
     selector = {"repositorySelector": repository, "partitionSetName": PARTITION_SET}
-    _wait(lambda: _code_location_loaded(client, selector), 90, "code location did not load", log_dir)
+    wait_until(lambda: _code_location_loaded(client, selector), 90, "code location did not load", log_dir)
     # `mailglass dev` wrote the pool limit from dagster.yaml before anything could be queued.
     [pool] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == "mailglass_reconcile"]
     assert pool.limit == 1
@@ -369,7 +341,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
             return None
         return [run for group in backfills for run in group] + singles
 
-    runs = _wait(everything_done, 300, "not every launch finished", log_dir)
+    runs = wait_until(everything_done, 300, "not every launch finished", log_dir)
 
     # The schedule: a tenant nobody launched gets orphans; the next tick (within a minute) sweeps it.
     make_orphan(engine, "s1", "s1-m")
@@ -380,7 +352,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
         swept = fetch(engine, "SELECT 1 FROM mailglass_events WHERE type = 'reconciled' AND tenant_id = 's1'")
         return scheduled if scheduled and swept and all(r.is_finished for r in scheduled) else None
 
-    runs += _wait(scheduled_done, 150, "the schedule did not sweep tenant s1", log_dir)
+    runs += wait_until(scheduled_done, 150, "the schedule did not sweep tenant s1", log_dir)
     failed = [(r.run_id, r.job_name, r.status) for r in runs if r.status != DagsterRunStatus.SUCCESS]
     assert not failed, failed
     everything = instance.get_run_records()

@@ -4,17 +4,16 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from conftest import fetch, make_delivery, make_orphan
+from process_support import free_port, webserver_up
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.defs import dev
@@ -100,20 +99,6 @@ def test_dev_runs_the_webserver_and_the_daemon_on_the_workspace(project):
     assert webserver[webserver.index("-p") + 1] == "3123" and webserver[webserver.index("-h") + 1] == "0.0.0.0"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["foreground-SIGINT", "foreground-SIGTERM", "background-SIGTERM"])
 def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, database_url, admin_url, admin_engine):
@@ -129,7 +114,7 @@ def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, datab
         "MAILGLASS_DATABASE_URL": database_url,
         "MAILGLASS_DAGSTER_DATABASE_URL": make_url(admin_url).set(database=name).render_as_string(False),
     }
-    port = _free_port()
+    port = free_port()
     command = f"{Path(sys.executable).parent / 'mailglass'} dev --port {port}"
     log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
     try:
@@ -143,7 +128,7 @@ def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, datab
         else:
             pid = subprocess.Popen(command.split(), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).pid
         deadline = time.monotonic() + 90
-        while not _up(port):
+        while not webserver_up(port):
             assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
             time.sleep(0.5)
         tree = dev.process_tree(pid)

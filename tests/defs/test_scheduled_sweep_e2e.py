@@ -24,16 +24,12 @@ import contextlib
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -42,6 +38,7 @@ from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.scheduler.instigation import TickStatus
 from dagster_graphql import DagsterGraphQLClient
+from process_support import free_port, log_tail, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.defs.dev import psycopg2_url
@@ -66,26 +63,6 @@ query { repositoryOrError(repositorySelector: {repositoryLocationName: "mailglas
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _log_tail(log_dir: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(log_dir.glob("*.log")))
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, message: str, log_dir: Path, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{message}\n{_log_tail(log_dir)}")
-
-
 @pytest.fixture
 def stack(tmp_path, admin_url, admin_engine, database_url, monkeypatch):
     """``mailglass dev`` on a fresh app database and its own Dagster storage database; stopped by process group."""
@@ -100,7 +77,7 @@ def stack(tmp_path, admin_url, admin_engine, database_url, monkeypatch):
     env["MAILGLASS_DAGSTER_DATABASE_URL"] = storage_url
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [str(BIN / "mailglass"), "dev", "--port", str(port)],
@@ -119,14 +96,6 @@ def stack(tmp_path, admin_url, admin_engine, database_url, monkeypatch):
         log.close()
         with admin_engine.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _location_loaded(client: DagsterGraphQLClient) -> bool:
@@ -174,26 +143,26 @@ def test_two_ticks_at_200_tenants_one_run_each_and_only_tenants_with_work(stack,
     for tenant in idle:
         make_delivery(engine, tenant, f"{tenant}-sent")
 
-    _wait(lambda: _up(port), 120, "webserver did not come up", log_dir)
+    wait_until(lambda: webserver_up(port), 120, "webserver did not come up", log_dir)
     instance = DagsterInstance.get()  # the storage the processes use
     instance.add_dynamic_partitions("tenants", linkable + hopeless + idle)
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-    _wait(lambda: _location_loaded(client), 90, "code location did not load", log_dir)
+    wait_until(lambda: _location_loaded(client), 90, "code location did not load", log_dir)
     result = client._execute(START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}})
     assert result["startSchedule"]["__typename"] == "ScheduleStateResult", result
     schedule_on = time.time()
 
     # Two finished ticks (at the next two minute boundaries), then every run they launched finished.
-    ticks = _wait(lambda: (t := _finished_ticks(instance)) and len(t) >= 2 and t, 150, "no two ticks", log_dir, 2)
+    ticks = wait_until(lambda: (t := _finished_ticks(instance)) and len(t) >= 2 and t, 150, "no two ticks", log_dir, 2)
     ticks = ticks[:2]
     run_ids = [run_id for tick in ticks for run_id in tick.run_ids]
-    _wait(
+    wait_until(
         lambda: all(r.is_finished for r in instance.get_runs(RunsFilter(run_ids=run_ids))),
         90,
         "runs did not finish",
         log_dir,
     )
-    logs = _log_tail(log_dir)
+    logs = log_tail(log_dir)
 
     # At most one run per tick; the first tick had work due, so it launched one.
     assert all(len(t.run_ids) <= 1 for t in ticks), [(t.status, t.run_ids) for t in ticks]

@@ -32,15 +32,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -48,6 +46,7 @@ import yaml
 from conftest import make_delivery, make_orphan
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
+from process_support import free_port, wait_until
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.db import create_engine
@@ -86,23 +85,6 @@ query { workspaceOrError { __typename ... on Workspace { locationEntries {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, message: str, log_dir: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(log_dir.glob("*.log")))
-    raise AssertionError(f"{message}\n{logs}")
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -136,7 +118,7 @@ class Stack:
 
     def __init__(self, tmp: Path, env: dict[str, str], code_env: dict[str, str], workspace: Path, grpc_port: int):
         self.tmp, self.env, self.code_env, self.workspace, self.grpc_port = tmp, env, code_env, workspace, grpc_port
-        self.port = _free_port()
+        self.port = free_port()
         self.processes: list[subprocess.Popen] = []
         self.code: subprocess.Popen | None = None
         self.code_starts = 0
@@ -167,7 +149,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 return False
 
-        _wait(healthy, 180, "code server did not become healthy", self.tmp)
+        wait_until(healthy, 180, "code server did not become healthy", self.tmp)
 
     def start(self) -> None:
         self.start_code_server()
@@ -177,9 +159,9 @@ class Stack:
             self.env,
         )
         self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)], self.env)
-        _wait(self._up, 90, "webserver did not come up", self.tmp)
+        wait_until(self._up, 90, "webserver did not come up", self.tmp)
 
-    def _up(self) -> bool:
+    def webserver_up(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2) as response:
                 return response.status == 200
@@ -229,7 +211,7 @@ def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engi
          "start_timeout_seconds": 60, "cancel_timeout_seconds": 20}
     )  # fmt: skip
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    grpc_port = _free_port()
+    grpc_port = free_port()
     workspace = yaml.safe_load((REPO / "deploy" / "workspace.yaml").read_text())
     workspace["load_from"][0]["grpc_server"].update({"host": "127.0.0.1", "port": grpc_port})
     (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
@@ -313,7 +295,7 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     started_at = time.monotonic()
     instance = DagsterInstance.get()
     client = DagsterGraphQLClient("127.0.0.1", port_number=stack.port)
-    _wait(lambda: _location_loaded(client), 60, "code location not loaded", log_dir)
+    wait_until(lambda: _location_loaded(client), 60, "code location not loaded", log_dir)
 
     orphans = {}
     for tenant in ("t1", "t2"):
@@ -336,7 +318,7 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
         runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": launched["backfillId"]}))
         return runs if len(runs) == 2 and all(r.is_finished for r in runs) else None
 
-    runs = _wait(backfill_done, 120, "backfill did not finish", log_dir)
+    runs = wait_until(backfill_done, 120, "backfill did not finish", log_dir)
     assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 2, (log_dir / "daemon.log").read_text()[-3000:]
     assert _reconciled_per_orphan(owner) == {orphans["t1"]: 1, orphans["t2"]: 1}
 
@@ -355,7 +337,9 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     )["startSchedule"]
     assert started["__typename"] == "ScheduleStateResult", started
     try:
-        first = _wait(lambda: _blocked_run(instance, owner, topology), 100, "no run reached the locked row", log_dir)
+        first = wait_until(
+            lambda: _blocked_run(instance, owner, topology), 100, "no run reached the locked row", log_dir
+        )
         # The sweep's waiting backend is the least-privilege role: the run works with its grants only.
         assert _lock_waiters(owner, topology["database"], topology["role"]) >= 1
 
@@ -373,7 +357,7 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     stack.start_code_server()
     print(f"kill -9 code server only: run worker(s) {workers} survived: {survived}")
 
-    status = _wait(
+    status = wait_until(
         lambda: (r := instance.get_run_by_id(first)) is not None and r.is_finished and r.status, 120,
         "the run of the first crash never finished", log_dir,
     )  # fmt: skip
@@ -383,13 +367,13 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
         assert _reconciled_per_orphan(owner)[orphans["t3"]] == 1
     else:  # pragma: no cover - not what 1.13.27 does here, but then monitoring must fail it
         assert status == DagsterRunStatus.FAILURE
-    _wait(lambda: _location_loaded(client), 90, "webserver did not show the code location again", log_dir)
+    wait_until(lambda: _location_loaded(client), 90, "webserver did not show the code location again", log_dir)
 
     # 3b. The container dies: code server AND its run worker, mid-run.
     orphans["t4"] = str(make_orphan(owner, "t4", "t4-m"))
     held = _hold_lock(owner, make_delivery(owner, "t4", "t4-m"))
     try:
-        second = _wait(
+        second = wait_until(
             lambda: (run_id := _blocked_run(instance, owner, topology)) != first and run_id, 100,
             "no run reached the second locked row", log_dir,
         )  # fmt: skip
@@ -405,7 +389,7 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
         held.close()
     stack.start_code_server()
 
-    orphaned = _wait(
+    orphaned = wait_until(
         lambda: (r := instance.get_run_by_id(second)) is not None and r.is_finished and r, MAX_RUNTIME_SECONDS + 60,
         "run monitoring did not fail the orphaned run", log_dir,
     )  # fmt: skip
@@ -420,9 +404,9 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
         done = [r for r in later if r.is_finished]
         return done if done and orphans["t4"] in _reconciled_per_orphan(owner) else None
 
-    later = _wait(next_tick_run, 150, "no successful tick after the crash", log_dir)
+    later = wait_until(next_tick_run, 150, "no successful tick after the crash", log_dir)
     assert all(r.status == DagsterRunStatus.SUCCESS for r in later)
-    _wait(lambda: _location_loaded(client), 60, "code location not LOADED at the end", log_dir)
+    wait_until(lambda: _location_loaded(client), 60, "code location not LOADED at the end", log_dir)
     # Nothing lost, nothing duplicated: every linkable orphan linked exactly once.
     assert _reconciled_per_orphan(owner) == dict.fromkeys(orphans.values(), 1)
     # No secret in any process log.

@@ -16,16 +16,15 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from process_support import free_port, webserver_up
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -42,20 +41,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs Debian chromium"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def wait_for(predicate: Callable[[], Any], message: str, timeout: float = TIMEOUT) -> Any:
@@ -80,14 +65,16 @@ def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGLASS_")}
     env.update({"MAILGLASS_HOME": str(tmp_path / "mailglass"), "DAGSTER_HOME": str(home)})
     subprocess.run([str(BIN / "mailglass"), "demo"], env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [str(BIN / "mailglass"), "dev", "--port", str(port)],
         env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: _up(port), f"mailglass dev did not come up:\n{(tmp_path / 'dev.log').read_text()[-3000:]}")
+        wait_for(
+            lambda: webserver_up(port), f"mailglass dev did not come up:\n{(tmp_path / 'dev.log').read_text()[-3000:]}"
+        )
         yield port, env
     finally:
         os.killpg(process.pid, signal.SIGTERM)
