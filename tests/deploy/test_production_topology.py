@@ -161,7 +161,7 @@ class Stack:
         self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)], self.env)
         wait_until(self._up, 90, "webserver did not come up", self.tmp)
 
-    def webserver_up(self) -> bool:
+    def _up(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2) as response:
                 return response.status == 200

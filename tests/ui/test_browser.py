@@ -169,6 +169,8 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser, monk
     # exported to its children, resolved the same way (monkeypatch undoes all three after the test).
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     monkeypatch.setenv("MAILGLASS_HOME", env["MAILGLASS_HOME"])
+    # `mailglass dev` was started without any MAILGLASS_* variable: resolve as it did, whatever this process has.
+    monkeypatch.delenv("MAILGLASS_DAGSTER_DATABASE_URL", raising=False)
     monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", resolve_dagster_storage_url(db.embedded_server_url()))
     instance = DagsterInstance.get()
     wait_for(lambda: len(instance.get_dynamic_partitions("tenants")) == 3, "the sensor added no partitions")
