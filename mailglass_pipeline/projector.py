@@ -1,6 +1,6 @@
 """Delivery projections: what a delivery row says after its events.
 
-Rules (DESIGN.md section 4), applied to a whole batch in one UPDATE:
+Rules (decision D6, docs/decisions.md), applied to a whole batch in one UPDATE:
 
 * ``last_event_type``/``last_event_at`` advance together, only for an event
   strictly later than ``last_event_at``. Within a batch the latest event

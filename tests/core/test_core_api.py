@@ -1,4 +1,4 @@
-"""DESIGN.md section 5 (Python API) and behaviour under database failures."""
+"""docs/contract.md section 5 (Python API) and behaviour under database failures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md section 1, "retry when it can succeed, never starve": the due rule, its triggers and the fair sweep.
+"""Decision D4, "retry when it can succeed, never starve": the due rule, its triggers and the fair sweep.
 
 Time is simulated by moving an orphan's ``last_attempted_at``/``next_attempt_at``
 back (the sweep reads ``now()``); everything else runs as the product does,

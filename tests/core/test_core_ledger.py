@@ -1,4 +1,4 @@
-"""DESIGN.md section 3: the append-only ledger (SQLSTATE 45A01) and idempotent appends."""
+"""Decisions D1 and D2: the append-only ledger (SQLSTATE 45A01) and idempotent appends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md section 4: one `mailglass_delivery_updated` notification per linked delivery, only after commit."""
+"""Decision D7: one `mailglass_delivery_updated` notification per linked delivery, only after commit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md section 4: projection rules applied to a delivery from its orphans' events."""
+"""Decision D6: projection rules applied to a delivery from its orphans' events."""
 
 from __future__ import annotations
 

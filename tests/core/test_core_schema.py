@@ -1,4 +1,4 @@
-"""DESIGN.md section 3: tables, indexes, idempotent migration, adoption of orphans written by anyone."""
+"""docs/contract.md section 3: tables, indexes, idempotent migration, adoption of orphans written by anyone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md sections 1 and 3: which orphans a sweep examines, how they link, and in what order."""
+"""Decisions D4 and D8: which orphans a sweep examines, how they link, and in what order."""
 
 from __future__ import annotations
 

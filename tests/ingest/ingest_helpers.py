@@ -16,9 +16,8 @@ from mailglass_pipeline import deliveries
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, generate_keys
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "providers"
-if not FIXTURES.is_dir():  # the repository checked out elsewhere: the shared folder sits beside it
-    FIXTURES = Path("/work/shared/fixtures/providers")
+#: Provider samples and signature vectors as the providers publish them (SOURCES.md says where from).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
 
 #: Fixture folder -> ingest provider name.
 FOLDERS = {

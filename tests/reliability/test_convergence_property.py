@@ -6,7 +6,7 @@ delivery not yet committed becomes an orphan, a later one links directly), a
 webhook is redelivered, a delivery commits, a sweep runs. After every
 delivery has committed and a final sweep, each delivery's projection must
 equal the model: apply each distinct provider event once, in ``occurred_at``
-order, with the rules of DESIGN.md section 4.
+order, with the rules of decision D6.
 
 Generator limit, on purpose: at most one event per *set-once* type
 (delivered, bounced, complained) per message. With two different
@@ -107,7 +107,7 @@ def _body(kind: str, message_id: str, occurred_at: datetime) -> bytes:
 
 
 def _model(events: list[tuple[str, datetime]]) -> dict[str, Any]:
-    """Apply each event once, in occurred_at order, to a fresh delivery (DESIGN.md section 4)."""
+    """Apply each event once, in occurred_at order, to a fresh delivery (decision D6)."""
     state: dict[str, Any] = {"last_event_type": "dispatched", "last_event_at": BASE, "terminal": False}
     state.update({column: None for column in SET_ONCE_COLUMNS.values()})
     for etype, at in sorted(events, key=lambda e: e[1]):
@@ -211,7 +211,7 @@ def test_any_interleaving_converges_to_in_order_projection(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="DESIGN.md section 4 'set once, only while null' keeps the first-applied event, not the earliest: "
+    reason="Decision D6 'set once, only while null' keeps the first-applied event, not the earliest: "
     "with a direct link applied before an older orphan is reconciled, delivered_at is the later time",
 )
 def test_set_once_columns_keep_the_earliest_event(engine: Engine, database_url: str) -> None:
