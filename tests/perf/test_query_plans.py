@@ -90,14 +90,9 @@ def _assert_no_seq_scan_of_big_tables(plan: dict[str, Any]) -> None:
 @pytest.mark.parametrize("tenant_scoped", [True, False], ids=["tenant", "all-tenants"])
 @pytest.mark.parametrize("lock", [True, False], ids=["locked", "unlocked"])
 def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, lock: bool) -> None:
-    params: dict[str, Any] = {
-        "grace_seconds": reconciler.DEFAULT_GRACE_SECONDS,
-        "max_age_minutes": reconciler.DEFAULT_MAX_AGE_MINUTES,
-        "limit": reconciler.DEFAULT_LIMIT,
-        "max_total": reconciler.DEFAULT_MAX_TOTAL,
-    }
-    if tenant_scoped:
-        params["tenant_id"] = "t0"
+    # The parameters the core binds (a run's quota bookkeeping included).
+    run = reconciler.RunProgress(used={"t1": 5})
+    params = reconciler._find_params("t0" if tenant_scoped else None, reconciler.SweepConfig(), run)
     plan = _explain(loaded, reconciler._find_sql(tenant_scoped, lock), params)
     _assert_no_seq_scan_of_big_tables(plan)
 
