@@ -422,8 +422,14 @@ _FIND_LINKED_SQL = {
 
 
 def _set_timeouts(conn: Connection, config: SweepConfig) -> None:
+    # plan_cache_mode: psycopg prepares a statement after 5 executions and PostgreSQL may then switch to a
+    # generic plan; for these statements, whose best plan depends on the batch and backlog sizes bound in,
+    # that made one transaction of a run 5 s instead of 0.7 s (a 100,000-tenant burst). Plan per execution.
     conn.execute(
-        sa.text("SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true)"),
+        sa.text(
+            "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true),"
+            " set_config('plan_cache_mode', 'force_custom_plan', true)"
+        ),
         {"lt": f"{config.lock_timeout_ms}ms", "st": f"{config.statement_timeout_ms}ms"},
     )
 
