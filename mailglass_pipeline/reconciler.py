@@ -32,16 +32,16 @@ scan indexes.
 **One sweep over every tenant, bounded and fair.** With no tenant, one sweep
 covers every tenant with due orphans in the same constant number of
 statements (never one per tenant): the find statement counts each tenant's
-due orphans from two partial indexes that hold only due-able rows, shares
-``max_total`` among the tenants (each tenant's first k before anyone's
-k+1; leftover slots to the tenants waiting longest) and takes each tenant's
-share with one index range scan. ``DEFAULT_MAX_TOTAL`` (20,000) bounds one
-run: the all-tenant sweep measured here drains about 5,500 to 7,900 linked
-orphans a second (docs/performance.md), so a full run takes about 3 to 4 s
-and holds its row locks that long: well inside the minute between ticks and
-the 120 s statement timeout, and the batch frame stays small. It still
-covers the busiest tick of the 10,000-tenant scale scenario (about 15,500
-due orphans) in one run. Anything beyond it waits for the next tick, fairly shared.
+due orphans from two partial indexes that hold only due-able rows and shares
+``max_total`` among the tenants in two rounds: first the orphans whose
+delivery is known to be there (``linkable_at``) across all tenants, then the
+other due orphans in what is left; each round gives each tenant's first k
+before anyone's k+1 (leftover slots to the tenants waiting longest). Each
+tenant's share is then taken with index range scans. ``max_total`` bounds one
+*transaction*: the all-tenant sweep drains about 5,500 to 7,900 linked
+orphans a second (docs/performance.md), so 20,000 hold their row locks for 3
+to 4 s. A scheduled run loops over such transactions until its time budget
+is spent (``drain.sweep_until``, which keeps ``limit`` a quota per run).
 
 **Set-based and exact under concurrency.** A batch costs a fixed number of
 statements, never one per orphan or per tenant: timeouts, find, lookup, lock
@@ -66,6 +66,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -149,8 +150,9 @@ class SweepResult:
     ``scanned`` .. ``already_reconciled`` count this sweep's examinations;
     ``remaining_orphans`` and ``stale_orphans`` are the backlog left in scope
     (the tenant, or every tenant) after it. ``tenants`` holds the per-tenant
-    counts (same keys) of the tenants examined in this sweep, never all
-    tenants (a tenant-scoped sweep: that tenant, always). ``tenants_swept``:
+    counts (same keys) of the tenants examined in this sweep, or with
+    orphans it parked as stale (``newly_stale``), never all tenants (a
+    tenant-scoped sweep: that tenant, always). ``tenants_swept``:
     how many tenants had an orphan examined. ``due_remaining``: orphans still
     due in scope after the sweep (left by the caps). ``oldest_due_age_seconds``:
     how long the longest-waiting of those has been due. ``lag_seconds``: the
@@ -164,6 +166,7 @@ class SweepResult:
     unmatched: int = 0
     malformed: int = 0
     already_reconciled: int = 0
+    newly_stale: int = 0
     remaining_orphans: int = 0
     stale_orphans: int = 0
     tenant_id: str | None = None
@@ -228,7 +231,10 @@ _WINDOW = (
 _FRESH = "q.parked_at IS NULL AND q.next_attempt_at IS NULL"
 _RETRY = {
     False: "q.parked_at IS NULL AND q.next_attempt_at <= now()",
-    True: "q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL",  # retry_all: ignore the backoff
+    # retry_all: ignore the backoff, but once per run: a run of several transactions (drain.sweep_until)
+    # binds its start, so an orphan it already examined is not taken again.
+    True: "q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL"
+    " AND (CAST(:run_started AS timestamptz) IS NULL OR q.last_attempted_at < CAST(:run_started AS timestamptz))",
 }
 #: When a due orphan became due: past grace and linkable (fresh), or its retry time (retry).
 _FRESH_SINCE = "GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at)"
@@ -247,39 +253,77 @@ def _due_rows_sql(tenant_filter: str, retry_all: bool = False) -> str:
          WHERE {_RETRY[retry_all]} AND {_WINDOW} {tenant_filter}"""
 
 
-# Fair shares when the total cap binds ("water filling"): every due tenant wants take = min(due, limit);
-# sorted by take, a tenant is served whole when, were every larger tenant cut to its take, the total
-# still fits max_total. The others share what is left equally: quota q each, and the `extra` left over
-# goes one each to the tenants waiting longest. So each tenant's first k orphans are taken before any
-# tenant's (k+1)-th, in one statement whatever the number of tenants.
-_ALLOC_ALL = """
-    due AS (
-        SELECT tenant_id, LEAST(count(*), :limit) AS take, min(due_since) AS since
-          FROM ({due_rows}) d
-         GROUP BY tenant_id
-    ), sized AS (
+# Fair shares when the total cap binds ("water filling"), over `{source}` (tenant_id, take, since) and a
+# one-row `{cap}`: sorted by take, a tenant is served whole when, were every larger tenant cut to its
+# take, the total still fits the cap. The others share what is left equally: quota q each, and the
+# `extra` left over goes one each to the tenants waiting longest. So each tenant's first k orphans are
+# taken before any tenant's (k+1)-th, in one statement whatever the number of tenants.
+_WATER_FILL = """
+    {name}_sized AS (
         SELECT tenant_id, take, since,
                CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
                row_number() OVER (ORDER BY take, tenant_id) AS pos,
                count(*) OVER () AS tenants
-          FROM due
-    ), flagged AS (
-        SELECT s.*, s.prefix + s.take * (s.tenants - s.pos) <= :max_total AS whole FROM sized s
-    ), fill AS (
+          FROM {source}
+         WHERE take > 0
+    ), {name}_flagged AS (
+        SELECT s.*, s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole FROM {name}_sized s CROSS JOIN {cap} c
+    ), {name}_fill AS (
         SELECT count(*) FILTER (WHERE whole) AS whole_n,
                CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
                count(*) AS tenants
-          FROM flagged
-    ), alloc AS (
+          FROM {name}_flagged
+    ), {name} AS (
         SELECT f.tenant_id,
                CASE WHEN f.whole THEN f.take
-                    ELSE (:max_total - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
+                    ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
                          + CASE WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
-                                     <= (:max_total - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
+                                     <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
                                 THEN 1 ELSE 0 END
                END AS take
-          FROM flagged f CROSS JOIN fill x
+          FROM {name}_flagged f CROSS JOIN {name}_fill x CROSS JOIN {cap} c
     )"""
+
+# The all-tenant allocation in two rounds of water filling: first the orphans whose delivery is known to
+# be there (linkable_at, set by the triggers) across all tenants, then the other due orphans in what the
+# cap leaves. `used` (tenant -> orphans already examined by this run's earlier transactions, JSON) keeps
+# `limit` a per-run quota when drain.sweep_until loops; a single sweep binds '{{}}'.
+_ALLOC_ALL = (
+    """
+    used AS (
+        SELECT key AS tenant_id, CAST(value AS bigint) AS used FROM json_each_text(CAST(:used AS json))
+    ), due_n AS (
+        SELECT tenant_id, count(*) AS n, min(due_since) AS since
+          FROM ({due_rows}) d
+         GROUP BY tenant_id
+    ), due AS (
+        SELECT d.tenant_id, LEAST(d.n, :limit - COALESCE(u.used, 0)) AS want, d.since
+          FROM due_n d LEFT JOIN used u ON u.tenant_id = d.tenant_id
+    ), linkable_n AS (
+        SELECT q.tenant_id, count(*) AS n, min({linkable_since}) AS since
+          FROM mailglass_reconciliation_queue q
+         WHERE q.linkable_at IS NOT NULL AND {fresh} AND {window}
+         GROUP BY q.tenant_id
+    ), first_want AS (
+        SELECT d.tenant_id, LEAST(l.n, d.want) AS take, l.since FROM due d JOIN linkable_n l USING (tenant_id)
+    ), first_cap AS (SELECT CAST(:max_total AS bigint) AS cap
+    ),"""
+    + _WATER_FILL.format(name="first_alloc", source="first_want", cap="first_cap")
+    + """,
+    rest_want AS (
+        SELECT d.tenant_id, d.want - COALESCE(f.take, 0) AS take, d.since
+          FROM due d LEFT JOIN first_alloc f USING (tenant_id)
+    ), rest_cap AS (
+        SELECT CAST(:max_total AS bigint) - CAST(COALESCE(sum(take), 0) AS bigint) AS cap FROM first_alloc
+    ),"""
+    + _WATER_FILL.format(name="rest_alloc", source="rest_want", cap="rest_cap")
+    + """,
+    alloc AS (
+        SELECT tenant_id, CAST(sum(take) AS bigint) AS take
+          FROM (SELECT * FROM first_alloc UNION ALL SELECT * FROM rest_alloc) x
+         GROUP BY tenant_id
+    )"""
+)
 
 _ALLOC_ONE = """
     alloc AS (SELECT CAST(:tenant_id AS text) AS tenant_id, LEAST(:limit, :max_total) AS take)"""
@@ -306,7 +350,13 @@ def _find_sql(tenant_scoped: bool, lock: bool, retry_all: bool = False, link: bo
         if link
         else ""
     )
-    alloc = _ALLOC_ONE if tenant_scoped else _ALLOC_ALL.format(due_rows=_due_rows_sql("", retry_all))
+    alloc = (
+        _ALLOC_ONE
+        if tenant_scoped
+        else _ALLOC_ALL.format(
+            due_rows=_due_rows_sql("", retry_all), linkable_since=_FRESH_SINCE, fresh=_FRESH, window=_WINDOW
+        )
+    )
     return sa.text(
         f"""
         WITH {alloc},
@@ -372,8 +422,14 @@ _FIND_LINKED_SQL = {
 
 
 def _set_timeouts(conn: Connection, config: SweepConfig) -> None:
+    # plan_cache_mode: psycopg prepares a statement after 5 executions and PostgreSQL may then switch to a
+    # generic plan; for these statements, whose best plan depends on the batch and backlog sizes bound in,
+    # that made one transaction of a run 5 s instead of 0.7 s (a 100,000-tenant burst). Plan per execution.
     conn.execute(
-        sa.text("SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true)"),
+        sa.text(
+            "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true),"
+            " set_config('plan_cache_mode', 'force_custom_plan', true)"
+        ),
         {"lt": f"{config.lock_timeout_ms}ms", "st": f"{config.statement_timeout_ms}ms"},
     )
 
@@ -400,8 +456,8 @@ def find_orphans(
     return _orphan_frame(rows)
 
 
-def _find_params(tenant_id: str | None, config: SweepConfig) -> dict[str, Any]:
-    """What the find statements bind."""
+def _find_params(tenant_id: str | None, config: SweepConfig, run: RunProgress | None = None) -> dict[str, Any]:
+    """What the find statements bind (``run``: what this run's earlier transactions did, if any)."""
     params: dict[str, Any] = {
         "grace_seconds": config.grace_seconds,
         "max_age_minutes": config.max_age_minutes,
@@ -410,7 +466,20 @@ def _find_params(tenant_id: str | None, config: SweepConfig) -> dict[str, Any]:
     }
     if tenant_id is not None:
         params["tenant_id"] = tenant_id
+    else:
+        params["used"] = json.dumps(dict(run.used) if run else {}, separators=(",", ":"))
+    if config.retry_all:
+        params["run_started"] = run.started if run else None
     return params
+
+
+@dataclass
+class RunProgress:
+    """A run of several sweep transactions so far: when it started (database clock) and the orphans
+    each tenant had examined. Keeps ``limit`` a quota per run and ``retry_all`` once per orphan per run."""
+
+    started: datetime | None = None
+    used: dict[str, int] = field(default_factory=dict)
 
 
 def _orphan_frame(rows: Sequence[sa.Row[Any]], linked: bool = False) -> pd.DataFrame:
@@ -424,10 +493,12 @@ def _orphan_frame(rows: Sequence[sa.Row[Any]], linked: bool = False) -> pd.DataF
     return frame
 
 
-def _find_linked(conn: Connection, tenant_id: str | None, config: SweepConfig) -> pd.DataFrame:
+def _find_linked(
+    conn: Connection, tenant_id: str | None, config: SweepConfig, run: RunProgress | None = None
+) -> pd.DataFrame:
     """:func:`find_orphans` (locking) and :func:`attempt_link` in ONE statement: what :func:`sweep` runs."""
     _set_timeouts(conn, config)
-    params = _find_params(tenant_id, config)
+    params = _find_params(tenant_id, config, run)
     rows = conn.execute(_FIND_LINKED_SQL[tenant_id is not None, config.retry_all], params).all()
     return _orphan_frame(rows, linked=True)
 
@@ -537,7 +608,7 @@ _WRITE = """
                                     WHEN q.orphan_inserted_at <= c.stale_before THEN 'stale' END
           FROM batch b, cutoff c
          WHERE q.event_id = b.id AND b.delivery_id IS NULL
-        RETURNING q.event_id
+        RETURNING q.event_id, q.tenant_id, q.parked_reason
     ), parked AS (
         UPDATE mailglass_reconciliation_queue q
            SET parked_at = now(), parked_reason = 'stale'
@@ -546,7 +617,12 @@ _WRITE = """
            AND q.orphan_inserted_at <= c.stale_before
            {tenant_filter}
            AND NOT EXISTS (SELECT 1 FROM batch b WHERE b.id = q.event_id AND b.delivery_id IS NULL)
-        RETURNING q.event_id
+        RETURNING q.event_id, q.tenant_id
+    ), newly_stale AS (
+        SELECT tenant_id, count(*) AS n
+          FROM (SELECT tenant_id FROM attempted WHERE parked_reason = 'stale'
+                UNION ALL SELECT tenant_id FROM parked) s
+         GROUP BY tenant_id
     )
     SELECT ARRAY(SELECT id FROM won) AS won,
            -- The queue rows of the won orphans are removed by the ledger trigger at the end of this
@@ -557,7 +633,9 @@ _WRITE = """
               FROM won w JOIN mailglass_reconciliation_queue q ON q.event_id = w.id) AS linked_lag,
            (SELECT count(*) FROM notified) AS notified,
            (SELECT count(*) FROM attempted) AS attempted,
-           (SELECT count(*) FROM parked) AS parked
+           (SELECT count(*) FROM parked) AS parked,
+           -- Per tenant, orphans this statement parked as stale: a change worth a materialization.
+           (SELECT COALESCE(json_agg(json_build_array(tenant_id, n)), '[]') FROM newly_stale) AS newly_stale
 """
 
 
@@ -709,14 +787,13 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
     if scoped:
         params["tenant_id"] = tenant_id
     row = conn.execute(_WRITE_SQL[scoped], params).one()
-    examined = sorted(set(linked["tenant_id"].tolist())) if not linked.empty else []
-    if scoped:
-        examined = [tenant_id]
+    newly_stale = {str(t): int(n) for t, n in row.newly_stale}
+    examined = sorted(set(linked["tenant_id"].tolist()) | set(newly_stale)) if not scoped else [tenant_id]
     after = conn.execute(
         _AFTER_SQL[scoped],
         {**params, "examined": "{" + ",".join(_array_item(t) for t in examined) + "}"},
     ).one()
-    result = _summarize(linked, set(row.won), after, tenant_id)
+    result = _summarize(linked, set(row.won), after, tenant_id, newly_stale)
     lags = [float(v) for v in (row.linked_lag, after.pending_lag) if v is not None]
     result.lag_seconds = max(lags) if lags else None
     return result
@@ -732,7 +809,14 @@ def _as_uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
-def _summarize(linked: pd.DataFrame, won_ids: set[uuid.UUID], after: Any, tenant_id: str | None) -> SweepResult:
+def _summarize(
+    linked: pd.DataFrame,
+    won_ids: set[uuid.UUID],
+    after: Any,
+    tenant_id: str | None,
+    newly_stale: dict[str, int] | None = None,
+) -> SweepResult:
+    newly_stale = newly_stale or {}
     result = SweepResult(tenant_id=tenant_id)
     # One pass over plain lists (a boolean mask per tenant would rescan the frame per tenant).
     per_tenant: dict[str, list[int]] = {}  # tenant -> [scanned, linked, malformed, matched]
@@ -751,7 +835,7 @@ def _summarize(linked: pd.DataFrame, won_ids: set[uuid.UUID], after: Any, tenant
             c[2] += bool(malformed)
             c[3] += bool(matched)
     left = {t: (int(r), int(s)) for t, r, s in after.per_tenant}
-    tenants = [tenant_id] if tenant_id is not None else sorted(per_tenant)
+    tenants = [tenant_id] if tenant_id is not None else sorted(set(per_tenant) | set(newly_stale))
     for tenant in tenants:
         scanned, linked_n, malformed_n, matched_n = per_tenant.get(tenant, [0, 0, 0, 0])
         remaining, stale = left.get(tenant, (0, 0))
@@ -763,9 +847,10 @@ def _summarize(linked: pd.DataFrame, won_ids: set[uuid.UUID], after: Any, tenant
             "already_reconciled": matched_n - linked_n,
             "remaining_orphans": remaining,
             "stale_orphans": stale,
+            "newly_stale": newly_stale.get(tenant, 0),
         }
         result.tenants[tenant] = counts
-        for key in ("scanned", "linked", "unmatched", "malformed", "already_reconciled"):
+        for key in ("scanned", "linked", "unmatched", "malformed", "already_reconciled", "newly_stale"):
             setattr(result, key, getattr(result, key) + counts[key])
     result.tenants_swept = len(per_tenant)
     result.remaining_orphans = int(after.remaining_orphans)
@@ -775,16 +860,23 @@ def _summarize(linked: pd.DataFrame, won_ids: set[uuid.UUID], after: Any, tenant
     return result
 
 
-def sweep(engine: Engine, tenant_id: str | None = None, config: SweepConfig | None = None) -> SweepResult:
+def sweep(
+    engine: Engine,
+    tenant_id: str | None = None,
+    config: SweepConfig | None = None,
+    *,
+    run: RunProgress | None = None,
+) -> SweepResult:
     """One sweep in one transaction: find (locking) and link in one statement, then append. Retries deadlocks.
 
-    All tenants when ``tenant_id`` is None: the same statements, never one per tenant.
+    All tenants when ``tenant_id`` is None: the same statements, never one per tenant. ``run``: the
+    progress of a run this transaction belongs to (``drain.sweep_until``).
     """
     config = config or SweepConfig()
     tenant_id = validate_tenant_id(tenant_id)
 
     def work(conn: Connection) -> SweepResult:
-        linked = _find_linked(conn, tenant_id, config)  # sets the timeouts for the transaction
+        linked = _find_linked(conn, tenant_id, config, run)  # sets the timeouts for the transaction
         return _write(conn, linked, tenant_id, config)
 
     return run_transaction(engine, work)

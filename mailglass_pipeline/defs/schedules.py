@@ -11,7 +11,9 @@ Each tick costs two cheap reads and launches at most one run:
 2. one statement on the application database, ``reconciler.due_summary``
    (two partial indexes holding only due-able rows): no orphan due, skip.
    Never-matching orphans in backoff are not due, so a quiet tenant costs no run;
-3. otherwise one ``RunRequest`` (run key = the tick time).
+3. otherwise one ``RunRequest`` (run key = the tick time). That run drains for
+   up to its time budget (30 s by default, ``MAILGLASS_SWEEP_BUDGET_SECONDS``),
+   so it ends before the next tick and a burst is worked off at full speed.
 
 Default status STOPPED: the schedule writes to the ledger of every tenant every
 minute; turning that on is a decision per Dagster instance (one click, remembered

@@ -11,13 +11,19 @@ offers, and why each was or was not used:
   work are an arbitrary set, so a range would write events for thousands of
   idle tenants: storage would grow with the number of tenants.
 * So the run materializes an unpartitioned asset, ``mailglass/reconciliation_sweep``,
-  whose compute runs ONE core sweep over every due tenant
-  (``reconciler.sweep(engine, None, ...)``: constant statements, at most
-  ``limit`` orphans per tenant, ``max_total`` in all) and then reports, for
-  each tenant that had work, a materialization of *that tenant's partition* of
+  whose compute drains every due tenant for up to a time budget
+  (``drain.sweep_until``: short all-tenant sweep transactions of at most
+  ``max_total`` orphans each, linkable orphans first across tenants, at most
+  ``limit`` per tenant per run; budget from the config's ``budget_seconds``,
+  else ``MAILGLASS_SWEEP_BUDGET_SECONDS``, else 30 s of the 60 s tick) and then
+  reports, for each tenant where something happened (an orphan linked, newly
+  malformed or newly stale), a materialization of *that tenant's partition* of
   ``mailglass/webhook_reconciliation`` with the same count metadata as a
-  per-tenant run. Idle tenants get nothing: what a tick writes grows with the
-  tenants that had work (one event row each, plus this asset's own few).
+  per-tenant run. Idle tenants, and tenants whose only work was examining
+  orphans that stay unmatched, get nothing (the run's totals count them): what
+  a tick writes grows with the tenants that changed (one event row each, plus
+  this asset's own few). A burst of 30,000 tenants with never-matching
+  orphans would otherwise cost 30,000 event rows a tick for no news.
 * Those materializations are written in batches: outside the webserver,
   dagster-postgres opens a connection per storage call (~25 ms per event here),
   so 3,000 tenants with work would cost 75 s one by one. Dagster batches events
@@ -27,8 +33,10 @@ offers, and why each was or was not used:
   Dagster itself uses for the materializations of a partition-range output
   (``execute_step._store_output``); :func:`record_tenant_materializations`
   follows it through ``DagsterEvent.asset_materialization``.
-* This asset's own materialization carries the run's totals (tenants swept,
-  scanned, linked, unmatched, backlog, oldest due age, lag, unfit tenant ids),
+* This asset's own materialization carries the run's totals (tenants swept and
+  materialized, scanned, linked, unmatched, newly stale, backlog, oldest due
+  age, lag, transactions, sweep seconds, budget and why the run stopped:
+  ``drained``, ``quota`` or ``budget``, unfit tenant ids),
   so the asset page plots them per scheduled sweep over time; the asset check
   ``reconciliation_lag`` runs right after it in the same run.
 
@@ -61,7 +69,7 @@ from dagster import (
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from pydantic import Field
 
-from mailglass_pipeline import reconciler
+from mailglass_pipeline import drain, reconciler
 from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.ops import COUNT_KEYS, DATABASE_RETRY_POLICY, database_errors, wait_for_pool_turn
 from mailglass_pipeline.defs.partitions import (
@@ -92,14 +100,26 @@ class SweepDueConfig(Config):
         default=reconciler.DEFAULT_LIMIT, ge=1, le=100_000, description="At most this many due orphans per tenant."
     )
     max_total: int = Field(
-        default=reconciler.DEFAULT_MAX_TOTAL,
+        default=drain.DEFAULT_TRANSACTION_CAP,
         ge=1,
         le=1_000_000,
-        description="At most this many orphans in all per run, fairly shared among the tenants.",
+        description="At most this many orphans per transaction (it holds their locks), fairly shared among the "
+        "tenants, linkable ones first. A run loops over such transactions until its budget is spent.",
+    )
+    budget_seconds: float | None = Field(
+        default=None,
+        description=f"Seconds of sweeping per run; unset: ${drain.BUDGET_ENV}, else "
+        f"{drain.DEFAULT_BUDGET_SECONDS:.0f}. At most {drain.MAX_BUDGET_SECONDS:.0f}.",
     )
     max_age_minutes: int = Field(default=reconciler.DEFAULT_MAX_AGE_MINUTES, ge=1, le=366 * 24 * 60)
     grace_seconds: int = Field(default=reconciler.DEFAULT_GRACE_SECONDS, ge=0, le=24 * 60 * 60)
     retry_all: bool = Field(default=False, description="Retry every pending orphan now, ignoring the backoff.")
+
+    def budget(self) -> float:
+        """The run's time budget: this config's, else the environment's, else the default (validated)."""
+        if self.budget_seconds is None:
+            return drain.budget_from_env()
+        return drain.validate_budget(self.budget_seconds)
 
     def sweep_config(self) -> reconciler.SweepConfig:
         return reconciler.SweepConfig(
@@ -163,8 +183,8 @@ def _seconds(value: float | None) -> float:
     return round(value, 1) if value is not None else 0.0
 
 
-def sweep_metadata(result: reconciler.SweepResult, unfit: list[str], recorded: int) -> dict[str, Any]:
-    """The run's totals as plottable numbers (and the unfit ids as text)."""
+def sweep_metadata(result: drain.DrainResult, unfit: list[str], recorded: int) -> dict[str, Any]:
+    """The run's totals as plottable numbers (and the unfit ids and why the run stopped as text)."""
     metadata: dict[str, Any] = {
         "tenants_swept": result.tenants_swept,
         "tenants_materialized": recorded,
@@ -172,7 +192,12 @@ def sweep_metadata(result: reconciler.SweepResult, unfit: list[str], recorded: i
         "linked": result.linked,
         "unmatched": result.unmatched,
         "malformed": result.malformed,
+        "newly_stale": result.newly_stale,
         "already_reconciled": result.already_reconciled,
+        "transactions": result.transactions,
+        "sweep_seconds": _seconds(result.elapsed_seconds),
+        "budget_seconds": _seconds(result.budget_seconds),
+        "stopped_by": MetadataValue.text(result.stopped_by),
         "remaining_orphans": result.remaining_orphans,
         "stale_orphans": result.stale_orphans,
         "due_remaining": result.due_remaining,
@@ -201,19 +226,23 @@ def reconciliation_sweep(
 ) -> MaterializeResult:
     try:
         sweep_config = config.sweep_config()
+        budget = config.budget()
     except ConfigurationError as exc:
         raise Failure(description=f"invalid sweep config: {exc}", allow_retries=False) from exc
     wait_for_pool_turn(context.op_execution_context)
     with database_errors():
-        result = reconciler.sweep(mailglass_db.get_engine(), None, sweep_config)
-    worked = {tenant: counts for tenant, counts in result.tenants.items() if counts.get("scanned", 0) > 0}
-    fit = {tenant: counts for tenant, counts in worked.items() if is_valid_tenant_key(tenant)}
-    unfit = sorted(tenant for tenant in worked if tenant not in fit)
+        result = drain.sweep_until(mailglass_db.get_engine(), budget, sweep_config)
+    # Only tenants where something happened get an event; re-examinations show in the totals below.
+    changed = {tenant: counts for tenant, counts in result.tenants.items() if drain.tenant_changed(counts)}
+    fit = {tenant: counts for tenant, counts in changed.items() if is_valid_tenant_key(tenant)}
+    unfit = sorted(tenant for tenant in result.tenants if not is_valid_tenant_key(tenant))
     added = ensure_partitions(context, list(fit))
     recorded = record_tenant_materializations(context, fit)
     context.log.info(
-        f"swept {result.tenants_swept} tenant(s): scanned {result.scanned}, linked {result.linked}; "
-        f"{recorded} partition materialization(s), {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
+        f"swept {result.tenants_swept} tenant(s) in {result.transactions} transaction(s), "
+        f"{result.elapsed_seconds:.1f} s of a {result.budget_seconds:.0f} s budget ({result.stopped_by}): "
+        f"scanned {result.scanned}, linked {result.linked}; {recorded} partition materialization(s) for the "
+        f"tenants that changed, {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
     )
     return MaterializeResult(metadata=sweep_metadata(result, unfit, recorded))
 

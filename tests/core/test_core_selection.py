@@ -325,3 +325,41 @@ def test_orphan_with_infinite_occurred_at_is_malformed_not_a_poison_pill(engine:
     assert (result.scanned, result.linked, result.malformed) == (3, 1, 2)
     assert reconciled_from(engine) == {good: target}
     assert (sweep(engine, "t1", SweepConfig()).scanned, pending_orphans(engine)) == (0, set())
+
+
+# -- linkable first across tenants (the all-tenant sweep) --------------------------------
+
+
+def test_linkable_orphan_goes_first_across_tenants_in_the_first_bounded_transaction(engine: Engine) -> None:
+    # One tenant holds 100,000 never-matching orphans, all older (waiting longer) than the other
+    # tenant's single orphan, whose delivery exists.
+    bulk_unmatchable_orphans(engine, "hopeless", 100_000, oldest_age_seconds=3600)
+    linkable = make_orphan(engine, "small", "m-good", age=timedelta(minutes=2))
+    target = make_delivery(engine, "small", "m-good")
+    # Even a transaction with room for one orphan spends it on the linkable one.
+    first = sweep(engine, None, SweepConfig(max_total=1))
+    assert (first.scanned, first.linked, first.tenants_swept) == (1, 1, 1)
+    assert reconciled_from(engine) == {linkable: target}
+    assert first.due_remaining == 100_000
+    # The never-matching orphans are then examined with the room left: per-tenant quota, oldest first.
+    second = sweep(engine, None, SweepConfig(max_total=2000, limit=1500))
+    assert (second.scanned, second.linked, second.unmatched) == (1500, 0, 1500)
+
+
+def test_linkable_orphans_share_the_cap_fairly_before_any_other_due_orphan(engine: Engine) -> None:
+    linkable: dict[str, list[uuid.UUID]] = {}
+    for tenant in ("l0", "l1", "l2"):
+        linkable[tenant] = [make_orphan(engine, tenant, f"{tenant}-m{i}", age=timedelta(minutes=2)) for i in range(4)]
+        for i in range(4):
+            make_delivery(engine, tenant, f"{tenant}-m{i}")
+        make_orphan(engine, tenant, f"{tenant}-never", age=timedelta(minutes=50))
+    for i in range(20):  # tenants with only never-matching orphans, all waiting longer
+        make_orphan(engine, f"n{i}", f"n{i}-never", age=timedelta(minutes=30))
+    # 6 slots: 2 linkable per linkable tenant (fair), none to the 23 never-matching orphans.
+    result = sweep(engine, None, SweepConfig(max_total=6))
+    assert (result.scanned, result.linked) == (6, 6)
+    assert {t: c["linked"] for t, c in result.tenants.items()} == {"l0": 2, "l1": 2, "l2": 2}
+    # 10 slots: the 6 linkable left first, then 4 of the others, the longest waiting first.
+    result = sweep(engine, None, SweepConfig(max_total=10))
+    assert (result.scanned, result.linked, result.unmatched) == (10, 6, 4)
+    assert len(reconciled_from(engine)) == 12

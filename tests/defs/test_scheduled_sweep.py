@@ -102,23 +102,100 @@ def test_one_run_materializes_exactly_the_tenants_with_work(pg_instance, engine,
 def test_tenant_ids_unfit_as_keys_are_swept_and_counted(pg_instance, engine, database_url):
     make_delivery(engine, "bad tenant", "m-1")
     make_orphan(engine, "bad tenant", "m-1")
+    make_delivery(engine, "good", "m-2")
     make_orphan(engine, "good", "m-2")
     result = _sweep(database_url, pg_instance)
     assert sorted(_partition_materializations(pg_instance, result.run_id)) == ["good"]
     [sweep_event] = [e for e in result.get_asset_materialization_events() if e.asset_key == SWEEP_ASSET]
     totals = sweep_event.materialization.metadata
     assert totals["unfit_tenant_ids"].value == 1 and "'bad tenant'" in totals["unfit_tenant_ids_sample"].value
-    assert totals["linked"].value == 1  # the unfit tenant's orphan was linked all the same
+    assert totals["linked"].value == 2  # the unfit tenant's orphan was linked all the same
     assert "bad tenant" not in pg_instance.get_dynamic_partitions("tenants")
+
+
+def _config(**values):
+    return {"ops": {"mailglass__reconciliation_sweep": {"config": values}}}
+
+
+def _totals(result):
+    [sweep_event] = [e for e in result.get_asset_materialization_events() if e.asset_key == SWEEP_ASSET]
+    return {k: v.value for k, v in sweep_event.materialization.metadata.items()}
+
+
+def _attempts_by_tenant(engine):
+    rows = fetch(engine, "SELECT tenant_id, sum(attempts) AS n FROM mailglass_reconciliation_queue GROUP BY 1")
+    return {r.tenant_id: int(r.n) for r in rows}
 
 
 def test_per_tenant_quota_and_total_cap_from_the_launchpad(pg_instance, engine, database_url):
     for i in range(3):
         for j in range(4):
             make_orphan(engine, f"t{i}", f"t{i}-m{j}")
-    result = _sweep(database_url, pg_instance, {"ops": {"mailglass__reconciliation_sweep": {"config": {"limit": 2}}}})
-    found = _partition_materializations(pg_instance, result.run_id)
-    assert {t: c["scanned"] for t, c in found.items()} == {"t0": 2, "t1": 2, "t2": 2}
+    # A quota per tenant per run, however many transactions (max_total 2: at least 3 of them).
+    result = _sweep(database_url, pg_instance, _config(limit=2, max_total=2))
+    assert _attempts_by_tenant(engine) == {"t0": 2, "t1": 2, "t2": 2}
+    totals = _totals(result)
+    assert totals["scanned"] == 6 and totals["transactions"] >= 3 and totals["stopped_by"] == "quota"
+    # Examined and still unmatched: nothing changed for these tenants, so no partition event.
+    assert _partition_materializations(pg_instance, result.run_id) == {}
+    assert totals["tenants_swept"] == 3 and totals["tenants_materialized"] == 0
+
+
+def test_only_tenants_where_something_happened_get_a_materialization(pg_instance, engine, database_url):
+    make_delivery(engine, "linked", "m-1")
+    make_orphan(engine, "linked", "m-1")
+    make_orphan(engine, "broken", None)  # malformed: parked at its first examination
+    make_orphan(engine, "aged", "m-old", age=timedelta(minutes=30))  # past max age below: parked stale
+    make_orphan(engine, "hopeless", "never")  # first examination, stays unmatched
+    first = _sweep(database_url, pg_instance, _config(max_age_minutes=20))
+    found = _partition_materializations(pg_instance, first.run_id)
+    assert sorted(found) == ["aged", "broken", "linked"]
+    assert found["linked"]["linked"] == 1 and found["broken"]["malformed"] == 1
+    assert found["aged"]["stale_orphans"] == 1
+    totals = _totals(first)
+    assert (totals["scanned"], totals["unmatched"], totals["newly_stale"]) == (3, 1, 1)
+    assert totals["tenants_materialized"] == 3
+    # The hopeless orphan's retry time comes: re-examined, still unmatched, still no event for it.
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE mailglass_reconciliation_queue SET next_attempt_at = now() - interval '1 s'"))
+    again = _sweep(database_url, pg_instance, _config(max_age_minutes=20))
+    assert _totals(again)["scanned"] == 1 and _totals(again)["unmatched"] == 1
+    assert _partition_materializations(pg_instance, again.run_id) == {}
+    assert _attempts_by_tenant(engine)["hopeless"] == 2
+    # Its delivery commits: linked by the next run, and now the tenant's partition records it.
+    make_delivery(engine, "hopeless", "never")
+    last = _sweep(database_url, pg_instance)
+    assert sorted(_partition_materializations(pg_instance, last.run_id)) == ["hopeless"]
+
+
+def test_time_budget_from_config_and_environment(pg_instance, engine, database_url, monkeypatch):
+    for i in range(30):
+        make_orphan(engine, f"t{i:02d}", f"never-{i}")
+    # A budget far shorter than one transaction: the run does one bounded transaction and stops.
+    result = _sweep(database_url, pg_instance, _config(max_total=10, budget_seconds=0.001))
+    totals = _totals(result)
+    assert (totals["transactions"], totals["scanned"], totals["stopped_by"]) == (1, 10, "budget")
+    assert totals["due_remaining"] == 20 and totals["budget_seconds"] == 0.0  # rounded to 0.1 s
+    # The environment's budget applies when the config names none; the next run goes on where it stopped.
+    monkeypatch.setenv("MAILGLASS_SWEEP_BUDGET_SECONDS", "45")
+    totals = _totals(_sweep(database_url, pg_instance, _config(max_total=10)))
+    assert (totals["scanned"], totals["stopped_by"], totals["budget_seconds"]) == (20, "drained", 45.0)
+    assert set(_attempts_by_tenant(engine).values()) == {1}
+
+
+@pytest.mark.parametrize(("config", "env"), [({"budget_seconds": 0}, None), ({}, "soon"), ({}, "-5")])
+def test_a_bad_budget_fails_the_run_before_any_write(pg_instance, engine, database_url, monkeypatch, config, env):
+    make_orphan(engine, "t", "never")
+    if env is not None:
+        monkeypatch.setenv("MAILGLASS_SWEEP_BUDGET_SECONDS", env)
+    job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(SWEEP_JOB_NAME)
+    result = job.execute_in_process(instance=pg_instance, run_config=_config(**config), raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "budget" in str(failure.step_failure_data.error.message).lower() or "MAILGLASS_SWEEP" in str(
+        failure.step_failure_data.error
+    )
+    assert _attempts_by_tenant(engine) == {"t": 0}
 
 
 def test_reconciliation_lag_warns_with_count_and_longest_wait(engine, database_url):

@@ -28,6 +28,8 @@ HISTORY = 100_000  # reconciled orphans: 2 ledger rows each
 PENDING_TENANTS = [f"t{i}" for i in range(10)]
 PENDING_PER_TENANT = 300  # 3,000 pending orphans with deliveries
 OTHER_DELIVERIES = 100_000
+HOPELESS_TENANTS = [f"h{i}" for i in range(2_000)]
+HOPELESS_PER_TENANT = 20  # 40,000 pending orphans that never match
 BIG_TABLES = {"mailglass_events", "mailglass_deliveries"}
 
 
@@ -49,6 +51,8 @@ def _load(engine: Engine) -> None:
     datasets.load_history(engine, "t0", 1, HISTORY)
     with engine.begin() as conn:
         datasets.load_matchable(conn, PENDING_TENANTS, PENDING_PER_TENANT, label="plan")
+        # A burst of never-matching orphans beside them: the linkable ones must be found without reading these.
+        datasets.load_orphans_only(conn, HOPELESS_TENANTS, HOPELESS_PER_TENANT, label="plan-hopeless")
         # Deliveries the orphans do not point at: the table the lookup must not scan.
         conn.execute(
             sa.text(
@@ -90,14 +94,9 @@ def _assert_no_seq_scan_of_big_tables(plan: dict[str, Any]) -> None:
 @pytest.mark.parametrize("tenant_scoped", [True, False], ids=["tenant", "all-tenants"])
 @pytest.mark.parametrize("lock", [True, False], ids=["locked", "unlocked"])
 def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, lock: bool) -> None:
-    params: dict[str, Any] = {
-        "grace_seconds": reconciler.DEFAULT_GRACE_SECONDS,
-        "max_age_minutes": reconciler.DEFAULT_MAX_AGE_MINUTES,
-        "limit": reconciler.DEFAULT_LIMIT,
-        "max_total": reconciler.DEFAULT_MAX_TOTAL,
-    }
-    if tenant_scoped:
-        params["tenant_id"] = "t0"
+    # The parameters the core binds (a run's quota bookkeeping included).
+    run = reconciler.RunProgress(used={"t1": 5})
+    params = reconciler._find_params("t0" if tenant_scoped else None, reconciler.SweepConfig(), run)
     plan = _explain(loaded, reconciler._find_sql(tenant_scoped, lock), params)
     _assert_no_seq_scan_of_big_tables(plan)
 
@@ -109,6 +108,7 @@ def test_delivery_lookup_uses_the_unique_index(loaded: Engine) -> None:
                 """
                 SELECT e.tenant_id, e.metadata ->> 'provider', e.metadata ->> 'provider_message_id'
                   FROM mailglass_reconciliation_queue q JOIN mailglass_events e ON e.id = q.event_id
+                 WHERE q.linkable_at IS NOT NULL
                  LIMIT :n
                 """
             ),
@@ -144,3 +144,18 @@ def test_known_tenants_walks_indexes_not_the_queue(loaded: Engine) -> None:
     scans = [(n["Node Type"], n.get("Relation Name")) for n in _nodes(plan) if n.get("Relation Name")]
     assert ("Seq Scan", "mailglass_reconciliation_queue") not in scans, scans
     assert any(rel == "mailglass_reconciliation_queue" for _, rel in scans), scans
+
+
+def test_linkable_first_counts_linkable_orphans_from_their_index(loaded: Engine) -> None:
+    """The all-tenant find counts each tenant's linkable orphans (its first allocation round) from the
+    partial index of linkable rows: never a queue scan that reads the never-matching backlog too."""
+    params = reconciler._find_params(None, reconciler.SweepConfig(), reconciler.RunProgress())
+    plan = _explain(loaded, reconciler._find_sql(False, True, link=True), params)
+    nodes = _nodes(plan)
+    # No sequential scan of the queue filters on linkable_at (the linkable count would then read every row).
+    seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and "linkable_at IS NOT NULL" in n.get("Filter", "")]
+    assert not seq, json.dumps(plan, indent=1)[:3000]
+    # The count reads the linkable index across tenants (no tenant_id condition: not the per-tenant pick).
+    linkable_index = "mailglass_reconciliation_queue_linkable_index"
+    across = [n for n in nodes if n.get("Index Name") == linkable_index and "tenant_id" not in n.get("Index Cond", "")]
+    assert across, [(n["Node Type"], n.get("Index Name"), n.get("Index Cond")) for n in nodes]

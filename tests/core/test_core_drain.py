@@ -1,0 +1,141 @@
+"""``drain.sweep_until``: the scheduled run's loop of bounded transactions under a time budget."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+from conftest import make_delivery, make_orphan
+from core_support import QUEUE, rows
+from sqlalchemy.engine import Engine
+from test_core_due import _statements
+
+from mailglass_pipeline import drain
+from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconciler import SweepConfig, sweep
+
+
+def _attempts(engine: Engine) -> dict[int, int]:
+    """How many queue rows have each attempt count."""
+    return {int(a): int(n) for a, n in rows(engine, f"SELECT attempts, count(*) FROM {QUEUE} GROUP BY attempts")}
+
+
+class Ticks:
+    """A clock that moves ``step`` seconds each time it is read: a run's length without waiting for it."""
+
+    def __init__(self, step: float) -> None:
+        self._values = itertools.count(0.0, step)
+
+    def __call__(self) -> float:
+        return next(self._values)
+
+
+def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(engine: Engine) -> None:
+    for i in range(50):
+        make_orphan(engine, f"t{i:02d}", f"never-{i}", age=timedelta(minutes=10))
+    config = SweepConfig(max_total=10)
+    # Each transaction "takes" 1 s (two clock reads apart) and the budget is 4.5 s: two transactions
+    # fit, a third would end past the budget, so the run stops there with 30 orphans still due.
+    first = drain.sweep_until(engine, 4.5, config, clock=Ticks(1.0))
+    assert (first.transactions, first.stopped_by) == (2, drain.BUDGET)
+    assert (first.scanned, first.unmatched, first.due_remaining) == (20, 20, 30)
+    assert first.tenants_swept == 20
+    # A later run continues with the orphans not yet examined, never the examined ones (backoff).
+    second = drain.sweep_until(engine, 60, config)
+    assert (second.transactions, second.scanned, second.stopped_by) == (3, 30, drain.DRAINED)
+    assert second.due_remaining == 0
+    assert _attempts(engine) == {1: 50}
+
+
+def test_the_first_transaction_always_runs_and_the_budget_is_wall_time(engine: Engine) -> None:
+    for i in range(6):
+        make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
+    result = drain.sweep_until(engine, 0.001, SweepConfig(max_total=2))
+    assert (result.transactions, result.scanned, result.stopped_by) == (1, 2, drain.BUDGET)
+    assert result.elapsed_seconds > 0
+
+
+def test_limit_is_a_quota_per_run_not_per_transaction(engine: Engine) -> None:
+    for i in range(10):
+        make_orphan(engine, "big", f"big-{i}", age=timedelta(minutes=10 + i))
+    for i in range(2):
+        make_orphan(engine, "small", f"small-{i}", age=timedelta(minutes=10))
+    result = drain.sweep_until(engine, 60, SweepConfig(limit=3, max_total=2))
+    assert {t: c["scanned"] for t, c in result.tenants.items()} == {"big": 3, "small": 2}
+    assert result.stopped_by == drain.QUOTA and result.due_remaining == 7
+    # The next run gives "big" its next 3.
+    assert drain.sweep_until(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
+
+
+def test_retry_all_examines_each_pending_orphan_once_per_run(engine: Engine) -> None:
+    for i in range(5):
+        make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
+    drain.sweep_until(engine, 60, SweepConfig())
+    assert _attempts(engine) == {1: 5}  # all in backoff now
+    result = drain.sweep_until(engine, 60, SweepConfig(max_total=2, retry_all=True))
+    assert result.scanned == 5 and result.transactions == 4  # 2 + 2 + 1, then one that finds none
+    assert _attempts(engine) == {2: 5}
+
+
+def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: Engine) -> None:
+    for i in range(30):
+        make_orphan(engine, f"n{i:02d}", f"never-{i}", age=timedelta(minutes=30))
+    for i in range(5):
+        make_orphan(engine, f"l{i}", f"good-{i}", age=timedelta(minutes=2))
+        make_delivery(engine, f"l{i}", f"good-{i}")
+    seen: list[tuple[int, int]] = []
+    result = drain.sweep_until(
+        engine, 60, SweepConfig(max_total=5), on_transaction=lambda part: seen.append((part.scanned, part.linked))
+    )
+    assert seen[0] == (5, 5)  # the first transaction links all five
+    assert sum(s for s, _ in seen) == result.scanned == 35 and result.linked == 5
+    assert result.stopped_by == drain.DRAINED and result.remaining_orphans == 30
+    changed = {t for t, counts in result.tenants.items() if drain.tenant_changed(counts)}
+    assert changed == {f"l{i}" for i in range(5)}
+
+
+def test_newly_stale_and_malformed_are_changes_reexamination_is_not(engine: Engine) -> None:
+    make_orphan(engine, "stale", "m-old", age=timedelta(minutes=30))
+    make_orphan(engine, "broken", None, age=timedelta(minutes=5))
+    make_orphan(engine, "waiting", "never", age=timedelta(minutes=5))
+    result = drain.sweep_until(engine, 60, SweepConfig(max_age_minutes=20))
+    assert result.tenants["stale"]["newly_stale"] == 1 and result.tenants["stale"]["scanned"] == 0
+    assert result.tenants["broken"]["malformed"] == 1
+    assert result.newly_stale == 1
+    changed = {t for t, counts in result.tenants.items() if drain.tenant_changed(counts)}
+    assert changed == {"stale", "broken"}  # "waiting" was examined and stays unmatched: no change
+
+
+def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) -> None:
+    counts = []
+    for prefix, tenants in (("one-", 1), ("many-", 300)):
+        for i in range(tenants):
+            make_orphan(engine, f"{prefix}{i}", f"{prefix}never-{i}", age=timedelta(minutes=5))
+        with _statements(engine) as seen:
+            result = drain.sweep_until(engine, 60, SweepConfig())
+        assert (result.tenants_swept, result.transactions) == (tenants, 1)
+        counts.append(len(seen))
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), 3601, True, "30"])
+def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -> None:
+    make_orphan(engine, "t", "never", age=timedelta(minutes=5))
+    with pytest.raises(ConfigurationError):
+        drain.sweep_until(engine, bad, SweepConfig())  # type: ignore[arg-type]
+    assert _attempts(engine) == {0: 1}
+
+
+def test_budget_from_the_environment() -> None:
+    assert drain.budget_from_env({}) == drain.DEFAULT_BUDGET_SECONDS
+    assert drain.budget_from_env({drain.BUDGET_ENV: " 12.5 "}) == 12.5
+    for bad in ("abc", "0", "-3", "nan", "99999"):
+        with pytest.raises(ConfigurationError, match=drain.BUDGET_ENV):
+            drain.budget_from_env({drain.BUDGET_ENV: bad})
+
+
+def test_a_single_sweep_is_unchanged_by_the_run_bookkeeping(engine: Engine) -> None:
+    make_orphan(engine, "t", "m", age=timedelta(minutes=5))
+    make_delivery(engine, "t", "m")
+    assert sweep(engine, None, SweepConfig()).linked == 1
