@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -96,15 +97,29 @@ def reconcile(
 
 
 @cli.command()
-def demo() -> None:
-    """Seed demo tenants with a realistic webhook race (idempotent)."""
+@click.option(
+    "--late",
+    is_flag=True,
+    help="Play the race live: webhooks now, their deliveries a minute and two minutes later (runs ~2 min).",
+)
+@click.option("--late-waves", default="60,120", show_default=True, help="Seconds after the webhooks of each wave.")
+def demo(late: bool, late_waves: str) -> None:
+    """Seed demo tenants with a realistic webhook race (idempotent); --late adds a live one."""
     from mailglass_pipeline import demo as demo_module
     from mailglass_pipeline import schema
 
+    try:
+        waves = [float(w) for w in late_waves.split(",") if w.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of seconds: {late_waves!r}", param_hint="--late-waves") from None
     url = db.resolve_database_url()
     _say_database(url)
     schema.upgrade(url)
-    _emit(demo_module.seed(db.get_engine(url)))
+    if not late:
+        _emit(demo_module.seed(db.get_engine(url)))
+        return
+    say = lambda line: click.echo(f"mailglass: {line}", err=True)  # noqa: E731
+    _emit(demo_module.late(db.get_engine(url), waves=waves, say=say))
 
 
 @cli.command()
@@ -286,8 +301,32 @@ def _register_optional_commands() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: one-line errors, meaningful exit codes."""
     _register_optional_commands()
+    args = list(argv) if argv is not None else sys.argv[1:]
+    embedded_was_down = _embedded_server_down()
+    code = _main(args)
+    if embedded_was_down and not _embedded_server_down() and args[:1] not in (["dev"], ["run"], ["stop"]):
+        # `dev` and `run` say it themselves; any other command that started it says so here.
+        click.echo(
+            f"mailglass: started the embedded PostgreSQL ({db.mailglass_home()}); it keeps running after this "
+            "command: stop it with `mailglass stop`",
+            err=True,
+        )
+    return code
+
+
+def _embedded_server_down() -> bool:
+    """True when no database URL is configured and the embedded PostgreSQL is not running (a pid check)."""
+    if os.environ.get(db.DATABASE_URL_ENV):
+        return False
+    from mailglass_pipeline.defs.dev import embedded_server_pid
+
+    return embedded_server_pid() is None
+
+
+def _main(args: list[str]) -> int:
+    """Run the command: one-line errors, meaningful exit codes."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="mailglass", standalone_mode=False)
+        cli.main(args=args, prog_name="mailglass", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:

@@ -58,7 +58,12 @@ _OLDEST_STALE_SQL = {
 }
 _ORPHAN_SQL = sa.text(_SQL["orphan"])
 DELIVERIES_WITH_MESSAGE_ID_SQL = sa.text(_SQL["deliveries_with_message_id"])
-COUNTS_BY_STATE_SQL = sa.text(_SQL["counts_by_state"])
+COUNTS_BY_STATE_SQL = sa.text(
+    _SQL["counts_by_state"]
+    .replace("{group}", "q.tenant_id")
+    .replace("{scope}", "WHERE q.tenant_id = ANY (CAST(:tenant_ids AS text[]))")
+)
+TOTALS_BY_STATE_SQL = sa.text(_SQL["counts_by_state"].replace("{group}", "CAST('*' AS text)").replace("{scope}", ""))
 DELETE_PARKED_SQL = sa.text(_SQL["delete_parked"])
 TENANT_KNOWN_SQL = sa.text(_SQL["tenant_known"])
 
@@ -171,6 +176,18 @@ def counts_by_state(
     for row in conn.execute(COUNTS_BY_STATE_SQL, params).mappings():
         counts[row["tenant_id"]] = {state: int(row[state]) for state in STATES}
     return counts
+
+
+def totals_by_state(
+    conn: Connection,
+    *,
+    grace_seconds: int = reconciler.DEFAULT_GRACE_SECONDS,
+    max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
+) -> dict[str, int]:
+    """The whole queue by state: ``{"due": n, "waiting": n, "stale": n, "malformed": n}``."""
+    params = {"grace_seconds": grace_seconds, "max_age_minutes": max_age_minutes}
+    row = conn.execute(TOTALS_BY_STATE_SQL, params).mappings().one_or_none()
+    return {state: int(row[state]) if row is not None else 0 for state in STATES}
 
 
 def oldest_stale(
@@ -373,7 +390,7 @@ def prune_parked(
             with engine.begin() as conn:
                 conn.execute(sa.text("SELECT set_config('lock_timeout', '5s', true)"))
                 params = {"reason": reason, "cutoff": cutoff, "batch_size": size}
-                n = len(conn.execute(DELETE_PARKED_SQL, params).all())
+                n = int(conn.execute(DELETE_PARKED_SQL, params).scalar_one())
             batches += 1
             deleted[reason] += n
             if n < size:

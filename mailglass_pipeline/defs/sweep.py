@@ -61,9 +61,14 @@ from dagster import (
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from pydantic import Field
 
-from mailglass_pipeline import reconciler
+from mailglass_pipeline import db, orphans, reconciler
 from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.ops import COUNT_KEYS, DATABASE_RETRY_POLICY, database_errors, wait_for_pool_turn
+from mailglass_pipeline.defs.ops import (
+    DATABASE_RETRY_POLICY,
+    database_errors,
+    queue_state_metadata,
+    wait_for_pool_turn,
+)
 from mailglass_pipeline.defs.partitions import (
     RECONCILE_POOL,
     RECONCILE_TAGS,
@@ -138,7 +143,7 @@ def record_tenant_materializations(
             materialization = AssetMaterialization(
                 asset_key=WEBHOOK_RECONCILIATION_KEY,
                 partition=tenant,
-                metadata={key: int(counts.get(key, 0)) for key in COUNT_KEYS},
+                metadata={key: int(value) for key, value in counts.items()},
                 description="swept by the scheduled all-tenant sweep",
             )
             # Logs the event with its batch metadata: stored when the batch is full or ends.
@@ -209,13 +214,17 @@ def reconciliation_sweep(
     worked = {tenant: counts for tenant, counts in result.tenants.items() if counts.get("scanned", 0) > 0}
     fit = {tenant: counts for tenant, counts in worked.items() if is_valid_tenant_key(tenant)}
     unfit = sorted(tenant for tenant in worked if tenant not in fit)
+    with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
+        states = queue_state_metadata(conn, list(fit))  # each tenant's queue by state, and the whole queue's
+        totals = {f"queue_{state}": n for state, n in orphans.totals_by_state(conn).items()}
+    fit = {tenant: {**counts, **states[tenant]} for tenant, counts in fit.items()}
     added = ensure_partitions(context, list(fit))
     recorded = record_tenant_materializations(context, fit)
     context.log.info(
         f"swept {result.tenants_swept} tenant(s): scanned {result.scanned}, linked {result.linked}; "
         f"{recorded} partition materialization(s), {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
     )
-    return MaterializeResult(metadata=sweep_metadata(result, unfit, recorded))
+    return MaterializeResult(metadata={**sweep_metadata(result, unfit, recorded), **totals})
 
 
 reconcile_due_tenants = define_asset_job(

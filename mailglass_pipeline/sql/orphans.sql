@@ -134,9 +134,10 @@ SELECT d.id, d.tenant_id, d.provider, d.provider_message_id
  LIMIT 20
 
 -- name: counts_by_state
--- Queue rows by state for a set of tenants (one tenant's materialization metadata), through the
--- per-tenant indexes: one pass over those tenants' rows.
-SELECT q.tenant_id,
+-- Queue rows by state for a set of tenants (each tenant's materialization metadata: one pass over
+-- those tenants' rows), or, with `{scope}` empty and `{group}` = '*', over the whole queue (the
+-- sweep asset's plot of the queue by state; the queue is bounded by the parked-row retention).
+SELECT {group} AS tenant_id,
        count(*) FILTER (WHERE q.parked_reason = 'malformed'
                           OR (q.parked_at IS NULL AND (q.provider IS NULL OR q.provider_message_id IS NULL)))
            AS malformed,
@@ -155,8 +156,8 @@ SELECT q.tenant_id,
                           AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= now()))
            AS due
   FROM mailglass_reconciliation_queue q
- WHERE q.tenant_id = ANY (CAST(:tenant_ids AS text[]))
- GROUP BY q.tenant_id
+ {scope}
+ GROUP BY 1
 
 -- name: oldest_stale
 -- The oldest stale orphans with their type (the no_stale_orphans check's table): the stale list
@@ -168,21 +169,11 @@ SELECT s.event_id, s.tenant_id, s.provider, s.provider_message_id, e.type,
  ORDER BY s.orphan_inserted_at, s.event_id
 
 -- name: delete_parked
--- One batch of the parked-row retention: queue rows parked (stale or malformed) before :cutoff,
--- oldest first, at most :batch_size, skipping rows another transaction holds. Only queue rows: the
--- ledger keeps every event. The index on (parked_reason, orphan_inserted_at) of parked rows reads
--- the candidates in order (parked_at >= orphan_inserted_at, so every row parked before the cutoff
--- was inserted before it).
-DELETE FROM mailglass_reconciliation_queue q
- WHERE q.event_id IN (
-        SELECT c.event_id FROM mailglass_reconciliation_queue c
-         WHERE c.parked_at IS NOT NULL AND c.parked_reason = :reason
-           AND c.orphan_inserted_at < :cutoff AND c.parked_at < :cutoff
-         ORDER BY c.orphan_inserted_at
-         LIMIT :batch_size
-         FOR UPDATE SKIP LOCKED)
-   AND q.parked_at IS NOT NULL
-RETURNING q.event_id
+-- One batch of the parked-row retention: queue rows parked (:reason, stale or malformed) before
+-- :cutoff, oldest first, at most :batch_size, skipping rows a sweep holds. Only queue rows: the
+-- ledger keeps every event. A SECURITY DEFINER function (migration 0005), so the reconciler's
+-- role needs EXECUTE on it and no DELETE on the queue.
+SELECT mailglass_prune_parked_orphans(:reason, :cutoff, :batch_size)
 
 -- name: tenant_known
 -- Whether any delivery or queued orphan has the tenant (a typo in --tenant-id otherwise answers

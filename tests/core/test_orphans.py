@@ -191,3 +191,38 @@ def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> N
     future = orphans.prune_parked(engine, 1, batch_size=1, now=datetime.now(UTC) + timedelta(days=2))
     assert future["deleted_malformed"] == 2 and future["batches"] >= 3
     assert {r[0] for r in fetch(engine, "SELECT event_id FROM mailglass_reconciliation_queue")} == {pending}
+
+
+def test_the_least_privilege_role_prunes_through_the_function_only(
+    engine: Engine, database_url: str, admin_engine: Engine
+) -> None:
+    """The reconciler's role (sql/grants.sql) runs the retention yet has no DELETE on the queue."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.engine import make_url
+
+    from mailglass_pipeline import grants
+    from mailglass_pipeline.db import create_engine
+
+    role = f"mg_prune_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    restricted = None
+    try:
+        grants.apply_grants(database_url, role)
+        restricted = create_engine(make_url(database_url).set(username=role, password=None).render_as_string())
+        make_orphan(engine, "a", None)
+        _sweep(engine)  # parks it as malformed
+        with pytest.raises(sa.exc.ProgrammingError), restricted.begin() as conn:
+            conn.execute(sa.text("DELETE FROM mailglass_reconciliation_queue"))
+        later = datetime.now(UTC) + timedelta(days=31)
+        assert orphans.prune_parked(restricted, now=later)["deleted_malformed"] == 1
+    finally:
+        if restricted is not None:
+            restricted.dispose()
+        owner = create_engine(database_url, poolclass=sa.pool.NullPool)
+        with owner.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+        owner.dispose()
+        with admin_engine.connect() as conn:
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
