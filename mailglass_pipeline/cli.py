@@ -9,7 +9,9 @@ is said on stderr, with the password masked.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -86,19 +88,38 @@ def reconcile(
     tenant_id = reconciler.validate_tenant_id(tenant_id)
     url = db.resolve_database_url()
     _say_database(url)
-    _emit(reconciler.sweep(db.get_engine(url), tenant_id, config).as_dict())
+    engine = db.get_engine(url)
+    result = reconciler.sweep(engine, tenant_id, config)
+    _emit(result.as_dict())
+    if tenant_id is not None and result.scanned == 0:
+        with db.connect(engine) as conn:
+            _hint_unknown_tenant(conn, tenant_id)
 
 
 @cli.command()
-def demo() -> None:
-    """Seed demo tenants with a realistic webhook race (idempotent)."""
+@click.option(
+    "--late",
+    is_flag=True,
+    help="Play the race live: webhooks now, their deliveries a minute and two minutes later (runs ~2 min).",
+)
+@click.option("--late-waves", default="60,120", show_default=True, help="Seconds after the webhooks of each wave.")
+def demo(late: bool, late_waves: str) -> None:
+    """Seed demo tenants with a realistic webhook race (idempotent); --late adds a live one."""
     from mailglass_pipeline import demo as demo_module
     from mailglass_pipeline import schema
 
+    try:
+        waves = [float(w) for w in late_waves.split(",") if w.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of seconds: {late_waves!r}", param_hint="--late-waves") from None
     url = db.resolve_database_url()
     _say_database(url)
     schema.upgrade(url)
-    _emit(demo_module.seed(db.get_engine(url)))
+    if not late:
+        _emit(demo_module.seed(db.get_engine(url)))
+        return
+    say = lambda line: click.echo(f"mailglass: {line}", err=True)  # noqa: E731
+    _emit(demo_module.late(db.get_engine(url), waves=waves, say=say))
 
 
 @cli.command()
@@ -175,6 +196,96 @@ def stop() -> None:
     click.echo(f"mailglass: stopped the embedded PostgreSQL for {home} (pid {pid})", err=True)
 
 
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--tenant-id", default=None, help="Only this tenant's orphans.")
+@click.option("--state", type=click.Choice(["due", "waiting", "stale", "malformed"]), default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="Most rows listed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@click.pass_context
+def orphans(ctx: click.Context, tenant_id: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List pending orphans with their state, age, attempts and next attempt.
+
+    States: due (the next sweep examines it), waiting (grace window or backoff, until NEXT),
+    stale (past max age), malformed (no provider or message id). Without --state: due,
+    then waiting, stale, malformed, LIMIT rows in all. `mailglass orphans explain EVENT_ID`
+    says why one orphan is not linked.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from mailglass_pipeline import orphans as orphans_module
+
+    url = db.resolve_database_url()
+    _say_database(url)
+    with db.connect(db.get_engine(url)) as conn:
+        rows = orphans_module.list_orphans(conn, tenant_id, state, limit)
+        if tenant_id is not None:
+            _hint_unknown_tenant(conn, tenant_id)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.as_dict()))
+        return
+    header = ("event_id", "tenant", "state", "age", "attempts", "next_attempt", "provider", "message_id")
+    table = [
+        (r.event_id, r.tenant_id, r.state, _age(r.age_seconds), str(r.attempts), r.next_attempt_at or "-",
+         r.provider or "-", r.provider_message_id or "-")
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(header)]
+    for line in [header, *table]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    click.echo(f"mailglass: {len(rows)} orphan(s) listed (limit {limit})", err=True)
+
+
+@orphans.command()
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def explain(event_id: str, as_json: bool) -> None:
+    """Say why the orphan EVENT_ID is not linked (or by which reconciled event it was).
+
+    Reasons: no delivery with its (tenant, provider, message id); a delivery with that message
+    id under another tenant or provider; malformed (which key is missing); stale; waiting until
+    when; due. This is an operator's tool: it names the OTHER tenant and its delivery on purpose
+    (a misrouted webhook or a tenant mix-up shows up that way). Unknown id: exit 1.
+    """
+    from mailglass_pipeline import orphans as orphans_module
+
+    event_uuid = orphans_module.parse_event_id(event_id)  # a bad argument before any connection
+    url = db.resolve_database_url()
+    _say_database(url)
+    with db.connect(db.get_engine(url)) as conn:
+        result = orphans_module.explain(conn, event_uuid)
+    if as_json:
+        _emit(result)
+        return
+    click.echo(f"{result['event_id']}: {result['state']} ({result['reason']})")
+    click.echo(f"  {result['message']}")
+    click.echo(
+        f"  tenant {result['tenant_id']!r}, type {result['type']}, provider {result['provider']!r}, "
+        f"message id {result['provider_message_id']!r}, age {_age(result['age_seconds'])}, "
+        f"attempts {result['attempts'] if result['attempts'] is not None else '-'}"
+    )
+
+
+def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> None:
+    """A typo in --tenant-id answers zeros: say on stderr when no delivery or orphan knows the tenant."""
+    from mailglass_pipeline import orphans as orphans_module
+    from mailglass_pipeline import reconciler
+
+    if orphans_module.tenant_known(conn, tenant_id):
+        return
+    known = reconciler.known_tenants(conn)
+    close = difflib.get_close_matches(tenant_id, known, n=3)
+    suggestion = f"; did you mean {', '.join(repr(t) for t in close)}?" if close else ""
+    click.echo(f"mailglass: hint: no delivery or orphan has tenant {tenant_id!r}{suggestion}", err=True)
+
+
 def _register_optional_commands() -> None:
     # Commands from other parts of the package register themselves; a part
     # that fails to import must not take the whole CLI down.
@@ -190,8 +301,32 @@ def _register_optional_commands() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: one-line errors, meaningful exit codes."""
     _register_optional_commands()
+    args = list(argv) if argv is not None else sys.argv[1:]
+    embedded_was_down = _embedded_server_down()
+    code = _main(args)
+    if embedded_was_down and not _embedded_server_down() and args[:1] not in (["dev"], ["run"], ["stop"]):
+        # `dev` and `run` say it themselves; any other command that started it says so here.
+        click.echo(
+            f"mailglass: started the embedded PostgreSQL ({db.mailglass_home()}); it keeps running after this "
+            "command: stop it with `mailglass stop`",
+            err=True,
+        )
+    return code
+
+
+def _embedded_server_down() -> bool:
+    """True when no database URL is configured and the embedded PostgreSQL is not running (a pid check)."""
+    if os.environ.get(db.DATABASE_URL_ENV):
+        return False
+    from mailglass_pipeline.defs.dev import embedded_server_pid
+
+    return embedded_server_pid() is None
+
+
+def _main(args: list[str]) -> int:
+    """Run the command: one-line errors, meaningful exit codes."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="mailglass", standalone_mode=False)
+        cli.main(args=args, prog_name="mailglass", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:

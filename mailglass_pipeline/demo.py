@@ -17,11 +17,19 @@ Webhook bodies are the providers' formats built by
 :mod:`mailglass_pipeline.ingest.samples` and go through the same
 normalizers as real traffic (``verify=False``: nothing is signed here).
 A tenant already seeded is left alone, so seeding twice adds nothing.
+
+``late`` (``mailglass demo --late``) plays the race live: webhooks for mail
+sent just now arrive first (orphans), and their deliveries commit a minute or
+two later, in waves. With the schedule on, an operator watches the orphans
+wait, then ``linked`` rise and the lag fall as each wave is swept. Each call
+makes new orphans (a batch id in the message ids), so it can be repeated.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -191,3 +199,54 @@ def is_empty(engine: Engine) -> bool:
     """True when the ledger holds no deliveries yet (the quick start seeds only then)."""
     with engine.connect() as conn:
         return conn.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM mailglass_deliveries)")).scalar_one()
+
+
+#: Seconds after the webhooks at which each wave of late deliveries commits.
+LATE_WAVES = (60, 120)
+LATE_PER_TENANT = 6
+
+
+def late(
+    engine: Engine,
+    tenants: tuple[str, ...] = TENANTS,
+    *,
+    per_tenant: int = LATE_PER_TENANT,
+    waves: Sequence[float] = LATE_WAVES,
+    say: Callable[[str], None] = lambda _line: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Webhooks now, their deliveries ``waves`` seconds later (split evenly); returns what was made."""
+    if not waves or any(w < 0 for w in waves) or per_tenant < 1:
+        raise ValueError("late: waves must be non-negative seconds and per_tenant >= 1")
+    batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    started = time.monotonic()
+    now = datetime.now(UTC) - timedelta(seconds=2)  # the provider's event time: received (stored) now
+    pending: list[tuple[str, str, str, int]] = []  # tenant, provider, message id, n
+
+    def arrive(conn: Connection) -> int:
+        orphans = 0
+        for tenant in tenants:
+            for n in range(per_tenant):
+                provider = PROVIDERS[n % len(PROVIDERS)]
+                mid = f"{provider}-{tenant}-late-{batch}-{n:02d}"
+                result = _webhook(conn, tenant, provider, mid, RACE_TYPES[n % len(RACE_TYPES)], now, 400 + n)
+                orphans += result["orphans"]
+                pending.append((tenant, provider, mid, 400 + n))
+        return orphans
+
+    orphans = run_transaction(engine, arrive)
+    say(f"{orphans} webhook(s) arrived before their deliveries ({len(tenants)} tenant(s)); deliveries follow "
+        f"in {len(waves)} wave(s) at {', '.join(f'+{w:g} s' for w in waves)}")  # fmt: skip
+    committed: list[int] = []
+    order = sorted(waves)
+    for i, delay in enumerate(order):
+        share = pending[i * len(pending) // len(order) : (i + 1) * len(pending) // len(order)]
+        sleep(max(0.0, delay - (time.monotonic() - started)))
+        at = datetime.now(UTC)
+
+        def commit(conn: Connection, share: list[tuple[str, str, str, int]] = share, at: datetime = at) -> int:
+            return sum(_insert_deliveries(conn, t, [(p, mid, at, n)]) for t, p, mid, n in share)
+
+        committed.append(run_transaction(engine, commit))
+        say(f"+{delay:g} s: {committed[-1]} late deliveries committed")
+    return {"batch": batch, "orphans": orphans, "late_deliveries": committed, "waves_seconds": list(order)}

@@ -601,7 +601,9 @@ _WRITE = """
         UPDATE mailglass_reconciliation_queue q
            SET attempts = q.attempts + 1,
                last_attempted_at = now(),
-               next_attempt_at = now() + {backoff},
+               -- From the minute the sweep belongs to, not from now(): a sweep starts seconds after its
+               -- tick, so now() + 1 minute would miss the next tick ("retry in 1 minute" = next tick).
+               next_attempt_at = date_trunc('minute', now()) + {backoff},
                linkable_at = NULL,
                parked_at = CASE WHEN b.malformed OR q.orphan_inserted_at <= c.stale_before THEN now() END,
                parked_reason = CASE WHEN b.malformed THEN 'malformed'

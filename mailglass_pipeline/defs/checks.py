@@ -20,11 +20,21 @@ history in the UI.
 import os
 import warnings
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, Config, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    Config,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset_check,
+)
 from dagster._utils.warnings import PreviewWarning
 from pydantic import Field
 
-from mailglass_pipeline import db, reconciler
+from mailglass_pipeline import db, orphans, reconciler
 from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.ops import database_errors
 from mailglass_pipeline.defs.partitions import tenants_partitions
@@ -32,13 +42,48 @@ from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.sweep import SWEEP_KEY
 from mailglass_pipeline.errors import ConfigurationError
 
+#: Rows of the stale-orphan table in the check's metadata (the oldest first).
+STALE_TABLE_ROWS = 20
+STALE_TABLE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("tenant", "string"),
+        TableColumn("provider", "string"),
+        TableColumn("message_id", "string"),
+        TableColumn("type", "string"),
+        TableColumn("age_days", "float"),
+        TableColumn("event_id", "string"),
+    ]
+)
 
-def stale_orphans_result(count: int, oldest_seconds: float | None) -> AssetCheckResult:
+
+def stale_table(rows: list[dict[str, object]]) -> MetadataValue:
+    """The oldest stale orphans as a table the UI renders (Mailglass's admin view of them)."""
+    records = [
+        TableRecord(
+            {
+                "tenant": str(r["tenant_id"]),
+                "provider": str(r["provider"] or "-"),
+                "message_id": str(r["provider_message_id"] or "-"),
+                "type": str(r["type"]),
+                "age_days": round(float(r["age_seconds"]) / 86400, 2),  # type: ignore[arg-type]
+                "event_id": str(r["event_id"]),
+            }
+        )
+        for r in rows
+    ]
+    return MetadataValue.table(records, schema=STALE_TABLE_SCHEMA)
+
+
+def stale_orphans_result(
+    count: int, oldest_seconds: float | None, oldest: list[dict[str, object]] | None = None
+) -> AssetCheckResult:
     """The check's result for ``count`` stale orphans, the oldest ``oldest_seconds`` old."""
     metadata: dict[str, object] = {"stale_orphans": count, "message": reconciler.STALE_MESSAGE}
     if oldest_seconds is not None:
         metadata["oldest_orphan_age_seconds"] = round(oldest_seconds, 1)
         metadata["oldest_orphan_age_days"] = round(oldest_seconds / 86400, 2)
+    if oldest is not None:
+        metadata["oldest_stale_orphans"] = stale_table(oldest)
     return AssetCheckResult(
         passed=count == 0,
         severity=AssetCheckSeverity.WARN,
@@ -47,11 +92,32 @@ def stale_orphans_result(count: int, oldest_seconds: float | None) -> AssetCheck
     )
 
 
+def check_tenants(context: AssetCheckExecutionContext) -> list[str] | None:
+    """The tenants this check evaluation covers: the run's partition key, or its partition key RANGE.
+
+    The asset page's backfill gives each run a one-key range (no partition key): that key is the
+    tenant, never "every tenant". None only for a run with no partition at all.
+    """
+    if context.has_partition_key:
+        return [context.partition_key]
+    if context.has_partition_key_range:
+        return list(context.partition_keys)
+    return None
+
+
 def _no_stale_orphans(context: AssetCheckExecutionContext, mailglass_db: MailglassDatabase) -> AssetCheckResult:
-    tenant = context.partition_key if context.has_partition_key else None
+    tenants = check_tenants(context)
+    total, oldest_seconds, table = 0, None, []
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
-        count, oldest_seconds = reconciler.stale_orphans(conn, tenant, reconciler.DEFAULT_MAX_AGE_MINUTES)
-    return stale_orphans_result(count, oldest_seconds)
+        for tenant in tenants if tenants is not None else [None]:
+            count, oldest = reconciler.stale_orphans(conn, tenant, reconciler.DEFAULT_MAX_AGE_MINUTES)
+            total += count
+            if oldest is not None:
+                oldest_seconds = max(oldest, oldest_seconds or 0.0)
+            if count:
+                table += orphans.oldest_stale(conn, tenant, STALE_TABLE_ROWS)
+    table = sorted(table, key=lambda r: -float(r["age_seconds"]))[:STALE_TABLE_ROWS]  # type: ignore[arg-type]
+    return stale_orphans_result(total, oldest_seconds, table)
 
 
 with warnings.catch_warnings():

@@ -23,6 +23,16 @@ starting the embedded server.
 rather than ``dagster dev``: the latter is superseded by ``dg dev`` (a
 SupersessionWarning on every start) and warns about a ``dagster.yaml`` in the
 working directory even when it is the very file copied into ``DAGSTER_HOME``.
+Two kinds of noise are dealt with here. ``No heartbeat received in 20 seconds, shutting down``
+(about once a minute) is Dagster's daemon recycling its code server: it reloads its workspace every
+60 s (``RELOAD_WORKSPACE_INTERVAL``), starts a fresh code server and stops pinging the old one,
+which shuts itself down 20 s later (``DAEMON_GRPC_SERVER_HEARTBEAT_TTL``) and says so at WARNING
+(``dagster/_grpc/server.py``). Harmless and by design, so the daemon's code servers log at ERROR
+(``--code-server-log-level error``): their import errors still show, the recycling does not. And
+Dagster's console formatter writes ANSI colours whatever the output is; when ``mailglass dev``'s
+own output is not a terminal (a log file, a pipe), the children write into a pipe that this
+process copies out without the colour codes.
+
 Each child gets its own session, so a terminal's Ctrl-C reaches only this
 process, which then stops both children in order: SIGTERM to each process group,
 SIGKILL to whatever of the process tree is left after ``STOP_GRACE_SECONDS``. That
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -232,19 +243,45 @@ def _alive(pid: int) -> bool:
         return True
 
 
-class Supervisor:
-    """Child processes, each in its own session, stopped together within a bound."""
+#: ANSI escape sequences (colours, cursor moves): dropped from output that is not a terminal.
+ANSI_ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
-    def __init__(self, commands: Sequence[Sequence[str]], env: dict[str, str], cwd: Path) -> None:
+
+def copy_without_colours(source: object, target: object) -> None:
+    """Copy ``source`` (a binary pipe) line by line to ``target`` (a binary stream) without ANSI codes."""
+    for line in iter(source.readline, b""):  # type: ignore[attr-defined]
+        target.write(ANSI_ESCAPE.sub(b"", line))  # type: ignore[attr-defined]
+        target.flush()  # type: ignore[attr-defined]
+
+
+class Supervisor:
+    """Child processes, each in its own session, stopped together within a bound.
+
+    ``plain_output``: the children write into a pipe copied to this process's stdout without
+    colour codes (for a log file); otherwise they inherit the terminal.
+    """
+
+    def __init__(
+        self, commands: Sequence[Sequence[str]], env: dict[str, str], cwd: Path, *, plain_output: bool = False
+    ) -> None:
         self.commands = [list(c) for c in commands]
         self.env, self.cwd = env, cwd
+        self.plain_output = plain_output
         self.processes: list[subprocess.Popen[bytes]] = []
         self.stop_requested = threading.Event()
         self.signal_name: str | None = None
 
     def start(self) -> None:
         for command in self.commands:
-            self.processes.append(subprocess.Popen(command, env=self.env, cwd=self.cwd, start_new_session=True))
+            if not self.plain_output:
+                self.processes.append(subprocess.Popen(command, env=self.env, cwd=self.cwd, start_new_session=True))
+                continue
+            process = subprocess.Popen(
+                command, env=self.env, cwd=self.cwd, start_new_session=True,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            self.processes.append(process)
+            threading.Thread(target=copy_without_colours, args=(process.stdout, sys.stdout.buffer), daemon=True).start()
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
         self.signal_name = signal.Signals(signum).name
@@ -299,7 +336,8 @@ def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
 
     return [
         [*tool("dagster-webserver", "dagster_webserver"), "-w", workspace, "-h", host, "-p", str(port)],
-        [*tool("dagster-daemon", "dagster._daemon"), "run", "-w", workspace],
+        # The daemon's code servers at ERROR: see the module doc (heartbeat noise).
+        [*tool("dagster-daemon", "dagster._daemon"), "run", "-w", workspace, "--code-server-log-level", "error"],
     ]
 
 
@@ -310,7 +348,8 @@ def run_dev(host: str = "127.0.0.1", port: int = 3000) -> int:
     env = prepare_dev_environment(root)
     if embedded:
         print(embedded_server_note(), flush=True)
-    supervisor = Supervisor(dev_commands(root, host, port), env, cwd=Path(env["DAGSTER_HOME"]))
+    plain = not sys.stdout.isatty()
+    supervisor = Supervisor(dev_commands(root, host, port), env, cwd=Path(env["DAGSTER_HOME"]), plain_output=plain)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, supervisor.request_stop)
     print(f"starting the Dagster UI and daemon on http://{host}:{port} (Ctrl-C or SIGTERM stops both)", flush=True)

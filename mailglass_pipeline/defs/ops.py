@@ -52,8 +52,8 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from pydantic import Field
 
-from mailglass_pipeline import db, reconciler
-from mailglass_pipeline.defs.partitions import RECONCILE_POOL
+from mailglass_pipeline import db, orphans, reconciler
+from mailglass_pipeline.defs.partitions import RECONCILE_POOL, tags_for_tenant
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.errors import ConfigurationError, DatabaseUnavailableError
 
@@ -239,10 +239,30 @@ def markdown_preview(batch: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
     return table + (f"\n\n_... and {more} more_" if more > 0 else "")
 
 
+def name_the_tenant(context: OpExecutionContext, tenant: str) -> None:
+    """Tag the run with its tenant when its launcher did not (the asset page's Materialize and backfill).
+
+    The Runs list then says which tenant every reconciliation run handled. Added at the start of the
+    run, so the queue's per-tenant limit cannot see it: the pool keeps those runs apart.
+    """
+    missing = {k: v for k, v in tags_for_tenant(tenant).items() if k not in context.run.tags}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
+
+
+def queue_state_metadata(conn: Any, tenants: list[str]) -> dict[str, dict[str, int]]:
+    """Per tenant: its queued orphans by state, as ``queue_due`` ... ``queue_malformed`` (plotted per tenant)."""
+    return {
+        tenant: {f"queue_{state}": n for state, n in counts.items()}
+        for tenant, counts in orphans.counts_by_state(conn, tenants).items()
+    }
+
+
 @op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
 def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass_db: MailglassDatabase) -> pd.DataFrame:
     """The tenant's batch: pending orphans past grace and inside max age, in fair order."""
     tenant = tenant_of(context)
+    name_the_tenant(context, tenant)
     wait_for_pool_turn(context)
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
         batch = reconciler.find_orphans(conn, tenant, config.sweep_config(), lock=False)
@@ -277,5 +297,7 @@ def append_reconciled_events(
             lambda conn: reconciler.append_reconciled_events(conn, linked, tenant, sweep_config),
         )
     counts = {key: int(getattr(result, key)) for key in COUNT_KEYS}
+    with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
+        counts.update(queue_state_metadata(conn, [tenant])[tenant])
     context.log.info(f"tenant {tenant}: {counts}")
     context.add_output_metadata(counts)

@@ -22,6 +22,14 @@ daemon or the database for long; the next day's run continues. Runs not finished
 canceling) are never touched, nor runs of other code locations: a run qualifies only when its job
 belongs to this repository and, when the run records its origin, its code location is this one.
 
+The same daily job bounds the reconciliation work queue (op ``prune_parked_orphans``): queue rows
+parked because their orphan can no longer link (``stale``: past max age; ``malformed``) are deleted
+once parked longer than ``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30), in batches of 1,000 rows,
+each its own short transaction (``orphans.prune_parked``). Here and not in the minute sweep: the
+sweep holds row locks and must stay a few seconds long, while a parked row's removal is due once a
+day at most; a daily batch job can take the time a first run over a year of parked rows needs
+without delaying a single sweep. The ledger keeps every event (explain still answers from it).
+
 Default status RUNNING: unlike the reconcile schedule it changes nothing an operator relies on
 (14 days of runs stay), and without it storage grows without bound; turning it off is one click.
 It runs at 03:17 UTC, away from the top of the hour.
@@ -47,7 +55,10 @@ from dagster import (
 from dagster._core.event_api import AssetRecordsFilter
 from pydantic import Field
 
+from mailglass_pipeline import orphans
 from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.ops import database_errors
+from mailglass_pipeline.defs.resources import MailglassDatabase
 
 PRUNE_JOB_NAME = "prune_dagster_history"
 DEFAULT_KEEP_DAYS = 14
@@ -191,6 +202,28 @@ def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
     context.add_output_metadata(counts)
 
 
+class ParkedRetentionConfig(Config):
+    """Launchpad config of the parked-row retention."""
+
+    retention_days: int | None = Field(
+        default=None, ge=1, le=3650, description=f"Default {orphans.PARKED_RETENTION_ENV}, else 30."
+    )
+    batch_size: int = Field(default=1000, ge=1, le=100_000, description="Queue rows deleted per transaction.")
+    max_rows: int = Field(default=1_000_000, ge=1, description="Most rows one retention run deletes.")
+
+
+@op(description="Delete work-queue rows parked (stale, malformed) longer than the retention period; never events.")
+def prune_parked_orphans(
+    context: OpExecutionContext, config: ParkedRetentionConfig, mailglass_db: MailglassDatabase
+) -> None:
+    with database_errors():
+        counts = orphans.prune_parked(
+            mailglass_db.get_engine(), config.retention_days, batch_size=config.batch_size, max_rows=config.max_rows
+        )
+    context.log.info(f"parked-row retention: {counts}")
+    context.add_output_metadata(counts)
+
+
 @job(
     name=PRUNE_JOB_NAME,
     executor_def=in_process_executor,
@@ -198,6 +231,7 @@ def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
 )
 def prune_dagster_history() -> None:
     prune_runs()
+    prune_parked_orphans()
 
 
 prune_dagster_history_daily = ScheduleDefinition(

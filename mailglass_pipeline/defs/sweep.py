@@ -69,9 +69,14 @@ from dagster import (
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from pydantic import Field
 
-from mailglass_pipeline import drain, reconciler
+from mailglass_pipeline import db, drain, orphans, reconciler
 from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.ops import COUNT_KEYS, DATABASE_RETRY_POLICY, database_errors, wait_for_pool_turn
+from mailglass_pipeline.defs.ops import (
+    DATABASE_RETRY_POLICY,
+    database_errors,
+    queue_state_metadata,
+    wait_for_pool_turn,
+)
 from mailglass_pipeline.defs.partitions import (
     RECONCILE_POOL,
     RECONCILE_TAGS,
@@ -158,7 +163,7 @@ def record_tenant_materializations(
             materialization = AssetMaterialization(
                 asset_key=WEBHOOK_RECONCILIATION_KEY,
                 partition=tenant,
-                metadata={key: int(counts.get(key, 0)) for key in COUNT_KEYS},
+                metadata={key: int(value) for key, value in counts.items()},
                 description="swept by the scheduled all-tenant sweep",
             )
             # Logs the event with its batch metadata: stored when the batch is full or ends.
@@ -236,6 +241,10 @@ def reconciliation_sweep(
     changed = {tenant: counts for tenant, counts in result.tenants.items() if drain.tenant_changed(counts)}
     fit = {tenant: counts for tenant, counts in changed.items() if is_valid_tenant_key(tenant)}
     unfit = sorted(tenant for tenant in result.tenants if not is_valid_tenant_key(tenant))
+    with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
+        states = queue_state_metadata(conn, list(fit))  # each tenant's queue by state, and the whole queue's
+        totals = {f"queue_{state}": n for state, n in orphans.totals_by_state(conn).items()}
+    fit = {tenant: {**counts, **states[tenant]} for tenant, counts in fit.items()}
     added = ensure_partitions(context, list(fit))
     recorded = record_tenant_materializations(context, fit)
     context.log.info(
@@ -244,7 +253,7 @@ def reconciliation_sweep(
         f"scanned {result.scanned}, linked {result.linked}; {recorded} partition materialization(s) for the "
         f"tenants that changed, {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
     )
-    return MaterializeResult(metadata=sweep_metadata(result, unfit, recorded))
+    return MaterializeResult(metadata={**sweep_metadata(result, unfit, recorded), **totals})
 
 
 reconcile_due_tenants = define_asset_job(

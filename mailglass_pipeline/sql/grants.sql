@@ -37,3 +37,6 @@ GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT, INSERT ON TABLE mailglass_events TO :"role";
 GRANT SELECT, UPDATE ON TABLE mailglass_deliveries TO :"role";
 GRANT SELECT, UPDATE ON TABLE mailglass_reconciliation_queue TO :"role";
+-- The daily parked-row retention deletes through this SECURITY DEFINER function (migration 0005),
+-- never with a DELETE of its own.
+GRANT EXECUTE ON FUNCTION mailglass_prune_parked_orphans(text, timestamptz, integer) TO :"role";

@@ -368,6 +368,10 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     # The asset backfill's runs carried a one-key range, which is that tenant.
     asset_runs = backfill_runs(asset_backfill, 3)
     assert sorted(r.tags["dagster/asset_partition_range_start"] for r in asset_runs) == ["p1", "p3", "p6"]
+    # Each names its tenant in the Runs list: the run tags itself when the asset backfill did not.
+    for record in asset_runs:
+        run = instance.get_run_by_id(record.run_id)
+        assert run.tags["mailglass/tenant"] == run.tags["dagster/asset_partition_range_start"]
     # Every tenant reconciled exactly once, whatever ran it how often.
     reconciled = fetch(engine, "SELECT tenant_id FROM mailglass_events WHERE type = 'reconciled' ORDER BY 1")
     assert [r.tenant_id for r in reconciled] == [*tenants, "s1"]

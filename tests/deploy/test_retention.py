@@ -102,7 +102,7 @@ def test_prunes_old_runs_with_their_events_and_keeps_latest_per_tenant(storage, 
     job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(PRUNE_JOB_NAME)
     result = job.execute_in_process(instance=instance)
     assert result.success
-    [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "prune_runs"]
     counts = {k: v.value for k, v in output.event_specific_data.metadata.items()}
 
     remaining = {r.run_id for r in instance.get_runs()}
@@ -172,3 +172,38 @@ def test_batches_are_bounded(storage, database_url, engine) -> None:
         instance=instance, run_config={"ops": {"prune_runs": {"config": {"batch_size": 2}}}}
     ).success
     assert [r for r in runs if instance.get_run_by_id(r) is not None] == [runs[-1]]
+
+
+def test_the_daily_job_prunes_parked_queue_rows_and_keeps_the_ledger(storage, database_url, engine) -> None:
+    """The retention run deletes queue rows parked past the period, nothing else; the ledger keeps them."""
+    from datetime import timedelta
+
+    from conftest import fetch
+
+    from mailglass_pipeline import reconciler
+
+    instance, _ = storage
+    old_stale = make_orphan(engine, "t1", "gone", age=timedelta(days=8))
+    malformed = make_orphan(engine, "t1", None)
+    pending = make_orphan(engine, "t1", "pending")
+    reconciler.sweep(engine, None, reconciler.SweepConfig())
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE mailglass_reconciliation_queue SET parked_at = parked_at - interval '31 days',"
+                " orphan_inserted_at = orphan_inserted_at - interval '31 days' WHERE event_id = :id"
+            ),
+            {"id": old_stale},
+        )
+    events = fetch(engine, "SELECT count(*) FROM mailglass_events")
+    job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(PRUNE_JOB_NAME)
+    result = job.execute_in_process(instance=instance)
+    assert result.success
+    [output] = [
+        e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "prune_parked_orphans"
+    ]
+    counts = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+    assert (counts["deleted_stale"], counts["deleted_malformed"], counts["retention_days"]) == (1, 0, 30)
+    queued = {r[0] for r in fetch(engine, "SELECT event_id FROM mailglass_reconciliation_queue")}
+    assert queued == {malformed, pending}
+    assert fetch(engine, "SELECT count(*) FROM mailglass_events") == events

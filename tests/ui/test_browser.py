@@ -4,6 +4,12 @@ The operator's route: on the asset page, Materialize one tenant through the
 dialog and see the run succeed; launch a backfill of all tenants; from the job's
 Launchpad (Materialize caret -> "Open launchpad") launch a run with a changed
 config. Then the run records show that no two reconciliation runs overlapped.
+What the README and docs/operating.md say about these pages is checked on the
+way: the backfill's runs name their tenant in the Runs list, the
+`no_stale_orphans` check counts one tenant (3 demo orphans, not every
+tenant's 9) and carries its table, the job's Partitions tab offers
+Materialize…, and the log file `mailglass dev` wrote has no colour codes and
+no code-server heartbeat noise.
 ``mailglass dev`` runs on the embedded PostgreSQL under a temporary
 MAILGLASS_HOME, exactly as after a fresh clone. On failure, screenshots and the
 page source go to ``$MAILGLASS_TEST_ARTIFACTS`` (default ``tests/ui/artifacts/``).
@@ -157,7 +163,9 @@ def readme_screenshot(driver: Any, url: str, name: str) -> None:
     driver.save_screenshot(str(REPO / "docs" / name))
 
 
-def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_asset_page_materialize_backfill_and_launchpad(
+    dev_server, browser, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from dagster import DagsterInstance, DagsterRunStatus
 
     from mailglass_pipeline import db
@@ -210,8 +218,27 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser, monk
         timeout=300,
     )
     assert all(r.status == DagsterRunStatus.SUCCESS for r in backfill_runs)
+    # Each backfill run names its tenant (README: "tagged mailglass/tenant=<tenant> in the Runs list").
+    tagged = [instance.get_run_by_id(r.run_id).tags.get("mailglass/tenant") for r in backfill_runs]
+    assert sorted(tagged) == ["acme", "globex", "initech"], tagged
+    open_page(browser, f"{base}/runs", "Runs")
+    wait_for(
+        lambda: browser.find_elements(By.XPATH, "//*[contains(normalize-space(text()), 'mailglass/tenant')]"),
+        "the Runs list shows no mailglass/tenant tag",
+    )
+    # The stale-orphan check of a backfill run counts its own tenant: 3 (the demo's), not 9 (all tenants).
+    open_page(browser, f"{base}/assets/mailglass/webhook_reconciliation?view=checks", "no_stale_orphans")
+    wait_for(
+        lambda: browser.find_elements(By.XPATH, "//*[contains(normalize-space(), '3 orphan(s) older than 7 days')]"),
+        "the Checks tab does not show the tenant's 3 stale orphans",
+    )
+    assert not browser.find_elements(By.XPATH, "//*[contains(normalize-space(), '9 orphan(s) older than 7 days')]")
+    snapshot(browser, "checks-tab")
     partitions_page = f"{base}/assets/mailglass/webhook_reconciliation?view=partitions&partition=globex"
     readme_screenshot(browser, partitions_page, "ui-asset-partitions.png")
+
+    # The job's Partitions tab offers Materialize… (README: the job's Partitions tab -> Materialize…).
+    open_page(browser, f"{base}/locations/mailglass_pipeline/jobs/reconcile_orphans/partitions", "Materialize")
 
     # 3. The job's Launchpad: Materialize caret -> Open launchpad, limit 50, one tenant.
     before = {r.run_id for r in instance.get_runs()}
@@ -278,6 +305,11 @@ def test_asset_page_materialize_backfill_and_launchpad(dev_server, browser, monk
     records = [r for r in instance.get_run_records() if r.dagster_run.run_id in ours]
     assert len(records) == 5 and all(r.start_time and r.end_time for r in records), records
     _no_overlap(records)
+
+    # 5. The log file `mailglass dev` wrote: no colour codes, no code-server heartbeat noise (the daemon
+    # reloads its workspace every minute; this test ran several).
+    log = (tmp_path / "dev.log").read_text()
+    assert "\x1b[" not in log and "No heartbeat received" not in log, log[-2000:]
 
 
 def _no_overlap(records: list[Any]) -> None:
