@@ -34,6 +34,11 @@ FUNCTION = "mailglass_prune_parked_orphans(text, timestamptz, integer)"
 UPGRADE = f"""
 CREATE INDEX IF NOT EXISTS mailglass_reconciliation_queue_parked_age_index
     ON mailglass_reconciliation_queue (parked_reason, orphan_inserted_at) WHERE parked_at IS NOT NULL;
+-- Malformed orphans no sweep has examined yet (`mailglass orphans --state malformed`): few by construction
+-- (the next sweep parks them), so this index stays tiny while the fresh backlog may be large.
+CREATE INDEX IF NOT EXISTS mailglass_reconciliation_queue_fresh_malformed_index
+    ON mailglass_reconciliation_queue (tenant_id, orphan_inserted_at)
+    WHERE parked_at IS NULL AND next_attempt_at IS NULL AND (provider IS NULL OR provider_message_id IS NULL);
 
 -- One batch: rows parked for `p_reason` before `p_cutoff`, oldest first, at most `p_batch`, skipping rows
 -- a sweep holds. parked_at >= orphan_inserted_at, so the index range on orphan_inserted_at holds them all.
@@ -70,6 +75,7 @@ $$;
 DOWNGRADE = f"""
 DROP FUNCTION IF EXISTS {FUNCTION};
 DROP INDEX IF EXISTS mailglass_reconciliation_queue_parked_age_index;
+DROP INDEX IF EXISTS mailglass_reconciliation_queue_fresh_malformed_index;
 """
 
 
