@@ -145,7 +145,7 @@ def _drop_role(admin_engine: Engine, url: str, role: str) -> None:
         conn.execute(sa.text(f'DROP ROLE "{role}"'))
 
 
-@pytest.mark.parametrize("version", [4, 7])
+@pytest.mark.parametrize("version", [4, 5, 6, 7])
 def test_mailglass_writes_succeed_after_adoption(blank: str, admin_engine: Engine, version: int) -> None:
     load_mailglass(blank, version)
     assert migrate_cli(blank).returncode == 0
