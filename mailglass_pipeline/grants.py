@@ -7,8 +7,9 @@ could destroy history (no UPDATE/DELETE/TRUNCATE on the ledger, no DDL).
 
 The privileges live in one documented SQL file, ``sql/grants.sql``, usable
 directly with ``psql -v role=NAME -f``; :func:`render_grants` substitutes the
-same psql variable in Python so the CLI and the tests apply the very text an
-operator reads. Nothing here creates a role: the operator owns that decision
+same psql variables in Python (the role, and the schema: ``MAILGLASS_DB_SCHEMA``,
+where Mailglass was installed under a prefix) so the CLI and the tests apply
+the very text an operator reads. Nothing here creates a role: the operator owns that decision
 (password, LOGIN, connection limits).
 """
 
