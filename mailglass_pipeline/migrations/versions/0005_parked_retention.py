@@ -1,7 +1,7 @@
 """Parked queue rows in age order, for the orphan listing and the parked-row retention.
 
 Revision ID: 0005_parked_retention
-Revises: 0003_due_orphans
+Revises: 0004_mailglass_schema
 Create Date: 2026-12-03
 
 Rows parked in ``mailglass_reconciliation_queue`` (``stale``: past max age;
@@ -24,7 +24,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0005_parked_retention"
-down_revision = "0003_due_orphans"
+down_revision = "0004_mailglass_schema"
 branch_labels = None
 depends_on = None
 
