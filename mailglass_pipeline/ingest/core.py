@@ -47,7 +47,9 @@ from mailglass_pipeline.ingest.base import (
     check_size,
     now_utc,
 )
-from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookSignatureError
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError, WebhookSignatureError
+from mailglass_pipeline.ingest.storable import storable_events
+from mailglass_pipeline.ingest.tenants import TenantSettings, check_tenant_id
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,37 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str) -> None:
             ) from exc
         raise
     seen = conn.execute(_SEEN_TOKEN, params).first()
+    if seen is not None and seen.tenant_id != tenant_id and seen.body_sha256 == token.body_sha256:
+        raise TenantConflictError(
+            f"this {token.provider} webhook was already stored for another tenant; refused for tenant {tenant_id!r}"
+        )
     if seen is None or (seen.tenant_id, seen.body_sha256) != (tenant_id, token.body_sha256):
         raise WebhookSignatureError(f"{token.provider} webhook token was already used: replay refused")
+
+
+_OTHER_TENANT_KEY = sa.text(
+    """
+    SELECT idempotency_key FROM mailglass_events
+     WHERE idempotency_key = ANY(CAST(:keys AS text[])) AND tenant_id <> :tenant_id
+     LIMIT 1
+    """
+)
+
+
+def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> None:
+    """Raise :class:`TenantConflictError` if any of ``keys`` is stored under another tenant.
+
+    Runs only for the keys the insert skipped: a concurrent insert of the same
+    key by another tenant has committed by then (the insert waited for it).
+    """
+    if not keys:
+        return
+    clash = conn.execute(_OTHER_TENANT_KEY, {"keys": keys, "tenant_id": tenant_id}).scalar()
+    if clash is not None:
+        raise TenantConflictError(
+            f"event {clash!r} is already stored for another tenant; refused for tenant {tenant_id!r} "
+            "(check the webhook URL configured at the provider)"
+        )
 
 
 def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
@@ -162,7 +193,7 @@ def store(
     """
     if parsed.replay_token is not None:
         claim_token(conn, parsed.replay_token, tenant_id)
-    events = parsed.events
+    events = storable_events(parsed.events)
     delivery_ids = deliveries.lookup(
         conn, [tenant_id] * len(events), [parsed.provider] * len(events), [e.provider_message_id for e in events]
     )
@@ -183,6 +214,7 @@ def store(
     ]
     inserted = ledger.append_events(conn, rows)
     written = [row for row in rows if row.id in inserted]
+    refuse_cross_tenant(conn, [row.idempotency_key for row in rows if row.id not in inserted], tenant_id)
     projector.apply(
         conn,
         [projector.ProjectedEvent(row.delivery_id, row.type, row.occurred_at) for row in written if row.delivery_id],
@@ -217,15 +249,19 @@ def ingest(
     SNS confirmations add ``sns_type``, ``topic_arn`` and ``subscribe_url``.
 
     Raises :class:`WebhookSignatureError` / :class:`WebhookPayloadError`
-    (nothing written), :class:`IngestConfigurationError` for a missing secret
-    or bad argument. ``verify=False`` skips signature, auth, timestamp and
+    (nothing written), :class:`TenantConflictError` when an event is already
+    stored for another tenant (nothing written), :class:`InvalidTenantIdError`
+    for an unfit tenant id, :class:`IngestConfigurationError` for a missing
+    secret or bad argument. ``verify=False`` skips signature, auth, timestamp and
     token checks: only for captures verified when they were received.
-    ``settings`` defaults to the environment; ``now`` pins the clock for the
+    ``settings`` defaults to the environment, with the tenant's own entry
+    from ``MAILGLASS_WEBHOOK_SECRETS`` when it has one; ``now`` pins the clock for the
     timestamp tolerance (tests, replays).
     """
     name = _check_provider(provider)
-    if not isinstance(tenant_id, str) or not tenant_id.strip():
-        raise IngestConfigurationError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
+    check_tenant_id(tenant_id)
+    if settings is None:
+        settings = TenantSettings.from_env().for_tenant(tenant_id, name)
     parsed = parse_webhook(name, body, headers, verify=verify, settings=settings, now=now)
     if not verify:
         log.info("ingesting a %s webhook WITHOUT signature verification", name)

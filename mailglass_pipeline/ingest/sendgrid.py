@@ -71,6 +71,9 @@ EVENT_TYPES = {
     "group_resubscribe": "subscribed",
 }
 
+#: Every SendGrid event has at least one of these (other providers' events have none).
+SENDGRID_KEYS = frozenset({"email", "sg_event_id", "sg_message_id", "smtp-id"})
+
 #: ``bounce`` events: ``type`` -> reject_reason (``blocked`` is SendGrid's temporary refusal, not retried).
 BOUNCE_REASONS = {"bounce": "bounced", "blocked": "blocked", "expired": "timed_out"}
 #: ``dropped`` events: lower-cased ``reason`` -> reject_reason.
@@ -136,6 +139,10 @@ def send_side_message_id(sg_message_id: str | None, smtp_id: str | None) -> str 
 def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
     if not isinstance(event, dict):
         raise WebhookPayloadError(f"sendgrid batch element {index} is not a JSON object")
+    if not isinstance(event.get("event"), str) or not SENDGRID_KEYS.intersection(event):
+        raise WebhookPayloadError(
+            f"not a sendgrid event: batch element {index} needs 'event' and one of {sorted(SENDGRID_KEYS)}"
+        )
     kind = text_or_none(event.get("event"))
     event_type = EVENT_TYPES.get(kind or "", "unknown")
     reason: str | None = None

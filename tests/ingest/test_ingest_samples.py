@@ -307,4 +307,5 @@ def test_oversize_body_is_refused_before_anything(provider: str) -> None:
 
 def test_bad_timestamp_value_is_a_payload_error() -> None:
     with pytest.raises(WebhookPayloadError, match="timestamp"):
-        parse_webhook("sendgrid", b'[{"event": "delivered", "timestamp": "yesterday"}]', {}, verify=False)
+        body = b'[{"event": "delivered", "email": "a@example.com", "timestamp": "yesterday"}]'
+        parse_webhook("sendgrid", body, {}, verify=False)
