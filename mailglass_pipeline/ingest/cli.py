@@ -70,6 +70,10 @@ def ingest_command(
 
 
 def register(cli_group: click.Group) -> click.Command:
-    """Add the ``ingest`` command to ``cli_group``; returns the command."""
+    """Add the ``ingest`` and ``serve`` commands to ``cli_group``; returns the ``ingest`` command."""
+    from mailglass_pipeline.ingest.serve import serve_command
+
     cli_group.add_command(ingest_command)
+    if "serve" not in cli_group.commands:
+        cli_group.add_command(serve_command)
     return ingest_command
