@@ -154,6 +154,8 @@ class CuttableProxy:
     def cut(self) -> None:
         """Stop listening and drop every open connection: new connects are refused."""
         if self._listener is not None:
+            with suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (close alone does not)
             self._listener.close()
             self._listener = None
         with self._lock:
