@@ -40,8 +40,8 @@ SINGLE_ROWS = 500
 _SEED = [
     # Pending orphans that never match, examined once (backing off), over 200 tenants.
     """
-    INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation, inserted_at)
-    SELECT 't' || (g % 200), 'opened', now(),
+    INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation, inserted_at)
+    SELECT gen_random_uuid(), 't' || (g % 200), 'opened', now(),
            jsonb_build_object('provider', 'postmark', 'provider_message_id', 'orphan-' || g), true,
            now() - interval '10 minutes'
       FROM generate_series(1, 20000) g
@@ -49,29 +49,30 @@ _SEED = [
     "UPDATE mailglass_reconciliation_queue SET attempts = 1, last_attempted_at = now(),"
     " next_attempt_at = now() + interval '1 hour'",
     """
-    INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,
-                                      provider_message_id, last_event_type, last_event_at)
-    SELECT 't' || (g % 200), 'M', 'transactional', 'a@b.example', 'b.example', 'postmark', 'seed-' || g,
-           'dispatched', now()
+    INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,
+                                      provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)
+    SELECT gen_random_uuid(), 't' || (g % 200), 'M', 'transactional', 'a@b.example', 'b.example', 'postmark',
+           'seed-' || g, 'dispatched', now(), now(), now()
       FROM generate_series(1, 20000) g
     """,
 ]
 
 _BULK = sa.text(
     """
-    INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,
-                                      provider_message_id, last_event_type, last_event_at)
-    SELECT 't' || (g % 200), 'M', 'transactional', 'a@b.example', 'b.example', 'postmark',
-           CASE WHEN g <= :matching THEN 'orphan-' || g ELSE 'bulk-' || g END, 'dispatched', now()
+    INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,
+                                      provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)
+    SELECT gen_random_uuid(), 't' || (g % 200), 'M', 'transactional', 'a@b.example', 'b.example', 'postmark',
+           CASE WHEN g <= :matching THEN 'orphan-' || g ELSE 'bulk-' || g END, 'dispatched', now(), now(), now()
       FROM generate_series(1, :n) g
     """
 )
 
 _SINGLE = sa.text(
     """
-    INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,
-                                      provider_message_id, last_event_type, last_event_at)
-    VALUES (:t, 'M', 'transactional', 'a@b.example', 'b.example', 'postmark', :m, 'dispatched', now())
+    INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,
+                                      provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)
+    VALUES (gen_random_uuid(), :t, 'M', 'transactional', 'a@b.example', 'b.example', 'postmark', :m, 'dispatched',
+            now(), now(), now())
     """
 )
 

@@ -9,6 +9,14 @@ each resolve the URL on their own, and the server must outlive whichever
 process happened to start it. pgserver serialises start-up with an
 inter-process lock, so concurrent first calls are safe.
 
+Every connection made here works in UTC and on the Mailglass schema: the
+server options ``-c TimeZone=UTC -c search_path=<MAILGLASS_DB_SCHEMA>`` are
+sent at connect time, so no ``PGTZ``/``PGOPTIONS`` of the client and no
+database or role default can change them (Mailglass's ``timestamp`` columns
+hold UTC and compare with ``now()`` through the session's zone). Values read
+from ``timestamp`` columns come back as UTC-aware datetimes, like
+``timestamptz`` ones, so code never meets a naive time.
+
 Every engine made here translates SQLSTATE 45A01 into
 :class:`EventLedgerImmutableError` and has a bounded connect timeout, so a
 database that is down fails fast with one line instead of hanging a
@@ -24,10 +32,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.abc import Buffer
+from psycopg.types.datetime import TimestampLoader
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
@@ -39,6 +51,10 @@ from mailglass_pipeline.errors import (
 )
 
 DATABASE_URL_ENV = "MAILGLASS_DATABASE_URL"
+SCHEMA_ENV = "MAILGLASS_DB_SCHEMA"
+DEFAULT_SCHEMA = "public"
+#: Mailglass's own identifier rule for its prefix: a plain lower-case identifier, never quoted.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 HOME_ENV = "MAILGLASS_HOME"
 EMBEDDED_DATABASE = "mailglass"
 CONNECT_TIMEOUT_SECONDS = int(os.environ.get("MAILGLASS_CONNECT_TIMEOUT", "10"))
@@ -51,6 +67,31 @@ T = TypeVar("T")
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+
+
+def db_schema() -> str:
+    """The PostgreSQL schema holding Mailglass's tables (its ``prefix:``), ``public`` by default."""
+    name = os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA
+    if not _SCHEMA_NAME.match(name):
+        raise ConfigurationError(f"{SCHEMA_ENV} must be a plain lower-case identifier, got {name!r}")
+    return name
+
+
+def session_options(schema: str | None = None) -> str:
+    """libpq ``options``: UTC and the Mailglass schema for every session, whatever the client environment."""
+    return f"-c TimeZone=UTC -c search_path={schema or db_schema()}"
+
+
+class _UtcTimestampLoader(TimestampLoader):
+    """``timestamp`` values as UTC-aware datetimes (Mailglass stores UTC in ``timestamp`` columns)."""
+
+    def load(self, data: Buffer) -> datetime:
+        value = super().load(data)
+        return value.replace(tzinfo=UTC)
+
+
+def _on_connect(dbapi_connection: psycopg.Connection, _record: object) -> None:
+    dbapi_connection.adapters.register_loader("timestamp", _UtcTimestampLoader)
 
 
 def mailglass_home() -> Path:
@@ -99,7 +140,12 @@ def embedded_server_url(database: str = EMBEDDED_DATABASE) -> str:
 
 def ensure_database(admin_url: str, database: str) -> None:
     """CREATE DATABASE unless it exists (race-safe against another process)."""
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        admin_url,
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+        connect_args={"options": "-c TimeZone=UTC"},
+    )
     try:
         with engine.connect() as conn:
             exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}).scalar()
@@ -143,7 +189,11 @@ def _translate_errors(context: ExceptionContext) -> BaseException | None:
 
 def create_engine(url: str, **kwargs: object) -> Engine:
     """A new engine with mailglass's connect timeout and error translation."""
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "mailglass"}
+    connect_args: dict[str, object] = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "application_name": "mailglass",
+        "options": session_options(),
+    }
     connect_args.update(kwargs.pop("connect_args", {}) or {})  # type: ignore[arg-type]
     engine = sa.create_engine(
         normalize_url(url),
@@ -152,16 +202,18 @@ def create_engine(url: str, **kwargs: object) -> Engine:
         **kwargs,  # type: ignore[arg-type]
     )
     sa.event.listen(engine, "handle_error", _translate_errors)
+    sa.event.listen(engine, "connect", _on_connect)
     return engine
 
 
 def get_engine(url: str | None = None) -> Engine:
     """The process-wide engine for the resolved URL (one pool per URL)."""
     resolved = resolve_database_url(url)
+    key = f"{db_schema()} {resolved}"
     with _engines_lock:
-        engine = _engines.get(resolved)
+        engine = _engines.get(key)
         if engine is None:
-            engine = _engines[resolved] = create_engine(resolved)
+            engine = _engines[key] = create_engine(resolved)
         return engine
 
 

@@ -104,10 +104,10 @@ def create(
             INSERT INTO mailglass_deliveries
                 (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,
                  provider_message_id, last_event_type, last_event_at, dispatched_at, metadata,
-                 idempotency_key, status)
+                 idempotency_key, status, inserted_at, updated_at)
             VALUES (:id, :tenant_id, :mailable, :stream, :recipient, :domain, :provider, :pmid,
                     :last_event_type, COALESCE(:last_event_at, now()), :dispatched_at,
-                    CAST(:metadata AS jsonb), :idempotency_key, 'sent')
+                    CAST(:metadata AS jsonb), :idempotency_key, 'sent', now(), now())
             """
         ),
         {

@@ -16,9 +16,20 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from mailglass_pipeline.db import connect, create_engine
+from mailglass_pipeline.db import connect, create_engine, db_schema
+from mailglass_pipeline.errors import ConfigurationError
 
 VERSION_TABLE = "mailglass_alembic_version"
+#: Tables a migration alters (Mailglass's and the project's): the migrating role must own them.
+OWNED_TABLES = (
+    "mailglass_deliveries",
+    "mailglass_events",
+    "mailglass_suppressions",
+    "mailglass_webhook_events",
+    "mailglass_outbound_payloads",
+    "mailglass_reconciliation_queue",
+    "mailglass_webhook_tokens",
+)
 
 #: Alembic's ``context``/``op`` proxies are module globals, so two ``command.upgrade`` calls running
 #: in threads of one process clobber each other (KeyError: 'config'). Serialise them here; across
@@ -44,20 +55,58 @@ def current_revision(url: str) -> str | None:
     engine = create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with connect(engine) as conn:
-            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+            opts = {"version_table": VERSION_TABLE, "version_table_schema": db_schema()}
+            return MigrationContext.configure(conn, opts=opts).get_current_revision()
     finally:
         engine.dispose()
 
 
+def check_owner(conn: sa.Connection, schema: str) -> None:
+    """Refuse, before any change, a role that cannot alter the tables: one line naming the owner to use."""
+    found = conn.execute(
+        sa.text(
+            "SELECT c.relname, pg_get_userbyid(c.relowner), pg_has_role(current_user, c.relowner, 'USAGE')"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = :s AND c.relkind IN ('r', 'p') AND c.relname = ANY(:t) ORDER BY c.relname"
+        ),
+        {"s": schema, "t": list(OWNED_TABLES)},
+    ).all()
+    for table, owner, owned in found:
+        if not owned:
+            user = conn.exec_driver_sql("SELECT current_user").scalar()
+            raise ConfigurationError(
+                f"migrate must run as role {owner!r}, the owner of {schema}.{table} (connected as {user!r});"
+                " nothing was changed"
+            )
+
+
+def ensure_schema(conn: sa.Connection, schema: str) -> None:
+    """Create the Mailglass schema when missing (Mailglass's migrator does the same for a prefix)."""
+    exists = conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).scalar()
+    if not exists:
+        conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        conn.commit()
+
+
 def upgrade(url: str) -> tuple[str | None, str]:
-    """Bring the schema to head; returns (revision before, revision after). Idempotent."""
+    """Bring the schema to head; returns (revision before, revision after). Idempotent.
+
+    A database without the project's version table (empty, or created by Mailglass) is stamped at
+    0003 and gets revision 0004 alone: see that revision for why.
+    """
     with _UPGRADE_LOCK:
-        before = current_revision(url)
+        schema = db_schema()
         engine = create_engine(url, poolclass=sa.pool.NullPool)
         try:
             with connect(engine) as conn:
+                check_owner(conn, schema)
+                ensure_schema(conn, schema)
+                conn.rollback()
+            before = current_revision(url)
+            with connect(engine) as conn:
                 config = alembic_config(url)
                 config.attributes["connection"] = conn
+                config.attributes["converge_unversioned"] = True
                 command.upgrade(config, "head")
                 conn.commit()
         finally:

@@ -88,9 +88,9 @@ def insert_raw_orphan(
             sa.text(
                 """
                 INSERT INTO mailglass_events
-                    (tenant_id, type, occurred_at, metadata, normalized_payload, needs_reconciliation, inserted_at)
-                VALUES (:t, :ty, now() - make_interval(secs => :age), CAST(:m AS jsonb), CAST(:p AS jsonb), true,
-                        now() - make_interval(secs => :age))
+                    (id, tenant_id, type, occurred_at, metadata, normalized_payload, needs_reconciliation, inserted_at)
+                VALUES (gen_random_uuid(), :t, :ty, now() - make_interval(secs => :age), CAST(:m AS jsonb),
+                        CAST(:p AS jsonb), true, now() - make_interval(secs => :age))
                 RETURNING id
                 """
             ),
@@ -105,8 +105,8 @@ def bulk_unmatchable_orphans(engine: Engine, tenant_id: str, count: int, *, olde
             sa.text(
                 """
                 INSERT INTO mailglass_events
-                    (tenant_id, type, occurred_at, metadata, needs_reconciliation, inserted_at)
-                SELECT :t, 'delivered', ts,
+                    (id, tenant_id, type, occurred_at, metadata, needs_reconciliation, inserted_at)
+                SELECT gen_random_uuid(), :t, 'delivered', ts,
                        jsonb_build_object('provider', 'postmark', 'provider_message_id', 'nomatch-' || i,
                                           'provider_event_id', 'evt-' || i),
                        true, ts

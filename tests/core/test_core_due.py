@@ -35,9 +35,10 @@ from mailglass_pipeline.reconciler import (
 )
 
 _DELIVERY = (
-    "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,"
-    " provider_message_id, last_event_type, last_event_at)"
-    " VALUES (:t, 'M', 'transactional', 'a@b.c', 'b.c', :p, :m, 'dispatched', now() - interval '1 hour')"
+    "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,"
+    " provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)"
+    " VALUES (gen_random_uuid(), :t, 'M', 'transactional', 'a@b.c', 'b.c', :p, :m, 'dispatched',"
+    " now() - interval '1 hour', now(), now())"
 )
 
 
@@ -135,10 +136,11 @@ def test_bulk_insert_and_copy_wake_every_matching_orphan(database_url: str, engi
         # One statement: 1,000 deliveries, 400 of them matching.
         conn.execute(
             sa.text(
-                "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain,"
-                " provider, provider_message_id, last_event_type, last_event_at)"
-                " SELECT 't1', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark',"
-                "        CASE WHEN g <= 400 THEN 'nomatch-' || g ELSE 'other-' || g END, 'dispatched', now()"
+                "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain,"
+                " provider, provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)"
+                " SELECT gen_random_uuid(), 't1', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark',"
+                "        CASE WHEN g <= 400 THEN 'nomatch-' || g ELSE 'other-' || g END, 'dispatched', now(),"
+                "        now(), now()"
                 "   FROM generate_series(1, 1000) AS g"
             )
         )
@@ -147,12 +149,13 @@ def test_bulk_insert_and_copy_wake_every_matching_orphan(database_url: str, engi
 
     with psycopg.connect(libpq_url(database_url)) as conn, conn.cursor() as cur:
         lines = "".join(
-            f"t1\tM\ttransactional\ta@b.c\tb.c\tpostmark\tnomatch-{g}\tdispatched\t2026-01-01 00:00:00+00\n"
+            f"{uuid.uuid4()}\tt1\tM\ttransactional\ta@b.c\tb.c\tpostmark\tnomatch-{g}\tdispatched"
+            "\t2026-01-01 00:00:00+00\t2026-01-01 00:00:00+00\t2026-01-01 00:00:00+00\n"
             for g in range(401, 451)
         )
         with cur.copy(
-            "COPY mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,"
-            " provider_message_id, last_event_type, last_event_at) FROM STDIN"
+            "COPY mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,"
+            " provider_message_id, last_event_type, last_event_at, inserted_at, updated_at) FROM STDIN"
         ) as copy:
             copy.write(io.StringIO(lines).read())
     assert scalar(engine, f"SELECT count(*) FROM {QUEUE} WHERE next_attempt_at IS NULL") == 450
@@ -295,18 +298,21 @@ def test_statement_count_does_not_grow_with_the_tenants(engine: Engine) -> None:
     def seed(prefix: str, tenants: int) -> None:
         with engine.begin() as conn:
             for sql in (
-                "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,"
-                " provider_message_id, last_event_type, last_event_at)"
-                " SELECT :p || g, 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', :p || g, 'dispatched', now()"
+                "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain,"
+                " provider, provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)"
+                " SELECT gen_random_uuid(), :p || g, 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', :p || g,"
+                " 'dispatched', now(), now(), now()"
                 "   FROM generate_series(1, :n) g",
-                "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,"
+                "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,"
                 " inserted_at)"
-                " SELECT :p || g, 'opened', now(), jsonb_build_object('provider', 'postmark', 'provider_message_id',"
-                "        :p || g), true, now() - interval '5 minutes' FROM generate_series(1, :n) g",
-                "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,"
+                " SELECT gen_random_uuid(), :p || g, 'opened', now(),"
+                "        jsonb_build_object('provider', 'postmark', 'provider_message_id', :p || g), true,"
+                "        now() - interval '5 minutes' FROM generate_series(1, :n) g",
+                "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,"
                 " inserted_at)"
-                " SELECT :p || g, 'opened', now(), jsonb_build_object('provider', 'postmark', 'provider_message_id',"
-                "        'none-' || :p || g), true, now() - interval '5 minutes' FROM generate_series(1, :n) g",
+                " SELECT gen_random_uuid(), :p || g, 'opened', now(),"
+                "        jsonb_build_object('provider', 'postmark', 'provider_message_id', 'none-' || :p || g), true,"
+                "        now() - interval '5 minutes' FROM generate_series(1, :n) g",
             ):
                 conn.execute(sa.text(sql), {"p": prefix, "n": tenants})
 

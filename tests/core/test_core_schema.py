@@ -1,4 +1,9 @@
-"""DESIGN.md section 3: tables, indexes, idempotent migration, adoption of orphans written by anyone."""
+"""DESIGN.md section 3: tables, indexes, idempotent migration, adoption of orphans written by anyone.
+
+From empty, ``mailglass migrate`` creates Mailglass's own schema (version 7): ``timestamp`` columns
+holding UTC, ``status varchar(255)``, Mailglass's index names; tests/schema/ compares it in full
+against a database built as Mailglass builds it.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,14 @@ EXPECTED_INDEXES = {
         (True, "provider, provider_message_id", "(provider_message_id IS NOT NULL)"),
         (False, "tenant_id, last_event_at DESC", None),
         (True, "idempotency_key", "(idempotency_key IS NOT NULL)"),
+        (False, "tenant_id, recipient", None),
+        (False, "tenant_id, stream, terminal, last_event_at DESC", None),
     },
     "mailglass_events": {
         (True, "idempotency_key", "(idempotency_key IS NOT NULL)"),
         (False, "delivery_id, occurred_at", "(delivery_id IS NOT NULL)"),
-        (False, "tenant_id, inserted_at", "needs_reconciliation"),
+        (False, "tenant_id, inserted_at", "(needs_reconciliation = true)"),
+        (False, "tenant_id, inserted_at DESC", None),
     },
 }
 
@@ -42,34 +50,35 @@ EXPECTED_COLUMNS = {
         "provider": ("text", "YES"),
         "provider_message_id": ("text", "YES"),
         "last_event_type": ("text", "NO"),
-        "last_event_at": ("timestamp with time zone", "NO"),
+        "last_event_at": ("timestamp without time zone", "NO"),
         "terminal": ("boolean", "NO"),
-        "dispatched_at": ("timestamp with time zone", "YES"),
-        "delivered_at": ("timestamp with time zone", "YES"),
-        "bounced_at": ("timestamp with time zone", "YES"),
-        "complained_at": ("timestamp with time zone", "YES"),
-        "suppressed_at": ("timestamp with time zone", "YES"),
+        "dispatched_at": ("timestamp without time zone", "YES"),
+        "delivered_at": ("timestamp without time zone", "YES"),
+        "bounced_at": ("timestamp without time zone", "YES"),
+        "complained_at": ("timestamp without time zone", "YES"),
+        "suppressed_at": ("timestamp without time zone", "YES"),
         "metadata": ("jsonb", "NO"),
         "lock_version": ("integer", "NO"),
         "idempotency_key": ("text", "YES"),
-        "status": ("text", "NO"),
+        "status": ("character varying", "NO"),
+        "adapter_ref": ("text", "YES"),
         "last_error": ("jsonb", "YES"),
-        "inserted_at": ("timestamp with time zone", "NO"),
-        "updated_at": ("timestamp with time zone", "NO"),
+        "inserted_at": ("timestamp without time zone", "NO"),
+        "updated_at": ("timestamp without time zone", "NO"),
     },
     "mailglass_events": {
         "id": ("uuid", "NO"),
         "tenant_id": ("text", "NO"),
         "delivery_id": ("uuid", "YES"),
         "type": ("text", "NO"),
-        "occurred_at": ("timestamp with time zone", "NO"),
+        "occurred_at": ("timestamp without time zone", "NO"),
         "idempotency_key": ("text", "YES"),
         "reject_reason": ("text", "YES"),
         "normalized_payload": ("jsonb", "NO"),
         "metadata": ("jsonb", "NO"),
         "trace_id": ("text", "YES"),
         "needs_reconciliation": ("boolean", "NO"),
-        "inserted_at": ("timestamp with time zone", "NO"),
+        "inserted_at": ("timestamp without time zone", "NO"),
     },
 }
 
@@ -77,7 +86,7 @@ EXPECTED_DEFAULTS = {
     ("mailglass_deliveries", "terminal"): "false",
     ("mailglass_deliveries", "metadata"): "'{}'::jsonb",
     ("mailglass_deliveries", "lock_version"): "1",
-    ("mailglass_deliveries", "status"): "'queued'::text",
+    ("mailglass_deliveries", "status"): "'queued'::character varying",
     ("mailglass_events", "normalized_payload"): "'{}'::jsonb",
     ("mailglass_events", "metadata"): "'{}'::jsonb",
     ("mailglass_events", "needs_reconciliation"): "false",
@@ -155,8 +164,8 @@ def test_upgrade_is_idempotent_and_keeps_data(database_url: str, engine: Engine)
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation)"
-                " VALUES ('t1', 'delivered', now(), '{\"provider\": \"postmark\"}', true)"
+                "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation)"
+                " VALUES (gen_random_uuid(), 't1', 'delivered', now(), '{\"provider\": \"postmark\"}', true)"
             )
         )
     queue_before = rows(engine, f"SELECT * FROM {QUEUE}")
@@ -297,14 +306,17 @@ def test_plain_sql_inserts_are_tracked(engine: Engine) -> None:
             for r in conn.execute(
                 sa.text(
                     """
-                    INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,
+                    INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,
                                                   delivery_id, inserted_at)
-                    VALUES ('t1', 'delivered', now(), '{"provider": "postmark", "provider_message_id": "p1"}',
+                    VALUES (gen_random_uuid(), 't1', 'delivered', now(),
+                            '{"provider": "postmark", "provider_message_id": "p1"}',
                             true, NULL, now() - interval '5 minutes'),
-                           ('t2', 'opened', now(), '{"provider": "postmark", "message_id": "p2"}',
+                           (gen_random_uuid(), 't2', 'opened', now(), '{"provider": "postmark", "message_id": "p2"}',
                             true, NULL, now() - interval '5 minutes'),
-                           ('t1', 'delivered', now(), '{}', false, NULL, now() - interval '5 minutes'),
-                           ('t1', 'delivered', now(), '{}', true, gen_random_uuid(), now() - interval '5 minutes')
+                           (gen_random_uuid(), 't1', 'delivered', now(), '{}', false, NULL,
+                            now() - interval '5 minutes'),
+                           (gen_random_uuid(), 't1', 'delivered', now(), '{}', true, gen_random_uuid(),
+                            now() - interval '5 minutes')
                     RETURNING id, tenant_id || ':' || needs_reconciliation || ':' || (delivery_id IS NULL)
                     """
                 )
@@ -327,10 +339,11 @@ def test_plain_sql_inserts_are_tracked(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO mailglass_events (tenant_id, type, occurred_at, idempotency_key, delivery_id, metadata)"
-                " VALUES ('t1', 'reconciled', now(), 'reconciled:' || :o, gen_random_uuid(),"
+                "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, idempotency_key, delivery_id,"
+                " metadata)"
+                " VALUES (gen_random_uuid(), 't1', 'reconciled', now(), 'reconciled:' || :o, gen_random_uuid(),"
                 "         jsonb_build_object('reconciled_from_event_id', CAST(:o AS text))),"
-                "        ('t1', 'reconciled', now(), 'reconciled:junk', gen_random_uuid(),"
+                "        (gen_random_uuid(), 't1', 'reconciled', now(), 'reconciled:junk', gen_random_uuid(),"
                 '         \'{"reconciled_from_event_id": "not-a-uuid"}\')'
             ),
             {"o": str(first)},

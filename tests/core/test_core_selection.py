@@ -37,8 +37,10 @@ def test_grace_window_edges(engine: Engine) -> None:
 def test_grace_window_boundary_is_inclusive_at_transaction_time(engine: Engine) -> None:
     # now() is fixed inside one transaction, so the boundary can be hit exactly.
     insert = sa.text(
-        "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation, inserted_at)"
-        ' VALUES (\'t1\', \'opened\', now(), \'{"provider": "postmark", "provider_message_id": "x"}\', true,'
+        "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,"
+        " inserted_at)"
+        " VALUES (gen_random_uuid(), 't1', 'opened', now(),"
+        ' \'{"provider": "postmark", "provider_message_id": "x"}\', true,'
         "         now() - make_interval(secs => :age)) RETURNING id"
     )
     with engine.begin() as conn:
@@ -314,8 +316,8 @@ def test_orphan_with_infinite_occurred_at_is_malformed_not_a_poison_pill(engine:
         for value in ("infinity", "-infinity"):
             conn.execute(
                 sa.text(
-                    "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,"
-                    " inserted_at) VALUES ('t1', 'opened', CAST(:v AS timestamptz),"
+                    "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,"
+                    " inserted_at) VALUES (gen_random_uuid(), 't1', 'opened', CAST(:v AS timestamptz),"
                     ' \'{"provider": "postmark", "provider_message_id": "m-1"}\', true,'
                     " now() - interval '5 minutes')"
                 ),

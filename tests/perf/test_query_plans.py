@@ -53,10 +53,10 @@ def _load(engine: Engine) -> None:
         conn.execute(
             sa.text(
                 """
-                INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, provider,
-                       provider_message_id, last_event_type, last_event_at)
-                SELECT 't' || (g % 10), 'M', 'transactional', 'x@y.example', 'y.example', 'postmark',
-                       'other-' || g, 'delivered', now()
+                INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain,
+                       provider, provider_message_id, last_event_type, last_event_at, inserted_at, updated_at)
+                SELECT gen_random_uuid(), 't' || (g % 10), 'M', 'transactional', 'x@y.example', 'y.example',
+                       'postmark', 'other-' || g, 'delivered', now(), now(), now()
                   FROM generate_series(1, :n) AS g
                 """
             ),

@@ -242,10 +242,10 @@ def test_orphan_timestamps_at_the_edges(engine: Engine) -> None:
         conn.execute(
             sa.text(
                 """
-                INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,
+                INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,
                                               inserted_at)
-                VALUES (:t, 'bounced', 'infinity', '{"provider": "postmark", "provider_message_id": "m-1"}',
-                        true, now() - interval '5 minutes')
+                VALUES (gen_random_uuid(), :t, 'bounced', 'infinity',
+                        '{"provider": "postmark", "provider_message_id": "m-1"}', true, now() - interval '5 minutes')
                 """
             ),
             {"t": tenant},

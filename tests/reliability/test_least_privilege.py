@@ -148,8 +148,8 @@ def test_restricted_role_cannot_rewrite_history_or_change_schema(engine: Engine,
         "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain, "
         "last_event_type, last_event_at) VALUES ('t', 'm', 's', 'r', 'd', 'x', now())": "42501",
         "CREATE TABLE mg_intruder (id int)": "42501",
-        "ALTER TABLE mailglass_events DISABLE TRIGGER mailglass_events_immutable": "42501",
-        "DROP TRIGGER mailglass_events_immutable ON mailglass_events": "42501",
+        "ALTER TABLE mailglass_events DISABLE TRIGGER mailglass_events_immutable_trigger": "42501",
+        "DROP TRIGGER mailglass_events_immutable_trigger ON mailglass_events": "42501",
         "DROP TABLE mailglass_reconciliation_queue": "42501",
         # The queue's rows are the triggers' business (SECURITY DEFINER), not the role's.
         "DELETE FROM mailglass_reconciliation_queue": "42501",
@@ -207,8 +207,8 @@ def test_orphans_written_by_the_restricted_role_are_queued_through_the_trigger(
     with restricted.begin() as conn:
         orphan = conn.execute(
             sa.text(
-                "INSERT INTO mailglass_events (tenant_id, type, occurred_at, metadata, needs_reconciliation,"
-                " inserted_at) VALUES ('t4', 'delivered', now(),"
+                "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata, needs_reconciliation,"
+                " inserted_at) VALUES (gen_random_uuid(), 't4', 'delivered', now(),"
                 ' \'{"provider": "postmark", "provider_message_id": "m-4"}\', true, now() - interval \'5 minutes\')'
                 " RETURNING id"
             )
@@ -263,10 +263,12 @@ def test_a_sender_with_no_queue_grant_wakes_orphans(engine: Engine, sender_url: 
         with sender.begin() as conn:
             conn.execute(
                 sa.text(
-                    "INSERT INTO mailglass_deliveries (tenant_id, mailable, stream, recipient, recipient_domain,"
-                    " provider, provider_message_id, last_event_type, last_event_at) VALUES"
-                    " ('t5', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', 'm-ins', 'dispatched', now()),"
-                    " ('t5', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', NULL, 'dispatched', now())"
+                    "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain,"
+                    " provider, provider_message_id, last_event_type, last_event_at, inserted_at, updated_at) VALUES"
+                    " (gen_random_uuid(), 't5', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', 'm-ins',"
+                    " 'dispatched', now(), now(), now()),"
+                    " (gen_random_uuid(), 't5', 'M', 'transactional', 'a@b.c', 'b.c', 'postmark', NULL,"
+                    " 'dispatched', now(), now(), now())"
                 )
             )
             conn.execute(
