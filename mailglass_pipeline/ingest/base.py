@@ -154,6 +154,8 @@ class ParsedWebhook:
     replay_token: ReplayToken | None = None
     #: Extra fields for the caller (e.g. SNS ``subscribe_url``), copied into the result.
     notice: Mapping[str, Any] = field(default_factory=dict)
+    #: The request body as received (kept in ``mailglass_webhook_events``).
+    body: bytes = b""
 
 
 def check_size(body: bytes, settings: IngestSettings) -> None:

@@ -27,6 +27,7 @@ stores nothing new and reports ``duplicates``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -37,7 +38,7 @@ from sqlalchemy.engine import Connection
 
 from mailglass_pipeline import deliveries, ledger, projector
 from mailglass_pipeline.db import get_engine, run_transaction, sqlstate_of
-from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses
+from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
     Headers,
@@ -96,7 +97,8 @@ def parse_webhook(
     data = _as_bytes(body)
     # What every provider needs first, done once here: a bounded body and one clock reading.
     check_size(data, settings)
-    return PARSERS[name](data, Headers(headers), verify_signature=verify, settings=settings, now=now_utc(now))
+    parsed = PARSERS[name](data, Headers(headers), verify_signature=verify, settings=settings, now=now_utc(now))
+    return dataclasses.replace(parsed, body=data)
 
 
 _PRUNE_TOKENS = sa.text(
@@ -183,17 +185,26 @@ def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
 
 
 def store(
-    conn: Connection, parsed: ParsedWebhook, tenant_id: str, *, received_at: datetime | None = None
+    conn: Connection,
+    parsed: ParsedWebhook,
+    tenant_id: str,
+    *,
+    received_at: datetime | None = None,
+    webhook_key: str | None = None,
 ) -> dict[str, Any]:
-    """Append ``parsed``'s events inside the caller's transaction; returns the counts.
+    """Append ``parsed``'s events and its ``mailglass_webhook_events`` row inside the caller's transaction.
 
     ``received_at`` is when the webhook originally arrived (the rows'
     ``inserted_at``, which the reconciler's grace and max-age windows read);
     default ``now()``. Replays of captures and the demo set it.
+    ``webhook_key`` pins the webhook row's key (a replay reuses the stored
+    row's, since the body it rebuilds is not byte-identical). Returns the counts.
     """
     if parsed.replay_token is not None:
         claim_token(conn, parsed.replay_token, tenant_id)
     events = storable_events(parsed.events)
+    if events:
+        webhook_events.record(conn, parsed, events, tenant_id, parsed.body, received_at=received_at, key=webhook_key)
     delivery_ids = deliveries.lookup(
         conn, [tenant_id] * len(events), [parsed.provider] * len(events), [e.provider_message_id for e in events]
     )

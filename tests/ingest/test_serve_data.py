@@ -107,7 +107,9 @@ def test_concurrent_load_every_2xx_stored_exactly_once(
     assert sum(result["duplicates"] for _, result in replies) == 30
     with engine.connect() as conn:
         stored = {str(row[0]) for row in conn.execute(sa.text("SELECT id FROM mailglass_events"))}
+        webhooks = conn.execute(sa.text("SELECT count(*), count(DISTINCT status) FROM mailglass_webhook_events")).one()
     assert stored == set(reported)
+    assert tuple(webhooks) == (120, 1)  # one raw record per webhook, redeliveries add none
 
 
 def test_503_with_retry_after_while_the_database_is_down(
