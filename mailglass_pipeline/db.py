@@ -11,8 +11,9 @@ inter-process lock, so concurrent first calls are safe.
 
 Every connection made here works in UTC and on the Mailglass schema: the
 server options ``-c TimeZone=UTC -c search_path=<MAILGLASS_DB_SCHEMA>`` are
-sent at connect time, so no ``PGTZ``/``PGOPTIONS`` of the client and no
-database or role default can change them (Mailglass's ``timestamp`` columns
+sent at connect time (over any ``PGOPTIONS``, database or role default), and
+``SET TimeZone`` is repeated once connected because libpq applies ``PGTZ``
+after the startup options (Mailglass's ``timestamp`` columns
 hold UTC and compare with ``now()`` through the session's zone). Values read
 from ``timestamp`` columns come back as UTC-aware datetimes, like
 ``timestamptz`` ones, so code never meets a naive time.
@@ -92,6 +93,13 @@ class _UtcTimestampLoader(TimestampLoader):
 
 def _on_connect(dbapi_connection: psycopg.Connection, _record: object) -> None:
     dbapi_connection.adapters.register_loader("timestamp", _UtcTimestampLoader)
+    # libpq applies PGTZ after the startup options, so say it again once connected.
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        dbapi_connection.execute("SET TimeZone TO 'UTC'")
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def mailglass_home() -> Path:

@@ -18,11 +18,12 @@ from importlib import resources
 
 import sqlalchemy as sa
 
-from mailglass_pipeline.db import connect, create_engine
+from mailglass_pipeline.db import connect, create_engine, db_schema
 from mailglass_pipeline.errors import ConfigurationError
 
-#: The psql variable the SQL file uses for the role, as an identifier.
+#: The psql variables the SQL file uses for the role and the Mailglass schema, as identifiers.
 ROLE_PLACEHOLDER = ':"role"'
+SCHEMA_PLACEHOLDER = ':"schema"'
 
 
 def grants_sql() -> str:
@@ -42,19 +43,25 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def render_grants(role: str) -> str:
-    """``grants.sql`` with ``role`` substituted as a quoted identifier (ready to execute)."""
-    return grants_sql().replace(ROLE_PLACEHOLDER, quote_identifier(role))
+def render_grants(role: str, schema: str | None = None) -> str:
+    """``grants.sql`` with ``role`` and the schema (``MAILGLASS_DB_SCHEMA``) substituted as quoted identifiers."""
+    quoted_schema = quote_identifier(schema or db_schema())
+    return grants_sql().replace(SCHEMA_PLACEHOLDER, quoted_schema).replace(ROLE_PLACEHOLDER, quote_identifier(role))
 
 
-def statements(role: str) -> list[str]:
+def statements(role: str, schema: str | None = None) -> list[str]:
     """The rendered file split into statements (comments dropped).
 
     Split before substituting: a role name may itself contain ``;``.
     """
     quoted = quote_identifier(role)
+    quoted_schema = quote_identifier(schema or db_schema())
     body = "\n".join(line for line in grants_sql().splitlines() if not line.lstrip().startswith("--"))
-    return [s.strip().replace(ROLE_PLACEHOLDER, quoted) for s in body.split(";") if s.strip()]
+    return [
+        s.strip().replace(SCHEMA_PLACEHOLDER, quoted_schema).replace(ROLE_PLACEHOLDER, quoted)
+        for s in body.split(";")
+        if s.strip()
+    ]
 
 
 def apply_grants(url: str, role: str) -> list[str]:

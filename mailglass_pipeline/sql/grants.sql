@@ -5,7 +5,7 @@
 -- idempotent and leaves exactly these privileges. Create the role yourself
 -- first, e.g. CREATE ROLE mailglass_reconciler LOGIN PASSWORD '...';
 --
---   psql "$OWNER_URL" -v role=mailglass_reconciler -f grants.sql
+--   psql "$OWNER_URL" -v role=mailglass_reconciler -v schema=public -f grants.sql
 --   mailglass grants --role mailglass_reconciler            (prints this file, rendered)
 --   mailglass grants --role mailglass_reconciler --apply    (runs it as MAILGLASS_DATABASE_URL)
 --
@@ -31,9 +31,15 @@
 -- No DDL: the role owns nothing, gets no CREATE, and cannot migrate (that stays
 -- the owner's job: `mailglass migrate` as the owner).
 
-REVOKE ALL ON TABLE mailglass_events, mailglass_deliveries, mailglass_reconciliation_queue FROM :"role";
+-- The schema is Mailglass's (its `prefix:`, MAILGLASS_DB_SCHEMA, default public). Mailglass's other
+-- tables (suppressions, webhook events, outbound payloads) are the Mailglass app's business: the
+-- reconciler gets nothing on them.
 
-GRANT USAGE ON SCHEMA public TO :"role";
-GRANT SELECT, INSERT ON TABLE mailglass_events TO :"role";
-GRANT SELECT, UPDATE ON TABLE mailglass_deliveries TO :"role";
-GRANT SELECT, UPDATE ON TABLE mailglass_reconciliation_queue TO :"role";
+REVOKE ALL ON TABLE :"schema".mailglass_events, :"schema".mailglass_deliveries,
+    :"schema".mailglass_reconciliation_queue, :"schema".mailglass_suppressions,
+    :"schema".mailglass_webhook_events, :"schema".mailglass_outbound_payloads FROM :"role";
+
+GRANT USAGE ON SCHEMA :"schema" TO :"role";
+GRANT SELECT, INSERT ON TABLE :"schema".mailglass_events TO :"role";
+GRANT SELECT, UPDATE ON TABLE :"schema".mailglass_deliveries TO :"role";
+GRANT SELECT, UPDATE ON TABLE :"schema".mailglass_reconciliation_queue TO :"role";

@@ -144,28 +144,36 @@ def _citext_type(conn: sa.Connection, schema: str) -> str:
     return f"{where}.citext"
 
 
-def _converge_mailglass(conn: sa.Connection, schema: str) -> None:
+def _converge_mailglass(conn: sa.Connection, schema: str, stamped: bool) -> None:
+    """Mailglass's objects: created where nobody manages them (no stamp); the project's old copies undone always.
+
+    0001 to 0003 may also have run on a stamped database (a downgrade then upgrade of the project's
+    revisions): their duplicate indexes, their replacement of Mailglass's function and their row
+    trigger are the project's own doing, so they are undone on any database.
+    """
     q = mg.quote_ident(schema)
-    citext = _citext_type(conn, schema) if not _has_table(conn, schema, "mailglass_suppressions") else "citext"
-    for table in mg.TABLE_BODIES:
-        if not _has_table(conn, schema, table):
-            _ddl(conn, mg.create_table_sql(table, schema, citext))
-    # 0001's deliveries had every column but Mailglass's V04 one.
-    _ddl(conn, f"ALTER TABLE {q}.mailglass_deliveries ADD COLUMN IF NOT EXISTS adapter_ref text")
+    if not stamped:
+        citext = _citext_type(conn, schema) if not _has_table(conn, schema, "mailglass_suppressions") else "citext"
+        for table in mg.TABLE_BODIES:
+            if not _has_table(conn, schema, table):
+                _ddl(conn, mg.create_table_sql(table, schema, citext))
+        # 0001's deliveries had every column but Mailglass's V04 one.
+        _ddl(conn, f"ALTER TABLE {q}.mailglass_deliveries ADD COLUMN IF NOT EXISTS adapter_ref text")
 
     for project_name, mailglass_name in mg.PROJECT_DUPLICATES.items():
         if _index_state(conn, schema, project_name) is None:
             continue
         if _index_state(conn, schema, mailglass_name) is True:
             conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {q}.{project_name}")
-        else:
+        elif not stamped:
             if _index_state(conn, schema, mailglass_name) is False:
                 conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {q}.{mailglass_name}")
             _ddl(conn, f"ALTER INDEX {q}.{project_name} RENAME TO {mailglass_name}")
-    conn.exec_driver_sql("SET lock_timeout = 0")  # CONCURRENTLY never blocks writers; let it wait
-    for name in mg.INDEXES:
-        _create_index_concurrently(conn, schema, name, mg.create_index_sql(name, schema, concurrently=True))
-    conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    if not stamped:
+        conn.exec_driver_sql("SET lock_timeout = 0")  # CONCURRENTLY never blocks writers; let it wait
+        for name in mg.INDEXES:
+            _create_index_concurrently(conn, schema, name, mg.create_index_sql(name, schema, concurrently=True))
+        conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
 
     # 0001 replaced Mailglass's function by one adding a DETAIL line and dropping its SET search_path.
     source = _scalar(
@@ -174,13 +182,14 @@ def _converge_mailglass(conn: sa.Connection, schema: str) -> None:
         " WHERE n.nspname = :s AND p.proname = 'mailglass_raise_immutability' AND p.pronargs = 0",
         s=schema,
     )
-    if source is None or "DETAIL" in str(source):
+    if (source is None and not stamped) or "DETAIL" in str(source):
         _ddl(conn, mg.RAISE_IMMUTABILITY.format(schema=q))
-    if not _trigger_exists(conn, schema, "mailglass_events", "mailglass_events_immutable_trigger"):
+    if not stamped and not _trigger_exists(conn, schema, "mailglass_events", "mailglass_events_immutable_trigger"):
         _ddl(conn, mg.IMMUTABLE_TRIGGER.format(schema=q))
     # 0001's row trigger duplicated Mailglass's (and called Mailglass's function).
     _ddl(conn, f"DROP TRIGGER IF EXISTS mailglass_events_immutable ON {q}.mailglass_events")
-    _ddl(conn, mg.stamp_sql(schema))
+    if not stamped:
+        _ddl(conn, mg.stamp_sql(schema))
 
 
 def _trigger_exists(conn: sa.Connection, schema: str, table: str, name: str) -> bool:
@@ -455,8 +464,7 @@ def converge(conn: sa.Connection, schema: str) -> None:
     conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     conn.exec_driver_sql("SET statement_timeout = 0")
     try:
-        if mailglass_stamp(conn, schema) is None:
-            _converge_mailglass(conn, schema)
+        _converge_mailglass(conn, schema, stamped=mailglass_stamp(conn, schema) is not None)
         _converge_project(conn, schema)
     finally:
         conn.exec_driver_sql("RESET lock_timeout")

@@ -1,0 +1,205 @@
+"""UTC whatever the zones around it, and a Mailglass installed under a prefix (``MAILGLASS_DB_SCHEMA``).
+
+Mailglass's ``timestamp`` columns hold UTC. The client's ``PGTZ`` and the database's default zone are
+set to New York here: the project's sessions stay in UTC, the queue trigger (running in the
+writer's New York session) converts naming UTC, and grace and max age hold to the second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from schema_support import (
+    O_MESSAGE_ID,
+    O_SG_MESSAGE_ID,
+    fresh_database,
+    load_mailglass,
+    mailglass_versions_to_run,
+    raw_engine,
+    snapshot,
+)
+from sqlalchemy.engine import Engine, make_url
+
+from mailglass_pipeline import schema
+from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.ingest.samples import build_webhook
+from mailglass_pipeline.reconciler import SweepConfig, find_orphans, sweep
+
+MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
+NEW_YORK = "America/New_York"
+
+
+@pytest.fixture
+def blank(admin_url: str, admin_engine: Engine) -> Iterator[str]:
+    with fresh_database(admin_url, admin_engine) as url:
+        yield url
+
+
+def _cli(url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
+    environment = {**os.environ, "MAILGLASS_DATABASE_URL": url, **env}
+    return subprocess.run([MAILGLASS_BIN, *args], env=environment, capture_output=True, input=stdin, timeout=180)
+
+
+def test_grace_and_max_age_hold_to_the_second_in_any_zone(
+    blank: str, admin_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema.upgrade(blank)
+    with admin_engine.connect() as conn:
+        conn.exec_driver_sql(f"ALTER DATABASE \"{make_url(blank).database}\" SET timezone = '{NEW_YORK}'")
+    monkeypatch.setenv("PGTZ", NEW_YORK)
+    writer = raw_engine(blank)  # a Mailglass app's session: New York, by PGTZ and by the database default
+    ours = create_engine(blank)
+    try:
+        with writer.connect() as conn:
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar() == NEW_YORK
+        with ours.connect() as conn:
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+        ages = {"due": 61.5, "in_grace": 58.5, "young": 9 * 60 + 58.5, "stale": 10 * 60 + 1.5}
+        ids = {name: uuid.uuid4() for name in ages}
+        with writer.begin() as conn:
+            for name, age in ages.items():
+                # As Ecto writes them: a UTC wall-clock time into a timestamp column, from a NY session.
+                at = (datetime.now(UTC) - timedelta(seconds=age)).replace(tzinfo=None)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, metadata,"
+                        " needs_reconciliation, inserted_at) VALUES (:id, 'ny', 'delivered', :at,"
+                        " jsonb_build_object('provider', 'postmark', 'message_id', CAST(:m AS text)), true, :at)"
+                    ),
+                    {"id": ids[name], "at": at, "m": f"pm-{name}"},
+                )
+        with ours.connect() as conn:
+            # The trigger ran in the NY session and still queued each orphan at its UTC instant.
+            offsets = conn.execute(
+                sa.text(
+                    "SELECT max(abs(extract(epoch FROM q.orphan_inserted_at - (e.inserted_at AT TIME ZONE 'UTC'))))"
+                    " FROM mailglass_reconciliation_queue q JOIN mailglass_events e ON e.id = q.event_id"
+                )
+            ).scalar()
+        assert offsets == 0
+        with ours.begin() as conn:
+            grace = set(find_orphans(conn, "ny", SweepConfig(grace_seconds=60))["id"])
+            aged = set(find_orphans(conn, "ny", SweepConfig(grace_seconds=0, max_age_minutes=10))["id"])
+        assert grace == {ids["due"], ids["young"], ids["stale"]}
+        assert aged == {ids["due"], ids["in_grace"], ids["young"]}
+        # The sweep as the CLI runs it, under the same hostile environment.
+        deliveries = [("pm-due", "m1"), ("pm-young", "m2")]
+        with writer.begin() as conn:
+            for pmid, name in deliveries:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient,"
+                        " recipient_domain, provider, provider_message_id, last_event_type, last_event_at,"
+                        " inserted_at, updated_at) VALUES (gen_random_uuid(), 'ny', :n, 'transactional', 'a@b.c',"
+                        " 'b.c', 'postmark', :m, 'dispatched', :at, :at, :at)"
+                    ),
+                    {"n": name, "m": pmid, "at": (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None)},
+                )
+        result = sweep(ours, "ny", SweepConfig(grace_seconds=60, max_age_minutes=10))
+        assert (result.linked, result.stale_orphans) == (2, 1)
+    finally:
+        writer.dispose()
+        ours.dispose()
+
+
+def _public_objects(url: str) -> list[tuple[str, str]]:
+    engine = raw_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT 'class', relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                        " UNION ALL SELECT 'proc', proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+                        " UNION ALL SELECT 'type', typname FROM pg_type WHERE typnamespace = 'public'::regnamespace"
+                        " ORDER BY 1, 2"
+                    )
+                )
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_prefix_from_empty_creates_everything_in_the_schema_and_nothing_in_public(
+    blank: str, admin_url: str, admin_engine: Engine
+) -> None:
+    public_before = _public_objects(blank)
+    done = _cli(blank, "migrate", MAILGLASS_DB_SCHEMA="mg")
+    assert done.returncode == 0, done.stderr
+    assert _public_objects(blank) == public_before
+    with fresh_database(admin_url, admin_engine) as reference:
+        load_mailglass(reference, 7, schema="mg", data=False)
+        ours, theirs = snapshot(blank, "mg", rows=False), snapshot(reference, "mg", rows=False)
+    for key in ("columns", "indexes", "constraints", "triggers", "stamp"):
+        assert ours[key] == theirs[key], key
+    engine = raw_engine(blank)
+    try:
+        with engine.connect() as conn:
+            assert mailglass_versions_to_run(conn, "mg") == []
+            assert conn.execute(sa.text("SELECT to_regclass('mg.mailglass_alembic_version')")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_prefix_adoption_migrate_reconcile_ingest_grants(blank: str, admin_engine: Engine) -> None:
+    load_mailglass(blank, 7, schema="mg")
+    public_before = _public_objects(blank)
+    before = snapshot(blank, "mg")
+    env = {"MAILGLASS_DB_SCHEMA": "mg"}
+    done = _cli(blank, "migrate", **env)
+    assert done.returncode == 0, done.stderr
+    assert snapshot(blank, "mg") == before
+    done = _cli(blank, "reconcile", **env)
+    assert done.returncode == 0, done.stderr
+    # Ingest: a Postmark webhook for a message nobody sent yet becomes an orphan, in mg.
+    body, _headers = build_webhook("postmark", "pm-ingested", "delivered")
+    with tempfile.NamedTemporaryFile(suffix=".json") as capture:
+        capture.write(body)
+        capture.flush()
+        done = _cli(
+            blank, "ingest", "--provider", "postmark", "--tenant-id", "acme", "--no-verify", capture.name, **env
+        )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["orphans"] == 1
+    role = f"mg_rec_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        done = _cli(blank, "grants", "--role", role, "--apply", **env)
+        assert done.returncode == 0, done.stderr
+        restricted = make_url(blank).set(username=role, password=None).render_as_string(hide_password=False)
+        done = _cli(restricted, "reconcile", "--grace-seconds", "0", **env)
+        assert done.returncode == 0, done.stderr
+    finally:
+        with raw_engine(blank).begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+        with admin_engine.connect() as conn:
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+    assert _public_objects(blank) == public_before
+    engine = raw_engine(blank)
+    try:
+        with engine.connect() as conn:
+            reconciled = {
+                r[0]
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT (metadata->>'reconciled_from_event_id')::uuid FROM mg.mailglass_events"
+                        " WHERE type = 'reconciled'"
+                    )
+                )
+            }
+            queued = conn.execute(sa.text("SELECT count(*) FROM mg.mailglass_reconciliation_queue")).scalar()
+    finally:
+        engine.dispose()
+    assert {O_MESSAGE_ID, O_SG_MESSAGE_ID} <= reconciled
+    assert queued == 2  # the orphan that never matches, and the ingested one
