@@ -299,7 +299,7 @@ def main() -> None:
             assert result["events"] == 1000 and result["errors"] == 0, result
             batch_times.append(result["seconds"])
         plain_result = max(plains, key=lambda r: r["req_s"])
-        slow_result, cut_off = max(slows, key=lambda r: r[0]["req_s"])
+        slow_result, _cut = max(slows, key=lambda r: r[0]["req_s"])
 
         def line(label: str, r: dict[str, Any]) -> str:
             return (
