@@ -210,13 +210,15 @@ def bare_insert_bound(database_url: str, requests: list[Request], threads: int =
     return {"events": len(rows), "seconds": elapsed, "events_s": len(rows) / elapsed}
 
 
-def start_receiver(database_url: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_receiver(
+    database_url: str, env: dict[str, str], port: int, log: Path, extra: list[str]
+) -> subprocess.Popen[bytes]:
     mailglass = Path(sys.executable).with_name("mailglass")
     full = {**os.environ, **env, "MAILGLASS_DATABASE_URL": database_url}
     full.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(mailglass), "serve", "--port", str(port)],
+            [str(mailglass), "serve", "--port", str(port), *extra],
             env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -241,6 +243,7 @@ def main() -> None:
     parser.add_argument("--database-url", required=True, help="any database on the server (a fresh one is made)")
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--batches", type=int, default=5, help="1,000-event SendGrid batches to time")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra `mailglass serve` argument (tuning)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -284,8 +287,9 @@ def main() -> None:
         ]
         batches = [sendgrid_batch(keys, 1000, f"batch{b}") for b in range(args.batches)]
         bare = build_requests(keys, args.requests, "bare")
-        process = start_receiver(url, env, port, workdir / "serve.log")
-        print("mailglass serve: defaults (workers = CPU count, 8 threads each, body timeout 10 s)", flush=True)
+        process = start_receiver(url, env, port, workdir / "serve.log", args.serve_arg)
+        settings_text = " ".join(args.serve_arg) or "defaults (workers = CPU count, 8 threads each, body timeout 10 s)"
+        print(f"mailglass serve: {settings_text}", flush=True)
 
         asyncio.run(run_load(port, warmup, CONNECTIONS))
         plains, slows = [], []

@@ -112,6 +112,8 @@ def serve_command(
             workers=count,
             limit_concurrency=limit_concurrency,
             timeout_keep_alive=5,
+            # On SIGTERM in-flight ingests finish; uploads still stalled after 20 s are dropped (k8s grace: 30 s).
+            timeout_graceful_shutdown=20,
             access_log=access_log,
             log_level="info",
             server_header=False,
