@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -87,8 +88,9 @@ DROP_REASONS = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def load_public_key(encoded: str) -> ec.EllipticCurvePublicKey:
-    """The verification key from base64 DER (PEM armour tolerated); must be ECDSA P-256."""
+    """The verification key from base64 DER (PEM armour tolerated); must be ECDSA P-256 (parsed once per key)."""
     lines = [line.strip() for line in encoded.strip().splitlines() if line.strip() and "-----" not in line]
     try:
         key = load_der_public_key(base64.b64decode("".join(lines), validate=True))

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from datetime import datetime
 from pathlib import Path
@@ -166,15 +167,25 @@ def cert_location(url: str) -> tuple[str, str]:
     return host, name
 
 
+@functools.lru_cache(maxsize=64)
+def _load_certificate(path: str, mtime_ns: int, size: int) -> x509.Certificate:
+    """Parsed once per file version (the key includes its mtime and size, so a replaced file is re-read)."""
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except ValueError as exc:
+        raise WebhookSignatureError(f"trusted SNS certificate {path} is not PEM X.509: {exc}") from None
+
+
 def find_certificate(url: str, cert_dir: str) -> x509.Certificate:
     host, name = cert_location(url)
     base = Path(cert_dir)
     for candidate in (base / host / name, base / name):
+        try:
+            info = candidate.stat()
+        except OSError:
+            continue
         if candidate.is_file():
-            try:
-                return x509.load_pem_x509_certificate(candidate.read_bytes())
-            except ValueError as exc:
-                raise WebhookSignatureError(f"trusted SNS certificate {candidate} is not PEM X.509: {exc}") from None
+            return _load_certificate(str(candidate), info.st_mtime_ns, info.st_size)
     raise WebhookSignatureError(
         f"SNS signing certificate {url} is not in {SNS_CERT_DIR_ENV} ({cert_dir}); "
         f"download it once and save it as {base / host / name} to trust it"
