@@ -210,6 +210,37 @@ def bare_insert_bound(database_url: str, requests: list[Request], threads: int =
     return {"events": len(rows), "seconds": elapsed, "events_s": len(rows) / elapsed}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far (Linux /proc); vanished processes count 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measured_load(port: int, requests: list[Request], serve_pid: int, url: str) -> tuple[dict[str, Any], str]:
+    """``run_load`` plus where the CPU went: the receiver's processes, its PostgreSQL backends, this client."""
+    serve = [int(p) for p in subprocess.check_output(["pgrep", "-g", str(serve_pid)]).split()]
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    backends_sql = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    with engine.connect() as conn:
+        backends = [row[0] for row in conn.execute(backends_sql)]
+    before = (cpu_seconds(serve), cpu_seconds(backends), time.process_time())
+    result = asyncio.run(run_load(port, requests, CONNECTIONS))
+    after = (cpu_seconds(serve), cpu_seconds(backends), time.process_time())
+    engine.dispose()
+    n = len(requests)
+    parts = [
+        f"{name} {(a - b) / n * 1e6:.0f} us"
+        for name, a, b in zip(("receiver", "PostgreSQL", "client"), after, before, strict=True)
+    ]
+    return result, "CPU per request: " + ", ".join(parts)
+
+
 def start_receiver(
     database_url: str, env: dict[str, str], port: int, log: Path, extra: list[str]
 ) -> subprocess.Popen[bytes]:
@@ -292,9 +323,11 @@ def main() -> None:
         print(f"mailglass serve: {settings_text}", flush=True)
 
         asyncio.run(run_load(port, warmup, CONNECTIONS))
-        plains, slows = [], []
+        plains, slows, cpu_notes = [], [], []
         for plain, slowrun in rounds:
-            plains.append(asyncio.run(run_load(port, plain, CONNECTIONS)))
+            result, note = measured_load(port, plain, process.pid, url)
+            plains.append(result)
+            cpu_notes.append(note)
             slows.append(asyncio.run(load_with_slow_clients(port, slowrun)))
         bound = bare_insert_bound(url, bare)
         batch_times = []
@@ -321,6 +354,8 @@ def main() -> None:
             print(line(f"round {index}: receiver", plain_r))
             print(line(f"round {index}: + {SLOW_CLIENTS} stalled", slow_r) + f"  (408s: {cut})")
         print("(best round of each kind used below)")
+        for index, note in enumerate(cpu_notes, 1):
+            print(f"round {index} without stalled clients, {note}")
         print(f"{'bare INSERT bound':<28} {bound['events_s']:8.0f} events/s  (one INSERT per request, 8 connections)")
         print()
         ratio = receiver_cost / bare_cost
