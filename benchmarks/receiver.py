@@ -210,16 +210,21 @@ def bare_insert_bound(database_url: str, requests: list[Request], threads: int =
     return {"events": len(rows), "seconds": elapsed, "events_s": len(rows) / elapsed}
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of ``pids`` so far (Linux /proc); vanished processes count 0."""
-    total = 0.0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU of each of ``pids`` still alive (Linux /proc)."""
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings by the processes alive at both (a backend that ended is left out)."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 def measured_load(port: int, requests: list[Request], serve_pid: int, url: str) -> tuple[dict[str, Any], str]:
@@ -229,14 +234,18 @@ def measured_load(port: int, requests: list[Request], serve_pid: int, url: str) 
     backends_sql = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
     with engine.connect() as conn:
         backends = [row[0] for row in conn.execute(backends_sql)]
-    before = (cpu_seconds(serve), cpu_seconds(backends), time.process_time())
+    serve_before, backends_before, client_before = cpu_seconds(serve), cpu_seconds(backends), time.process_time()
     result = asyncio.run(run_load(port, requests, CONNECTIONS))
-    after = (cpu_seconds(serve), cpu_seconds(backends), time.process_time())
+    costs = (
+        spent(serve_before, cpu_seconds(serve)),
+        spent(backends_before, cpu_seconds(backends)),
+        time.process_time() - client_before,
+    )
     engine.dispose()
     n = len(requests)
     parts = [
-        f"{name} {(a - b) / n * 1e6:.0f} us"
-        for name, a, b in zip(("receiver", "PostgreSQL", "client"), after, before, strict=True)
+        f"{name} {cost / n * 1e6:.0f} us"
+        for name, cost in zip(("receiver", "PostgreSQL", "client"), costs, strict=True)
     ]
     return result, "CPU per request: " + ", ".join(parts)
 
