@@ -246,11 +246,12 @@ def parse_time(value: Any, what: str) -> datetime | None:
         if text.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(text), tz=UTC)
         parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:  # providers send UTC; a naive time is read as UTC
+            parsed = parsed.replace(tzinfo=UTC)
+        # Inside the try: an offset can push a time at the edge of the calendar out of range.
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError, OSError) as exc:
-        raise WebhookPayloadError(f"{what} is not a timestamp: {value!r} ({exc})") from None
-    if parsed.tzinfo is None:  # providers send UTC; a naive time is read as UTC
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        raise WebhookPayloadError(f"{what} is not a timestamp: {value!r:.80} ({exc})") from None
 
 
 def now_utc(now: datetime | None) -> datetime:
