@@ -51,7 +51,7 @@ from mailglass_pipeline.ingest.base import (
     now_utc,
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError, WebhookSignatureError
-from mailglass_pipeline.ingest.storable import storable_events
+from mailglass_pipeline.ingest.storable import bounded_key, storable_events
 from mailglass_pipeline.ingest.tenants import TenantSettings, check_tenant_id
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,9 @@ def store(
             type=event.type,
             occurred_at=event.occurred_at,
             delivery_id=delivery_id,
-            idempotency_key=event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}",
+            idempotency_key=bounded_key(
+                event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
+            ),
             reject_reason=event.reject_reason,
             normalized_payload=event.payload,
             metadata=_metadata(parsed, event),

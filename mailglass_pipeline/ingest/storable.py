@@ -14,14 +14,17 @@ checked on the exact bytes, and only for the values that need it:
   the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``;
 - the event's metadata gets ``"payload_sanitized": true``.
 
-The request's exact bytes are kept in ``mailglass_webhook_events`` where that
-table exists, so nothing is lost for good. Clean events (nearly all) are
+- a key longer than :data:`MAX_KEY_BYTES` (an idempotency key, or the raw
+  record's ``provider_event_id``; both sit in a b-tree index, which refuses
+  entries over about 2.7 kB) becomes ``<provider>:sha256:<hex>`` of itself;
+  the full id stays in the event's metadata. Clean events (nearly all) are
 detected with one ``json.dumps`` per batch and pass untouched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -30,8 +33,18 @@ from typing import Any
 from mailglass_pipeline.ingest.base import NormalizedEvent
 
 NUL = "\x00"
+#: Longer keys are stored as their SHA-256 (an index entry must stay well under PostgreSQL's limit).
+MAX_KEY_BYTES = 512
 REPLACEMENT = "\ufffd"
 NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def bounded_key(key: str, provider: str) -> str:
+    """``key``, or ``<provider>:sha256:<hex>`` of it when it is longer than :data:`MAX_KEY_BYTES`."""
+    raw = key.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_KEY_BYTES:
+        return key
+    return f"{provider}:sha256:{hashlib.sha256(raw).hexdigest()}"
 
 
 def needs_sanitizing(value: Any) -> bool:

@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection
 
 from mailglass_pipeline.deliveries import lookup_lateral
 from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
-from mailglass_pipeline.ingest.storable import needs_sanitizing, storable
+from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
 # The row's insert rides on the events' delivery lookup (``deliveries.lookup``'s rule, embedded):
 # one round trip for both, on the hot path of every webhook.
@@ -122,7 +122,7 @@ def record_and_lookup(
             "id": uuid.uuid4(),
             "tenant_id": tenant_id,
             "provider": parsed.provider,
-            "provider_event_id": storable(key or webhook_key(parsed, body, events)),
+            "provider_event_id": bounded_key(storable(key or webhook_key(parsed, body, events)), parsed.provider),
             "event_type_raw": storable(_joined([event.provider_event for event in events])),
             "event_type_normalized": _joined([event.type for event in events]),
             "raw_payload": json.dumps(payload, allow_nan=False, default=str),

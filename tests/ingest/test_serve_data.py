@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook, sign_sns
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
+#: An event id of 9,000 incompressible characters (a b-tree index entry holds at most about 2.7 kB).
+LONG_ID = "".join(hashlib.sha256(str(index).encode()).hexdigest() for index in range(282))[:9000]
 
 
 def signed_sendgrid(keys: SampleKeys, body: bytes) -> dict[str, str]:
@@ -45,13 +48,16 @@ def test_poison_batch_is_stored_and_answered_2xx(
         b'"timestamp":1700000001,"useragent":"Mozilla\\u0000","ratio":Infinity,"low":-Infinity,"big":1e999},'
         b'{"event":"delivered","email":"c@example.com","sg_event_id":"p3","sg_message_id":"m3.filter1",'
         b'"timestamp":NaN,"weird\\u0000key":1},'
-        b'{"event":"delivered","email":"d@example.com","sg_event_id":"p4\\u0000","timestamp":1700000003}'
+        b'{"event":"delivered","email":"d@example.com","sg_event_id":"p4\\u0000","timestamp":1700000003},'
+        b'{"event":"delivered","email":"e@example.com","sg_event_id":"'
+        + LONG_ID.encode()
+        + b'","timestamp":1700000004}'
         b"]"
     )
     with run_receiver(database_url, secrets_env(settings), tmp_path, "--workers", "1") as receiver:
         reply = receiver.post("/sendgrid/poison", body, signed_sendgrid(keys, body))
         assert reply.status == 200, reply.body
-        assert (reply.json()["received"], reply.json()["events"]) == (4, 4)
+        assert (reply.json()["received"], reply.json()["events"]) == (5, 5)
         # SES: NUL inside the signed Message (the signature covers the raw text, checked before the fix-up).
         ses_body, ses_headers = build_webhook("ses", "ses-poison", "bounced", keys=keys)
         message = json.loads(ses_body)
@@ -62,10 +68,12 @@ def test_poison_batch_is_stored_and_answered_2xx(
         reply = receiver.post("/ses/poison", json.dumps(sign_sns(message, keys.sns_private_key)).encode(), ses_headers)
         assert reply.status == 200 and reply.json()["events"] == 1, reply.body
         # Redelivery of the same bytes: duplicates, not new rows, not an error.
-        assert receiver.post("/sendgrid/poison", body, signed_sendgrid(keys, body)).json()["duplicates"] == 4
+        assert receiver.post("/sendgrid/poison", body, signed_sendgrid(keys, body)).json()["duplicates"] == 5
 
     rows = {row.metadata.get("provider_event_id"): row for row in events(engine, "poison")}
-    assert len(rows) == 5
+    assert len(rows) == 6
+    # An id too long for a b-tree index entry: stored, keyed by its hash, the id itself kept in full.
+    assert rows[LONG_ID].idempotency_key.startswith("sendgrid:sha256:")
     first = rows["p1"]
     assert first.normalized_payload["response"] == "451 4.7.1 try later\ufffd\ufffd"
     assert first.normalized_payload["score"] == "NaN" and first.metadata["payload_sanitized"] is True
