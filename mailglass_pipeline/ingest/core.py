@@ -128,7 +128,8 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str) -> None:
     first transaction ends, then sees its row: exactly one of two racing
     replays can win.
     """
-    params = {"provider": token.provider, "token": token.token, "tenant_id": tenant_id, "digest": token.body_sha256}
+    value = bounded_key(token.token, token.provider)  # a primary-key entry must stay small
+    params = {"provider": token.provider, "token": value, "tenant_id": tenant_id, "digest": token.body_sha256}
     try:
         # Housekeeping, not a guard (an old token fails the timestamp tolerance anyway): about one
         # claim in PRUNE_EVERY pays for it, so the hot path keeps one statement.
