@@ -32,12 +32,11 @@
 -- the owner's job: `mailglass migrate` as the owner).
 
 -- The schema is Mailglass's (its `prefix:`, MAILGLASS_DB_SCHEMA, default public). Mailglass's other
--- tables (suppressions, webhook events, outbound payloads) are the Mailglass app's business: the
--- reconciler gets nothing on them.
+-- tables (suppressions, webhook events, outbound payloads; the last only from Mailglass V06 on) are
+-- the Mailglass app's business: the reconciler is granted nothing on them.
 
 REVOKE ALL ON TABLE :"schema".mailglass_events, :"schema".mailglass_deliveries,
-    :"schema".mailglass_reconciliation_queue, :"schema".mailglass_suppressions,
-    :"schema".mailglass_webhook_events, :"schema".mailglass_outbound_payloads FROM :"role";
+    :"schema".mailglass_reconciliation_queue FROM :"role";
 
 GRANT USAGE ON SCHEMA :"schema" TO :"role";
 GRANT SELECT, INSERT ON TABLE :"schema".mailglass_events TO :"role";

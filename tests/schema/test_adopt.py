@@ -34,7 +34,7 @@ from schema_support import (
 )
 from sqlalchemy.engine import Engine, make_url
 
-from mailglass_pipeline import schema
+from mailglass_pipeline import grants, schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciler import SweepConfig, sweep
 
@@ -145,7 +145,7 @@ def _drop_role(admin_engine: Engine, url: str, role: str) -> None:
         conn.execute(sa.text(f'DROP ROLE "{role}"'))
 
 
-@pytest.mark.parametrize("version", [4, 7])
+@pytest.mark.parametrize("version", [4, 5, 6, 7])
 def test_mailglass_writes_succeed_after_adoption(blank: str, admin_engine: Engine, version: int) -> None:
     load_mailglass(blank, version)
     assert migrate_cli(blank).returncode == 0
@@ -180,6 +180,20 @@ def test_mailglass_writes_succeed_after_adoption(blank: str, admin_engine: Engin
                 engine.dispose()
     finally:
         _drop_role(admin_engine, blank, role)
+    # The reconciler's least privilege applies on every version (V04 and V05 have no payloads table)
+    # and is enough for a sweep.
+    reconciler = f"mg_rec_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{reconciler}" LOGIN'))
+    try:
+        grants.apply_grants(blank, reconciler)
+        restricted = create_engine(with_database(blank, make_url(blank).database or "", user=reconciler))
+        try:
+            assert sweep(restricted, None, SweepConfig()).linked == 2
+        finally:
+            restricted.dispose()
+    finally:
+        _drop_role(admin_engine, blank, reconciler)
 
 
 def test_migrate_refuses_a_role_that_does_not_own_mailglass_tables_before_any_change(

@@ -203,3 +203,29 @@ def test_prefix_adoption_migrate_reconcile_ingest_grants(blank: str, admin_engin
         engine.dispose()
     assert {O_MESSAGE_ID, O_SG_MESSAGE_ID} <= reconciled
     assert queued == 2  # the orphan that never matches, and the ingested one
+
+
+def test_every_entry_point_connects_in_utc_on_the_mailglass_schema(blank: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dagster resource, the ingest's and reconciler's engine, Alembic's: one door (db.create_engine)."""
+    from mailglass_pipeline import db
+    from mailglass_pipeline.defs.resources import MailglassDatabase
+
+    monkeypatch.setenv("PGTZ", NEW_YORK)
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=public -c TimeZone=Asia/Tokyo")
+    monkeypatch.setenv("MAILGLASS_DB_SCHEMA", "mg")
+    with raw_engine(blank).begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA mg")
+    engines = [MailglassDatabase(database_url=blank).get_engine(), db.get_engine(blank), db.create_engine(blank)]
+    try:
+        for engine in engines:
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+                assert conn.exec_driver_sql("SHOW search_path").scalar() == "mg"
+                stamp = conn.exec_driver_sql("SELECT localtimestamp(0) = (now() AT TIME ZONE 'UTC')::timestamp(0)")
+                assert stamp.scalar() is True
+    finally:
+        for engine in engines:
+            engine.dispose()
+    monkeypatch.setenv("MAILGLASS_DB_SCHEMA", "Bad-Name")
+    with pytest.raises(Exception, match="MAILGLASS_DB_SCHEMA"):
+        db.create_engine(blank)

@@ -13,6 +13,8 @@ checks before it acts):
   duplicate). Only the project's objects are added: the reconciliation queue with its indexes and
   trigger functions, the triggers on the ledger and on deliveries, the webhook-token table. No
   index is added to a Mailglass table: every one the reconciler needs is Mailglass's already.
+  (Where 0001 ran on it anyway, its duplicate indexes, its replacement of Mailglass's function and
+  its duplicate row trigger are the project's own doing and are undone.)
 * **An empty database, or one an earlier release of this project created** (0001 to 0003, no
   stamp): Mailglass's missing tables, columns, indexes, function and trigger are created under
   Mailglass's names (:mod:`mailglass_ddl`), the project's duplicates of Mailglass's indexes are
