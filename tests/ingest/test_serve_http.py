@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
 from ingest_helpers import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 from serve_helpers import run_receiver, secrets_env
 from sqlalchemy.engine import Engine
@@ -125,7 +126,7 @@ def requests(text: str, status: str, provider: str = r"\w+") -> float:
 
 
 def test_healthz_and_metrics_with_two_workers(
-    database_url: str, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
+    database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
 ) -> None:
     with run_receiver(database_url, secrets_env(settings), tmp_path, "--workers", "2") as receiver:
         health = receiver.request("GET", "/healthz")
@@ -158,3 +159,11 @@ def test_healthz_and_metrics_with_two_workers(
         pids.update(re.findall(r"Started server process \[(\d+)\]", log))
         assert len(pids) == 2, log
         assert json.loads(receiver.request("GET", "/healthz").body)["schema"]
+
+        # A schema not at this code's head revision (a migration not yet run): not ready.
+        with engine.begin() as conn:
+            head = conn.execute(sa.text("SELECT version_num FROM mailglass_alembic_version")).scalar_one()
+            conn.execute(sa.text("UPDATE mailglass_alembic_version SET version_num = '0001_ledger'"))
+        behind = receiver.request("GET", "/healthz")
+        assert behind.status == 503 and behind.headers["retry-after"]
+        assert behind.json()["schema"] == ["0001_ledger"] and behind.json()["expected_schema"] == head
