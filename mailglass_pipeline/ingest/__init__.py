@@ -2,7 +2,7 @@
 
 ``ingest(provider, body, headers, tenant_id=...)`` verifies the request
 (signature, Basic auth or SNS certificate, timestamp tolerance), normalizes
-it into DESIGN.md's event taxonomy and appends the events in one
+it into the event taxonomy and appends the events in one
 transaction. See :mod:`mailglass_pipeline.ingest.core` for the storage rules
 and each provider module for its signature scheme and id rules;
 ``mailglass serve`` (:mod:`.serve`, :mod:`.server`) receives them over HTTP.

@@ -21,7 +21,7 @@ from typing import Any
 
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
 
-#: Providers whose webhooks can be ingested (DESIGN.md section 5).
+#: Providers whose webhooks can be ingested.
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
 #: A signed timestamp further than this from our clock (either way) is refused.
@@ -40,7 +40,7 @@ MAX_BODY_ENV = "MAILGLASS_INGEST_MAX_BODY_BYTES"
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """Secrets and limits. :meth:`from_env` reads DESIGN.md's variables; tests build one directly."""
+    """Secrets and limits. :meth:`from_env` reads the documented variables; tests build one directly."""
 
     postmark_auth: str | None = None
     sendgrid_verification_key: str | None = None
@@ -120,7 +120,7 @@ class Headers(Mapping[str, str]):
 
 @dataclass(frozen=True)
 class NormalizedEvent:
-    """One provider event in DESIGN.md's taxonomy, ready to become a ledger row."""
+    """One provider event in the event taxonomy, ready to become a ledger row."""
 
     type: str
     occurred_at: datetime
