@@ -2,10 +2,11 @@
 
 ``ingest(provider, body, headers, tenant_id=...)`` verifies the request
 (signature, Basic auth or SNS certificate, timestamp tolerance), normalizes
-it into DESIGN.md's event taxonomy and appends the events in one
+it into the event taxonomy and appends the events in one
 transaction. See :mod:`mailglass_pipeline.ingest.core` for the storage rules
-and each provider module for its signature scheme and id rules. No Dagster
-here: the core must run without it.
+and each provider module for its signature scheme and id rules;
+``mailglass serve`` (:mod:`.serve`, :mod:`.server`) receives them over HTTP.
+No Dagster here: the core must run without it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from mailglass_pipeline.ingest.core import ingest, parse_webhook
 from mailglass_pipeline.ingest.errors import (
     IngestConfigurationError,
     IngestError,
+    InvalidTenantIdError,
+    TenantConflictError,
     WebhookPayloadError,
     WebhookSignatureError,
 )
@@ -24,8 +27,10 @@ __all__ = [
     "IngestConfigurationError",
     "IngestError",
     "IngestSettings",
+    "InvalidTenantIdError",
     "NormalizedEvent",
     "ParsedWebhook",
+    "TenantConflictError",
     "WebhookPayloadError",
     "WebhookSignatureError",
     "ingest",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
 
-#: Providers whose webhooks can be ingested (DESIGN.md section 5).
+#: Providers whose webhooks can be ingested.
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
 #: A signed timestamp further than this from our clock (either way) is refused.
@@ -33,18 +34,21 @@ SENDGRID_KEY_ENV = "MAILGLASS_SENDGRID_VERIFICATION_KEY"
 MAILGUN_KEY_ENV = "MAILGLASS_MAILGUN_SIGNING_KEY"
 RESEND_SECRET_ENV = "MAILGLASS_RESEND_WEBHOOK_SECRET"
 SNS_CERT_DIR_ENV = "MAILGLASS_SNS_CERT_DIR"
+SES_TOPIC_ARNS_ENV = "MAILGLASS_SES_TOPIC_ARNS"
 MAX_BODY_ENV = "MAILGLASS_INGEST_MAX_BODY_BYTES"
 
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """Secrets and limits. :meth:`from_env` reads DESIGN.md's variables; tests build one directly."""
+    """Secrets and limits. :meth:`from_env` reads the documented variables; tests build one directly."""
 
     postmark_auth: str | None = None
     sendgrid_verification_key: str | None = None
     mailgun_signing_key: str | None = None
     resend_webhook_secret: str | None = None
     sns_cert_dir: str | None = None
+    #: SNS topics whose SES messages are accepted; None: none configured (SES refused as misconfigured).
+    ses_topic_arns: tuple[str, ...] | None = None
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
@@ -64,8 +68,18 @@ class IngestSettings:
             mailgun_signing_key=env.get(MAILGUN_KEY_ENV) or None,
             resend_webhook_secret=env.get(RESEND_SECRET_ENV) or None,
             sns_cert_dir=env.get(SNS_CERT_DIR_ENV) or None,
+            ses_topic_arns=split_list(env.get(SES_TOPIC_ARNS_ENV)),
             max_body_bytes=max_body,
         )
+
+
+def split_list(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A comma-separated string (or a list) as a tuple of non-empty items; None when empty."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(item) for item in value]
+    cleaned = tuple(item.strip() for item in items if item.strip())
+    return cleaned or None
 
 
 def require_secret(value: str | None, env_name: str, provider: str) -> str:
@@ -106,7 +120,7 @@ class Headers(Mapping[str, str]):
 
 @dataclass(frozen=True)
 class NormalizedEvent:
-    """One provider event in DESIGN.md's taxonomy, ready to become a ledger row."""
+    """One provider event in the event taxonomy, ready to become a ledger row."""
 
     type: str
     occurred_at: datetime
@@ -140,6 +154,8 @@ class ParsedWebhook:
     replay_token: ReplayToken | None = None
     #: Extra fields for the caller (e.g. SNS ``subscribe_url``), copied into the result.
     notice: Mapping[str, Any] = field(default_factory=dict)
+    #: The request body as received (kept in ``mailglass_webhook_events``).
+    body: bytes = b""
 
 
 def check_size(body: bytes, settings: IngestSettings) -> None:
@@ -147,17 +163,58 @@ def check_size(body: bytes, settings: IngestSettings) -> None:
         raise WebhookPayloadError(f"body is {len(body)} bytes, over the {settings.max_body_bytes}-byte limit")
 
 
+#: JSON nesting deeper than this is refused (no provider nests more than a dozen levels).
+MAX_JSON_DEPTH = 64
+#: Integer literals longer than this are refused (the longest real ids have about 20 digits).
+MAX_INTEGER_DIGITS = 256
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INTEGER_DIGITS:
+        raise WebhookPayloadError(f"an integer of {len(text)} digits, over the {MAX_INTEGER_DIGITS}-digit limit")
+    return int(text)
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def load_json(body: bytes, what: str = "body") -> Any:
-    """Parse JSON exactly (integers stay integers: Postmark's bounce ids exceed 2**53)."""
+    """Parse JSON exactly and within bounds; anything unfit is a :class:`WebhookPayloadError`.
+
+    Integers stay integers (Postmark's bounce ids exceed 2**53) but may not
+    exceed :data:`MAX_INTEGER_DIGITS`; nesting may not exceed
+    :data:`MAX_JSON_DEPTH`. ``NaN``/``Infinity`` literals are accepted here
+    (a provider may send them) and made storable at storage time.
+    """
     try:
         text = body.decode("utf-8-sig") if isinstance(body, bytes) else body
-        return json.loads(text)
+        value = json.loads(text, parse_int=_bounded_int)
     except UnicodeDecodeError as exc:
         raise WebhookPayloadError(f"{what} is not UTF-8: {exc.reason}") from None
     except json.JSONDecodeError as exc:
         raise WebhookPayloadError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise WebhookPayloadError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except WebhookPayloadError as exc:
+        raise WebhookPayloadError(f"{what}: {exc}") from None
+    except ValueError as exc:  # e.g. an integer over the interpreter's digit limit
+        raise WebhookPayloadError(f"{what} is not usable JSON: {exc}") from None
+    if isinstance(value, (dict, list)) and json_depth_exceeds(value):
+        raise WebhookPayloadError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def expect_object(value: Any, what: str) -> dict[str, Any]:
@@ -182,16 +239,19 @@ def parse_time(value: Any, what: str) -> datetime | None:
         if isinstance(value, bool):
             raise ValueError("boolean")
         if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                return None  # NaN/Infinity: no time at all; the event is kept with an estimated time
             return datetime.fromtimestamp(float(value), tz=UTC)
         text = str(value).strip()
         if text.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(text), tz=UTC)
         parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:  # providers send UTC; a naive time is read as UTC
+            parsed = parsed.replace(tzinfo=UTC)
+        # Inside the try: an offset can push a time at the edge of the calendar out of range.
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError, OSError) as exc:
-        raise WebhookPayloadError(f"{what} is not a timestamp: {value!r} ({exc})") from None
-    if parsed.tzinfo is None:  # providers send UTC; a naive time is read as UTC
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        raise WebhookPayloadError(f"{what} is not a timestamp: {value!r:.80} ({exc})") from None
 
 
 def now_utc(now: datetime | None) -> datetime:

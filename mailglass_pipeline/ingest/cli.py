@@ -1,4 +1,4 @@
-"""``mailglass ingest``: replay a captured provider webhook through the ingest path.
+"""``mailglass ingest``: feed a captured provider webhook through the ingest path, or replay stored ones.
 
 The lead's ``mailglass_pipeline/cli.py`` calls :func:`register` on its
 ``click`` group. The command prints the ingest result as one JSON object on
@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO
+from datetime import datetime
+from typing import IO, NoReturn
 
 import click
 import sqlalchemy as sa
 
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.ingest.base import PROVIDERS, IngestSettings
+from mailglass_pipeline.ingest.base import PROVIDERS
 from mailglass_pipeline.ingest.core import ingest
+from mailglass_pipeline.ingest.tenants import TenantSettings
 
 EXIT_ERROR = 1
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"]
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -30,7 +33,9 @@ def parse_header(text: str) -> tuple[str, str]:
 
 
 @click.command("ingest")
-@click.option("--provider", required=True, type=click.Choice(PROVIDERS), help="Which provider sent the webhook.")
+@click.option(
+    "--provider", type=click.Choice(PROVIDERS), help="Which provider sent the webhook (with --replay: a filter)."
+)
 @click.option("--tenant-id", required=True, help="Tenant the webhook belongs to.")
 @click.option(
     "--header",
@@ -44,14 +49,37 @@ def parse_header(text: str) -> tuple[str, str]:
     is_flag=True,
     help="Skip signature and timestamp checks (only for captures verified when received).",
 )
-@click.argument("source", metavar="FILE|-", type=click.File("rb"))
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="Re-ingest the tenant's stored webhooks (mailglass_webhook_events) received in [--since, --until).",
+)
+@click.option("--since", type=click.DateTime(DATE_FORMATS), help="With --replay: start of the range (UTC, inclusive).")
+@click.option("--until", type=click.DateTime(DATE_FORMATS), help="With --replay: end of the range (UTC, exclusive).")
+@click.argument("source", metavar="FILE|-", type=click.File("rb"), required=False)
 def ingest_command(
-    provider: str, tenant_id: str, header_lines: tuple[str, ...], no_verify: bool, source: IO[bytes]
+    provider: str | None,
+    tenant_id: str,
+    header_lines: tuple[str, ...],
+    no_verify: bool,
+    replay: bool,
+    since: datetime | None,
+    until: datetime | None,
+    source: IO[bytes] | None,
 ) -> None:
-    """Feed one provider webhook body (FILE, or - for stdin) into the ledger."""
+    """Feed one provider webhook body (FILE, or - for stdin) into the ledger, or --replay stored ones."""
+    if replay:
+        if source is not None or header_lines or no_verify:
+            raise click.UsageError("--replay reads stored webhooks: no FILE, --header or --no-verify")
+        if since is None or until is None:
+            raise click.UsageError("--replay needs --since and --until")
+        run_replay(tenant_id, since, until, provider)
+        return
+    if provider is None or source is None:
+        raise click.UsageError("give --provider and FILE|- (or --replay with --since/--until)")
     headers = dict(parse_header(line) for line in header_lines)
     try:
-        settings = IngestSettings.from_env()
+        settings = TenantSettings.from_env().for_tenant(tenant_id, provider)
         # One byte over the limit is enough for ingest to refuse it; never read an unbounded stream.
         body = source.read(settings.max_body_bytes + 1)
         if no_verify:
@@ -60,16 +88,42 @@ def ingest_command(
             )
         result = ingest(provider, body, headers, tenant_id=tenant_id, verify=not no_verify, settings=settings)
     except MailglassError as exc:
-        click.echo(f"mailglass: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        fail(exc)
     except sa.exc.SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        click.echo(f"mailglass: database error: {first[0] if first else type(exc).__name__}", err=True)
-        sys.exit(EXIT_ERROR)
+        fail_database(exc)
     click.echo(json.dumps(result, sort_keys=True))
 
 
+def run_replay(tenant_id: str, since: datetime, until: datetime, provider: str | None) -> None:
+    from mailglass_pipeline.ingest.replay import replay
+
+    try:
+        result = replay(tenant_id, since, until, provider=provider)
+    except MailglassError as exc:
+        fail(exc)
+    except sa.exc.SQLAlchemyError as exc:
+        fail_database(exc)
+    click.echo(json.dumps(result, sort_keys=True))
+    if result["failed"]:
+        sys.exit(EXIT_ERROR)
+
+
+def fail(exc: Exception) -> NoReturn:
+    click.echo(f"mailglass: {type(exc).__name__}: {exc}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def fail_database(exc: sa.exc.SQLAlchemyError) -> NoReturn:
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    click.echo(f"mailglass: database error: {first[0] if first else type(exc).__name__}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
 def register(cli_group: click.Group) -> click.Command:
-    """Add the ``ingest`` command to ``cli_group``; returns the command."""
+    """Add the ``ingest`` and ``serve`` commands to ``cli_group``; returns the ``ingest`` command."""
+    from mailglass_pipeline.ingest.serve import serve_command
+
     cli_group.add_command(ingest_command)
+    if "serve" not in cli_group.commands:
+        cli_group.add_command(serve_command)
     return ingest_command

@@ -7,8 +7,9 @@ database is touched. Storage then happens in ONE transaction, so a webhook is
 stored entirely or not at all:
 
 1. (Mailgun) claim the request's single-use token (see ``mailgun``);
-2. look each event's delivery up inside the tenant by ``(provider,
-   provider_message_id)`` (``deliveries.lookup``, one statement);
+2. record the request in ``mailglass_webhook_events`` and look each event's
+   delivery up inside the tenant by ``(provider, provider_message_id)`` (the
+   rule of ``deliveries.lookup``), both in one statement (``webhook_events``);
 3. append one ledger event per provider event (one statement). Found: the
    event carries ``delivery_id``. Not found: it is an **orphan**
    (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose metadata holds
@@ -27,7 +28,9 @@ stores nothing new and reports ``duplicates``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -35,9 +38,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mailglass_pipeline import deliveries, ledger, projector
+from mailglass_pipeline import ledger, projector
 from mailglass_pipeline.db import get_engine, run_transaction, sqlstate_of
-from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses
+from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
     Headers,
@@ -47,7 +50,9 @@ from mailglass_pipeline.ingest.base import (
     check_size,
     now_utc,
 )
-from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookSignatureError
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError, WebhookSignatureError
+from mailglass_pipeline.ingest.storable import bounded_key, storable_events
+from mailglass_pipeline.ingest.tenants import TenantSettings, check_tenant_id
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ assert tuple(PARSERS) == PROVIDERS
 
 #: Seen tokens are kept this long; a token older than the timestamp tolerance is refused anyway.
 TOKEN_RETENTION_SECONDS = 3600
+#: One token claim in this many also deletes the expired tokens.
+PRUNE_EVERY = 100
 
 
 def _check_provider(provider: object) -> str:
@@ -94,7 +101,8 @@ def parse_webhook(
     data = _as_bytes(body)
     # What every provider needs first, done once here: a bounded body and one clock reading.
     check_size(data, settings)
-    return PARSERS[name](data, Headers(headers), verify_signature=verify, settings=settings, now=now_utc(now))
+    parsed = PARSERS[name](data, Headers(headers), verify_signature=verify, settings=settings, now=now_utc(now))
+    return dataclasses.replace(parsed, body=data)
 
 
 _PRUNE_TOKENS = sa.text(
@@ -120,9 +128,13 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str) -> None:
     first transaction ends, then sees its row: exactly one of two racing
     replays can win.
     """
-    params = {"provider": token.provider, "token": token.token, "tenant_id": tenant_id, "digest": token.body_sha256}
+    value = bounded_key(token.token, token.provider)  # a primary-key entry must stay small
+    params = {"provider": token.provider, "token": value, "tenant_id": tenant_id, "digest": token.body_sha256}
     try:
-        conn.execute(_PRUNE_TOKENS, {"retention": TOKEN_RETENTION_SECONDS})
+        # Housekeeping, not a guard (an old token fails the timestamp tolerance anyway): about one
+        # claim in PRUNE_EVERY pays for it, so the hot path keeps one statement.
+        if random.random() < 1 / PRUNE_EVERY:
+            conn.execute(_PRUNE_TOKENS, {"retention": TOKEN_RETENTION_SECONDS})
         if conn.execute(_CLAIM_TOKEN, params).first():
             return
     except sa.exc.ProgrammingError as exc:
@@ -132,8 +144,37 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str) -> None:
             ) from exc
         raise
     seen = conn.execute(_SEEN_TOKEN, params).first()
+    if seen is not None and seen.tenant_id != tenant_id and seen.body_sha256 == token.body_sha256:
+        raise TenantConflictError(
+            f"this {token.provider} webhook was already stored for another tenant; refused for tenant {tenant_id!r}"
+        )
     if seen is None or (seen.tenant_id, seen.body_sha256) != (tenant_id, token.body_sha256):
         raise WebhookSignatureError(f"{token.provider} webhook token was already used: replay refused")
+
+
+_OTHER_TENANT_KEY = sa.text(
+    """
+    SELECT idempotency_key FROM mailglass_events
+     WHERE idempotency_key = ANY(CAST(:keys AS text[])) AND tenant_id <> :tenant_id
+     LIMIT 1
+    """
+)
+
+
+def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> None:
+    """Raise :class:`TenantConflictError` if any of ``keys`` is stored under another tenant.
+
+    Runs only for the keys the insert skipped: a concurrent insert of the same
+    key by another tenant has committed by then (the insert waited for it).
+    """
+    if not keys:
+        return
+    clash = conn.execute(_OTHER_TENANT_KEY, {"keys": keys, "tenant_id": tenant_id}).scalar()
+    if clash is not None:
+        raise TenantConflictError(
+            f"event {clash!r} is already stored for another tenant; refused for tenant {tenant_id!r} "
+            "(check the webhook URL configured at the provider)"
+        )
 
 
 def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
@@ -152,27 +193,39 @@ def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
 
 
 def store(
-    conn: Connection, parsed: ParsedWebhook, tenant_id: str, *, received_at: datetime | None = None
+    conn: Connection,
+    parsed: ParsedWebhook,
+    tenant_id: str,
+    *,
+    received_at: datetime | None = None,
+    webhook_key: str | None = None,
 ) -> dict[str, Any]:
-    """Append ``parsed``'s events inside the caller's transaction; returns the counts.
+    """Append ``parsed``'s events and its ``mailglass_webhook_events`` row inside the caller's transaction.
 
     ``received_at`` is when the webhook originally arrived (the rows'
     ``inserted_at``, which the reconciler's grace and max-age windows read);
     default ``now()``. Replays of captures and the demo set it.
+    ``webhook_key`` pins the webhook row's key (a replay reuses the stored
+    row's, since the body it rebuilds is not byte-identical). Returns the counts.
     """
     if parsed.replay_token is not None:
         claim_token(conn, parsed.replay_token, tenant_id)
-    events = parsed.events
-    delivery_ids = deliveries.lookup(
-        conn, [tenant_id] * len(events), [parsed.provider] * len(events), [e.provider_message_id for e in events]
-    )
+    events = storable_events(parsed.events)
+    if events:
+        delivery_ids = webhook_events.record_and_lookup(
+            conn, parsed, events, tenant_id, parsed.body, received_at=received_at, key=webhook_key
+        )
+    else:
+        delivery_ids = []
     rows = [
         ledger.NewEvent(
             tenant_id=tenant_id,
             type=event.type,
             occurred_at=event.occurred_at,
             delivery_id=delivery_id,
-            idempotency_key=event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}",
+            idempotency_key=bounded_key(
+                event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
+            ),
             reject_reason=event.reject_reason,
             normalized_payload=event.payload,
             metadata=_metadata(parsed, event),
@@ -183,6 +236,7 @@ def store(
     ]
     inserted = ledger.append_events(conn, rows)
     written = [row for row in rows if row.id in inserted]
+    refuse_cross_tenant(conn, [row.idempotency_key for row in rows if row.id not in inserted], tenant_id)
     projector.apply(
         conn,
         [projector.ProjectedEvent(row.delivery_id, row.type, row.occurred_at) for row in written if row.delivery_id],
@@ -217,15 +271,19 @@ def ingest(
     SNS confirmations add ``sns_type``, ``topic_arn`` and ``subscribe_url``.
 
     Raises :class:`WebhookSignatureError` / :class:`WebhookPayloadError`
-    (nothing written), :class:`IngestConfigurationError` for a missing secret
-    or bad argument. ``verify=False`` skips signature, auth, timestamp and
+    (nothing written), :class:`TenantConflictError` when an event is already
+    stored for another tenant (nothing written), :class:`InvalidTenantIdError`
+    for an unfit tenant id, :class:`IngestConfigurationError` for a missing
+    secret or bad argument. ``verify=False`` skips signature, auth, timestamp and
     token checks: only for captures verified when they were received.
-    ``settings`` defaults to the environment; ``now`` pins the clock for the
+    ``settings`` defaults to the environment, with the tenant's own entry
+    from ``MAILGLASS_WEBHOOK_SECRETS`` when it has one; ``now`` pins the clock for the
     timestamp tolerance (tests, replays).
     """
     name = _check_provider(provider)
-    if not isinstance(tenant_id, str) or not tenant_id.strip():
-        raise IngestConfigurationError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
+    check_tenant_id(tenant_id)
+    if settings is None:
+        settings = TenantSettings.from_env().for_tenant(tenant_id, name)
     parsed = parse_webhook(name, body, headers, verify=verify, settings=settings, now=now)
     if not verify:
         log.info("ingesting a %s webhook WITHOUT signature verification", name)

@@ -169,4 +169,6 @@ def parse(
         raise WebhookPayloadError("mailgun webhook body has no event-data object")
     else:
         data = envelope
+    if not isinstance(data.get("event"), str) or not ("id" in data or "recipient" in data):
+        raise WebhookPayloadError("not a mailgun event: event-data needs 'event' and 'id' or 'recipient'")
     return ParsedWebhook(PROVIDER, [normalize(data, now)], verified=verify_signature, replay_token=token)

@@ -40,7 +40,7 @@ from mailglass_pipeline.ingest.base import (
     stable_id,
     text_or_none,
 )
-from mailglass_pipeline.ingest.errors import WebhookSignatureError
+from mailglass_pipeline.ingest.errors import WebhookPayloadError, WebhookSignatureError
 
 PROVIDER = "postmark"
 
@@ -156,4 +156,6 @@ def parse(
     if verify_signature:
         verify(headers, settings)
     event = expect_object(load_json(body), "postmark webhook body")
+    if not isinstance(event.get("RecordType"), str) or not event["RecordType"]:
+        raise WebhookPayloadError("not a postmark webhook: the body has no RecordType")
     return ParsedWebhook(PROVIDER, [normalize(event, now)], verified=verify_signature)

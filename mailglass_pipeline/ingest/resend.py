@@ -38,7 +38,7 @@ from mailglass_pipeline.ingest.base import (
     stable_id,
     text_or_none,
 )
-from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookSignatureError
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
 
 PROVIDER = "resend"
 SECRET_PREFIX = "whsec_"
@@ -141,5 +141,7 @@ def parse(
     if verify_signature:
         verify(body, headers, settings, now)
     event = expect_object(load_json(body), "resend webhook body")
+    if not isinstance(event.get("type"), str) or not isinstance(event.get("data"), dict):
+        raise WebhookPayloadError("not a resend webhook: the body needs a 'type' string and a 'data' object")
     svix_id = headers_of(headers)[0]
     return ParsedWebhook(PROVIDER, [normalize(event, svix_id, now)], verified=verify_signature)

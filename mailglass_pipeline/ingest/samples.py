@@ -136,6 +136,7 @@ def generate_keys(sns_cert_dir: Path, *, sns_cert_url: str = SNS_CERT_URL) -> tu
         mailgun_signing_key=keys.mailgun_signing_key,
         resend_webhook_secret=keys.resend_webhook_secret,
         sns_cert_dir=str(sns_cert_dir),
+        ses_topic_arns=(SNS_TOPIC_ARN,),
     )
     return keys, settings
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +72,9 @@ EVENT_TYPES = {
     "group_resubscribe": "subscribed",
 }
 
+#: Every SendGrid event has at least one of these (other providers' events have none).
+SENDGRID_KEYS = frozenset({"email", "sg_event_id", "sg_message_id", "smtp-id"})
+
 #: ``bounce`` events: ``type`` -> reject_reason (``blocked`` is SendGrid's temporary refusal, not retried).
 BOUNCE_REASONS = {"bounce": "bounced", "blocked": "blocked", "expired": "timed_out"}
 #: ``dropped`` events: lower-cased ``reason`` -> reject_reason.
@@ -84,8 +88,9 @@ DROP_REASONS = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def load_public_key(encoded: str) -> ec.EllipticCurvePublicKey:
-    """The verification key from base64 DER (PEM armour tolerated); must be ECDSA P-256."""
+    """The verification key from base64 DER (PEM armour tolerated); must be ECDSA P-256 (parsed once per key)."""
     lines = [line.strip() for line in encoded.strip().splitlines() if line.strip() and "-----" not in line]
     try:
         key = load_der_public_key(base64.b64decode("".join(lines), validate=True))
@@ -136,6 +141,10 @@ def send_side_message_id(sg_message_id: str | None, smtp_id: str | None) -> str 
 def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
     if not isinstance(event, dict):
         raise WebhookPayloadError(f"sendgrid batch element {index} is not a JSON object")
+    if not isinstance(event.get("event"), str) or not SENDGRID_KEYS.intersection(event):
+        raise WebhookPayloadError(
+            f"not a sendgrid event: batch element {index} needs 'event' and one of {sorted(SENDGRID_KEYS)}"
+        )
     kind = text_or_none(event.get("event"))
     event_type = EVENT_TYPES.get(kind or "", "unknown")
     reason: str | None = None

@@ -36,6 +36,12 @@ as Anymail does: SES does not say which recipient opened or clicked).
 ``occurred_at`` is the event object's own ``timestamp`` (``bounce.timestamp``,
 ``delivery.timestamp``...), else ``mail.timestamp``, else the SNS ``Timestamp``.
 
+**Topic.** A validly signed message is accepted only from a topic listed in
+``MAILGLASS_SES_TOPIC_ARNS`` (or the tenant's ``ses_topic_arns``): SNS signs
+for every AWS account alike, so the signature alone proves nothing about
+*whose* topic sent it. With no list configured, SES webhooks are refused as
+a configuration error. ``verify=False`` skips this like the signature.
+
 With verification off, a bare SES JSON document (no envelope, as the AWS
 docs print them, or SNS "raw message delivery") is accepted too; its events
 get a SHA-256 id over type, message id, event time and recipient.
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +64,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from mailglass_pipeline.ingest.base import (
+    SES_TOPIC_ARNS_ENV,
     SNS_CERT_DIR_ENV,
     Headers,
     IngestSettings,
@@ -70,7 +78,7 @@ from mailglass_pipeline.ingest.base import (
     stable_id,
     text_or_none,
 )
-from mailglass_pipeline.ingest.errors import WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
 
 PROVIDER = "ses"
 
@@ -159,15 +167,25 @@ def cert_location(url: str) -> tuple[str, str]:
     return host, name
 
 
+@functools.lru_cache(maxsize=64)
+def _load_certificate(path: str, mtime_ns: int, size: int) -> x509.Certificate:
+    """Parsed once per file version (the key includes its mtime and size, so a replaced file is re-read)."""
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except ValueError as exc:
+        raise WebhookSignatureError(f"trusted SNS certificate {path} is not PEM X.509: {exc}") from None
+
+
 def find_certificate(url: str, cert_dir: str) -> x509.Certificate:
     host, name = cert_location(url)
     base = Path(cert_dir)
     for candidate in (base / host / name, base / name):
+        try:
+            info = candidate.stat()
+        except OSError:
+            continue
         if candidate.is_file():
-            try:
-                return x509.load_pem_x509_certificate(candidate.read_bytes())
-            except ValueError as exc:
-                raise WebhookSignatureError(f"trusted SNS certificate {candidate} is not PEM X.509: {exc}") from None
+            return _load_certificate(str(candidate), info.st_mtime_ns, info.st_size)
     raise WebhookSignatureError(
         f"SNS signing certificate {url} is not in {SNS_CERT_DIR_ENV} ({cert_dir}); "
         f"download it once and save it as {base / host / name} to trust it"
@@ -188,7 +206,22 @@ def signature_valid(message: dict[str, Any], certificate: x509.Certificate) -> b
     return True
 
 
+def check_topic(message: dict[str, Any], settings: IngestSettings) -> None:
+    """Refuse a message from a topic not on the allowlist (any AWS account can get SNS to sign its own)."""
+    allowed = settings.ses_topic_arns
+    if not allowed:
+        raise IngestConfigurationError(
+            f"{SES_TOPIC_ARNS_ENV} is not set (nor ses_topic_arns for this tenant): "
+            "cannot tell this tenant's SNS topics from anyone else's"
+        )
+    topic = message.get("TopicArn")
+    if not isinstance(topic, str) or topic not in allowed:
+        raise WebhookSignatureError(f"SNS TopicArn {topic!r:.200} is not an accepted topic for this tenant")
+
+
 def verify(message: dict[str, Any], headers: Headers, settings: IngestSettings, now: datetime) -> None:
+    if not settings.ses_topic_arns:
+        check_topic(message, settings)  # the configuration error, before any certificate work
     cert_dir = require_secret(settings.sns_cert_dir, SNS_CERT_DIR_ENV, PROVIDER)
     for header, field_name in (("x-amz-sns-message-type", "Type"), ("x-amz-sns-message-id", "MessageId")):
         sent = headers.first(header)
@@ -208,6 +241,7 @@ def verify(message: dict[str, Any], headers: Headers, settings: IngestSettings, 
     if not signature_valid(message, certificate):
         raise WebhookSignatureError("SNS message signature does not verify")
     check_tolerance(message.get("Timestamp"), now, settings, "SNS Timestamp")
+    check_topic(message, settings)
 
 
 # -- normalization -----------------------------------------------------------------------
@@ -286,7 +320,12 @@ def ses_events(
 
 
 def is_envelope(document: dict[str, Any]) -> bool:
-    return "Type" in document and "MessageId" in document
+    return isinstance(document.get("Type"), str) and isinstance(document.get("MessageId"), str)
+
+
+def is_ses_document(document: dict[str, Any]) -> bool:
+    kind = document.get("eventType") or document.get("notificationType")
+    return isinstance(kind, str) and isinstance(document.get("mail"), dict)
 
 
 def parse(
@@ -298,6 +337,8 @@ def parse(
     if not is_envelope(document):
         if verify_signature:
             raise WebhookSignatureError("body is not an SNS envelope, so it carries no signature to verify")
+        if not is_ses_document(document):
+            raise WebhookPayloadError("body is neither an SNS envelope nor an SES event (eventType, mail)")
         return ParsedWebhook(PROVIDER, ses_events(document, None, None, now), verified=False)
     if verify_signature:
         verify(document, headers, settings, now)

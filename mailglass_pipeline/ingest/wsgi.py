@@ -1,12 +1,15 @@
 """A tiny WSGI receiver: ``POST <mount>/<provider>/<tenant_id>`` -> :func:`ingest`.
 
+Superseded by ``mailglass serve`` (:mod:`.serve`), which a client stalling
+mid-body cannot starve and which answers health and metrics; kept for
+those who mount it in a server of their own.
+
 Users mount ``make_app()`` in the server they already run (gunicorn,
 uWSGI, ``wsgiref`` for a quick test). It does only what HTTP needs: route,
 bound the body read, map the typed errors onto status codes providers
 understand (401 not authentic, 400 unreadable, 413 too large, 500/503 our
-side, so the provider retries later), and answer JSON. Secrets are global
-(the environment), so the tenant in the path selects where events go, not
-which key verifies them.
+side, so the provider retries later), and answer JSON. Secrets come from
+the environment and ``MAILGLASS_WEBHOOK_SECRETS`` (per tenant).
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from mailglass_pipeline.ingest.base import PROVIDERS, IngestSettings
 from mailglass_pipeline.ingest.core import ingest
 from mailglass_pipeline.ingest.errors import (
     IngestConfigurationError,
+    InvalidTenantIdError,
+    TenantConflictError,
     WebhookPayloadError,
     WebhookSignatureError,
 )
+from mailglass_pipeline.ingest.tenants import TenantSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
     500: "Internal Server Error",
@@ -54,7 +61,8 @@ def request_headers(environ: dict[str, Any]) -> dict[str, str]:
 
 def make_app(*, database_url: str | None = None, settings: IngestSettings | None = None) -> WSGIApp:
     """The WSGI application; ``settings`` default to the environment at creation time."""
-    config = settings or IngestSettings.from_env()
+    tenants = TenantSettings(settings) if settings else TenantSettings.from_env()
+    config = tenants.base
 
     def respond(start_response: StartResponse, status: int, payload: dict[str, Any], **extra: str) -> list[bytes]:
         body = json.dumps(payload, sort_keys=True).encode("utf-8")
@@ -83,13 +91,15 @@ def make_app(*, database_url: str | None = None, settings: IngestSettings | None
                 request_headers(environ),
                 tenant_id=tenant_id,
                 database_url=database_url,
-                settings=config,
+                settings=tenants.for_tenant(tenant_id, provider),
             )
         except WebhookSignatureError as exc:
             extra = {"WWW-Authenticate": 'Basic realm="mailglass"'} if provider == "postmark" else {}
             return respond(start_response, 401, {"error": str(exc)}, **extra)
-        except WebhookPayloadError as exc:
+        except (WebhookPayloadError, InvalidTenantIdError) as exc:
             return respond(start_response, 400, {"error": str(exc)})
+        except TenantConflictError as exc:
+            return respond(start_response, 409, {"error": str(exc)})
         except IngestConfigurationError as exc:
             log.error("ingest misconfigured: %s", exc)
             return respond(start_response, 500, {"error": "receiver misconfigured"})

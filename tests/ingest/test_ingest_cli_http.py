@@ -166,3 +166,16 @@ def get_status(url: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def test_cli_refuses_another_providers_body_even_unverified(
+    cli: click.Group, database_url: str, engine: Engine, settings: IngestSettings, tmp_path: Path
+) -> None:
+    capture = tmp_path / "mailgun.json"
+    capture.write_bytes(fixture_bytes("mailgun/delivered_full_body__anymail.json"))
+    for provider in ("resend", "postmark", "sendgrid", "ses"):
+        args = ["ingest", "--provider", provider, "--tenant-id", "t1", "--no-verify", str(capture)]
+        result = CliRunner().invoke(cli, args, env=cli_env(database_url, settings))
+        assert result.exit_code == 1, (provider, result.output)
+        assert "WebhookPayloadError" in result.stderr, (provider, result.stderr)
+    assert count_events(engine) == 0

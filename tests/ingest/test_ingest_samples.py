@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from ingest_helpers import FOLDERS, fixture_bytes, fixture_json, sources_files
@@ -307,4 +308,42 @@ def test_oversize_body_is_refused_before_anything(provider: str) -> None:
 
 def test_bad_timestamp_value_is_a_payload_error() -> None:
     with pytest.raises(WebhookPayloadError, match="timestamp"):
-        parse_webhook("sendgrid", b'[{"event": "delivered", "timestamp": "yesterday"}]', {}, verify=False)
+        body = b'[{"event": "delivered", "email": "a@example.com", "timestamp": "yesterday"}]'
+        parse_webhook("sendgrid", body, {}, verify=False)
+
+
+ODD_TIMES: list[Any] = [
+    "9999-12-31T23:59:59-14:00",
+    "0001-01-01T00:00:00+14:00",
+    1e300,
+    -1e300,
+    "1e400",
+    10**30,
+    "2026-13-45",
+    True,
+    [],
+    {},
+    "",
+    "0001-01-01",
+]
+
+
+@pytest.mark.parametrize("value", ODD_TIMES, ids=[repr(v)[:30] for v in ODD_TIMES])
+def test_odd_timestamps_are_events_or_payload_errors(value: Any) -> None:
+    bodies = {
+        "sendgrid": [{"event": "delivered", "email": "a@example.com", "sg_event_id": "x", "timestamp": value}],
+        "postmark": {"RecordType": "Delivery", "MessageID": "m", "DeliveredAt": value},
+        "mailgun": {"event": "delivered", "id": "i", "timestamp": value, "recipient": "r@example.com"},
+        "resend": {"type": "email.delivered", "created_at": value, "data": {"email_id": "e"}},
+        "ses": {
+            "eventType": "Delivery",
+            "mail": {"messageId": "m", "timestamp": value},
+            "delivery": {"timestamp": value},
+        },
+    }
+    for provider, body in bodies.items():
+        try:
+            parsed = parse_webhook(provider, json.dumps(body).encode(), {}, verify=False)
+        except WebhookPayloadError:
+            continue  # refused cleanly (HTTP 400), never another exception (HTTP 500)
+        assert all(event.occurred_at.tzinfo is not None for event in parsed.events)

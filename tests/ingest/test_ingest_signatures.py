@@ -8,6 +8,7 @@ shown to refuse them with the real clock.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,9 +152,9 @@ def test_svix_several_signatures_in_one_header() -> None:
     assert resend_mod.signature_valid(v["secret"], h["svix-id"], h["svix-timestamp"], body, header)
     at = datetime.fromtimestamp(int(h["svix-timestamp"]), tz=UTC) - timedelta(seconds=60)
     config = IngestSettings(resend_webhook_secret=v["secret"])
-    parsed = parse_webhook("resend", body, svix_headers(v, header), settings=config, now=at)
-    assert parsed.events[0].provider_event_id == h["svix-id"]
-    assert parsed.events[0].type == "unknown"  # the vector's body is {"test": ...}, not a Resend event
+    # The signature verifies, but the vector's body is {"test": ...}, not a Resend event: refused as such.
+    with pytest.raises(WebhookPayloadError, match="not a resend webhook"):
+        parse_webhook("resend", body, svix_headers(v, header), settings=config, now=at)
     with pytest.raises(WebhookSignatureError, match="tolerance"):
         parse_webhook("resend", body, svix_headers(v), settings=config)
 
@@ -195,7 +196,7 @@ def test_sns_published_vectors_verify(index: int, sns_vector_dir: Path) -> None:
     other = "2" if fields["SignatureVersion"] == "1" else "1"
     assert not ses_mod.signature_valid({**fields, "SignatureVersion": other}, certificate)
     # Through the parser, clock pinned next to the signed Timestamp.
-    config = IngestSettings(sns_cert_dir=str(sns_vector_dir))
+    config = IngestSettings(sns_cert_dir=str(sns_vector_dir), ses_topic_arns=(fields["TopicArn"],))
     at = datetime.fromisoformat(fields["Timestamp"]) + timedelta(seconds=30)
     headers = {"X-Amz-Sns-Message-Type": "Notification", "X-Amz-Sns-Message-Id": fields["MessageId"]}
     parsed = parse_webhook("ses", json.dumps(fields).encode(), headers, settings=config, now=at)
@@ -231,7 +232,7 @@ def test_sns_cert_url_must_be_sns(url: str, sns_vector_dir: Path) -> None:
 
 def test_sns_placeholder_doc_signature_fails(sns_vector_dir: Path) -> None:
     body = fixture_bytes("amazon_ses/sns_notification.json")
-    config = IngestSettings(sns_cert_dir=str(sns_vector_dir))
+    config = IngestSettings(sns_cert_dir=str(sns_vector_dir), ses_topic_arns=(json.loads(body)["TopicArn"],))
     with pytest.raises(WebhookSignatureError, match="not in MAILGLASS_SNS_CERT_DIR"):
         parse_webhook("ses", body, {}, settings=config, now=datetime(2012, 5, 2, 0, 54, 30, tzinfo=UTC))
 
@@ -351,6 +352,10 @@ def test_sns_subscription_confirmation_signed(keys: SampleKeys, settings: Ingest
     }
     assert keys.sns_private_key is not None
     signed = sign_sns(message, keys.sns_private_key)
+    # Validly signed, but MyTopic is not on the allowlist: refused like a bad signature.
+    with pytest.raises(WebhookSignatureError, match="TopicArn"):
+        parse_webhook("ses", json.dumps(signed).encode(), {}, settings=settings)
+    settings = dataclasses.replace(settings, ses_topic_arns=(message["TopicArn"],))
     parsed = parse_webhook("ses", json.dumps(signed).encode(), {}, settings=settings)
     assert parsed.events == [] and parsed.notice["subscribe_url"] == message["SubscribeURL"]
     forged = {**signed, "SubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=evil"}

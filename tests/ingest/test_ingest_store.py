@@ -42,6 +42,7 @@ from mailglass_pipeline.ingest import (
     WebhookSignatureError,
     ingest,
 )
+from mailglass_pipeline.ingest.errors import TenantConflictError
 from mailglass_pipeline.ingest.resend import sign as svix_sign
 from mailglass_pipeline.ingest.samples import SNS_TOPIC_ARN, SampleKeys, build_webhook, sign_sns
 from mailglass_pipeline.reconciler import reconcile
@@ -139,6 +140,7 @@ def test_end_to_end_orphan_reconciles(
         mailgun_signing_key="key-other",
         resend_webhook_secret="whsec_" + base64.b64encode(b"x" * 24).decode(),
         sns_cert_dir=str(settings.sns_cert_dir) + "-nowhere",
+        ses_topic_arns=settings.ses_topic_arns,
     )
     with pytest.raises(WebhookSignatureError):
         ingest(provider, body, headers, tenant_id=tenant, database_url=database_url, settings=wrong)
@@ -256,8 +258,8 @@ def test_mailgun_token_replay_refused(
             database_url=database_url,
             settings=settings,
         )
-    # The same request replayed to another tenant: refused.
-    with pytest.raises(WebhookSignatureError, match="replay"):
+    # The same request replayed to another tenant: refused as a cross-tenant conflict (409), never "duplicate".
+    with pytest.raises(TenantConflictError, match="another tenant"):
         ingest("mailgun", body, headers, tenant_id="t2", database_url=database_url, settings=settings)
     assert count_events(engine) == 1
 
@@ -312,9 +314,10 @@ def test_ses_one_event_per_recipient(database_url: str, engine: Engine) -> None:
 
 
 def test_bad_arguments(database_url: str) -> None:
-    from mailglass_pipeline.ingest import IngestConfigurationError
+    from mailglass_pipeline.ingest.errors import InvalidTenantIdError
 
-    with pytest.raises(IngestConfigurationError):
-        ingest("postmark", b"{}", {}, tenant_id="", database_url=database_url, verify=False)
+    for bad in ("", " t", "t\n", "t\x00", "x" * 256):
+        with pytest.raises(InvalidTenantIdError):
+            ingest("postmark", b"{}", {}, tenant_id=bad, database_url=database_url, verify=False)
     with pytest.raises(ValueError):
         ingest("nope", b"{}", {}, tenant_id="t", database_url=database_url, verify=False)

@@ -1,0 +1,397 @@
+"""Benchmark of ``mailglass serve``: prints figures, asserts nothing (run by hand, see docs/performance.md).
+
+Against a real ``mailglass serve`` at its default settings on a fresh database:
+
+1. signed single-event requests across the five providers and 50 tenants, over
+   50 keep-alive connections: requests/s, events/s, p50/p99/max latency, errors;
+2. the lower bound on the same database in the same run: the same events,
+   one bare multi-row INSERT into ``mailglass_events`` per request (no HTTP,
+   no verification, no lookup, no projection, no raw record), 8 connections;
+3. a 1,000-event SendGrid batch, signed, one request at a time;
+4. load 1 again with 20 clients held open mid-body the whole time (each
+   re-opened when the receiver cuts it off with 408).
+
+The load generator is a small asyncio HTTP/1.1 client on the same machine
+(it competes for the same cores as the receiver and PostgreSQL; say so when
+quoting figures). Usage::
+
+    python -m benchmarks.receiver --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.engine import make_url
+
+from mailglass_pipeline import schema
+from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook, generate_keys
+
+PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
+TENANTS = 50
+CONNECTIONS = 50
+SLOW_CLIENTS = 20
+Request = tuple[str, bytes, dict[str, str]]
+
+
+def build_requests(keys: SampleKeys, count: int, tag: str) -> list[Request]:
+    out = []
+    for index in range(count):
+        provider = PROVIDERS[index % len(PROVIDERS)]
+        tenant = f"bench-{(index // len(PROVIDERS)) % TENANTS}"
+        body, headers = build_webhook(provider, f"{tag}-{index}", "delivered", keys=keys)
+        out.append((f"/{provider}/{tenant}", body, headers))
+    return out
+
+
+def sendgrid_batch(keys: SampleKeys, size: int, tag: str) -> Request:
+    now = int(time.time())
+    events = [
+        {
+            "email": f"user{i}@example.com",
+            "timestamp": now,
+            "event": "delivered",
+            "smtp-id": f"<{tag}-{i}@example.com>",
+            "sg_event_id": f"{tag}-ev-{i}",
+            "sg_message_id": f"{tag}-{i}.filterdrecv-1",
+            "response": "250 OK",
+        }
+        for i in range(size)
+    ]
+    body = json.dumps(events).encode()
+    assert keys.sendgrid_private_key is not None
+    signature = keys.sendgrid_private_key.sign(str(now).encode() + body, ec.ECDSA(hashes.SHA256()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": str(now),
+    }
+    return ("/sendgrid/bench-batch", body, headers)
+
+
+def encode(request: Request) -> bytes:
+    path, body, headers = request
+    lines = [f"POST {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "content-length"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def run_load(port: int, requests: list[Request], connections: int) -> dict[str, Any]:
+    payloads = [encode(r) for r in requests]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    events = 0
+    cursor = iter(payloads)
+
+    async def worker() -> None:
+        nonlocal events
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for payload in cursor:
+            started = time.perf_counter()
+            writer.write(payload)
+            status, body = await read_response(reader)
+            latencies.append(time.perf_counter() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                events += json.loads(body)["events"]
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(payloads),
+        "seconds": elapsed,
+        "req_s": len(payloads) / elapsed,
+        "events_s": events / elapsed,
+        "events": events,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "max_ms": 1000 * latencies[-1],
+        "errors": sum(n for status, n in statuses.items() if status != 200),
+    }
+
+
+async def hold_slow_clients(port: int, count: int, stop: asyncio.Event) -> int:
+    """Keep ``count`` connections stalled mid-body until ``stop``; returns how many 408s came back."""
+    cut_off = 0
+
+    async def one(index: int) -> None:
+        nonlocal cut_off
+        while not stop.is_set():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"POST /sendgrid/slow-{index} HTTP/1.1\r\nHost: b\r\nContent-Length: 9000\r\n\r\n[{{".encode())
+            await writer.drain()
+            read = asyncio.ensure_future(reader.read(100))
+            halt = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({read, halt}, return_when=asyncio.FIRST_COMPLETED)
+            if read in done and read.result().startswith(b"HTTP/1.1 408"):
+                cut_off += 1
+            read.cancel()
+            halt.cancel()
+            writer.close()
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return cut_off
+
+
+async def load_with_slow_clients(port: int, requests: list[Request]) -> tuple[dict[str, Any], int]:
+    stop = asyncio.Event()
+    slow = asyncio.ensure_future(hold_slow_clients(port, SLOW_CLIENTS, stop))
+    await asyncio.sleep(0.5)
+    result = await run_load(port, requests, CONNECTIONS)
+    stop.set()
+    return result, await slow
+
+
+def bare_insert_bound(database_url: str, requests: list[Request], threads: int = 8) -> dict[str, Any]:
+    """The same number of events, one bare multi-row INSERT per request, ``threads`` connections."""
+    url = make_url(database_url).set(drivername="postgresql")
+    dsn = url.render_as_string(hide_password=False)
+    rows = []
+    for index, (path, body, _) in enumerate(requests):
+        tenant = path.split("/")[2]
+        payload = json.dumps({"body_bytes": len(body), "index": index})
+        rows.append([(str(uuid.uuid4()), tenant, "delivered", f"bare:{uuid.uuid4()}", payload)])
+    sql = (
+        "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, idempotency_key, normalized_payload, "
+        "metadata, needs_reconciliation, inserted_at) VALUES "
+    )
+    cursor = iter(rows)
+    lock = threading.Lock()
+
+    def work() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            while True:
+                with lock:
+                    batch = next(cursor, None)
+                if batch is None:
+                    return
+                values = ", ".join(["(%s, %s, %s, now(), %s, %s::jsonb, '{}'::jsonb, true, now())"] * len(batch))
+                conn.execute(sql + values, [v for row in batch for v in row])
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return {"events": len(rows), "seconds": elapsed, "events_s": len(rows) / elapsed}
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU of each of ``pids`` still alive (Linux /proc)."""
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings by the processes alive at both (a backend that ended is left out)."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+
+
+def measured_load(port: int, requests: list[Request], serve_pid: int, url: str) -> tuple[dict[str, Any], str]:
+    """``run_load`` plus where the CPU went: the receiver's processes, its PostgreSQL backends, this client."""
+    serve = [int(p) for p in subprocess.check_output(["pgrep", "-g", str(serve_pid)]).split()]
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    backends_sql = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    with engine.connect() as conn:
+        backends = [row[0] for row in conn.execute(backends_sql)]
+    serve_before, backends_before, client_before = cpu_seconds(serve), cpu_seconds(backends), time.process_time()
+    result = asyncio.run(run_load(port, requests, CONNECTIONS))
+    costs = (
+        spent(serve_before, cpu_seconds(serve)),
+        spent(backends_before, cpu_seconds(backends)),
+        time.process_time() - client_before,
+    )
+    engine.dispose()
+    n = len(requests)
+    parts = [
+        f"{name} {cost / n * 1e6:.0f} us"
+        for name, cost in zip(("receiver", "PostgreSQL", "client"), costs, strict=True)
+    ]
+    return result, "CPU per request: " + ", ".join(parts)
+
+
+def start_receiver(
+    database_url: str, env: dict[str, str], port: int, log: Path, extra: list[str]
+) -> subprocess.Popen[bytes]:
+    mailglass = Path(sys.executable).with_name("mailglass")
+    full = {**os.environ, **env, "MAILGLASS_DATABASE_URL": database_url}
+    full.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(mailglass), "serve", "--port", str(port), *extra],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    import http.client
+
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return process
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"mailglass serve did not become healthy:\n{log.read_text()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True, help="any database on the server (a fresh one is made)")
+    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--batches", type=int, default=5, help="1,000-event SendGrid batches to time")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra `mailglass serve` argument (tuning)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    admin = make_url(args.database_url)
+    name = f"mg_bench_receiver_{uuid.uuid4().hex[:8]}"
+    admin_engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    workdir = Path(tempfile.mkdtemp(prefix="mg-bench-receiver-"))
+    process = None
+    try:
+        schema.upgrade(url)
+        keys, settings = generate_keys(workdir / "sns")
+        env = {
+            "MAILGLASS_POSTMARK_WEBHOOK_AUTH": settings.postmark_auth or "",
+            "MAILGLASS_SENDGRID_VERIFICATION_KEY": settings.sendgrid_verification_key or "",
+            "MAILGLASS_MAILGUN_SIGNING_KEY": settings.mailgun_signing_key or "",
+            "MAILGLASS_RESEND_WEBHOOK_SECRET": settings.resend_webhook_secret or "",
+            "MAILGLASS_SNS_CERT_DIR": settings.sns_cert_dir or "",
+            "MAILGLASS_SES_TOPIC_ARNS": ",".join(settings.ses_topic_arns or ()),
+        }
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; database {name}")
+        print("building signed requests ...", flush=True)
+        warmup = build_requests(keys, 500, "warm")
+        # Two rounds, each: without, then with the stalled clients (the machine is shared: interleaving
+        # keeps a passing burst of someone else's load from landing on one side only).
+        rounds = [
+            (build_requests(keys, args.requests, f"plain{r}"), build_requests(keys, args.requests, f"slow{r}"))
+            for r in range(2)
+        ]
+        batches = [sendgrid_batch(keys, 1000, f"batch{b}") for b in range(args.batches)]
+        bare = build_requests(keys, args.requests, "bare")
+        process = start_receiver(url, env, port, workdir / "serve.log", args.serve_arg)
+        settings_text = " ".join(args.serve_arg) or "defaults (workers = CPU count, 8 threads each, body timeout 10 s)"
+        print(f"mailglass serve: {settings_text}", flush=True)
+
+        asyncio.run(run_load(port, warmup, CONNECTIONS))
+        plains, slows, cpu_notes = [], [], []
+        for plain, slowrun in rounds:
+            result, note = measured_load(port, plain, process.pid, url)
+            plains.append(result)
+            cpu_notes.append(note)
+            slows.append(asyncio.run(load_with_slow_clients(port, slowrun)))
+        bound = bare_insert_bound(url, bare)
+        batch_times = []
+        for batch in batches:
+            result = asyncio.run(run_load(port, [batch], 1))
+            assert result["events"] == 1000 and result["errors"] == 0, result
+            batch_times.append(result["seconds"])
+        plain_result = max(plains, key=lambda r: r["req_s"])
+        slow_result, _cut = max(slows, key=lambda r: r[0]["req_s"])
+
+        def line(label: str, r: dict[str, Any]) -> str:
+            return (
+                f"{label:<28} {r['req_s']:8.0f} req/s {r['events_s']:8.0f} events/s  p50 {r['p50_ms']:6.1f} ms  "
+                f"p99 {r['p99_ms']:6.1f} ms  max {r['max_ms']:7.1f} ms  errors {r['errors']}"
+            )
+
+        receiver_cost = 1e6 / plain_result["events_s"]
+        bare_cost = 1e6 / bound["events_s"]
+        print()
+        print(
+            f"single-event requests, 5 providers x {TENANTS} tenants, {CONNECTIONS} connections, {args.requests} each"
+        )
+        for index, (plain_r, (slow_r, cut)) in enumerate(zip(plains, slows, strict=True), 1):
+            print(line(f"round {index}: receiver", plain_r))
+            print(line(f"round {index}: + {SLOW_CLIENTS} stalled", slow_r) + f"  (408s: {cut})")
+        print("(best round of each kind used below)")
+        for index, note in enumerate(cpu_notes, 1):
+            print(f"round {index} without stalled clients, {note}")
+        print(f"{'bare INSERT bound':<28} {bound['events_s']:8.0f} events/s  (one INSERT per request, 8 connections)")
+        print()
+        ratio = receiver_cost / bare_cost
+        print(
+            f"per-event cost: receiver {receiver_cost:.0f} us, bare INSERT {bare_cost:.0f} us, "
+            f"ratio {ratio:.2f}x (goal <= 3x)"
+        )
+        print(
+            f"slow clients: throughput {slow_result['req_s'] / plain_result['req_s']:.0%} of the run without them "
+            "(goal >= 80%)"
+        )
+        print(
+            f"1,000-event SendGrid batch: median {statistics.median(batch_times) * 1000:.0f} ms, "
+            f"max {max(batch_times) * 1000:.0f} ms over {len(batch_times)} (goal < 500 ms)"
+        )
+        print(
+            f"goal >= 500 req/s with p99 < 250 ms: {plain_result['req_s']:.0f} req/s, "
+            f"p99 {plain_result['p99_ms']:.0f} ms"
+        )
+    finally:
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        sa.engine.Engine.dispose(admin_engine)
+        with admin_engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()

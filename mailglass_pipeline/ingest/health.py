@@ -1,0 +1,39 @@
+"""``GET /healthz``: the database answers and its schema is at this code's head revision.
+
+A receiver whose database is down, or migrated to another version, must be
+taken out of the load balancer (readiness) rather than answer providers with
+errors, so the check runs a real query on the same pool the ingest uses.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import sqlalchemy as sa
+
+from mailglass_pipeline.db import first_line, get_engine
+from mailglass_pipeline.errors import MailglassError
+
+_REVISION = sa.text("SELECT version_num FROM mailglass_alembic_version")
+
+
+@functools.cache
+def head() -> str:
+    from mailglass_pipeline.schema import head_revision  # Alembic's script scan: once per process
+
+    return head_revision()
+
+
+def check_health(database_url: str | None = None) -> tuple[bool, dict[str, Any]]:
+    """``(healthy, payload)``; never raises for a database problem."""
+    expected = head()
+    try:
+        with get_engine(database_url).connect() as conn:
+            revisions = [row[0] for row in conn.execute(_REVISION)]
+    except (MailglassError, sa.exc.SQLAlchemyError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        return False, {"status": "unavailable", "database": "unreachable or unusable", "reason": first_line(orig)}
+    if revisions != [expected]:
+        return False, {"status": "unavailable", "database": "ok", "schema": revisions, "expected_schema": expected}
+    return True, {"status": "ok", "database": "ok", "schema": expected}

@@ -1,0 +1,68 @@
+"""Receiver metrics in Prometheus text format, right with several worker processes.
+
+``mailglass serve --workers N`` runs N processes behind one port, so a scrape
+lands on one of them at random. prometheus-client's *multiprocess mode* has
+each process write its samples to files in ``PROMETHEUS_MULTIPROC_DIR`` and
+the scraped process sums every file, so any worker answers for all of them.
+``mailglass serve`` points that variable at a fresh directory before the
+workers start (a left-over directory would add a previous run's counts). The
+metric families hold only counters and histograms, which sum across
+processes without a mode to choose.
+
+Labels are bounded: ``provider`` is one of the five names (or ``none`` for an
+unknown route) and ``status`` an HTTP code, never a tenant id (a label per
+tenant would grow without limit; tenants are in the ledger).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter(
+    "mailglass_webhook_requests",
+    "Webhook requests answered, by provider and HTTP status.",
+    ["provider", "status"],
+)
+EVENTS = Counter(
+    "mailglass_webhook_events",
+    "Provider events received, by outcome: linked, orphan, unlinkable (new ledger rows) or duplicate.",
+    ["provider", "outcome"],
+)
+TENANT_CONFLICTS = Counter(
+    "mailglass_webhook_tenant_conflicts",
+    "Requests refused (409) because an event key is already stored for another tenant.",
+    ["provider"],
+)
+LATENCY = Histogram(
+    "mailglass_webhook_request_seconds",
+    "Time from the request's first byte to the answer, for webhook POSTs.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+__all__ = ["CONTENT_TYPE", "EVENTS", "LATENCY", "REQUESTS", "TENANT_CONFLICTS", "render"]
+
+
+def render() -> bytes:
+    """The text exposition: every worker's samples when running multiprocess, else this process's."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
+
+
+#: Event outcome label -> key of the ingest result.
+OUTCOMES = (("linked", "linked"), ("orphan", "orphans"), ("unlinkable", "unlinkable"), ("duplicate", "duplicates"))
+
+
+def count_result(provider: str, result: dict[str, object]) -> None:
+    for outcome, key in OUTCOMES:
+        value = result.get(key)
+        if isinstance(value, int) and value:
+            EVENTS.labels(provider, outcome).inc(value)

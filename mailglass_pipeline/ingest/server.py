@@ -1,0 +1,217 @@
+"""The receiver as an ASGI application: routing, bounded body reads, JSON answers.
+
+``mailglass serve`` runs it under uvicorn (see :mod:`.serve` for why). The
+event loop only does what cannot block: parse the request line, refuse a
+route, a method or a ``Content-Length`` over the limit *before* reading the
+body, and read the body under a deadline. The ingest itself (signature,
+SQL) is synchronous and runs in a bounded thread pool, so a slow database
+delays requests but never the loop, and a client stalling mid-body costs
+a socket, not a thread.
+
+Answers (all JSON, never an HTML page): 200 result; 400 unreadable body or
+unfit tenant id; 401 not authentic; 404 unknown route; 405 with ``Allow``;
+408 body not received in time; 409 key stored for another tenant; 413 too
+large; 503 with ``Retry-After`` when the database is unavailable or the
+receiver is misconfigured (a missing secret or SNS topic list: the provider
+retries once it is fixed). A 500 means a bug, and is logged with its trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import sqlalchemy as sa
+
+from mailglass_pipeline.errors import DatabaseUnavailableError
+from mailglass_pipeline.ingest import metrics
+from mailglass_pipeline.ingest.base import PROVIDERS
+from mailglass_pipeline.ingest.core import ingest
+from mailglass_pipeline.ingest.errors import (
+    IngestConfigurationError,
+    InvalidTenantIdError,
+    TenantConflictError,
+    WebhookPayloadError,
+    WebhookSignatureError,
+)
+from mailglass_pipeline.ingest.health import check_health
+from mailglass_pipeline.ingest.serve import BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, THREADS_ENV
+from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Seconds a provider is asked to wait before retrying after a 503.
+RETRY_AFTER = "30"
+
+
+class Receiver:
+    """``POST /<provider>/<tenant_id>``, ``GET /healthz``, ``GET /metrics``."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantSettings | None = None,
+        database_url: str | None = None,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        threads: int = DEFAULT_THREADS,
+    ) -> None:
+        self.tenants = tenants or TenantSettings.from_env()
+        self.database_url = database_url
+        self.body_timeout = body_timeout
+        self.max_body = self.tenants.base.max_body_bytes
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        provider = "none"
+        status = 500
+        try:
+            provider, status = await self._route(scope, receive, send)
+        finally:
+            metrics.REQUESTS.labels(provider, str(status)).inc()
+            if provider != "none":
+                metrics.LATENCY.labels(provider).observe(time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.pool.shutdown(wait=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[str, int]:
+        method = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        segments = raw_path.split(b"?", 1)[0].split(b"/")[1:]
+        if segments in ([b"healthz"], [b"metrics"]):
+            if method not in ("GET", "HEAD"):
+                return "none", await answer(send, 405, {"error": "use GET"}, {"allow": "GET, HEAD"})
+            if segments == [b"metrics"]:
+                body = await self._run(metrics.render)
+                return "none", await answer_raw(send, 200, body, metrics.CONTENT_TYPE)
+            healthy, payload = await self._run(check_health, self.database_url)
+            extra = {} if healthy else {"retry-after": RETRY_AFTER}
+            return "none", await answer(send, 200 if healthy else 503, payload, extra)
+        provider = segments[0].decode("latin-1") if segments else ""
+        if len(segments) != 2 or provider not in PROVIDERS:
+            routes = "POST /<provider>/<tenant_id> (" + ", ".join(PROVIDERS) + "), GET /healthz, GET /metrics"
+            return "none", await answer(send, 404, {"error": f"no such route; routes: {routes}"})
+        if method != "POST":
+            return provider, await answer(send, 405, {"error": "use POST"}, {"allow": "POST"})
+        try:
+            tenant_id = unquote_to_bytes(segments[1]).decode("utf-8")
+        except UnicodeDecodeError:
+            return provider, await answer(send, 400, {"error": "tenant id is not UTF-8"})
+        problem = tenant_id_problem(tenant_id)
+        if problem:
+            return provider, await answer(send, 400, {"error": problem})
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        body, refusal = await self._read_body(headers, receive)
+        if refusal is not None:
+            status, message = refusal
+            return provider, await answer(send, status, {"error": message}, {"connection": "close"})
+        status, payload, extra = await self._ingest(provider, tenant_id, body, headers)
+        return provider, await answer(send, status, payload, extra)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> tuple[bytes, tuple[int, str] | None]:
+        """The body, or ``(status, message)``: 413 from Content-Length before reading, 408 on the deadline."""
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return b"", (400, "Content-Length is not a number")
+            if int(declared) > self.max_body:
+                return b"", (413, f"body of {declared} bytes is over the {self.max_body}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.body_timeout
+        more = True
+        while more:
+            remaining = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                return b"", (408, f"body not received within {self.body_timeout:g} s")
+            if message["type"] == "http.disconnect":
+                return b"", (400, "client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:  # no Content-Length (chunked): capped while streaming
+                return b"", (413, f"body is over the {self.max_body}-byte limit")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks), None
+
+    async def _ingest(
+        self, provider: str, tenant_id: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        try:
+            settings = self.tenants.for_tenant(tenant_id, provider)
+            result = await self._run(
+                ingest, provider, body, headers, tenant_id=tenant_id, database_url=self.database_url, settings=settings
+            )
+        except WebhookSignatureError as exc:
+            extra = {"www-authenticate": 'Basic realm="mailglass"'} if provider == "postmark" else {}
+            return 401, {"error": str(exc)}, extra
+        except (WebhookPayloadError, InvalidTenantIdError) as exc:
+            return 400, {"error": str(exc)}, {}
+        except TenantConflictError as exc:
+            metrics.TENANT_CONFLICTS.labels(provider).inc()
+            return 409, {"error": str(exc)}, {}
+        except IngestConfigurationError as exc:
+            log.error("receiver misconfigured for %s: %s", provider, exc)
+            return 503, {"error": f"receiver misconfigured: {exc}"}, {"retry-after": RETRY_AFTER}
+        except (DatabaseUnavailableError, sa.exc.SQLAlchemyError) as exc:
+            log.error("ingest could not store a %s webhook: %s", provider, str(exc).splitlines()[0][:300])
+            return 503, {"error": "database unavailable; nothing stored"}, {"retry-after": RETRY_AFTER}
+        except Exception:
+            log.exception("ingest failed on a %s webhook", provider)
+            return 500, {"error": "internal error; nothing stored"}, {}
+        metrics.count_result(provider, result)
+        return 200, result, {}
+
+    async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: func(*args, **kwargs))
+
+
+async def answer(send: Send, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> int:
+    body = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
+    return await answer_raw(send, status, body, "application/json", extra)
+
+
+async def answer_raw(
+    send: Send, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
+) -> int:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(name.encode(), value.encode()) for name, value in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+def create_app() -> Receiver:
+    """The application factory uvicorn imports in each worker (settings from the environment)."""
+    return Receiver(
+        body_timeout=float(os.environ.get(BODY_TIMEOUT_ENV) or DEFAULT_BODY_TIMEOUT),
+        threads=int(os.environ.get(THREADS_ENV) or DEFAULT_THREADS),
+    )

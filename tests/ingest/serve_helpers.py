@@ -1,0 +1,206 @@
+"""A real ``mailglass serve`` process for the receiver tests, and a cuttable TCP path to PostgreSQL.
+
+Imported by name like ``ingest_helpers`` (tests/ has no packages).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from mailglass_pipeline.ingest import IngestSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from process_support import free_port, wait_until
+
+MAILGLASS = Path(sys.executable).with_name("mailglass")
+
+
+def secrets_env(settings: IngestSettings) -> dict[str, str]:
+    """The global secret variables that verify requests signed with the test keys."""
+    return {
+        "MAILGLASS_POSTMARK_WEBHOOK_AUTH": settings.postmark_auth or "",
+        "MAILGLASS_SENDGRID_VERIFICATION_KEY": settings.sendgrid_verification_key or "",
+        "MAILGLASS_MAILGUN_SIGNING_KEY": settings.mailgun_signing_key or "",
+        "MAILGLASS_RESEND_WEBHOOK_SECRET": settings.resend_webhook_secret or "",
+        "MAILGLASS_SNS_CERT_DIR": settings.sns_cert_dir or "",
+        "MAILGLASS_SES_TOPIC_ARNS": ",".join(settings.ses_topic_arns or ()),
+    }
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A running ``mailglass serve``."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            response = conn.getresponse()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            conn.close()
+
+    def post(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
+        return self.request("POST", path, body, headers)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def healthy(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status in (200, 503)
+    except OSError:
+        return False
+
+
+@contextmanager
+def run_receiver(
+    database_url: str, env: Mapping[str, str], tmp_path: Path, *args: str, expect_healthy: bool = True
+) -> Iterator[Receiver]:
+    """Start ``mailglass serve`` (own process group), wait until it answers, stop it afterwards."""
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"
+    full_env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url, **env}
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(MAILGLASS), "serve", "--port", str(port), *args],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    receiver = Receiver(port, process, log)
+    try:
+        wait_until(lambda: healthy(port) or process.poll() is not None, 60, f"mailglass serve did not start:\n{log}")
+        assert process.poll() is None, f"mailglass serve exited:\n{receiver.log_text()}"
+        yield receiver
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+class CuttableProxy:
+    """A TCP forwarder to PostgreSQL that the test can cut (refuse and drop everything) and restore.
+
+    The receiver connects through it, so "the database is down" is real to the
+    receiver without stopping the PostgreSQL that other tests share.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self.restore()
+
+    def url_for(self, database_url: str) -> str:
+        url = make_url(database_url)
+        return url.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Stop listening and drop every open connection: new connects are refused."""
+        if self._listener is not None:
+            with suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (close alone does not)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in list(self._sockets):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update({client, upstream})
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self.cut()
+
+
+def wait_for(predicate: Any, timeout: float, message: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(message)
