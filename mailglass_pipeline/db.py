@@ -197,14 +197,22 @@ def _translate_errors(context: ExceptionContext) -> BaseException | None:
 
 def create_engine(url: str, **kwargs: object) -> Engine:
     """A new engine with mailglass's connect timeout and error translation."""
+    parsed = make_url(normalize_url(url))
+    # Options written in the URL itself come after ours, so what they name explicitly wins
+    # (libpq applies the last -c for a setting); the time zone is pinned again once connected.
+    url_options = parsed.query.get("options")
+    options = session_options()
+    if url_options:
+        options += " " + (url_options if isinstance(url_options, str) else " ".join(url_options))
+        parsed = parsed.difference_update_query(["options"])
     connect_args: dict[str, object] = {
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "application_name": "mailglass",
-        "options": session_options(),
+        "options": options,
     }
     connect_args.update(kwargs.pop("connect_args", {}) or {})  # type: ignore[arg-type]
     engine = sa.create_engine(
-        normalize_url(url),
+        parsed,
         connect_args=connect_args,
         pool_pre_ping=True,
         **kwargs,  # type: ignore[arg-type]

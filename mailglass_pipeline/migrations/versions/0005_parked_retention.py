@@ -35,9 +35,10 @@ UPGRADE = f"""
 CREATE INDEX IF NOT EXISTS mailglass_reconciliation_queue_parked_age_index
     ON mailglass_reconciliation_queue (parked_reason, orphan_inserted_at) WHERE parked_at IS NOT NULL;
 -- Malformed orphans no sweep has examined yet (`mailglass orphans --state malformed`): few by construction
--- (the next sweep parks them), so this index stays tiny while the fresh backlog may be large.
+-- (the next sweep parks them), so this index stays tiny while the fresh backlog may be large; in
+-- orphan_inserted_at order, so the all-tenant listing reads it in order and a tenant's filters it.
 CREATE INDEX IF NOT EXISTS mailglass_reconciliation_queue_fresh_malformed_index
-    ON mailglass_reconciliation_queue (tenant_id, orphan_inserted_at)
+    ON mailglass_reconciliation_queue (orphan_inserted_at, tenant_id)
     WHERE parked_at IS NULL AND next_attempt_at IS NULL AND (provider IS NULL OR provider_message_id IS NULL);
 
 -- One batch: rows parked for `p_reason` before `p_cutoff`, oldest first, at most `p_batch`, skipping rows
