@@ -101,8 +101,9 @@ def sweep_all(
     with engine.begin() as conn:
         row = conn.execute(
             SWEEP_BATCH[False],
+            # used: what earlier transactions of the same run examined per tenant (a one-statement run: none).
             {"limit": limit, "max_total": max_total, "grace_seconds": grace_seconds,
-             "max_age_minutes": max_age_minutes},
+             "max_age_minutes": max_age_minutes, "used": "{}"},
         ).one()  # fmt: skip
     return int(row.scanned), int(row.linked)
 

@@ -131,6 +131,7 @@ class CuttableProxy:
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
+        # A host that is a directory is a Unix socket's (the embedded server listens on one only).
         self.target = (target_host, target_port)
         self.port = free_port()
         self._sockets: set[socket.socket] = set()
@@ -139,9 +140,29 @@ class CuttableProxy:
         self._stop = threading.Event()
         self.restore()
 
-    def url_for(self, database_url: str) -> str:
+    @classmethod
+    def for_url(cls, database_url: str) -> CuttableProxy:
+        """A proxy in front of the server that ``database_url`` names (TCP, or a Unix socket directory)."""
         url = make_url(database_url)
+        socket_dir = url.query.get("host")
+        host = socket_dir if isinstance(socket_dir, str) and socket_dir.startswith("/") else url.host
+        return cls(host or "127.0.0.1", url.port or 5432)
+
+    def url_for(self, database_url: str) -> str:
+        url = make_url(database_url).difference_update_query(["host"])
         return url.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+
+    def _connect_upstream(self) -> socket.socket:
+        host, port = self.target
+        if host.startswith("/"):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(f"{host}/.s.PGSQL.{port}")
+            except OSError:
+                upstream.close()
+                raise
+            return upstream
+        return socket.create_connection(self.target)
 
     def restore(self) -> None:
         listener = socket.socket()
@@ -172,7 +193,7 @@ class CuttableProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target)
+                upstream = self._connect_upstream()
             except OSError:
                 client.close()
                 continue

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from ingest_helpers import count_events, events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 from serve_helpers import CuttableProxy, run_receiver, secrets_env, wait_for
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook, sign_sns
@@ -123,8 +123,7 @@ def test_concurrent_load_every_2xx_stored_exactly_once(
 def test_503_with_retry_after_while_the_database_is_down(
     database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
 ) -> None:
-    url = make_url(database_url)
-    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy = CuttableProxy.for_url(database_url)
     env = {**secrets_env(settings), "MAILGLASS_CONNECT_TIMEOUT": "2"}
     try:
         with run_receiver(proxy.url_for(database_url), env, tmp_path, "--workers", "1") as receiver:
