@@ -323,7 +323,7 @@ class OldTick(threading.Thread):
     def run(self) -> None:
         from dagster import RunsFilter
 
-        from mailglass_pipeline.defs.schedules import IN_FLIGHT_STATUSES
+        from mailglass_pipeline.defs.scheduled_sweep.schedules import IN_FLIGHT_STATUSES
 
         while not self.stop_event.wait(60 - time.time() % 60):
             started = time.time()
@@ -366,7 +366,7 @@ def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
     from dagster._core.scheduler.instigation import TickStatus
     from dagster_graphql import DagsterGraphQLClient
 
-    from mailglass_pipeline.defs.ops import POOL_HELD_MESSAGE
+    from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
 
     groups = Groups.of(phase.tenants)
     stack = Stack(admin_url, workdir)

@@ -151,7 +151,7 @@ _EMBEDDED_RUNNING_AT_START: bool | None = None
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _EMBEDDED_RUNNING_AT_START
-    from mailglass_pipeline.defs.dev import embedded_server_pid
+    from mailglass_pipeline.devtools.dev import embedded_server_pid
 
     _EMBEDDED_RUNNING_AT_START = embedded_server_pid() is not None
 
@@ -163,7 +163,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """
     if hasattr(session.config, "workerinput") or _EMBEDDED_RUNNING_AT_START is not False:
         return
-    from mailglass_pipeline.defs.dev import stop_embedded_server
+    from mailglass_pipeline.devtools.dev import stop_embedded_server
 
     if stop_embedded_server() is not None:
         print("\nstopped the embedded PostgreSQL this test session started")

@@ -7,9 +7,9 @@ from typing import Any
 from dagster import DagsterInstance, ExecuteInProcessResult, JobDefinition
 
 from mailglass_pipeline.definitions import build_definitions
-from mailglass_pipeline.defs.jobs import RECONCILE_JOB_NAME
-from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME
 
 
 def reconcile_job(database_url: str) -> JobDefinition:

@@ -29,7 +29,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from process_support import free_port, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.defs.dev import psycopg2_url
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -273,7 +273,7 @@ def assert_no_overlap(windows: dict[str, tuple[float, float]]) -> None:
 
 def sweep_window(instance: DagsterInstance, record) -> tuple[float, float]:
     """From the moment the run held the pool (its find_orphans says so) to the run's end."""
-    from mailglass_pipeline.defs.ops import POOL_HELD_MESSAGE
+    from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
 
     held = [e.timestamp for e in instance.all_logs(record.dagster_run.run_id) if POOL_HELD_MESSAGE in e.user_message]
     assert len(held) == 1, record.dagster_run.run_id

@@ -7,13 +7,13 @@ from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetCheckSeverity, Backoff, DagsterRunStatus, instance_for_test
 from dagster_support import graph_config, materialization_counts, reconcile_job, run_tenant
 
+from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.definitions import defs
-from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.checks import stale_orphans_result
-from mailglass_pipeline.defs.ops import (
+from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.tenant_reconciliation.checks import stale_orphans_result
+from mailglass_pipeline.defs.tenant_reconciliation.ops import (
     append_reconciled_events,
     attempt_link,
-    database_errors,
     find_orphans,
     markdown_preview,
 )

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailglass_pipeline.defs import dev
+from mailglass_pipeline.devtools import dev
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ CHILD = "import sys; print('\\x1b[32m2026-12-03 dagster - INFO -\\x1b[0m hello',
 PARENT = f"""
 import sys
 from pathlib import Path
-from mailglass_pipeline.defs.dev import Supervisor
+from mailglass_pipeline.devtools.dev import Supervisor
 s = Supervisor([[sys.executable, "-c", {CHILD!r}]], dict(__import__("os").environ), Path("."), plain_output=True)
 s.start()
 s.processes[0].wait()

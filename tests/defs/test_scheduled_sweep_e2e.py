@@ -43,7 +43,7 @@ from dagster_graphql import DagsterGraphQLClient
 from process_support import free_port, log_tail, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.defs.dev import psycopg2_url
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 

@@ -18,9 +18,9 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.definitions import build_definitions
-from mailglass_pipeline.defs.dev import psycopg2_url
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.retention import PRUNE_JOB_NAME
+from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])
 
