@@ -362,11 +362,10 @@ class OldTick(threading.Thread):
 
 def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import TickStatus
     from dagster_graphql import DagsterGraphQLClient
 
     from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
+    from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
 
     groups = Groups.of(phase.tenants)
     stack = Stack(admin_url, workdir)

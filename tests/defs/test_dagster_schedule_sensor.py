@@ -13,10 +13,14 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from dagster._core.test_utils import create_run_for_test
 
 from mailglass_pipeline import ledger, reconciler
+from mailglass_pipeline.dagster_support.testing_internals import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+    create_run_for_test,
+)
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
