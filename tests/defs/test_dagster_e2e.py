@@ -147,8 +147,8 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     assert tags["mailglass/tenant"] == "t1" and tags["mailglass/reconcile"] == "true"
-    # A bad Launchpad value is refused at launch: no run is created.
-    with pytest.raises(DagsterGraphQLClientError):
+    # A bad Launchpad value is refused at launch in one line naming the field and its bound: no run is created.
+    with pytest.raises(DagsterGraphQLClientError, match=r"invalid reconcile config: limit must be >= 1 \(got 0\)"):
         client.submit_job_execution(
             "reconcile_orphans",
             repository_location_name=LOCATION,

@@ -25,7 +25,7 @@ Config is validated twice on purpose: ``ReconcileConfig``'s pydantic bounds and
 the core's ``SweepConfig`` both run in the graph's config mapping
 (``reconcile_config_mapping``), which Dagster evaluates while it builds the run's
 execution plan. A bad Launchpad value is therefore refused at launch, before any
-op starts.
+op starts, in one line naming the field and its bound (``dagster_support.config_errors``).
 """
 
 import dataclasses
@@ -45,6 +45,7 @@ from dagster import (
 from pydantic import Field
 
 from mailglass_pipeline import db, reconciler
+from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
@@ -104,13 +105,14 @@ class ReconcileConfig(Config):
         return reconciler.SweepConfig(**values)
 
 
-@config_mapping
-def reconcile_config_mapping(config: ReconcileConfig) -> dict[str, Any]:
-    """Validate the Launchpad config once, then hand it to the ops that need it."""
+@config_mapping(config_schema=ReconcileConfig.to_config_schema())
+def reconcile_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate the Launchpad config once (one-line refusal: ``dagster_support.config_errors``), then hand it on."""
+    config = parse_launchpad_config(ReconcileConfig, values, "reconcile config")
     try:
         config.sweep_config()
     except ConfigurationError as exc:
-        raise ValueError(f"invalid reconcile config: {exc}") from exc
+        raise LaunchpadConfigError(f"invalid reconcile config: {exc}") from None
     values = config.values()
     return {"find_orphans": {"config": values}, "append_reconciled_events": {"config": values}}
 
