@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetCheckSeverity, Backoff, DagsterRunStatus, instance_for_test
-from dagster_support import graph_config, materialization_counts, reconcile_job, run_tenant
+from defs_support import graph_config, materialization_counts, reconcile_job, run_tenant
 
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.dagster_support.database import database_errors

@@ -16,7 +16,7 @@ from dagster_graphql.test.utils import define_out_of_process_context, execute_da
 
 from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 GRAPH = "mailglass__webhook_reconciliation"
 
 LAUNCH = """

@@ -46,7 +46,7 @@ from mailglass_pipeline.devtools.dev import psycopg2_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 REPOSITORY = {"repositoryLocationName": "mailglass_pipeline", "repositoryName": "__repository__"}
 SCHEDULE = "reconcile_every_minute"

@@ -1,4 +1,7 @@
-"""Helpers shared by the Dagster tests (unique module name: tests/ has no packages)."""
+"""Helpers of the per-tenant job tests: build the job on a test database, run one tenant, read its counts.
+
+Imported by name (tests/ has no packages), so the name is unique: ``<concern>_support``.
+"""
 
 from __future__ import annotations
 
