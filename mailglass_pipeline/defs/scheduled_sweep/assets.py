@@ -67,6 +67,7 @@ from dagster import (
 from pydantic import Field
 
 from mailglass_pipeline import db, drain, orphans, reconciler
+from mailglass_pipeline.dagster_support.config_errors import parse_step_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
@@ -193,15 +194,17 @@ def sweep_metadata(result: drain.DrainResult, unfit: list[str], recorded: int) -
     group_name="mailglass",
     pool=RECONCILE_POOL,
     retry_policy=DATABASE_RETRY_POLICY,
+    # The plain schema, parsed in the body: Dagster's own parse would fail the step 4 times (the retry
+    # policy) with pydantic's report; see dagster_support.config_errors.
+    config_schema=SweepDueConfig.to_config_schema(),
     kinds={"postgres", "python"},
     description=(
         "One sweep over every tenant with due orphans (what the minute schedule runs): records a materialization "
         "of each worked tenant's partition of mailglass/webhook_reconciliation; its own metadata holds the totals."
     ),
 )
-def reconciliation_sweep(
-    context: AssetExecutionContext, config: SweepDueConfig, mailglass_db: MailglassDatabase
-) -> MaterializeResult:
+def reconciliation_sweep(context: AssetExecutionContext, mailglass_db: MailglassDatabase) -> MaterializeResult:
+    config = parse_step_config(SweepDueConfig, context.op_execution_context.op_config, "sweep config")
     try:
         sweep_config = config.sweep_config()
         budget = config.budget()
