@@ -323,7 +323,7 @@ class OldTick(threading.Thread):
     def run(self) -> None:
         from dagster import RunsFilter
 
-        from mailglass_pipeline.defs.schedules import IN_FLIGHT_STATUSES
+        from mailglass_pipeline.defs.scheduled_sweep.schedules import IN_FLIGHT_STATUSES
 
         while not self.stop_event.wait(60 - time.time() % 60):
             started = time.time()
@@ -362,11 +362,10 @@ class OldTick(threading.Thread):
 
 def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import TickStatus
     from dagster_graphql import DagsterGraphQLClient
 
-    from mailglass_pipeline.defs.ops import POOL_HELD_MESSAGE
+    from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
+    from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
 
     groups = Groups.of(phase.tenants)
     stack = Stack(admin_url, workdir)

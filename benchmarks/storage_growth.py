@@ -96,7 +96,7 @@ def main() -> None:
         raise SystemExit("set MAILGLASS_BENCH_DATABASE_URL to a PostgreSQL admin URL")
     from mailglass_pipeline import deliveries, ledger, schema
     from mailglass_pipeline.db import create_engine, normalize_url
-    from mailglass_pipeline.defs.dev import psycopg2_url
+    from mailglass_pipeline.devtools.dev import psycopg2_url
 
     admin_url = normalize_url(admin_url)
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
@@ -118,7 +118,7 @@ def main() -> None:
 
         from mailglass_pipeline.definitions import build_definitions
         from mailglass_pipeline.defs.resources import MailglassDatabase
-        from mailglass_pipeline.defs.retention import prune_history
+        from mailglass_pipeline.defs.retention.jobs import prune_history
 
         instance = DagsterInstance.from_config(home)
         storage = sa.create_engine(storage_url, poolclass=sa.pool.NullPool)

@@ -9,7 +9,6 @@ are isolated from each other and from xdist workers.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,26 +16,16 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from database_support import create_database, drop_database, server_admin_url, with_database
+from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import deliveries, ledger, schema
-from mailglass_pipeline.db import create_engine, embedded_server_url, normalize_url
-
-TEST_URL_ENV = "MAILGLASS_TEST_DATABASE_URL"
-
-
-def _server_admin_url() -> str:
-    url = os.environ.get(TEST_URL_ENV)
-    return normalize_url(url) if url else embedded_server_url(database="postgres")
-
-
-def _with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
+from mailglass_pipeline.db import create_engine
 
 
 @pytest.fixture(scope="session")
 def admin_url() -> str:
-    return _server_admin_url()
+    return server_admin_url()
 
 
 @pytest.fixture(scope="session")
@@ -46,42 +35,31 @@ def admin_engine(admin_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _create_database(admin_engine: Engine, name: str, template: str | None = None) -> None:
-    clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
-
-
-def _drop_database(admin_engine: Engine, name: str) -> None:
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.fixture(scope="session")
 def template_database(admin_url: str, admin_engine: Engine) -> Iterator[str]:
     name = f"mg_tpl_{uuid.uuid4().hex[:10]}"
-    _create_database(admin_engine, name)
-    schema.upgrade(_with_database(admin_url, name))
+    create_database(admin_engine, name)
+    schema.upgrade(with_database(admin_url, name))
     yield name
-    _drop_database(admin_engine, name)
+    drop_database(admin_engine, name)
 
 
 @pytest.fixture
 def blank_database_url(admin_url: str, admin_engine: Engine) -> Iterator[str]:
     """An empty database (no schema): for migration tests."""
     name = f"mg_t_{uuid.uuid4().hex[:12]}"
-    _create_database(admin_engine, name)
-    yield _with_database(admin_url, name)
-    _drop_database(admin_engine, name)
+    create_database(admin_engine, name)
+    yield with_database(admin_url, name)
+    drop_database(admin_engine, name)
 
 
 @pytest.fixture
 def database_url(admin_url: str, admin_engine: Engine, template_database: str) -> Iterator[str]:
     """A fresh database at the schema's head revision, dropped after the test."""
     name = f"mg_t_{uuid.uuid4().hex[:12]}"
-    _create_database(admin_engine, name, template=template_database)
-    yield _with_database(admin_url, name)
-    _drop_database(admin_engine, name)
+    create_database(admin_engine, name, template=template_database)
+    yield with_database(admin_url, name)
+    drop_database(admin_engine, name)
 
 
 @pytest.fixture
@@ -151,7 +129,7 @@ _EMBEDDED_RUNNING_AT_START: bool | None = None
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _EMBEDDED_RUNNING_AT_START
-    from mailglass_pipeline.defs.dev import embedded_server_pid
+    from mailglass_pipeline.devtools.dev import embedded_server_pid
 
     _EMBEDDED_RUNNING_AT_START = embedded_server_pid() is not None
 
@@ -163,7 +141,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """
     if hasattr(session.config, "workerinput") or _EMBEDDED_RUNNING_AT_START is not False:
         return
-    from mailglass_pipeline.defs.dev import stop_embedded_server
+    from mailglass_pipeline.devtools.dev import stop_embedded_server
 
     if stop_embedded_server() is not None:
         print("\nstopped the embedded PostgreSQL this test session started")

@@ -1,14 +1,21 @@
 """Helpers for the tests that start real processes (``mailglass dev``, webserver, daemon, code server).
 
 One home for them: tests/ has no packages, so this module is imported by name, like ``conftest``.
+A fixture that starts servers registers each one's stop (``contextlib.ExitStack``) before the
+command that may start it, and runs commands through ``run_checked``: a failing set-up then shows
+the command's stderr and still stops everything it started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +54,32 @@ def wait_until(
             return value
         time.sleep(every)
     raise AssertionError(f"{message}\n{log_tail(log_dir)}")
+
+
+def run_checked(command: Sequence[str], *, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on a non-zero exit fail with the command, its exit code and the end of its stderr/stdout.
+
+    ``subprocess.run(check=True, capture_output=True)`` keeps the output inside the exception,
+    where pytest does not print it: a fixture's failing ``mailglass demo`` then says only "exit status 1".
+    """
+    result = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(map(str, command))}` exited with {result.returncode}\n"
+            f"--- stderr\n{result.stderr[-4000:]}\n--- stdout\n{result.stdout[-2000:]}"
+        )
+    return result
+
+
+def stop_process_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """SIGTERM the process group of ``process`` (started with ``start_new_session=True``), SIGKILL after ``timeout``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -29,7 +29,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from process_support import free_port, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.defs.dev import psycopg2_url
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -147,8 +147,8 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     assert tags["mailglass/tenant"] == "t1" and tags["mailglass/reconcile"] == "true"
-    # A bad Launchpad value is refused at launch: no run is created.
-    with pytest.raises(DagsterGraphQLClientError):
+    # A bad Launchpad value is refused at launch in one line naming the field and its bound: no run is created.
+    with pytest.raises(DagsterGraphQLClientError, match=r"invalid reconcile config: limit must be >= 1 \(got 0\)"):
         client.submit_job_execution(
             "reconcile_orphans",
             repository_location_name=LOCATION,
@@ -273,7 +273,7 @@ def assert_no_overlap(windows: dict[str, tuple[float, float]]) -> None:
 
 def sweep_window(instance: DagsterInstance, record) -> tuple[float, float]:
     """From the moment the run held the pool (its find_orphans says so) to the run's end."""
-    from mailglass_pipeline.defs.ops import POOL_HELD_MESSAGE
+    from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
 
     held = [e.timestamp for e in instance.all_logs(record.dagster_run.run_id) if POOL_HELD_MESSAGE in e.user_message]
     assert len(held) == 1, record.dagster_run.run_id

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, DynamicPartitionsDefinition
-from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from sqlalchemy.engine import make_url
 
+from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
 from mailglass_pipeline.definitions import defs
-from mailglass_pipeline.defs.dev import psycopg2_url
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 REPO = Path(__file__).resolve().parents[2]
 

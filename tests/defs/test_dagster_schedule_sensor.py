@@ -13,15 +13,19 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from dagster._core.test_utils import create_run_for_test
 
 from mailglass_pipeline import ledger, reconciler
+from mailglass_pipeline.dagster_support.testing_internals import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+    create_run_for_test,
+)
 from mailglass_pipeline.definitions import defs
-from mailglass_pipeline.defs.partitions import is_valid_tenant_key
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.schedules import reconcile_every_minute
-from mailglass_pipeline.defs.sensors import tenant_partitions
+from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import is_valid_tenant_key
+from mailglass_pipeline.defs.tenant_reconciliation.sensors import tenant_partitions
 
 
 @pytest.fixture

@@ -26,9 +26,12 @@ import kubernetes_validate
 import pytest
 import yaml
 from dagster import DagsterInstance
-from dagster._config import validate_config
-from dagster._core.instance.config import dagster_instance_config
-from dagster._serdes.config_class import class_from_code_pointer
+
+from mailglass_pipeline.dagster_support.testing_internals import (
+    class_from_code_pointer,
+    dagster_instance_config,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

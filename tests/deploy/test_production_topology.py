@@ -50,7 +50,7 @@ from process_support import free_port, wait_until
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.defs.dev import psycopg2_url
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")]
 

@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import click
 import pytest
 from click.testing import CliRunner
-from ingest_helpers import count_events, events, fixture_bytes, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
+from ingest_support import count_events, events, fixture_bytes, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings

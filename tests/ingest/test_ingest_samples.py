@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from ingest_helpers import FOLDERS, fixture_bytes, fixture_json, sources_files
+from ingest_support import FOLDERS, fixture_bytes, fixture_json, sources_files
 
 from mailglass_pipeline.ingest import WebhookPayloadError, parse_webhook
 

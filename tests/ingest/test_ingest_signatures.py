@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_helpers import fixture_bytes, fixture_json, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
+from ingest_support import fixture_bytes, fixture_json, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 
 from mailglass_pipeline.errors import MailglassError
 from mailglass_pipeline.ingest import (

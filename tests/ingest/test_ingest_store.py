@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from ingest_helpers import (  # noqa: F401
+from ingest_support import (  # noqa: F401
     count_events,
     delivery,
     events,

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from ingest_helpers import count_events, events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_helpers import CuttableProxy, run_receiver, secrets_env, wait_for
+from ingest_support import count_events, events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
+from serve_support import CuttableProxy, run_receiver, secrets_env, wait_for
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings

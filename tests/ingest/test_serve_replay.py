@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from ingest_helpers import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_helpers import MAILGLASS, run_receiver, secrets_env
+from ingest_support import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
+from serve_support import MAILGLASS, run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings

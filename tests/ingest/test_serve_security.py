@@ -9,8 +9,8 @@ import re
 import time
 from pathlib import Path
 
-from ingest_helpers import count_events, events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_helpers import Receiver, run_receiver, secrets_env
+from ingest_support import count_events, events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
+from serve_support import Receiver, run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings

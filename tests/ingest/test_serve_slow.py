@@ -6,8 +6,8 @@ import socket
 import time
 from pathlib import Path
 
-from ingest_helpers import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_helpers import run_receiver, secrets_env
+from ingest_support import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
+from serve_support import run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings

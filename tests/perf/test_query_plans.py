@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import _create_database, _drop_database, _with_database
+from database_support import create_database, drop_database, with_database
 from sqlalchemy.engine import Engine
 
 from benchmarks import datasets
@@ -37,14 +37,14 @@ BIG_TABLES = {"mailglass_events", "mailglass_deliveries"}
 def loaded(admin_url: str, admin_engine: Engine, template_database: str) -> Iterator[Engine]:
     """One loaded database for the whole module: loading is the slow part, EXPLAIN is not."""
     name = f"mg_plan_{uuid.uuid4().hex[:10]}"
-    _create_database(admin_engine, name, template=template_database)
-    engine = create_engine(_with_database(admin_url, name))
+    create_database(admin_engine, name, template=template_database)
+    engine = create_engine(with_database(admin_url, name))
     try:
         _load(engine)
         yield engine
     finally:
         engine.dispose()
-        _drop_database(admin_engine, name)
+        drop_database(admin_engine, name)
 
 
 def _load(engine: Engine) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import _bulk
+import bulk_support
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -64,10 +64,10 @@ def expected(admin_url: str, admin_engine: Engine, template_database: str, base_
     name, url = _new_database(admin_url, admin_engine, template_database)
     engine = create_engine(url)
     try:
-        _bulk.seed(engine, TENANT, N, base_time)
+        bulk_support.seed(engine, TENANT, N, base_time)
         result = sweep(engine, TENANT, SweepConfig(limit=BATCH, grace_seconds=0))
         assert (result.scanned, result.linked, result.unmatched) == (BATCH, BATCH - 500, 500)
-        yield _bulk.snapshot(engine, TENANT)
+        yield bulk_support.snapshot(engine, TENANT)
     finally:
         engine.dispose()
         _drop(admin_engine, name)
@@ -77,7 +77,7 @@ def expected(admin_url: str, admin_engine: Engine, template_database: str, base_
 def crash_db(admin_url: str, admin_engine: Engine, template_database: str, base_time: datetime) -> Iterator[Any]:
     name, url = _new_database(admin_url, admin_engine, template_database)
     engine = create_engine(url)
-    _bulk.seed(engine, TENANT, N, base_time)
+    bulk_support.seed(engine, TENANT, N, base_time)
     yield name, url, engine
     engine.dispose()
     _drop(admin_engine, name)
@@ -130,7 +130,7 @@ def _wait_backend_gone(admin_engine: Engine, pid: int) -> None:
 
 def _assert_all_or_nothing(engine: Engine) -> int:
     """0 or the whole batch, and the queue and projections say the same."""
-    count = _bulk.reconciled_count(engine, TENANT)
+    count = bulk_support.reconciled_count(engine, TENANT)
     assert count in (0, BATCH - 500), f"partial batch: {count} reconciled events"
     with engine.connect() as conn:
         queued = conn.execute(sa.text("SELECT count(*) FROM mailglass_reconciliation_queue")).scalar_one()
@@ -150,7 +150,7 @@ def _finish_and_compare(url: str, engine: Engine, expected: Any, already: int) -
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["linked"] == BATCH - 500 - already
-    assert _bulk.snapshot(engine, TENANT) == expected
+    assert bulk_support.snapshot(engine, TENANT) == expected
 
 
 def test_kill_9_mid_sweep_keeps_all_or_nothing(crash_db: Any, admin_engine: Engine, expected: Any) -> None:

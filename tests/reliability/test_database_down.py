@@ -92,11 +92,11 @@ def test_python_api_raises_database_unavailable(closed_port: int) -> None:
 
 def test_dagster_op_retries_with_exponential_backoff_then_fails(closed_port: int) -> None:
     dagster = pytest.importorskip("dagster")
+    from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY
     from mailglass_pipeline.definitions import build_definitions
-    from mailglass_pipeline.defs.jobs import RECONCILE_JOB_NAME
-    from mailglass_pipeline.defs.ops import DATABASE_RETRY_POLICY
-    from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME
     from mailglass_pipeline.defs.resources import MailglassDatabase
+    from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
+    from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME
 
     unreachable = f"postgresql://mailglass:s3cret-pw@127.0.0.1:{closed_port}/x"
     job = build_definitions(MailglassDatabase(database_url=unreachable)).resolve_job_def(RECONCILE_JOB_NAME)

@@ -214,7 +214,7 @@ def test_message_id_colliding_across_tenants_never_links_across(engine: Engine) 
 
 def test_hostile_tenants_as_partition_keys_are_reported_not_fatal(engine: Engine, database_url: str) -> None:
     from mailglass_pipeline.defs.resources import MailglassDatabase
-    from mailglass_pipeline.defs.sensors import tenant_partitions
+    from mailglass_pipeline.defs.tenant_reconciliation.sensors import tenant_partitions
 
     for tenant in [*HOSTILE_TENANTS, "acme"]:
         make_orphan(engine, tenant, "m-1", age=timedelta(minutes=1))

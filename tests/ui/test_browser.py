@@ -18,10 +18,10 @@ page source go to ``$MAILGLASS_TEST_ARTIFACTS`` (default ``tests/ui/artifacts/``
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_support import free_port, webserver_up
+from process_support import free_port, run_checked, stop_process_group, webserver_up
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -64,32 +64,33 @@ def wait_for(predicate: Callable[[], Any], message: str, timeout: float = TIMEOU
 
 @pytest.fixture
 def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME."""
+    """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME.
+
+    Every stop is registered before the command that may start what it stops: ``mailglass demo``
+    starts the embedded PostgreSQL, so a demo that fails half-way still has it stopped, and its
+    stderr is in the failure (``run_checked``).
+    """
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGLASS_")}
     env.update({"MAILGLASS_HOME": str(tmp_path / "mailglass"), "DAGSTER_HOME": str(home)})
-    subprocess.run([str(BIN / "mailglass"), "demo"], env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
-    port = free_port()
-    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(BIN / "mailglass"), "dev", "--port", str(port)],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+    mailglass = str(BIN / "mailglass")
+    with contextlib.ExitStack() as cleanup:
+        # Last to run: the embedded server outlives `mailglass dev` and `mailglass demo` by design.
+        cleanup.callback(subprocess.run, [mailglass, "stop"], env=env, cwd=REPO, capture_output=True, timeout=60)
+        run_checked([mailglass, "demo"], env=env, cwd=REPO, timeout=300)
+        port = free_port()
+        log = cleanup.enter_context(open(tmp_path / "dev.log", "w"))
+        process = subprocess.Popen(
+            [mailglass, "dev", "--port", str(port)],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        cleanup.callback(stop_process_group, process)
         wait_for(
             lambda: webserver_up(port), f"mailglass dev did not come up:\n{(tmp_path / 'dev.log').read_text()[-3000:]}"
         )
         yield port, env
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
-        subprocess.run([str(BIN / "mailglass"), "stop"], env=env, cwd=REPO, capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ def test_asset_page_materialize_backfill_and_launchpad(
     from dagster import DagsterInstance, DagsterRunStatus
 
     from mailglass_pipeline import db
-    from mailglass_pipeline.defs.dev import resolve_dagster_storage_url
+    from mailglass_pipeline.devtools.dev import resolve_dagster_storage_url
 
     port, env = dev_server
     base = f"http://127.0.0.1:{port}"

@@ -32,7 +32,7 @@ offers, and why each was or was not used:
   materializations in one INSERT (``store_event_batch``). This is the path
   Dagster itself uses for the materializations of a partition-range output
   (``execute_step._store_output``); :func:`record_tenant_materializations`
-  follows it through ``DagsterEvent.asset_materialization``.
+  follows it (``dagster_support.private.log_materializations_in_batches``).
 * This asset's own materialization carries the run's totals (tenants swept and
   materialized, scanned, linked, unmatched, newly stale, backlog, oldest due
   age, lag, transactions, sweep seconds, budget and why the run stopped:
@@ -50,9 +50,7 @@ Tenant ids unfit as partition keys are swept like any other; they only get no
 partition materialization (their count and a sample are in the run's metadata).
 """
 
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import (
@@ -66,25 +64,22 @@ from dagster import (
     asset,
     define_asset_job,
 )
-from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from pydantic import Field
 
 from mailglass_pipeline import db, drain, orphans, reconciler
-from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.ops import (
-    DATABASE_RETRY_POLICY,
-    database_errors,
-    queue_state_metadata,
-    wait_for_pool_turn,
-)
-from mailglass_pipeline.defs.partitions import (
-    RECONCILE_POOL,
+from mailglass_pipeline.dagster_support.config_errors import parse_step_config
+from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
+from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
+from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
+from mailglass_pipeline.dagster_support.private import log_materializations_in_batches
+from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
     RECONCILE_TAGS,
     TENANT_TAG,
     TENANTS_PARTITIONS_NAME,
     is_valid_tenant_key,
 )
-from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.errors import ConfigurationError
 
 SWEEP_KEY = AssetKey(["mailglass", "reconciliation_sweep"])
@@ -93,8 +88,6 @@ SWEEP_JOB_NAME = "reconcile_due_tenants"
 ALL_TENANTS = "*"
 SWEEP_RUN_TAGS = {**RECONCILE_TAGS, TENANT_TAG: ALL_TENANTS}
 
-#: Events per storage write when the environment sets no DAGSTER_EVENT_BATCH_SIZE.
-EVENT_BATCH_SIZE = 1000
 UNFIT_SAMPLE = 20
 
 
@@ -136,41 +129,22 @@ class SweepDueConfig(Config):
         )
 
 
-@contextmanager
-def event_batching(size: int = EVENT_BATCH_SIZE) -> Iterator[None]:
-    """Turn on Dagster's batched event writes for this block unless the environment already chose a size."""
-    if os.environ.get("DAGSTER_EVENT_BATCH_SIZE"):
-        yield
-        return
-    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = str(size)
-    try:
-        yield
-    finally:
-        os.environ.pop("DAGSTER_EVENT_BATCH_SIZE", None)
-
-
 def record_tenant_materializations(
     context: AssetExecutionContext, counts_by_tenant: Mapping[str, Mapping[str, int]]
 ) -> int:
     """One materialization of ``mailglass/webhook_reconciliation`` per tenant, written in batches."""
-    if not counts_by_tenant:
-        return 0
-    step_context = context.op_execution_context.get_step_execution_context()
-    batch_id = generate_event_batch_id()
-    last = len(counts_by_tenant) - 1
-    with event_batching():
-        for i, (tenant, counts) in enumerate(counts_by_tenant.items()):
-            materialization = AssetMaterialization(
+    return log_materializations_in_batches(
+        context,
+        [
+            AssetMaterialization(
                 asset_key=WEBHOOK_RECONCILIATION_KEY,
                 partition=tenant,
                 metadata={key: int(value) for key, value in counts.items()},
                 description="swept by the scheduled all-tenant sweep",
             )
-            # Logs the event with its batch metadata: stored when the batch is full or ends.
-            DagsterEvent.asset_materialization(
-                step_context, materialization, DagsterEventBatchMetadata(batch_id, i == last)
-            )
-    return len(counts_by_tenant)
+            for tenant, counts in counts_by_tenant.items()
+        ],
+    )
 
 
 def ensure_partitions(context: AssetExecutionContext, tenants: list[str]) -> int:
@@ -220,15 +194,17 @@ def sweep_metadata(result: drain.DrainResult, unfit: list[str], recorded: int) -
     group_name="mailglass",
     pool=RECONCILE_POOL,
     retry_policy=DATABASE_RETRY_POLICY,
+    # The plain schema, parsed in the body: Dagster's own parse would fail the step 4 times (the retry
+    # policy) with pydantic's report; see dagster_support.config_errors.
+    config_schema=SweepDueConfig.to_config_schema(),
     kinds={"postgres", "python"},
     description=(
         "One sweep over every tenant with due orphans (what the minute schedule runs): records a materialization "
         "of each worked tenant's partition of mailglass/webhook_reconciliation; its own metadata holds the totals."
     ),
 )
-def reconciliation_sweep(
-    context: AssetExecutionContext, config: SweepDueConfig, mailglass_db: MailglassDatabase
-) -> MaterializeResult:
+def reconciliation_sweep(context: AssetExecutionContext, mailglass_db: MailglassDatabase) -> MaterializeResult:
+    config = parse_step_config(SweepDueConfig, context.op_execution_context.op_config, "sweep config")
     try:
         sweep_config = config.sweep_config()
         budget = config.budget()

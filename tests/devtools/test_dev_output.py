@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailglass_pipeline.defs import dev
+from mailglass_pipeline.devtools import dev
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ CHILD = "import sys; print('\\x1b[32m2026-12-03 dagster - INFO -\\x1b[0m hello',
 PARENT = f"""
 import sys
 from pathlib import Path
-from mailglass_pipeline.defs.dev import Supervisor
+from mailglass_pipeline.devtools.dev import Supervisor
 s = Supervisor([[sys.executable, "-c", {CHILD!r}]], dict(__import__("os").environ), Path("."), plain_output=True)
 s.start()
 s.processes[0].wait()
@@ -33,8 +33,8 @@ def test_output_to_a_file_has_no_colour_codes(tmp_path: Path) -> None:
 
 
 def test_the_daemons_code_servers_do_not_log_their_recycling(tmp_path: Path) -> None:
-    from dagster._daemon import controller
-    from dagster._grpc import server
+    from mailglass_pipeline.dagster_support.testing_internals import daemon_controller as controller
+    from mailglass_pipeline.dagster_support.testing_internals import grpc_server as server
 
     _, daemon = dev.dev_commands(REPO, "127.0.0.1", 3000)
     assert daemon[daemon.index("--code-server-log-level") + 1] == "error"

@@ -19,51 +19,44 @@ pool at a time, whatever launched it (the asset page's implicit asset job carrie
 job tags, but its ops still carry the pool). Runs that never pass through the queue
 (``mailglass run``, i.e. ``execute_in_process``) are covered by ``wait_for_pool_turn``
 in ``find_orphans``: a run sweeps only once no run that started before it still
-holds the pool (see that function).
+holds the pool (``dagster_support.pool``).
 
 Config is validated twice on purpose: ``ReconcileConfig``'s pydantic bounds and
 the core's ``SweepConfig`` both run in the graph's config mapping
 (``reconcile_config_mapping``), which Dagster evaluates while it builds the run's
 execution plan. A bad Launchpad value is therefore refused at launch, before any
-op starts.
+op starts, in one line naming the field and its bound (``dagster_support.config_errors``).
 """
 
 import dataclasses
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
 from dagster import (
-    Backoff,
     Config,
-    DagsterRunStatus,
     Failure,
     MetadataValue,
     Nothing,
     OpExecutionContext,
     Out,
-    RetryPolicy,
-    RunsFilter,
     config_mapping,
     op,
 )
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from pydantic import Field
 
-from mailglass_pipeline import db, orphans, reconciler
-from mailglass_pipeline.defs.partitions import RECONCILE_POOL, tags_for_tenant
+from mailglass_pipeline import db, reconciler
+from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
+from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
+from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
+from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
+from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.errors import ConfigurationError, DatabaseUnavailableError
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import tags_for_tenant
+from mailglass_pipeline.errors import ConfigurationError
 
 BATCH_IO_MANAGER_KEY = "mailglass_batch_io"
 PREVIEW_ROWS = 10
 PREVIEW_COLUMNS = ["id", "type", "provider", "provider_message_id", "attempts", "malformed"]
-
-#: Transient database trouble (restart, failover, connection reset) is retried
-#: 1 s, 2 s, 4 s later; the next minute's run would retry anyway.
-DATABASE_RETRY_POLICY = RetryPolicy(max_retries=3, delay=1, backoff=Backoff.EXPONENTIAL)
 
 #: The metadata keys of a materialization, all integers (the UI plots them).
 COUNT_KEYS = ("scanned", "linked", "unmatched", "malformed", "already_reconciled", "remaining_orphans", "stale_orphans")
@@ -112,24 +105,16 @@ class ReconcileConfig(Config):
         return reconciler.SweepConfig(**values)
 
 
-@config_mapping
-def reconcile_config_mapping(config: ReconcileConfig) -> dict[str, Any]:
-    """Validate the Launchpad config once, then hand it to the ops that need it."""
+@config_mapping(config_schema=ReconcileConfig.to_config_schema())
+def reconcile_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate the Launchpad config once (one-line refusal: ``dagster_support.config_errors``), then hand it on."""
+    config = parse_launchpad_config(ReconcileConfig, values, "reconcile config")
     try:
         config.sweep_config()
     except ConfigurationError as exc:
-        raise ValueError(f"invalid reconcile config: {exc}") from exc
+        raise LaunchpadConfigError(f"invalid reconcile config: {exc}") from None
     values = config.values()
     return {"find_orphans": {"config": values}, "append_reconciled_events": {"config": values}}
-
-
-@contextmanager
-def database_errors() -> Iterator[None]:
-    """Turn an unreachable database into a one-line step failure (still retried by the policy)."""
-    try:
-        yield
-    except DatabaseUnavailableError as exc:
-        raise Failure(description=str(exc), allow_retries=True) from exc
 
 
 def tenant_of(context: OpExecutionContext) -> str:
@@ -161,73 +146,6 @@ def tenant_of(context: OpExecutionContext) -> str:
     )
 
 
-#: Statuses in which a run may be sweeping (a QUEUED run is the run queue's business).
-SWEEPING_STATUSES = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-#: How long a run waits for an older run holding the pool before it fails (longer than any healthy sweep).
-POOL_WAIT_TIMEOUT_SECONDS = 900.0
-POOL_POLL_SECONDS = 0.5
-
-
-def holds_reconcile_pool(run: Any) -> bool:
-    """Whether ``run`` (a DagsterRun) has a step in ``RECONCILE_POOL``."""
-    concurrency = run.run_op_concurrency
-    return bool(concurrency and RECONCILE_POOL in (concurrency.all_pools or ()))
-
-
-POOL_HELD_MESSAGE = f"sweeping: pool {RECONCILE_POOL} is this run's"
-
-
-def older_pool_runs(context: OpExecutionContext) -> list[str]:
-    """Ids of other started runs holding the pool that started before this one (ties: by run id)."""
-    records = context.instance.get_run_records(RunsFilter(statuses=SWEEPING_STATUSES))
-    mine = next((r for r in records if r.dagster_run.run_id == context.run_id), None)
-    mine_key = (mine.start_time, context.run_id) if mine is not None and mine.start_time else None
-    older = []
-    for record in records:
-        run = record.dagster_run
-        if run.run_id == context.run_id or not holds_reconcile_pool(run) or not record.start_time:
-            continue  # a run not started yet will start after us and wait for us here
-        if mine_key is None or (record.start_time, run.run_id) < mine_key:
-            older.append(run.run_id)
-    return older
-
-
-def wait_for_pool_turn(context: OpExecutionContext, timeout: float = POOL_WAIT_TIMEOUT_SECONDS) -> float:
-    """Wait until no run that started earlier still holds ``RECONCILE_POOL``; return the seconds waited.
-
-    The run queue already keeps two pool runs apart (run granularity, limit 1), so
-    a queued launch never waits here. What this closes is the path around the queue:
-    an ``execute_in_process`` run (``mailglass run``) counts as in progress for the
-    queue only once it has started, and the daemon may launch a run meanwhile.
-    Both runs then meet here, and the order of their start times (then run ids),
-    which both read from the same run storage, lets exactly one sweep first: a run
-    that started later sees the earlier one as started and waits; the earlier one
-    sees the later one either not yet started or started after it. A run that
-    waits longer than ``timeout`` fails and names the run it waited for (a crashed
-    worker's run is failed by run monitoring, which frees the pool).
-    """
-    started = time.monotonic()
-    announced = False
-    while True:
-        older = older_pool_runs(context)
-        if not older:
-            waited = time.monotonic() - started
-            context.log.info(f"{POOL_HELD_MESSAGE} (waited {waited:.1f} s)")
-            return waited
-        if not announced:
-            context.log.info(f"waiting for run(s) {older} holding pool {RECONCILE_POOL} to finish")
-            announced = True
-        if time.monotonic() - started > timeout:
-            raise Failure(
-                description=(
-                    f"waited {timeout:.0f} s for run(s) {older} holding pool {RECONCILE_POOL}; "
-                    "terminate or fail them in the UI (Runs) and launch again"
-                ),
-                allow_retries=False,
-            )
-        time.sleep(POOL_POLL_SECONDS)
-
-
 def markdown_preview(batch: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
     """A short markdown table of the batch, for the run's step metadata."""
     if batch.empty:
@@ -248,14 +166,6 @@ def name_the_tenant(context: OpExecutionContext, tenant: str) -> None:
     missing = {k: v for k, v in tags_for_tenant(tenant).items() if k not in context.run.tags}
     if missing:
         context.instance.add_run_tags(context.run_id, missing)
-
-
-def queue_state_metadata(conn: Any, tenants: list[str]) -> dict[str, dict[str, int]]:
-    """Per tenant: its queued orphans by state, as ``queue_due`` ... ``queue_malformed`` (plotted per tenant)."""
-    return {
-        tenant: {f"queue_{state}": n for state, n in counts.items()}
-        for tenant, counts in orphans.counts_by_state(conn, tenants).items()
-    }
 
 
 @op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)

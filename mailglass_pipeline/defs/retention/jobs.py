@@ -1,4 +1,4 @@
-"""Job ``prune_dagster_history`` and schedule ``prune_dagster_history_daily``: Dagster storage stays bounded.
+"""Job ``prune_dagster_history`` (scheduled daily in ``schedules.py``): Dagster storage stays bounded.
 
 A minute schedule writes about 1,440 runs a day, forever: Dagster OSS purges old schedule and
 sensor ticks (``retention:`` in dagster.yaml) but never runs or their event logs. This job deletes
@@ -13,7 +13,7 @@ when it was last reconciled) and the asset page never falls back to "never mater
 lost, plainly: the older points of each tenant's metadata plot, the run pages and logs of runs
 older than ``keep_days``, and the asset check results of those runs (their events, and the
 ``asset_check_executions`` rows, which ``delete_run`` leaves behind and this job deletes for the
-same runs: see ``delete_check_executions``). The ledger, the only
+same runs: see ``dagster_support.private.delete_check_executions``). The ledger, the only
 record that matters for correctness, is in the application database and untouched.
 
 Bounded: at most ``max_runs`` deletions per run, in batches of ``batch_size`` (each batch is one
@@ -30,9 +30,9 @@ sweep holds row locks and must stay a few seconds long, while a parked row's rem
 day at most; a daily batch job can take the time a first run over a year of parked rows needs
 without delaying a single sweep. The ledger keeps every event (explain still answers from it).
 
-Default status RUNNING: unlike the reconcile schedule it changes nothing an operator relies on
-(14 days of runs stay), and without it storage grows without bound; turning it off is one click.
-It runs at 03:17 UTC, away from the top of the hour.
+The job learns this code location's jobs and assets from the resource ``mailglass_code_location``
+(``CodeLocationContents``), which ``definitions.build_definitions`` binds to the definitions it
+builds: this module never imports ``definitions`` (which imports it), so there is no import circle.
 """
 
 import time
@@ -40,25 +40,25 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     Config,
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
-    DefaultScheduleStatus,
+    Definitions,
     OpExecutionContext,
     RunsFilter,
-    ScheduleDefinition,
     in_process_executor,
     job,
     op,
 )
-from dagster._core.event_api import AssetRecordsFilter
 from pydantic import Field
 
 from mailglass_pipeline import orphans
-from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.ops import database_errors
+from mailglass_pipeline.dagster_support.database import database_errors
+from mailglass_pipeline.dagster_support.private import delete_check_executions
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 
 PRUNE_JOB_NAME = "prune_dagster_history"
 DEFAULT_KEEP_DAYS = 14
@@ -90,23 +90,6 @@ def protected_run_ids(instance: DagsterInstance, asset_keys: list[AssetKey]) -> 
             records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=500)
             protected.update(record.run_id for record in records.records)
     return protected
-
-
-def delete_check_executions(instance: DagsterInstance, run_ids: list[str]) -> int:
-    """Delete the ``asset_check_executions`` rows of deleted runs; return how many.
-
-    ``delete_run`` leaves them (Dagster 1.13 has no per-run API for them): one ~2 kB row per
-    check evaluation, so without this a minute schedule still grows storage by ~1,440 rows a day.
-    SQL event-log storages only (PostgreSQL in production); another storage is left as it is.
-    """
-    storage = getattr(instance, "event_log_storage", None)
-    if not run_ids or storage is None or not hasattr(storage, "index_connection"):
-        return 0
-    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
-
-    with storage.index_connection() as conn:
-        result = conn.execute(AssetCheckExecutionsTable.delete().where(AssetCheckExecutionsTable.c.run_id.in_(run_ids)))
-        return int(result.rowcount or 0)
 
 
 def prune_history(
@@ -178,13 +161,40 @@ def prune_history(
     }
 
 
-@op(description="Delete this code location's finished runs older than keep_days, with their event logs.")
-def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
-    from mailglass_pipeline.definitions import defs  # lazily: definitions imports this module
+CODE_LOCATION_RESOURCE_KEY = "mailglass_code_location"
 
-    repository = defs.get_repository_def()  # this code location's jobs and assets
-    job_names = set(repository.job_names)
-    asset_keys = sorted(repository.asset_graph.get_all_asset_keys(), key=lambda k: k.to_string())
+
+class CodeLocationContents:
+    """This code location's job names and asset keys, read from the definitions once they are built.
+
+    Bound as a resource by ``definitions.build_definitions`` (which sets ``definitions``): the op asks
+    the definitions that launched it instead of importing the module that imports this one.
+    """
+
+    def __init__(self) -> None:
+        self.definitions: Definitions | None = None
+
+    def job_names(self) -> set[str]:
+        """Every job of the location, the implicit asset job(s) of the asset page included."""
+        return set(self._repository().job_names)
+
+    def asset_keys(self) -> list[AssetKey]:
+        return sorted(self._repository().asset_graph.get_all_asset_keys(), key=lambda k: k.to_string())
+
+    def _repository(self):
+        if self.definitions is None:
+            raise RuntimeError("CodeLocationContents is bound by definitions.build_definitions")
+        return self.definitions.get_repository_def()
+
+
+@op(
+    description="Delete this code location's finished runs older than keep_days, with their event logs.",
+    required_resource_keys={CODE_LOCATION_RESOURCE_KEY},
+)
+def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
+    location: CodeLocationContents = getattr(context.resources, CODE_LOCATION_RESOURCE_KEY)
+    job_names = location.job_names()
+    asset_keys = location.asset_keys()
     origin = context.dagster_run.remote_job_origin
     counts = prune_history(
         context.instance,
@@ -232,13 +242,3 @@ def prune_parked_orphans(
 def prune_dagster_history() -> None:
     prune_runs()
     prune_parked_orphans()
-
-
-prune_dagster_history_daily = ScheduleDefinition(
-    name="prune_dagster_history_daily",
-    job=prune_dagster_history,
-    cron_schedule="17 3 * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
-    description=f"Daily at 03:17 UTC: delete this location's runs older than {DEFAULT_KEEP_DAYS} days.",
-)

@@ -1,11 +1,6 @@
-"""Asset checks: ``no_stale_orphans`` (per tenant) and ``reconciliation_lag`` (after each scheduled sweep).
+"""Asset check ``no_stale_orphans``: orphans that aged out of the scan, per tenant.
 
-``reconciliation_lag`` sits on ``mailglass/reconciliation_sweep``, unpartitioned: lag is a property
-of the whole reconciler ("is the schedule keeping up?"), measured after every scheduled sweep in
-the same run, and launchable alone from that asset's Checks tab. On the per-tenant asset it would
-either run inside every tenant's run (a partitioned check, a preview feature) or not at all.
-
-``no_stale_orphans``: orphans that aged out of the scan, per tenant.
+(``reconciliation_lag``, the scheduled sweep's check, is in ``defs/scheduled_sweep/checks.py``.)
 
 An orphan older than ``max_age_minutes`` (7 days) is no longer examined: it is
 "older than 7 days, unlikely to reconcile". That deserves a warning, not a
@@ -17,30 +12,25 @@ silenced here on purpose, and an unpartitioned check would lose the per-tenant
 history in the UI.
 """
 
-import os
 import warnings
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    Config,
     MetadataValue,
+    PreviewWarning,
     TableColumn,
     TableRecord,
     TableSchema,
     asset_check,
 )
-from dagster._utils.warnings import PreviewWarning
-from pydantic import Field
 
 from mailglass_pipeline import db, orphans, reconciler
-from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.ops import database_errors
-from mailglass_pipeline.defs.partitions import tenants_partitions
+from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.sweep import SWEEP_KEY
-from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import tenants_partitions
 
 #: Rows of the stale-orphan table in the check's metadata (the oldest first).
 STALE_TABLE_ROWS = 20
@@ -129,69 +119,3 @@ with warnings.catch_warnings():
         blocking=False,
         description=f"Orphans past max age still unreconciled: {reconciler.STALE_MESSAGE}.",
     )(_no_stale_orphans)
-
-
-# -- reconciliation_lag ----------------------------------------------------------------------------------
-
-#: Default threshold of ``reconciliation_lag``; the environment variable overrides it for the whole
-#: instance (the schedule runs the check with its defaults), the check's Launchpad config for one run.
-LAG_THRESHOLD_ENV = "MAILGLASS_LAG_THRESHOLD_SECONDS"
-DEFAULT_LAG_THRESHOLD_SECONDS = 300
-
-
-def default_lag_threshold() -> int:
-    raw = os.environ.get(LAG_THRESHOLD_ENV)
-    if not raw:
-        return DEFAULT_LAG_THRESHOLD_SECONDS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{LAG_THRESHOLD_ENV} must be a whole number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"{LAG_THRESHOLD_ENV} must be >= 0, got {value}")
-    return value
-
-
-class LagCheckConfig(Config):
-    threshold_seconds: int | None = Field(
-        default=None,
-        ge=0,
-        description=f"Seconds a linkable orphan may wait (default {LAG_THRESHOLD_ENV}, else 300).",
-    )
-
-
-def reconciliation_lag_result(summary: reconciler.LagSummary, threshold_seconds: int) -> AssetCheckResult:
-    longest = round(summary.longest_wait_seconds or 0.0, 1)
-    return AssetCheckResult(
-        passed=summary.count == 0,
-        severity=AssetCheckSeverity.WARN,
-        description=(
-            f"{summary.count} linkable orphan(s) still unlinked more than {threshold_seconds} s after their "
-            f"delivery committed (longest wait {longest} s)"
-            if summary.count
-            else f"no linkable orphan has waited more than {threshold_seconds} s"
-        ),
-        metadata={
-            "lagging_orphans": summary.count,
-            "longest_wait_seconds": longest,
-            "threshold_seconds": threshold_seconds,
-        },
-    )
-
-
-@asset_check(
-    asset=SWEEP_KEY,
-    name="reconciliation_lag",
-    blocking=False,
-    description=(
-        "Orphans that could be linked now (past grace, their delivery committed) and are still unlinked more "
-        "than the threshold (300 s) after they became linkable. Runs after each scheduled sweep."
-    ),
-)
-def reconciliation_lag(
-    context: AssetCheckExecutionContext, config: LagCheckConfig, mailglass_db: MailglassDatabase
-) -> AssetCheckResult:
-    threshold = config.threshold_seconds if config.threshold_seconds is not None else default_lag_threshold()
-    with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
-        summary = reconciler.reconciliation_lag(conn, None, threshold)
-    return reconciliation_lag_result(summary, threshold)

@@ -37,17 +37,16 @@ import pytest
 import sqlalchemy as sa
 from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, DagsterInstance, RunsFilter
-from dagster._core.definitions.run_request import InstigatorType
-from dagster._core.scheduler.instigation import TickStatus
 from dagster_graphql import DagsterGraphQLClient
 from process_support import free_port, log_tail, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.defs.dev import psycopg2_url
+from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 REPOSITORY = {"repositoryLocationName": "mailglass_pipeline", "repositoryName": "__repository__"}
 SCHEDULE = "reconcile_every_minute"

@@ -5,15 +5,16 @@ from datetime import timedelta
 import pytest
 from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetCheckSeverity, Backoff, DagsterRunStatus, instance_for_test
-from dagster_support import graph_config, materialization_counts, reconcile_job, run_tenant
+from defs_support import graph_config, materialization_counts, reconcile_job, run_tenant
 
+from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
+from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.definitions import defs
-from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.checks import stale_orphans_result
-from mailglass_pipeline.defs.ops import (
+from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.tenant_reconciliation.checks import stale_orphans_result
+from mailglass_pipeline.defs.tenant_reconciliation.ops import (
     append_reconciled_events,
     attempt_link,
-    database_errors,
     find_orphans,
     markdown_preview,
 )
@@ -107,7 +108,7 @@ def test_bad_launchpad_config_is_refused_before_any_op(engine, database_url, bad
     make_orphan(engine, "t1", "m-1")
     make_delivery(engine, "t1", "m-1")
     with instance_for_test() as instance:
-        with pytest.raises(Exception, match=r"config mapping|invalid reconcile config"):
+        with pytest.raises(LaunchpadConfigError, match=r"^invalid reconcile config: [^\n]+$"):
             run_tenant(database_url, instance, "t1", graph_config(**bad))
         # Nothing executed: no step ever started, nothing written.
         assert not [r for r in instance.get_runs() if r.status == DagsterRunStatus.SUCCESS]

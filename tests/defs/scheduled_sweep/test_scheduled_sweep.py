@@ -10,10 +10,10 @@ from dagster import AssetKey, build_asset_check_context, instance_for_test
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.definitions import build_definitions
-from mailglass_pipeline.defs.checks import LagCheckConfig, reconciliation_lag
-from mailglass_pipeline.defs.dev import psycopg2_url
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.sweep import SWEEP_JOB_NAME
+from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
+from mailglass_pipeline.defs.scheduled_sweep.checks import LagCheckConfig, reconciliation_lag
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])
 SWEEP_ASSET = AssetKey(["mailglass", "reconciliation_sweep"])

@@ -26,10 +26,6 @@ RECONCILE_TAG = "mailglass/reconcile"
 TENANT_TAG = "mailglass/tenant"
 RECONCILE_TAGS = {RECONCILE_TAG: "true"}
 
-#: The Dagster pool every reconciliation op runs in (``pool=`` on the ops; ``concurrency: pools`` in
-#: dagster.yaml). Unlike run tags, a pool holds on the asset page's implicit asset job too.
-RECONCILE_POOL = "mailglass_reconcile"
-
 tenants_partitions = DynamicPartitionsDefinition(name=TENANTS_PARTITIONS_NAME)
 
 

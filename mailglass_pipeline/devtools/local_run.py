@@ -4,7 +4,7 @@ This is what the README's quick start and ``mailglass run`` call: the same job,
 ops and metadata as the UI and the schedule, without a webserver or daemon.
 
 ``mailglass run`` first prepares the instance ``mailglass dev`` uses
-(``defs.dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
+(``devtools.dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
 with its storage in a ``dagster`` database beside the application database), so
 its runs and materializations are in the UI afterwards. Called as a library with
 no ``DAGSTER_HOME``, ``materialize_tenants`` uses an ephemeral instance: the
@@ -15,7 +15,7 @@ later run needs is lost with it.
 here in two steps: before each run, wait until no run holding ``RECONCILE_POOL``
 is active (``wait_for_free_pool``); once started, the run counts as in progress
 for the queue (its record carries the pool), and its first op waits for any
-run holding the pool that started earlier (``ops.wait_for_pool_turn``), which settles the
+run holding the pool that started earlier (``dagster_support.pool.wait_for_pool_turn``), which settles the
 moment where the daemon launched a run just before this one started.
 """
 
@@ -30,16 +30,16 @@ from contextlib import contextmanager
 from dagster import DagsterInstance, RunsFilter
 
 from mailglass_pipeline import db, reconciler
-from mailglass_pipeline.defs.jobs import RECONCILE_JOB_NAME
-from mailglass_pipeline.defs.ops import (
-    COUNT_KEYS,
+from mailglass_pipeline.dagster_support.pool import (
     POOL_POLL_SECONDS,
     POOL_WAIT_TIMEOUT_SECONDS,
     SWEEPING_STATUSES,
     holds_reconcile_pool,
 )
-from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
+from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
 from mailglass_pipeline.errors import ConfigurationError
 
 log = logging.getLogger(__name__)

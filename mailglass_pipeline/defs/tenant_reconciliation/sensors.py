@@ -22,8 +22,12 @@ Default status RUNNING: it only adds partitions, and without it a fresh
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from mailglass_pipeline import db, reconciler
-from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key, tenants_partitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
+    TENANTS_PARTITIONS_NAME,
+    is_valid_tenant_key,
+    tenants_partitions,
+)
 
 SENSOR_INTERVAL_SECONDS = 30
 

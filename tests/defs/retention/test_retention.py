@@ -14,13 +14,17 @@ import sqlalchemy as sa
 import yaml
 from conftest import make_delivery, make_orphan
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
-from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from sqlalchemy.engine import Engine, make_url
 
+from mailglass_pipeline.dagster_support.testing_internals import (
+    GrpcServerCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
 from mailglass_pipeline.definitions import build_definitions
-from mailglass_pipeline.defs.dev import psycopg2_url
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.retention import PRUNE_JOB_NAME
+from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
+from mailglass_pipeline.devtools.dev import psycopg2_url
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])
 

@@ -1,4 +1,7 @@
-"""Helpers shared by the Dagster tests (unique module name: tests/ has no packages)."""
+"""Helpers of the per-tenant job tests: build the job on a test database, run one tenant, read its counts.
+
+Imported by name (tests/ has no packages), so the name is unique: ``<concern>_support``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from typing import Any
 from dagster import DagsterInstance, ExecuteInProcessResult, JobDefinition
 
 from mailglass_pipeline.definitions import build_definitions
-from mailglass_pipeline.defs.jobs import RECONCILE_JOB_NAME
-from mailglass_pipeline.defs.partitions import TENANTS_PARTITIONS_NAME
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME
 
 
 def reconcile_job(database_url: str) -> JobDefinition:

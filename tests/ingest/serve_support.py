@@ -1,6 +1,6 @@
 """A real ``mailglass serve`` process for the receiver tests, and a cuttable TCP path to PostgreSQL.
 
-Imported by name like ``ingest_helpers`` (tests/ has no packages).
+Imported by name like ``ingest_support`` (tests/ has no packages).
 """
 
 from __future__ import annotations

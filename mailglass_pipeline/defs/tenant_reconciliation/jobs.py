@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dagster import PartitionedConfig, define_asset_job, in_process_executor
 
-from mailglass_pipeline.defs.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.partitions import RECONCILE_TAGS, tags_for_tenant, tenants_partitions
+from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import RECONCILE_TAGS, tags_for_tenant, tenants_partitions
 
 RECONCILE_JOB_NAME = "reconcile_orphans"
 

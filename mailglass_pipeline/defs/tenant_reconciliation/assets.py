@@ -13,8 +13,13 @@ from __future__ import annotations
 
 from dagster import AssetKey, BackfillPolicy, graph_asset
 
-from mailglass_pipeline.defs.ops import append_reconciled_events, attempt_link, find_orphans, reconcile_config_mapping
-from mailglass_pipeline.defs.partitions import tenants_partitions
+from mailglass_pipeline.defs.tenant_reconciliation.ops import (
+    append_reconciled_events,
+    attempt_link,
+    find_orphans,
+    reconcile_config_mapping,
+)
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import tenants_partitions
 
 WEBHOOK_RECONCILIATION_KEY = AssetKey(["mailglass", "webhook_reconciliation"])
 

@@ -1,0 +1,6 @@
+"""The scheduled sweep: one run a minute over every tenant with due orphans.
+
+The asset ``mailglass/reconciliation_sweep`` and its job (``assets``), the minute schedule
+(``schedules``) and the lag check that runs after each sweep (``checks``). It records
+materializations of the tenant partitions of ``tenant_reconciliation``'s asset.
+"""

@@ -1,0 +1,134 @@
+"""Pins: each private Dagster behaviour that ``mailglass_pipeline.dagster_support`` relies on.
+
+A Dagster upgrade that renames or changes one of them fails here, naming what to revisit,
+instead of failing a production run. In-memory/SQLite instances: these are Dagster's own
+behaviours, independent of the application database.
+"""
+
+import os
+import warnings
+
+import pytest
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    DailyPartitionsDefinition,
+    Definitions,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    PreviewWarning,
+    StaticPartitionsDefinition,
+    asset,
+    asset_check,
+    instance_for_test,
+)
+
+from mailglass_pipeline.dagster_support import private
+from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
+
+TARGET = AssetKey(["pin", "target"])
+PARTS = DynamicPartitionsDefinition(name="pin_parts")
+
+
+@asset(key=TARGET, partitions_def=PARTS)
+def target() -> None:
+    """The asset whose partitions another step records (never computed here)."""
+
+
+def test_a_one_key_range_run_has_no_partition_key_but_the_range_tags() -> None:
+    """tenant_of and check_tenants: an asset backfill run of one partition carries it only in these tags."""
+    assert private.ASSET_PARTITION_RANGE_START_TAG == "dagster/asset_partition_range_start"
+    assert private.ASSET_PARTITION_RANGE_END_TAG == "dagster/asset_partition_range_end"
+    seen: dict[str, object] = {}
+
+    @asset(partitions_def=StaticPartitionsDefinition(["a", "b"]))
+    def ranged(context: AssetExecutionContext) -> None:
+        seen["has_key"] = context.has_partition_key
+        seen["range"] = (context.partition_key_range.start, context.partition_key_range.end)
+
+    job = Definitions(assets=[ranged]).resolve_implicit_global_asset_job_def()
+    tags = {private.ASSET_PARTITION_RANGE_START_TAG: "b", private.ASSET_PARTITION_RANGE_END_TAG: "b"}
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance, tags=tags).success
+    assert seen == {"has_key": False, "range": ("b", "b")}
+
+
+def test_materializations_logged_in_batches_are_all_stored_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """record_tenant_materializations: DAGSTER_EVENT_BATCH_SIZE + DagsterEventBatchMetadata -> batched writes."""
+    monkeypatch.setenv(private.EVENT_BATCH_SIZE_ENV, "10")  # the environment's size wins over ours (1,000)
+    keys = [f"t{i}" for i in range(25)]
+
+    @asset
+    def recorder(context: AssetExecutionContext) -> MaterializeResult:
+        logged = private.log_materializations_in_batches(
+            context, [AssetMaterialization(asset_key=TARGET, partition=k, metadata={"n": 1}) for k in keys]
+        )
+        return MaterializeResult(metadata={"logged": logged})
+
+    job = Definitions(assets=[recorder, target]).resolve_implicit_global_asset_job_def()
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTS.name, keys)
+        storage = instance.event_log_storage
+        batches: list[int] = []
+        store_event_batch = storage.store_event_batch
+
+        def counting(events):  # a spy: Dagster's own storage still writes every event
+            batches.append(len(events))
+            return store_event_batch(events)
+
+        monkeypatch.setattr(storage, "store_event_batch", counting)
+        assert job.execute_in_process(instance=instance, asset_selection=[recorder.key]).success
+        assert instance.get_materialized_partitions(TARGET) == set(keys)
+    # Three writes of the batch size (the last one short), not 25 single writes.
+    assert batches == [10, 10, 5]
+
+
+def test_event_batching_sets_the_size_only_for_its_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(private.EVENT_BATCH_SIZE_ENV, raising=False)
+    with private.event_batching():
+        assert os.environ[private.EVENT_BATCH_SIZE_ENV] == str(private.EVENT_BATCH_SIZE)
+    assert private.EVENT_BATCH_SIZE_ENV not in os.environ
+
+
+def test_delete_run_leaves_check_executions_that_delete_check_executions_removes() -> None:
+    """retention: ``DagsterInstance.delete_run`` keeps asset_check_executions rows; our helper deletes them."""
+
+    @asset
+    def checked() -> None:
+        return None
+
+    @asset_check(asset=checked)
+    def always() -> AssetCheckResult:
+        return AssetCheckResult(passed=True)
+
+    job = Definitions(assets=[checked], asset_checks=[always]).resolve_implicit_global_asset_job_def()
+    check_key = AssetCheckKey(checked.key, "always")
+    with instance_for_test() as instance:
+        run_id = job.execute_in_process(instance=instance).run_id
+        instance.delete_run(run_id)
+        storage = instance.event_log_storage
+        left = storage.get_asset_check_execution_history(check_key, limit=10)
+        assert [r.run_id for r in left] == [run_id], "delete_run now removes check executions: drop the helper"
+        assert private.delete_check_executions(instance, [run_id]) == 1
+        assert storage.get_asset_check_execution_history(check_key, limit=10) == []
+
+
+def test_a_partitioned_asset_check_is_still_a_preview_feature() -> None:
+    """tenant_reconciliation/checks.py silences exactly this warning; when it graduates, drop the filter."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @asset(partitions_def=DailyPartitionsDefinition("2026-01-01"))
+        def daily() -> None:
+            return None
+
+        asset_check(asset=daily, name="pin", partitions_def=daily.partitions_def)(lambda: AssetCheckResult(passed=True))
+    assert any(issubclass(w.category, PreviewWarning) for w in caught)
+
+
+def test_tick_and_instigator_enums_used_by_tests_and_benchmarks() -> None:
+    assert {"SCHEDULE", "SENSOR"} <= set(InstigatorType.__members__)
+    assert {"SUCCESS", "SKIPPED", "FAILURE", "STARTED"} <= set(TickStatus.__members__)

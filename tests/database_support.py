@@ -1,0 +1,41 @@
+"""Databases for tests: created beside the server's, from a migrated template, dropped afterwards.
+
+``MAILGLASS_TEST_DATABASE_URL`` (any database on the server) or, when unset, the embedded
+server that the README's default uses. Used by tests/conftest.py's fixtures and by tests that
+need a database shaped differently (the query-plan tests' large fixture).
+"""
+
+from __future__ import annotations
+
+import os
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from mailglass_pipeline.db import embedded_server_url, normalize_url
+
+TEST_URL_ENV = "MAILGLASS_TEST_DATABASE_URL"
+
+
+def server_admin_url() -> str:
+    """The URL the fixtures create their databases beside."""
+    url = os.environ.get(TEST_URL_ENV)
+    return normalize_url(url) if url else embedded_server_url(database="postgres")
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` (password kept)."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def create_database(admin_engine: Engine, name: str, template: str | None = None) -> None:
+    """``CREATE DATABASE name`` (a file copy of ``template`` when given: fast, and isolated per test)."""
+    clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
+
+
+def drop_database(admin_engine: Engine, name: str) -> None:
+    """Drop ``name``, disconnecting whoever is still on it."""
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

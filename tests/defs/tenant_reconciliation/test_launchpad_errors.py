@@ -1,0 +1,88 @@
+"""A bad Launchpad value is refused at launch in one line naming the field and its bound.
+
+Through the route the UI takes: the GraphQL mutation the Launchpad's Launch button sends,
+answered by the real code location running in its own code server (``workspace.yaml``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance, instance_for_test
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
+
+REPO = Path(__file__).resolve().parents[3]
+GRAPH = "mailglass__webhook_reconciliation"
+
+LAUNCH = """
+mutation($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on PythonError { message causes { message } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on LaunchRunSuccess { run { runId } }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def launchpad(admin_url: str) -> Iterator[tuple[Any, DagsterInstance]]:
+    """The code location in its own code server; a URL so loading it starts no embedded server.
+
+    A refused launch never connects to it.
+    """
+    with pytest.MonkeyPatch.context() as patch, instance_for_test() as instance:
+        patch.setenv("MAILGLASS_DATABASE_URL", admin_url)
+        with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+            yield context, instance
+
+
+def launch(context: Any, config: dict[str, Any]) -> dict[str, Any]:
+    result = execute_dagster_graphql(
+        context,
+        LAUNCH,
+        variables={
+            "executionParams": {
+                "selector": {
+                    "repositoryLocationName": "mailglass_pipeline",
+                    "repositoryName": "__repository__",
+                    "jobName": RECONCILE_JOB_NAME,
+                },
+                "runConfigData": {"ops": {GRAPH: {"config": config}}},
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "t1"}]},
+            }
+        },
+    )
+    return result.data["launchPipelineExecution"]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"limit": 0}, "limit must be >= 1 (got 0)"),
+        ({"limit": 100_001}, "limit must be <= 100000 (got 100001)"),
+        ({"grace_seconds": -1}, "grace_seconds must be >= 0 (got -1)"),
+    ],
+)
+def test_an_out_of_bounds_value_is_one_line_naming_field_and_bound(launchpad, config, expected) -> None:
+    context, instance = launchpad
+    answer = launch(context, config)
+    assert answer["__typename"] == "PythonError"
+    message = answer["message"].strip()
+    assert "\n" not in message, message
+    assert message.endswith(f"invalid reconcile config: {expected}"), message
+    assert "DagsterConfigMappingFunctionError" not in message and answer["causes"] == []
+    assert instance.get_runs() == []  # refused before any run exists
+
+
+def test_every_bad_field_is_named_in_the_same_line(launchpad) -> None:
+    context, _ = launchpad
+    message = launch(context, {"limit": 0, "max_age_minutes": 0})["message"].strip()
+    assert "\n" not in message
+    assert "limit must be >= 1 (got 0)" in message and "max_age_minutes must be >= 1 (got 0)" in message
