@@ -34,6 +34,7 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _BLOCK = re.compile(r"^-- (name|fragment): (\w+)(?:\(([\w\s,]*)\))?\s*$", re.MULTILINE)
 _SPLICE = re.compile(r"\{(\w+)(?:\(([\w\s,]*)\))?\}")
 _COMMENT_LINE = re.compile(r"^\s*--.*$\n?", re.MULTILINE)
+_BIND_IN_COMMENT = re.compile(r"(?<![:\w]):\w")
 
 _STATEMENTS: dict[str, sa.TextClause] = {}
 
@@ -80,6 +81,10 @@ def _parse(where: str, text: str) -> tuple[dict[str, Fragment], dict[str, str]]:
                 raise ValueError(f"{where}: statement {name} takes no parameters")
             # The ';' ends the block for sqlfluff; a statement is also spliced into others (a CTE body).
             statements[name] = body.strip().removesuffix(";").rstrip()
+            for line in _COMMENT_LINE.findall(body):
+                if _BIND_IN_COMMENT.search(line):
+                    # SQLAlchemy reads :name in a comment as a bind parameter the caller must supply.
+                    raise ValueError(f"{where}: statement {name}: write parameters without ':' in comments")
     return fragments, statements
 
 

@@ -16,6 +16,11 @@ from mailglass_pipeline.reconcile.settings import DEFAULT_GRACE_SECONDS, DEFAULT
 from mailglass_pipeline.reconcile.statements import sql
 
 
+def _read(conn: Connection, name: str, params: dict[str, Any]) -> Any:
+    conn.execute(sql("custom_plans"))
+    return conn.execute(sql(name), params)
+
+
 def _due_params(grace_seconds: int, max_age_minutes: int, tenant_id: str | None = None) -> dict[str, Any]:
     # The due rule as the scheduled sweep applies it: every tenant (or one), the backoff respected.
     return {
@@ -37,7 +42,7 @@ def due_summary(
     One statement over two partial indexes that hold only fresh and retry
     rows: its cost follows the due orphans, not the tenants or the history.
     """
-    row = conn.execute(sql("due_summary"), _due_params(grace_seconds, max_age_minutes)).one()
+    row = _read(conn, "due_summary", _due_params(grace_seconds, max_age_minutes)).one()
     return DueSummary(int(row.tenants), int(row.orphans), float(row.oldest) if row.oldest is not None else None)
 
 
@@ -47,7 +52,7 @@ def tenants_with_due_orphans(
     max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
 ) -> list[str]:
     """Tenants with at least one orphan a sweep would examine now: one query."""
-    return [row[0] for row in conn.execute(sql("due_tenants"), _due_params(grace_seconds, max_age_minutes))]
+    return [row[0] for row in _read(conn, "due_tenants", _due_params(grace_seconds, max_age_minutes))]
 
 
 def reconciliation_lag(
@@ -63,7 +68,7 @@ def reconciliation_lag(
     ``GREATEST(linkable_at, orphan_inserted_at + grace)``.
     """
     params = {**_due_params(grace_seconds, max_age_minutes, tenant_id), "threshold_seconds": float(threshold_seconds)}
-    row = conn.execute(sql("reconciliation_lag"), params).one()
+    row = _read(conn, "reconciliation_lag", params).one()
     return LagSummary(int(row.n), float(row.longest) if row.longest is not None else None)
 
 
@@ -71,7 +76,7 @@ def backlog(conn: Connection, tenant_id: str | None = None) -> dict[str, dict[st
     """Per tenant: pending orphans (``remaining_orphans``) and parked stale ones (``stale_orphans``)."""
     return {
         row.tenant_id: {"remaining_orphans": row.remaining_orphans, "stale_orphans": row.stale_orphans}
-        for row in conn.execute(sql("backlog"), {"tenant_id": tenant_id})
+        for row in _read(conn, "backlog", {"tenant_id": tenant_id})
     }
 
 
@@ -84,5 +89,5 @@ def stale_orphans(
     conn: Connection, tenant_id: str | None = None, max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES
 ) -> tuple[int, float | None]:
     """Orphans past max age still unreconciled: (count, age in seconds of the oldest)."""
-    row = conn.execute(sql("stale_orphans"), {"tenant_id": tenant_id, "max_age_minutes": max_age_minutes}).one()
+    row = _read(conn, "stale_orphans", {"tenant_id": tenant_id, "max_age_minutes": max_age_minutes}).one()
     return int(row.n), (float(row.oldest) if row.oldest is not None else None)

@@ -89,3 +89,16 @@ def test_the_backoff_has_one_home_and_the_frozen_migration_agrees() -> None:
         if "(1, 2, 4, 8, 16)" in p.read_text(encoding="utf-8") and "migrations" not in p.parts
     ]
     assert spelled == [Path("mailglass_pipeline/reconcile/settings.py")], spelled
+
+
+def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy would read it as a parameter every caller must bind (found by the schedule's tick)."""
+    package = tmp_path / "mg_sql_comment_probe"
+    (package / "sql").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sql" / "probe.sql").write_text("-- name: comment_probe\n-- takes :limit rows\nSELECT 1::int;\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="without ':' in comments"):
+        queries.register("mg_sql_comment_probe")

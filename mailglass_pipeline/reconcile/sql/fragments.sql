@@ -16,8 +16,8 @@ AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
 q.parked_at IS NULL AND q.next_attempt_at IS NULL
 
 -- fragment: retry
--- Its retry time came. :retry_all (an operator's manual sweep) ignores the backoff, but once per
--- run: a run of several transactions binds :run_started, so an orphan it examined is not taken
+-- Its retry time came. retry_all (an operator's manual sweep) ignores the backoff, but once per
+-- run: a run of several transactions binds run_started, so an orphan it examined is not taken
 -- again. Bound, not a second statement: under a custom plan (the sweep forces them) the CASE
 -- folds to a constant and the retry index is still used (tests/perf/test_query_plans.py).
 q.parked_at IS NULL
@@ -25,7 +25,7 @@ AND q.next_attempt_at <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infini
 AND (CAST(:run_started AS timestamptz) IS NULL OR q.last_attempted_at < CAST(:run_started AS timestamptz))
 
 -- fragment: in_scope
--- The tenant, or every tenant when :tenant_id is null (folded away under a custom plan).
+-- The tenant, or every tenant when tenant_id is null (folded away under a custom plan).
 (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
 
 -- fragment: fresh_since
@@ -63,8 +63,8 @@ COALESCE(
          THEN NULLIF(e.normalized_payload ->> 'provider_event_id', '') END)
 
 -- fragment: backoff
--- The wait after this unmatched examination of q (its (q.attempts + 1)-th): :backoff_steps minutes
--- (bound from reconcile/settings.py, the one home of the steps), then :backoff_cap.
+-- The wait after this unmatched examination of q (its (q.attempts + 1)-th): backoff_steps minutes
+-- (bound from reconcile/settings.py, the one home of the steps), then backoff_cap.
 make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int)))
 
 -- fragment: water_fill(alloc, source, cap)
@@ -139,7 +139,7 @@ SELECT p.*
 
 -- fragment: batch_columns(picked)
 -- The batch read from {picked} and the orphans' ledger rows, with the delivery each links to when
--- :link is true (the lookup rule's one home is deliveries.lookup_lateral). With :link false the
+-- link is true (the lookup rule's one home is deliveries.lookup_lateral). With link false the
 -- key row is empty, the lookup never probes, and delivery_id is null: attempt_link fills it.
 -- An occurred_at of 'infinity' is valid timestamptz but no driver can load it: such an orphan
 -- reads as malformed (parked), not as a row that fails every sweep of its tenant forever.

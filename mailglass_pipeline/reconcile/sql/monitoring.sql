@@ -2,6 +2,12 @@
 -- (mailglass_pipeline/reconcile/monitoring.py). Each reads index ranges of the queue (or walks an
 -- index), never the ledger's history.
 
+-- name: custom_plans
+-- One plan per execution for the rest of the caller's transaction, as the sweep's set_timeouts
+-- does: the scope (tenant_id null or not) and retry_all are bind parameters that only a custom
+-- plan folds; psycopg prepares a statement run often, and a generic plan would keep the OR.
+SELECT set_config('plan_cache_mode', 'force_custom_plan', TRUE) AS plan_cache_mode;
+
 -- name: due_summary
 -- Tenants and orphans due now, and how long the longest-waiting one has been due: the tick's
 -- question before launching a run. Two partial-index range scans (fragment due_rows).
@@ -18,7 +24,7 @@ FROM ({due_rows}) AS d
 ORDER BY d.tenant_id;
 
 -- name: reconciliation_lag
--- Linkable orphans still pending that have waited longer than :threshold_seconds since they
+-- Linkable orphans still pending that have waited longer than threshold_seconds since they
 -- became linkable, and the longest wait (the reconciliation_lag check).
 SELECT
     count(*) AS n,

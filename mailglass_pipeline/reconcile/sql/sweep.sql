@@ -17,7 +17,7 @@ SELECT
 SELECT now() AS started;
 
 -- name: find_tenant
--- One tenant's due batch: at most LEAST(:limit, :max_total) orphans, in fair order, locked
+-- One tenant's due batch: at most LEAST(limit, max_total) orphans, in fair order, locked
 -- SKIP LOCKED. A statement apart from find_all because the all-tenant allocation counts and
 -- shares the due orphans of every tenant, work a one-tenant sweep must not pay.
 WITH alloc AS (
@@ -31,8 +31,8 @@ picked AS ({pick(alloc)})
 {batch_columns(picked)};
 
 -- name: find_all
--- Every tenant's due batch: at most :limit per tenant (less what :used, the run's earlier
--- transactions, already took) and :max_total in all, in two rounds of water filling: first the
+-- Every tenant's due batch: at most limit per tenant (less what used, the run's earlier
+-- transactions, already took) and max_total in all, in two rounds of water filling: first the
 -- orphans whose delivery is known to be there (linkable_at) across all tenants, then the other
 -- due orphans in what the cap leaves. Each tenant's share is then taken with index range scans.
 WITH used AS (
@@ -114,7 +114,7 @@ picked AS ({pick(alloc)})
 
 -- name: write
 -- The write step of a sweep as ONE statement (data-modifying CTEs), so a batch costs one round
--- trip to write whatever its size. Its input is the linked batch as one JSON document (:rows).
+-- trip to write whatever its size. Its input is the linked batch as one JSON document (rows).
 --   batch      that document (orphan id, delivery id, provider, provider event id, malformed, pos);
 --   matched    the linked orphans with type, times and tenant read from their own ledger rows
 --              (append-only, so exactly what find read);
