@@ -12,8 +12,9 @@ and no Python per batch. Nothing practical can be faster on the same schema,
 so the benchmark reports the reconciler's distance from it.
 
 The find statement and the backoff expression are the reconciler's own
-(imported), and so are the projection rules and the notification payload
-(projector.py's SQL fragments), so both do exactly the same work.
+(read from the SQL registry, ``mailglass_pipeline.queries``), and so are the
+projection rules and the notification payload (projector.py's SQL fragments),
+so both do exactly the same work.
 """
 
 from __future__ import annotations
@@ -21,29 +22,25 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from mailglass_pipeline import queries
 from mailglass_pipeline.projector import notify_select, projection_ctes
-from mailglass_pipeline.reconciler import _BACKOFF_SQL, DEFAULT_MAX_TOTAL, _find_sql
+from mailglass_pipeline.reconcile.settings import DEFAULT_MAX_TOTAL, SweepConfig
+from mailglass_pipeline.reconcile.statements import BACKOFF_PARAMS
+from mailglass_pipeline.reconcile.sweep import find_params
+
+#: The backoff as the sweep's write statement computes it (same bind parameters).
+_BACKOFF = "make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int)))"
 
 
 def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
     # batch: the reconciler's own find statement, verbatim (same due rule, order, quotas and locking).
-    find = _find_sql(tenant_scoped, lock=True).text
+    find = queries.statement("find_tenant" if tenant_scoped else "find_all").text
     return sa.text(
         f"""
     WITH batch AS ({find}
     ), matched AS (
-        SELECT b.*, d.id AS delivery_id
-          FROM batch b
-          LEFT JOIN LATERAL (
-               SELECT d.id FROM mailglass_deliveries d
-                WHERE d.provider = b.provider
-                  AND d.provider_message_id IN (
-                        b.provider_message_id,
-                        CASE WHEN b.provider = 'sendgrid' THEN split_part(b.provider_message_id, '.filter', 1) END,
-                        CASE WHEN b.provider = 'sendgrid' THEN split_part(b.provider_message_id, '.', 1) END)
-                  AND d.tenant_id = b.tenant_id
-                ORDER BY d.provider_message_id = b.provider_message_id DESC
-                LIMIT 1) d ON b.provider IS NOT NULL AND b.provider_message_id IS NOT NULL
+        -- The find statement already looked the deliveries up (bound :link), as the sweep's does.
+        SELECT b.* FROM batch b
     ), ins AS (
         INSERT INTO mailglass_events (id, tenant_id, delivery_id, type, occurred_at, idempotency_key, metadata)
         SELECT gen_random_uuid(), m.tenant_id, m.delivery_id, 'reconciled', now(), 'reconciled:' || m.id::text,
@@ -63,7 +60,7 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
         UPDATE mailglass_reconciliation_queue q
            SET attempts = q.attempts + 1,
                last_attempted_at = now(),
-               next_attempt_at = now() + {_BACKOFF_SQL.format(attempts="q.attempts + 1")},
+               next_attempt_at = now() + {_BACKOFF},
                linkable_at = NULL,
                parked_at = CASE WHEN m.provider IS NULL OR m.provider_message_id IS NULL THEN now() END,
                parked_reason = CASE WHEN m.provider IS NULL OR m.provider_message_id IS NULL THEN 'malformed' END
@@ -90,6 +87,15 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
 SWEEP_BATCH = {scoped: _sweep_batch(scoped) for scoped in (False, True)}
 
 
+def _run(engine: Engine, tenant_id: str | None, config: SweepConfig) -> tuple[int, int]:
+    with engine.begin() as conn:
+        # As the sweep does (set_timeouts): one plan per execution, so the bound variants fold.
+        conn.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        params = {**find_params(tenant_id, config, link=True), **BACKOFF_PARAMS}
+        row = conn.execute(SWEEP_BATCH[tenant_id is not None], params).one()
+    return int(row.scanned), int(row.linked)
+
+
 def sweep_all(
     engine: Engine,
     limit: int = 1000,
@@ -98,29 +104,13 @@ def sweep_all(
     max_age_minutes: int = 10080,
 ) -> tuple[int, int]:
     """One all-tenant sweep (per-tenant quota, fair total cap) in one statement; returns (scanned, linked)."""
-    with engine.begin() as conn:
-        row = conn.execute(
-            SWEEP_BATCH[False],
-            # used: what earlier transactions of the same run examined per tenant (a one-statement run: none).
-            {"limit": limit, "max_total": max_total, "grace_seconds": grace_seconds,
-             "max_age_minutes": max_age_minutes, "used": "{}"},
-        ).one()  # fmt: skip
-    return int(row.scanned), int(row.linked)
+    config = SweepConfig(limit=limit, max_total=max_total, grace_seconds=grace_seconds, max_age_minutes=max_age_minutes)
+    return _run(engine, None, config)
 
 
 def sweep_tenant(
     engine: Engine, tenant_id: str, limit: int = 1000, grace_seconds: int = 60, max_age_minutes: int = 10080
 ) -> tuple[int, int]:
     """One batch for one tenant in one statement (one transaction); returns (scanned, linked)."""
-    with engine.begin() as conn:
-        row = conn.execute(
-            SWEEP_BATCH[True],
-            {
-                "tenant_id": tenant_id,
-                "limit": limit,
-                "max_total": DEFAULT_MAX_TOTAL,
-                "grace_seconds": grace_seconds,
-                "max_age_minutes": max_age_minutes,
-            },
-        ).one()
-    return int(row.scanned), int(row.linked)
+    config = SweepConfig(limit=limit, grace_seconds=grace_seconds, max_age_minutes=max_age_minutes)
+    return _run(engine, tenant_id, config)

@@ -58,6 +58,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from benchmarks import datasets
 from mailglass_pipeline import schema
+from mailglass_pipeline.reconcile.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -65,8 +66,6 @@ REPOSITORY = {"repositoryLocationName": "mailglass_pipeline", "repositoryName": 
 SCHEDULE = "reconcile_every_minute"
 GRACE_SECONDS = 60
 C_DELIVERY_AT_SECONDS = 150
-BACKOFF_MINUTES = (1, 2, 4, 8, 16)
-BACKOFF_CAP_MINUTES = 30
 
 START_SCHEDULE = """
 mutation Start($scheduleSelector: ScheduleSelector!) {

@@ -52,7 +52,7 @@ import sqlalchemy as sa
 from benchmarks import contenders, datasets, reference
 from benchmarks.dagster_overhead import partition_runner, time_call
 from benchmarks.scratch import ScratchServer, engine_for
-from mailglass_pipeline import reconciler
+from mailglass_pipeline import queries, reconciler
 from mailglass_pipeline.db import describe_url, resolve_database_url
 from mailglass_pipeline.reconciler import SweepConfig, sweep
 
@@ -299,10 +299,13 @@ def bench_tick(server: ScratchServer, sizes: Sizes, report: Report) -> None:
                 walls.append(time.perf_counter() - started)
         with engine.connect() as conn:
             plan = conn.execute(
-                sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + reconciler._DUE_TENANTS.text),
+                sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + queries.statement("due_tenants").text),
                 {
                     "grace_seconds": reconciler.DEFAULT_GRACE_SECONDS,
                     "max_age_minutes": reconciler.DEFAULT_MAX_AGE_MINUTES,
+                    "tenant_id": None,
+                    "retry_all": False,
+                    "run_started": None,
                 },
             ).scalar_one()
     server.drop(url)

@@ -13,7 +13,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -21,6 +21,8 @@ import sqlalchemy as sa
 
 from mailglass_pipeline import db
 from mailglass_pipeline.errors import MailglassError
+from mailglass_pipeline.reconcile import settings
+from mailglass_pipeline.reconcile.settings import Setting
 
 
 def _say_database(url: str) -> None:
@@ -48,51 +50,54 @@ def migrate() -> None:
     _emit({"from_revision": before, "to_revision": after, "changed": before != after})
 
 
+def _setting_option(setting: Setting, *names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option whose default, bounds and help come from the setting's one definition."""
+    if isinstance(setting.default, bool):
+        return click.option(*names, setting.name, is_flag=True, default=setting.default, help=setting.description)
+    return click.option(
+        *names,
+        setting.name,
+        default=setting.default,
+        show_default=True,
+        type=click.IntRange(min=setting.minimum, max=setting.maximum),
+        help=setting.description,
+    )
+
+
 @cli.command()
 @click.option("--tenant-id", default=None, help="Sweep one tenant (default: all tenants).")
-@click.option(
-    "--batch-size",
-    "limit",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Most due orphans one sweep examines per tenant.",
-)
-@click.option("--max-age-minutes", default=10080, show_default=True, type=click.IntRange(min=1))
-@click.option("--grace-seconds", default=60, show_default=True, type=click.IntRange(min=0))
-@click.option(
-    "--max-total",
-    default=None,
-    type=click.IntRange(min=1),
-    help="Most orphans the sweep examines in all  [default: reconciler.DEFAULT_MAX_TOTAL]",
-)
-@click.option("--retry-all", is_flag=True, help="Ignore the retry backoff: examine every pending orphan.")
+@_setting_option(settings.LIMIT, "--batch-size")
+@_setting_option(settings.MAX_AGE_MINUTES, "--max-age-minutes")
+@_setting_option(settings.GRACE_SECONDS, "--grace-seconds")
+@_setting_option(settings.MAX_TOTAL, "--max-total")
+@_setting_option(settings.RETRY_ALL, "--retry-all")
 def reconcile(
     tenant_id: str | None,
     limit: int,
     max_age_minutes: int,
     grace_seconds: int,
-    max_total: int | None,
+    max_total: int,
     retry_all: bool,
 ) -> None:
     """Run one reconciliation sweep (all tenants by default); prints one JSON object."""
     from mailglass_pipeline import reconciler
 
-    config = reconciler.SweepConfig(
-        limit=limit,
-        max_age_minutes=max_age_minutes,
-        grace_seconds=grace_seconds,
-        max_total=max_total if max_total is not None else reconciler.DEFAULT_MAX_TOTAL,
-        retry_all=retry_all,
-    )
-    tenant_id = reconciler.validate_tenant_id(tenant_id)
+    tenant_id = settings.validate_tenant_id(tenant_id)
     url = db.resolve_database_url()
     _say_database(url)
-    engine = db.get_engine(url)
-    result = reconciler.sweep(engine, tenant_id, config)
-    _emit(result.as_dict())
-    if tenant_id is not None and result.scanned == 0:
-        with db.connect(engine) as conn:
+    # The Python API's own function: `mailglass reconcile` and reconcile() cannot drift apart.
+    result = reconciler.reconcile(
+        tenant_id,
+        limit,
+        database_url=url,
+        max_age_minutes=max_age_minutes,
+        grace_seconds=grace_seconds,
+        max_total=max_total,
+        retry_all=retry_all,
+    )
+    _emit(result)
+    if tenant_id is not None and result["scanned"] == 0:
+        with db.connect(db.get_engine(url)) as conn:
             _hint_unknown_tenant(conn, tenant_id)
 
 

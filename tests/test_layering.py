@@ -16,6 +16,9 @@ CORE_MODULES = [
     "mailglass_pipeline.projector",
     "mailglass_pipeline.deliveries",
     "mailglass_pipeline.reconciler",
+    "mailglass_pipeline.reconcile",
+    "mailglass_pipeline.drain",
+    "mailglass_pipeline.queries",
     "mailglass_pipeline.ingest",
 ]
 

@@ -81,6 +81,7 @@ from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
     is_valid_tenant_key,
 )
 from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconcile import settings
 
 SWEEP_KEY = AssetKey(["mailglass", "reconciliation_sweep"])
 SWEEP_JOB_NAME = "reconcile_due_tenants"
@@ -92,26 +93,14 @@ UNFIT_SAMPLE = 20
 
 
 class SweepDueConfig(Config):
-    """Launchpad config of the all-tenant sweep (defaults as in DESIGN.md sections 1 and 5)."""
+    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``reconcile.settings``."""
 
-    limit: int = Field(
-        default=reconciler.DEFAULT_LIMIT, ge=1, le=100_000, description="At most this many due orphans per tenant."
-    )
-    max_total: int = Field(
-        default=drain.DEFAULT_TRANSACTION_CAP,
-        ge=1,
-        le=1_000_000,
-        description="At most this many orphans per transaction (it holds their locks), fairly shared among the "
-        "tenants, linkable ones first. A run loops over such transactions until its budget is spent.",
-    )
-    budget_seconds: float | None = Field(
-        default=None,
-        description=f"Seconds of sweeping per run; unset: ${drain.BUDGET_ENV}, else "
-        f"{drain.DEFAULT_BUDGET_SECONDS:.0f}. At most {drain.MAX_BUDGET_SECONDS:.0f}.",
-    )
-    max_age_minutes: int = Field(default=reconciler.DEFAULT_MAX_AGE_MINUTES, ge=1, le=366 * 24 * 60)
-    grace_seconds: int = Field(default=reconciler.DEFAULT_GRACE_SECONDS, ge=0, le=24 * 60 * 60)
-    retry_all: bool = Field(default=False, description="Retry every pending orphan now, ignoring the backoff.")
+    limit: int = Field(**settings.LIMIT.field_kwargs())
+    max_total: int = Field(**settings.TRANSACTION_CAP.field_kwargs())
+    budget_seconds: float | None = Field(default=None, description=settings.BUDGET_DESCRIPTION)
+    max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
+    grace_seconds: int = Field(**settings.GRACE_SECONDS.field_kwargs())
+    retry_all: bool = Field(**settings.RETRY_ALL.field_kwargs())
 
     def budget(self) -> float:
         """The run's time budget: this config's, else the environment's, else the default (validated)."""

@@ -28,7 +28,6 @@ execution plan. A bad Launchpad value is therefore refused at launch, before any
 op starts, in one line naming the field and its bound (``dagster_support.config_errors``).
 """
 
-import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -53,6 +52,7 @@ from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tags_for_tenant
 from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconcile import settings
 
 BATCH_IO_MANAGER_KEY = "mailglass_batch_io"
 PREVIEW_ROWS = 10
@@ -63,30 +63,12 @@ COUNT_KEYS = ("scanned", "linked", "unmatched", "malformed", "already_reconciled
 
 
 class ReconcileConfig(Config):
-    """Launchpad config of a sweep (defaults as in DESIGN.md section 1)."""
+    """Launchpad config of a sweep: defaults, bounds and descriptions from ``reconcile.settings``."""
 
-    limit: int = Field(
-        default=reconciler.DEFAULT_LIMIT,
-        ge=1,
-        le=100_000,
-        description="At most this many orphans are examined per run (oldest never-attempted first).",
-    )
-    max_age_minutes: int = Field(
-        default=reconciler.DEFAULT_MAX_AGE_MINUTES,
-        ge=1,
-        le=366 * 24 * 60,
-        description="Orphans older than this fall out of the scan and are reported as stale.",
-    )
-    grace_seconds: int = Field(
-        default=reconciler.DEFAULT_GRACE_SECONDS,
-        ge=0,
-        le=24 * 60 * 60,
-        description="Orphans younger than this are left for the next run (the delivery may still commit).",
-    )
-    retry_all: bool = Field(
-        default=False,
-        description="Retry every pending orphan now, ignoring the backoff between attempts.",
-    )
+    limit: int = Field(**settings.LIMIT.field_kwargs())
+    max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
+    grace_seconds: int = Field(**settings.GRACE_SECONDS.field_kwargs())
+    retry_all: bool = Field(**settings.RETRY_ALL.field_kwargs())
 
     def values(self) -> dict[str, Any]:
         """The config as the ops receive it."""
@@ -99,10 +81,7 @@ class ReconcileConfig(Config):
 
     def sweep_config(self) -> reconciler.SweepConfig:
         """The core's config; raises ``ConfigurationError`` for combinations pydantic cannot see."""
-        values = self.values()
-        if "retry_all" not in {f.name for f in dataclasses.fields(reconciler.SweepConfig)}:
-            values.pop("retry_all")  # a core without backoff: nothing to ignore
-        return reconciler.SweepConfig(**values)
+        return reconciler.SweepConfig(**self.values())
 
 
 @config_mapping(config_schema=ReconcileConfig.to_config_schema())

@@ -1,0 +1,306 @@
+-- The sweep: find the due batch, link it, write the outcome, count what is left
+-- (mailglass_pipeline/reconcile/sweep.py). A batch costs these statements whatever its size
+-- (decision D5). Fragments in braces come from fragments.sql.
+
+-- name: set_timeouts
+-- The transaction's timeouts, and one plan per execution: psycopg prepares a statement after 5
+-- executions and PostgreSQL may then switch to a generic plan; for these statements, whose best
+-- plan depends on the batch and backlog sizes bound in (and whose variants are bind parameters
+-- that a custom plan folds), that made one transaction of a run 5 s instead of 0.7 s.
+SELECT
+    set_config('lock_timeout', :lock_timeout, TRUE),
+    set_config('statement_timeout', :statement_timeout, TRUE),
+    set_config('plan_cache_mode', 'force_custom_plan', TRUE);
+
+-- name: run_started
+-- The database's clock at the start of a run, as the examinations record it.
+SELECT now() AS started;
+
+-- name: find_tenant
+-- One tenant's due batch: at most LEAST(limit, max_total) orphans, in fair order, locked
+-- SKIP LOCKED. A statement apart from find_all because the all-tenant allocation counts and
+-- shares the due orphans of every tenant, work a one-tenant sweep must not pay.
+WITH alloc AS (
+    SELECT
+        CAST(:tenant_id AS text) AS tenant_id,
+        LEAST(:limit, :max_total) AS take
+),
+
+picked AS ({pick(alloc)})
+
+{batch_columns(picked)};
+
+-- name: find_all
+-- Every tenant's due batch: at most limit per tenant (less what used, the run's earlier
+-- transactions, already took) and max_total in all, in two rounds of water filling: first the
+-- orphans whose delivery is known to be there (linkable_at) across all tenants, then the other
+-- due orphans in what the cap leaves. Each tenant's share is then taken with index range scans.
+WITH used AS (
+    SELECT
+        key AS tenant_id,
+        CAST(value AS bigint) AS used
+    FROM json_each_text(CAST(:used AS json))
+),
+
+due_n AS (
+    SELECT
+        tenant_id,
+        count(*) AS n,
+        min(due_since) AS since
+    FROM ({due_rows}) AS d
+    GROUP BY tenant_id
+),
+
+due AS (
+    SELECT
+        d.tenant_id,
+        d.since,
+        LEAST(d.n, :limit - COALESCE(u.used, 0)) AS want
+    FROM due_n AS d LEFT JOIN used AS u ON d.tenant_id = u.tenant_id
+),
+
+linkable_n AS (
+    SELECT
+        q.tenant_id,
+        count(*) AS n,
+        min({fresh_since}) AS since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE q.linkable_at IS NOT NULL AND {fresh} AND {due_window}
+    GROUP BY q.tenant_id
+),
+
+first_want AS (
+    SELECT
+        d.tenant_id,
+        l.since,
+        LEAST(l.n, d.want) AS take
+    FROM due AS d INNER JOIN linkable_n AS l ON d.tenant_id = l.tenant_id
+),
+
+first_cap AS (SELECT CAST(:max_total AS bigint) AS cap),
+
+{water_fill(first_alloc, first_want, first_cap)},
+
+rest_want AS (
+    SELECT
+        d.tenant_id,
+        d.since,
+        d.want - COALESCE(f.take, 0) AS take
+    FROM due AS d LEFT JOIN first_alloc AS f ON d.tenant_id = f.tenant_id
+),
+
+rest_cap AS (
+    SELECT CAST(:max_total AS bigint) - CAST(COALESCE(sum(take), 0) AS bigint) AS cap
+    FROM first_alloc
+),
+
+{water_fill(rest_alloc, rest_want, rest_cap)},
+
+alloc AS (
+    SELECT
+        tenant_id,
+        CAST(sum(take) AS bigint) AS take
+    FROM (
+        SELECT * FROM first_alloc
+        UNION ALL
+        SELECT * FROM rest_alloc
+    ) AS x
+    GROUP BY tenant_id
+),
+
+picked AS ({pick(alloc)})
+
+{batch_columns(picked)};
+
+-- name: write
+-- The write step of a sweep as ONE statement (data-modifying CTEs), so a batch costs one round
+-- trip to write whatever its size. Its input is the linked batch as one JSON document (rows).
+--   batch      that document (orphan id, delivery id, provider, provider event id, malformed, pos);
+--   matched    the linked orphans with type, times and tenant read from their own ledger rows
+--              (append-only, so exactly what find read);
+--   ins        the reconciled events (occurred_at = sweep time); ON CONFLICT DO NOTHING admits one
+--              per orphan (decision D2), RETURNING says which this sweep appended;
+--   won        those orphans in batch order (occurred_at, inserted_at, find order);
+--   proj_agg/proj_upd  the projection rules from projector.py (decision D6), over won only;
+--   notified   one notification per linked delivery (decision D7); a SELECT CTE runs only when
+--              read, hence its count below;
+--   attempted  the examination of every unlinked orphan: attempts + 1, the next retry time by the
+--              backoff (decision D4), linkable_at cleared; malformed and aged-out ones parked;
+--   parked     every other orphan in scope past max age parked as stale (a row must not be
+--              updated twice in one statement, so the batch's unlinked rows are left to attempted).
+-- All CTEs share one snapshot, so the backlog count (which must see the queue after the trigger
+-- removed the linked orphans) is a separate statement (after_sweep).
+WITH batch AS (
+    SELECT r.*
+    FROM json_to_recordset(CAST(:rows AS json)) AS r (
+        id uuid, delivery_id uuid, provider text, provider_event_id text, malformed boolean, pos integer
+    )
+),
+
+matched AS (
+    SELECT
+        b.id,
+        e.tenant_id,
+        b.delivery_id,
+        e.type,
+        e.occurred_at,
+        e.inserted_at,
+        b.provider,
+        b.provider_event_id,
+        b.pos
+    FROM batch AS b INNER JOIN mailglass_events AS e ON b.id = e.id
+    WHERE b.delivery_id IS NOT NULL
+),
+
+ins AS (
+    -- Every column explicit: a database created by Mailglass itself has fewer defaults.
+    INSERT INTO mailglass_events (
+        id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
+        normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at
+    )
+    SELECT
+        gen_random_uuid(),
+        m.tenant_id,
+        m.delivery_id,
+        'reconciled',
+        now(),
+        'reconciled:' || CAST(m.id AS text),
+        NULL,
+        CAST('{}' AS jsonb),
+        jsonb_build_object(
+            'reconciled_from_event_id', CAST(m.id AS text),
+            'reconciled_provider', m.provider,
+            'reconciled_provider_event_id', m.provider_event_id,
+            'reconciled_event_type', m.type
+        ),
+        NULL,
+        FALSE,
+        now()
+    FROM matched AS m
+    ORDER BY m.pos
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, idempotency_key
+),
+
+won AS (
+    SELECT
+        m.id,
+        m.tenant_id,
+        m.delivery_id,
+        m.type,
+        m.occurred_at,
+        i.id AS reconciled_id,
+        row_number() OVER (ORDER BY m.occurred_at, m.inserted_at, m.pos) AS ord
+    FROM ins AS i INNER JOIN matched AS m ON i.idempotency_key = 'reconciled:' || CAST(m.id AS text)
+),
+
+{projection},
+
+latest AS (
+    SELECT DISTINCT ON (w.delivery_id)
+        w.tenant_id,
+        w.delivery_id,
+        CAST('reconciled' AS text) AS event_type,
+        w.reconciled_id AS event_id,
+        w.id AS from_id
+    FROM won AS w
+    ORDER BY w.delivery_id ASC, w.ord DESC
+),
+
+notified AS ({notify}),
+
+cutoff AS (SELECT now() - make_interval(mins => :max_age_minutes) AS stale_before),
+
+attempted AS (
+    UPDATE mailglass_reconciliation_queue AS q
+    SET
+        attempts = q.attempts + 1,
+        last_attempted_at = now(),
+        -- From the minute the sweep belongs to, not from now(): a sweep starts seconds after its
+        -- tick, so now() + 1 minute would miss the next tick ("retry in 1 minute" = next tick).
+        next_attempt_at = date_trunc('minute', now()) + {backoff},
+        linkable_at = NULL,
+        parked_at = CASE WHEN b.malformed OR q.orphan_inserted_at <= c.stale_before THEN now() END,
+        parked_reason = CASE
+            WHEN b.malformed THEN 'malformed'
+            WHEN q.orphan_inserted_at <= c.stale_before THEN 'stale'
+        END
+    FROM batch AS b, cutoff AS c
+    WHERE q.event_id = b.id AND b.delivery_id IS NULL
+    RETURNING q.event_id, q.tenant_id, q.parked_reason
+),
+
+parked AS (
+    UPDATE mailglass_reconciliation_queue AS q
+    SET parked_at = now(), parked_reason = 'stale'
+    FROM cutoff AS c
+    WHERE
+        q.parked_at IS NULL
+        AND q.orphan_inserted_at <= c.stale_before
+        AND {in_scope}
+        AND NOT EXISTS (SELECT 1 FROM batch AS b WHERE b.id = q.event_id AND b.delivery_id IS NULL)
+    RETURNING q.event_id, q.tenant_id
+),
+
+newly_stale AS (
+    SELECT
+        s.tenant_id,
+        count(*) AS n
+    FROM (
+        SELECT tenant_id FROM attempted WHERE parked_reason = 'stale'
+        UNION ALL
+        SELECT tenant_id FROM parked
+    ) AS s
+    GROUP BY s.tenant_id
+)
+
+SELECT
+    ARRAY(SELECT id FROM won) AS won,
+    -- The queue rows of the won orphans are removed by the ledger trigger at the end of this
+    -- statement; the statement's snapshot still sees them.
+    (
+        SELECT EXTRACT(EPOCH FROM max(now() - GREATEST(
+            COALESCE(q.linkable_at, q.orphan_inserted_at),
+            q.orphan_inserted_at + make_interval(secs => :grace_seconds)
+        )))
+        FROM won AS w INNER JOIN mailglass_reconciliation_queue AS q ON w.id = q.event_id
+    ) AS linked_lag,
+    (SELECT count(*) FROM notified) AS notified,
+    (SELECT count(*) FROM attempted) AS attempted,
+    (SELECT count(*) FROM parked) AS parked,
+    -- Per tenant, orphans this statement parked as stale: a change worth a materialization.
+    (SELECT COALESCE(json_agg(json_build_array(tenant_id, n)), '[]') FROM newly_stale) AS newly_stale;
+
+-- name: after_sweep
+-- What is left after a sweep, in one statement: the examined tenants' backlog, the scope's
+-- totals, the due orphans the caps left, and the longest wait of a linkable orphan still pending.
+WITH per_tenant AS (
+    SELECT
+        tenant_id,
+        count(*) FILTER (WHERE parked_at IS NULL) AS remaining_orphans,
+        count(*) FILTER (WHERE parked_reason = 'stale') AS stale_orphans
+    FROM mailglass_reconciliation_queue
+    WHERE tenant_id = ANY(CAST(:examined AS text[]))
+    GROUP BY tenant_id
+),
+
+due AS ({due_rows}),
+
+linkable AS ({linkable_waits})
+
+SELECT
+    (
+        SELECT COALESCE(json_agg(json_build_array(tenant_id, remaining_orphans, stale_orphans)), '[]')
+        FROM per_tenant
+    ) AS per_tenant,
+    (
+        SELECT count(*) FROM mailglass_reconciliation_queue AS q
+        WHERE q.parked_at IS NULL AND {in_scope}
+    ) AS remaining_orphans,
+    (
+        SELECT count(*) FROM mailglass_reconciliation_queue AS q
+        WHERE q.parked_at IS NOT NULL AND q.parked_reason = 'stale' AND {in_scope}
+    ) AS stale_orphans,
+    (SELECT count(*) FROM due) AS due_remaining,
+    (SELECT EXTRACT(EPOCH FROM now() - min(due_since)) FROM due) AS oldest_due_age,
+    (SELECT EXTRACT(EPOCH FROM max(waited)) FROM linkable) AS pending_lag;
