@@ -19,7 +19,6 @@ No Dagster here: the CLI and the Dagster check and retention job call these.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import deliveries, queries, reconciler
 from mailglass_pipeline.errors import ConfigurationError, MailglassError
+from mailglass_pipeline.reconcile import settings
 
 STATES = ("due", "waiting", "stale", "malformed")
 DEFAULT_LIST_LIMIT = 50
@@ -350,16 +350,7 @@ def explain(
 
 def parked_retention_days() -> int:
     """``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30): days a parked queue row is kept."""
-    raw = os.environ.get(PARKED_RETENTION_ENV, "").strip()
-    if not raw:
-        return DEFAULT_PARKED_RETENTION_DAYS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{PARKED_RETENTION_ENV} must be a whole number of days, got {raw!r}") from None
-    if value < 1:
-        raise ConfigurationError(f"{PARKED_RETENTION_ENV} must be >= 1, got {value}")
-    return value
+    return settings.whole_number_from_env(PARKED_RETENTION_ENV, DEFAULT_PARKED_RETENTION_DAYS, 1, "days")
 
 
 def prune_parked(

@@ -164,6 +164,20 @@ def validate_budget(value: object, source: str = "budget_seconds") -> float:
     return float(value)
 
 
+def whole_number_from_env(name: str, default: int, minimum: int, unit: str) -> int:
+    """An operator's whole-number setting from the environment: ``default`` when unset, else validated."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number of {unit}, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def budget_from_env(environ: Mapping[str, str] | None = None) -> float:
     """``MAILGLASS_SWEEP_BUDGET_SECONDS`` if set (validated), else ``DEFAULT_BUDGET_SECONDS``."""
     raw = (os.environ if environ is None else environ).get(BUDGET_ENV, "").strip()

@@ -6,8 +6,6 @@ asset's Checks tab. On the per-tenant asset it would either run inside every ten
 partitioned check, a preview feature) or not at all.
 """
 
-import os
-
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, Config, asset_check
 from pydantic import Field
 
@@ -15,7 +13,7 @@ from mailglass_pipeline import db, reconciler
 from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_KEY
-from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconcile import settings
 
 #: Default threshold of ``reconciliation_lag``; the environment variable overrides it for the whole
 #: instance (the schedule runs the check with its defaults), the check's Launchpad config for one run.
@@ -24,16 +22,7 @@ DEFAULT_LAG_THRESHOLD_SECONDS = 300
 
 
 def default_lag_threshold() -> int:
-    raw = os.environ.get(LAG_THRESHOLD_ENV)
-    if not raw:
-        return DEFAULT_LAG_THRESHOLD_SECONDS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{LAG_THRESHOLD_ENV} must be a whole number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"{LAG_THRESHOLD_ENV} must be >= 0, got {value}")
-    return value
+    return settings.whole_number_from_env(LAG_THRESHOLD_ENV, DEFAULT_LAG_THRESHOLD_SECONDS, 0, "seconds")
 
 
 class LagCheckConfig(Config):
