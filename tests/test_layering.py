@@ -112,3 +112,14 @@ def test_definitions_import_no_tooling() -> None:
         if any(name.startswith("mailglass_pipeline.devtools") for name in _imported_modules(path))
     ]
     assert offenders == []
+
+
+def test_only_the_dagster_layer_imports_dagster() -> None:
+    """Decision D12: Dagster is imported by ``definitions.py``, ``defs/`` and ``dagster_support/`` only."""
+    layer = {PACKAGE / "definitions.py", *(PACKAGE / "defs").rglob("*.py"), *SUPPORT.rglob("*.py")}
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in layer and any(name.split(".")[0] == "dagster" for name in _imported_modules(path))
+    ]
+    assert offenders == []

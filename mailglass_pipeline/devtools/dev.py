@@ -1,7 +1,7 @@
 """``mailglass dev``, ``mailglass run`` and ``mailglass stop``: one Dagster instance, started and stopped cleanly.
 
 ``prepare_dev_environment`` is shared by ``mailglass dev`` and ``mailglass run``
-so that both record into the same instance (DESIGN.md section 5):
+so that both record into the same instance (docs/contract.md section 5):
 
 1. the application database: ``MAILGLASS_DATABASE_URL``, else the embedded
    PostgreSQL under ``.mailglass/`` (``$MAILGLASS_HOME``); migrated to head;
@@ -113,24 +113,10 @@ def prepare_dagster_home(root: Path) -> Path:
 
 
 def ensure_pool_limit(home: Path) -> int | None:
-    """Write ``dagster.yaml``'s default pool limit for ``RECONCILE_POOL`` into the instance; return the limit.
+    """The pool limit written into the instance at ``home`` (Dagster's side: ``dagster_support.pool``)."""
+    from mailglass_pipeline.dagster_support.pool import ensure_pool_limit as ensure
 
-    Idempotent, and a no-op when the pool already has a limit set by hand
-    (``dagster instance concurrency set``), which then wins.
-    """
-    from dagster import DagsterInstance
-
-    from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL
-
-    with DagsterInstance.from_config(str(home)) as instance:
-        storage = instance.event_log_storage
-        limits = {pool.name: pool for pool in storage.get_pool_limits()}
-        default = instance.global_op_concurrency_default_limit
-        current = limits.get(RECONCILE_POOL)
-        if default is not None and (current is None or (current.from_default and current.limit != default)):
-            storage.initialize_concurrency_limit_to_default(RECONCILE_POOL)
-            return default
-        return current.limit if current else None
+    return ensure(home)
 
 
 def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) -> dict[str, str]:
