@@ -13,13 +13,14 @@ are checked in Python. Where that happens decides what the operator reads:
   as ``invalid reconcile config: limit must be >= 1 (got 0)`` and no cause. The launch
   (GraphQL ``launchPipelineExecution``, what the Launchpad calls) returns it as the error's message.
 
-An asset's config has no config mapping: Dagster builds a ``Config``-annotated argument before
-the body runs, and a step with a retry policy then fails four times with pydantic's report. So
-the scheduled sweep's asset declares the plain schema and calls :func:`parse_step_config`: the
-run's first step fails once (no retry can help) with the same one line.
+An asset's own config has no config mapping, and Dagster builds a ``Config``-annotated argument
+before the body runs: a bad value would fail the run's first step (four times, with a retry
+policy). So both launchable assets are graph-backed with a mapping (``webhook_reconciliation``,
+``reconciliation_sweep``): every bad value is refused at launch, before any run exists.
 
 What remains beyond our reach: the Launchpad editor validates against the schema snapshot
-only, so it still says "No errors" for ``limit: 0``; the refusal comes when Launch is pressed,
+only (``dagster_graphql``'s ``resolve_is_run_config_valid`` calls ``validate_config_from_snap``
+and nothing else), so it still says "No errors" for ``limit: 0``; the refusal comes when Launch is pressed,
 before any run exists.
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from dagster import Config, DagsterError, Failure
+from dagster import Config, DagsterError
 from pydantic import ValidationError
 
 ConfigT = TypeVar("ConfigT", bound=Config)
@@ -58,11 +59,3 @@ def parse_launchpad_config(config_cls: type[ConfigT], values: Mapping[str, Any],
         return config_cls(**values)
     except ValidationError as exc:
         raise LaunchpadConfigError(f"invalid {what}: {describe_validation_error(exc)}") from None
-
-
-def parse_step_config(config_cls: type[ConfigT], values: Mapping[str, Any] | None, what: str) -> ConfigT:
-    """Like :func:`parse_launchpad_config`, inside a step: a one-line ``Failure`` that is never retried."""
-    try:
-        return parse_launchpad_config(config_cls, values or {}, what)
-    except LaunchpadConfigError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from dagster import AssetExecutionContext, AssetMaterialization, DagsterInstance
+from dagster import AssetMaterialization, DagsterInstance, OpExecutionContext
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -55,12 +55,12 @@ def event_batching(size: int = EVENT_BATCH_SIZE) -> Iterator[None]:
 
 
 def log_materializations_in_batches(
-    context: AssetExecutionContext, materializations: Sequence[AssetMaterialization]
+    context: OpExecutionContext, materializations: Sequence[AssetMaterialization]
 ) -> int:
     """Log ``materializations`` from this step, stored in batches (one INSERT per batch in dagster-postgres)."""
     if not materializations:
         return 0
-    step_context = context.op_execution_context.get_step_execution_context()
+    step_context = context.get_step_execution_context()
     batch_id = generate_event_batch_id()
     last = len(materializations) - 1
     with event_batching():

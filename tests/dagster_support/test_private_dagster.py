@@ -64,7 +64,8 @@ def test_materializations_logged_in_batches_are_all_stored_in_few_writes(monkeyp
     @asset
     def recorder(context: AssetExecutionContext) -> MaterializeResult:
         logged = private.log_materializations_in_batches(
-            context, [AssetMaterialization(asset_key=TARGET, partition=k, metadata={"n": 1}) for k in keys]
+            context.op_execution_context,
+            [AssetMaterialization(asset_key=TARGET, partition=k, metadata={"n": 1}) for k in keys],
         )
         return MaterializeResult(metadata={"logged": logged})
 

@@ -54,20 +54,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster import (
-    AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     Config,
-    Failure,
-    MaterializeResult,
     MetadataValue,
-    asset,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    config_mapping,
     define_asset_job,
+    graph_asset,
+    op,
 )
 from pydantic import Field
 
 from mailglass_pipeline import db, drain, orphans, reconciler
-from mailglass_pipeline.dagster_support.config_errors import parse_step_config
+from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
@@ -119,7 +121,7 @@ class SweepDueConfig(Config):
 
 
 def record_tenant_materializations(
-    context: AssetExecutionContext, counts_by_tenant: Mapping[str, Mapping[str, int]]
+    context: OpExecutionContext, counts_by_tenant: Mapping[str, Mapping[str, int]]
 ) -> int:
     """One materialization of ``mailglass/webhook_reconciliation`` per tenant, written in batches."""
     return log_materializations_in_batches(
@@ -136,7 +138,7 @@ def record_tenant_materializations(
     )
 
 
-def ensure_partitions(context: AssetExecutionContext, tenants: list[str]) -> int:
+def ensure_partitions(context: OpExecutionContext, tenants: list[str]) -> int:
     """Add the partitions the tenants with work lack (one read, at most one write)."""
     if not tenants:
         return 0
@@ -178,28 +180,29 @@ def sweep_metadata(result: drain.DrainResult, unfit: list[str], recorded: int) -
     return metadata
 
 
-@asset(
-    key=SWEEP_KEY,
-    group_name="mailglass",
-    pool=RECONCILE_POOL,
-    retry_policy=DATABASE_RETRY_POLICY,
-    # The plain schema, parsed in the body: Dagster's own parse would fail the step 4 times (the retry
-    # policy) with pydantic's report; see dagster_support.config_errors.
-    config_schema=SweepDueConfig.to_config_schema(),
-    kinds={"postgres", "python"},
-    description=(
-        "One sweep over every tenant with due orphans (what the minute schedule runs): records a materialization "
-        "of each worked tenant's partition of mailglass/webhook_reconciliation; its own metadata holds the totals."
-    ),
-)
-def reconciliation_sweep(context: AssetExecutionContext, mailglass_db: MailglassDatabase) -> MaterializeResult:
-    config = parse_step_config(SweepDueConfig, context.op_execution_context.op_config, "sweep config")
+#: The sweep's one op: the node Dagster names the step after inside the asset.
+SWEEP_OP_NAME = "sweep_due_orphans"
+
+
+@config_mapping(config_schema=SweepDueConfig.to_config_schema())
+def sweep_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate the Launchpad config before any run exists (one line: ``dagster_support.config_errors``)."""
+    config = parse_launchpad_config(SweepDueConfig, values, "sweep config")
     try:
-        sweep_config = config.sweep_config()
-        budget = config.budget()
+        config.sweep_config()
+        config.budget()
     except ConfigurationError as exc:
-        raise Failure(description=f"invalid sweep config: {exc}", allow_retries=False) from exc
-    wait_for_pool_turn(context.op_execution_context)
+        raise LaunchpadConfigError(f"invalid sweep config: {exc}") from None
+    return {SWEEP_OP_NAME: {"config": config.model_dump()}}
+
+
+@op(name=SWEEP_OP_NAME, out=Out(Nothing), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
+def sweep_due_orphans(context: OpExecutionContext, config: SweepDueConfig, mailglass_db: MailglassDatabase) -> None:
+    """Drain every due tenant for the run's budget; record the tenants that changed; the totals as metadata."""
+    # The config mapping validated these values at launch; a config error here would be a bug.
+    sweep_config = config.sweep_config()
+    budget = config.budget()
+    wait_for_pool_turn(context)
     with database_errors():
         result = drain.sweep_until(mailglass_db.get_engine(), budget, sweep_config)
     # Only tenants where something happened get an event; re-examinations show in the totals below.
@@ -218,7 +221,24 @@ def reconciliation_sweep(context: AssetExecutionContext, mailglass_db: Mailglass
         f"scanned {result.scanned}, linked {result.linked}; {recorded} partition materialization(s) for the "
         f"tenants that changed, {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
     )
-    return MaterializeResult(metadata={**sweep_metadata(result, unfit, recorded), **totals})
+    context.add_output_metadata({**sweep_metadata(result, unfit, recorded), **totals})
+
+
+# Graph-backed for one reason: an asset's own config cannot have a config mapping, and only a mapping
+# refuses a bad Launchpad value at launch (before any run) instead of failing the run's first step.
+# The run config keeps the asset's path: ops.mailglass__reconciliation_sweep.config.
+@graph_asset(
+    key=SWEEP_KEY,
+    group_name="mailglass",
+    config=sweep_config_mapping,
+    kinds={"postgres", "python"},
+    description=(
+        "One sweep over every tenant with due orphans (what the minute schedule runs): records a materialization "
+        "of each worked tenant's partition of mailglass/webhook_reconciliation; its own metadata holds the totals."
+    ),
+)
+def reconciliation_sweep():
+    return sweep_due_orphans()
 
 
 reconcile_due_tenants = define_asset_job(

@@ -9,6 +9,7 @@ from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, build_asset_check_context, instance_for_test
 from sqlalchemy.engine import make_url
 
+from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
@@ -184,18 +185,19 @@ def test_time_budget_from_config_and_environment(pg_instance, engine, database_u
 
 
 @pytest.mark.parametrize(("config", "env"), [({"budget_seconds": 0}, None), ({}, "soon"), ({}, "-5")])
-def test_a_bad_budget_fails_the_run_before_any_write(pg_instance, engine, database_url, monkeypatch, config, env):
+def test_a_bad_budget_is_refused_at_launch_before_any_write(
+    pg_instance, engine, database_url, monkeypatch, config, env
+):
+    """The config's budget or, when it names none, the environment's: checked by the job's config mapping."""
     make_orphan(engine, "t", "never")
     if env is not None:
         monkeypatch.setenv("MAILGLASS_SWEEP_BUDGET_SECONDS", env)
     job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(SWEEP_JOB_NAME)
-    result = job.execute_in_process(instance=pg_instance, run_config=_config(**config), raise_on_error=False)
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "budget" in str(failure.step_failure_data.error.message).lower() or "MAILGLASS_SWEEP" in str(
-        failure.step_failure_data.error
-    )
-    assert _attempts_by_tenant(engine) == {"t": 0}
+    runs_before = len(pg_instance.get_runs())
+    with pytest.raises(LaunchpadConfigError, match=r"^invalid sweep config: .*(budget|MAILGLASS_SWEEP)") as refused:
+        job.execute_in_process(instance=pg_instance, run_config=_config(**config))
+    assert "\n" not in str(refused.value)
+    assert len(pg_instance.get_runs()) == runs_before and _attempts_by_tenant(engine) == {"t": 0}
 
 
 def test_reconciliation_lag_warns_with_count_and_longest_wait(engine, database_url):

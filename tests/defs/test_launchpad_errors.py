@@ -1,5 +1,8 @@
 """A bad Launchpad value is refused at launch in one line naming the field and its bound.
 
+Both jobs an operator launches from the Launchpad: the per-tenant ``reconcile_orphans`` and the
+all-tenant ``reconcile_due_tenants`` (the schedule's job).
+
 Through the route the UI takes: the GraphQL mutation the Launchpad's Launch button sends,
 answered by the real code location running in its own code server (``workspace.yaml``).
 """
@@ -14,10 +17,15 @@ import pytest
 from dagster import DagsterInstance, instance_for_test
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
 
-REPO = Path(__file__).resolve().parents[3]
-GRAPH = "mailglass__webhook_reconciliation"
+REPO = Path(__file__).resolve().parents[2]
+#: Each job's Launchpad node, the tags a launch from its page carries, and the one line's prefix.
+JOBS = {
+    RECONCILE_JOB_NAME: ("mailglass__webhook_reconciliation", {"dagster/partition": "t1"}, "invalid reconcile config"),
+    SWEEP_JOB_NAME: ("mailglass__reconciliation_sweep", {}, "invalid sweep config"),
+}
 
 LAUNCH = """
 mutation($executionParams: ExecutionParams!) {
@@ -43,7 +51,8 @@ def launchpad(admin_url: str) -> Iterator[tuple[Any, DagsterInstance]]:
             yield context, instance
 
 
-def launch(context: Any, config: dict[str, Any]) -> dict[str, Any]:
+def launch(context: Any, config: dict[str, Any], job: str = RECONCILE_JOB_NAME) -> dict[str, Any]:
+    node, tags, _ = JOBS[job]
     result = execute_dagster_graphql(
         context,
         LAUNCH,
@@ -52,16 +61,17 @@ def launch(context: Any, config: dict[str, Any]) -> dict[str, Any]:
                 "selector": {
                     "repositoryLocationName": "mailglass_pipeline",
                     "repositoryName": "__repository__",
-                    "jobName": RECONCILE_JOB_NAME,
+                    "jobName": job,
                 },
-                "runConfigData": {"ops": {GRAPH: {"config": config}}},
-                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "t1"}]},
+                "runConfigData": {"ops": {node: {"config": config}}},
+                "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
             }
         },
     )
     return result.data["launchPipelineExecution"]
 
 
+@pytest.mark.parametrize("job", list(JOBS))
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
@@ -70,13 +80,13 @@ def launch(context: Any, config: dict[str, Any]) -> dict[str, Any]:
         ({"grace_seconds": -1}, "grace_seconds must be >= 0 (got -1)"),
     ],
 )
-def test_an_out_of_bounds_value_is_one_line_naming_field_and_bound(launchpad, config, expected) -> None:
+def test_an_out_of_bounds_value_is_one_line_naming_field_and_bound(launchpad, job, config, expected) -> None:
     context, instance = launchpad
-    answer = launch(context, config)
+    answer = launch(context, config, job)
     assert answer["__typename"] == "PythonError"
     message = answer["message"].strip()
     assert "\n" not in message, message
-    assert message.endswith(f"invalid reconcile config: {expected}"), message
+    assert message.endswith(f"{JOBS[job][2]}: {expected}"), message
     assert "DagsterConfigMappingFunctionError" not in message and answer["causes"] == []
     assert instance.get_runs() == []  # refused before any run exists
 
@@ -86,3 +96,13 @@ def test_every_bad_field_is_named_in_the_same_line(launchpad) -> None:
     message = launch(context, {"limit": 0, "max_age_minutes": 0})["message"].strip()
     assert "\n" not in message
     assert "limit must be >= 1 (got 0)" in message and "max_age_minutes must be >= 1 (got 0)" in message
+
+
+def test_the_sweep_budget_is_checked_at_launch_too(launchpad) -> None:
+    """A bound pydantic cannot see (the budget's) is refused by the same mapping, before any run."""
+    context, instance = launchpad
+    answer = launch(context, {"budget_seconds": -5.0}, SWEEP_JOB_NAME)
+    assert answer["__typename"] == "PythonError", answer
+    message = answer["message"].strip()
+    assert "\n" not in message and "invalid sweep config" in message and "budget" in message, message
+    assert instance.get_runs() == []
