@@ -202,6 +202,15 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     assert (metadata["t2"]["scanned"], metadata["t2"]["linked"]) == (2, 2)
     assert (metadata["t3"]["scanned"], metadata["t3"]["linked"], metadata["t3"]["unmatched"]) == (2, 1, 1)
     assert metadata["t3"]["remaining_orphans"] == 1
+
+    # 4. The sweep asset's page: Materialize (no partition, no config) sweeps every tenant, t4 included.
+    run_id = launch_asset_materialization(client, None, ["mailglass", "reconciliation_sweep"])
+    status = wait_until(lambda: _finished(client, run_id), 60, "the sweep asset's run did not finish", log_dir)
+    assert status == DagsterRunStatus.SUCCESS, (log_dir / "daemon.log").read_text()[-3000:]
+    assert fetch(engine, "SELECT tenant_id FROM mailglass_events WHERE type = 'reconciled' AND tenant_id = 't4'")
+    assert (_metadata_by_partition(instance)["t4"]["linked"]) == 1
+    [sweep] = instance.fetch_materializations(AssetKey(["mailglass", "reconciliation_sweep"]), limit=1).records
+    assert sweep.run_id == run_id and sweep.asset_materialization.metadata["linked"].value == 1
     print(f"e2e flow took {time.monotonic() - started:.1f}s after the webserver was up")
 
 
@@ -236,19 +245,22 @@ mutation Start($scheduleSelector: ScheduleSelector!) {
 ASSET_PATH = ["mailglass", "webhook_reconciliation"]
 
 
-def launch_asset_materialization(client: DagsterGraphQLClient, partition: str) -> str:
-    """The asset page's Materialize for one partition: the implicit asset job, a partition tag, no job tags."""
+def launch_asset_materialization(
+    client: DagsterGraphQLClient, partition: str | None, path: list[str] = ASSET_PATH
+) -> str:
+    """The asset page's Materialize (for one partition): the implicit asset job, a partition tag, no job tags."""
+    tags = [{"key": "dagster/partition", "value": partition}] if partition is not None else []
     params = {
         "selector": {
             "repositoryLocationName": LOCATION,
             "repositoryName": REPOSITORY,
             "pipelineName": "__ASSET_JOB",
-            "assetSelection": [{"path": ASSET_PATH}],
+            "assetSelection": [{"path": path}],
             "assetCheckSelection": [],
         },
         "mode": "default",
         "runConfigData": {},
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        "executionMetadata": {"tags": tags},
     }
     launched = client._execute(LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
