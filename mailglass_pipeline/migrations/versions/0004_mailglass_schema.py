@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -57,14 +56,14 @@ import sqlalchemy as sa
 from alembic import op
 
 from mailglass_pipeline.migrations import mailglass_ddl as mg
+from mailglass_pipeline.migrations import online_ddl as online
 
 revision = "0004_mailglass_schema"
 down_revision = "0003_due_orphans"
 branch_labels = None
 depends_on = None
 
-LOCK_TIMEOUT = "300ms"
-LOCK_ATTEMPTS = 200
+LOCK_TIMEOUT = online.LOCK_TIMEOUT
 BACKFILL_BATCH = 5000
 
 
@@ -81,53 +80,9 @@ def _sibling(name: str) -> ModuleType:
 _due = _sibling("0003_due_orphans")
 
 
-def _exec(conn: sa.Connection, sql: str, **params: object) -> sa.CursorResult:
-    return conn.execute(sa.text(sql), params) if params else conn.exec_driver_sql(sql)
-
-
-def _ddl(conn: sa.Connection, sql: str) -> None:
-    """Run one catalog change, waiting at most LOCK_TIMEOUT per try for its lock (writers never queue longer)."""
-    for attempt in range(LOCK_ATTEMPTS):
-        try:
-            conn.exec_driver_sql(sql)
-            return
-        except sa.exc.OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "55P03" or attempt == LOCK_ATTEMPTS - 1:
-                raise
-            time.sleep(min(0.05 * (attempt + 1), 1.0))
-
-
-def _scalar(conn: sa.Connection, sql: str, **params: object) -> object:
-    return conn.execute(sa.text(sql), params).scalar()
-
-
-def _has_table(conn: sa.Connection, schema: str, table: str) -> bool:
-    return bool(_scalar(conn, "SELECT to_regclass(:n) IS NOT NULL", n=f"{mg.quote_ident(schema)}.{table}"))
-
-
-def _index_state(conn: sa.Connection, schema: str, name: str) -> bool | None:
-    """None when absent, else whether the index is valid (a failed CONCURRENTLY build leaves it invalid)."""
-    return conn.execute(
-        sa.text(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :n"
-        ),
-        {"s": schema, "n": name},
-    ).scalar()
-
-
-def _create_index_concurrently(conn: sa.Connection, schema: str, name: str, sql: str) -> None:
-    state = _index_state(conn, schema, name)
-    if state is True:
-        return
-    if state is False:
-        conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {mg.quote_ident(schema)}.{name}")
-    conn.exec_driver_sql(sql)
-
-
 def mailglass_stamp(conn: sa.Connection, schema: str) -> int | None:
     """Mailglass's recorded version, read as its migrator reads it (None: no stamp)."""
-    value = _scalar(
+    value = online.scalar(
         conn,
         "SELECT obj_description(c.oid, 'pg_class') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relname = 'mailglass_events' AND n.nspname = :s",
@@ -142,10 +97,10 @@ def mailglass_stamp(conn: sa.Connection, schema: str) -> int | None:
 def _citext_type(conn: sa.Connection, schema: str) -> str:
     # Mailglass leaves the extension unqualified (it lands in the first schema of the path) and
     # names the type unqualified; here the path is the Mailglass schema alone, so qualify it.
-    if not _scalar(conn, "SELECT count(*) FROM pg_available_extensions WHERE name = 'citext'"):
+    if not online.scalar(conn, "SELECT count(*) FROM pg_available_extensions WHERE name = 'citext'"):
         return _citext_stand_in(conn, schema)
-    _ddl(conn, "CREATE EXTENSION IF NOT EXISTS citext")
-    where = _scalar(conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'")
+    online.ddl(conn, "CREATE EXTENSION IF NOT EXISTS citext")
+    where = online.scalar(conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'")
     return f"{where}.citext"
 
 
@@ -157,14 +112,14 @@ def _citext_stand_in(conn: sa.Connection, schema: str) -> str:
     the case-insensitive comparison, on that server only. Said once, on stderr, when created.
     """
     q = mg.quote_ident(schema)
-    exists = _scalar(
+    exists = online.scalar(
         conn,
         "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
         " WHERE t.typname = 'citext' AND n.nspname = :schema",
         schema=schema,
     )
     if not exists:
-        _ddl(conn, f"CREATE DOMAIN {q}.citext AS text")
+        online.ddl(conn, f"CREATE DOMAIN {q}.citext AS text")
         print(
             "mailglass: this PostgreSQL has no citext extension (no contrib, e.g. the embedded server):"
             " mailglass_suppressions.address is a text domain here and compares case-sensitively",
@@ -182,48 +137,49 @@ def _converge_mailglass(conn: sa.Connection, schema: str, stamped: bool) -> None
     """
     q = mg.quote_ident(schema)
     if not stamped:
-        citext = _citext_type(conn, schema) if not _has_table(conn, schema, "mailglass_suppressions") else "citext"
+        has_suppressions = online.has_table(conn, schema, "mailglass_suppressions")
+        citext = "citext" if has_suppressions else _citext_type(conn, schema)
         for table in mg.TABLE_BODIES:
-            if not _has_table(conn, schema, table):
-                _ddl(conn, mg.create_table_sql(table, schema, citext))
+            if not online.has_table(conn, schema, table):
+                online.ddl(conn, mg.create_table_sql(table, schema, citext))
         # 0001's deliveries had every column but Mailglass's V04 one.
-        _ddl(conn, f"ALTER TABLE {q}.mailglass_deliveries ADD COLUMN IF NOT EXISTS adapter_ref text")
+        online.ddl(conn, f"ALTER TABLE {q}.mailglass_deliveries ADD COLUMN IF NOT EXISTS adapter_ref text")
 
     for project_name, mailglass_name in mg.PROJECT_DUPLICATES.items():
-        if _index_state(conn, schema, project_name) is None:
+        if online.index_state(conn, schema, project_name) is None:
             continue
-        if _index_state(conn, schema, mailglass_name) is True:
+        if online.index_state(conn, schema, mailglass_name) is True:
             conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {q}.{project_name}")
         elif not stamped:
-            if _index_state(conn, schema, mailglass_name) is False:
+            if online.index_state(conn, schema, mailglass_name) is False:
                 conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {q}.{mailglass_name}")
-            _ddl(conn, f"ALTER INDEX {q}.{project_name} RENAME TO {mailglass_name}")
+            online.ddl(conn, f"ALTER INDEX {q}.{project_name} RENAME TO {mailglass_name}")
     if not stamped:
         conn.exec_driver_sql("SET lock_timeout = 0")  # CONCURRENTLY never blocks writers; let it wait
         for name in mg.INDEXES:
-            _create_index_concurrently(conn, schema, name, mg.create_index_sql(name, schema, concurrently=True))
+            online.create_index_concurrently(conn, schema, name, mg.create_index_sql(name, schema, concurrently=True))
         conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
 
     # 0001 replaced Mailglass's function by one adding a DETAIL line and dropping its SET search_path.
-    source = _scalar(
+    source = online.scalar(
         conn,
         "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
         " WHERE n.nspname = :s AND p.proname = 'mailglass_raise_immutability' AND p.pronargs = 0",
         s=schema,
     )
     if (source is None and not stamped) or "DETAIL" in str(source):
-        _ddl(conn, mg.RAISE_IMMUTABILITY.format(schema=q))
+        online.ddl(conn, mg.RAISE_IMMUTABILITY.format(schema=q))
     if not stamped and not _trigger_exists(conn, schema, "mailglass_events", "mailglass_events_immutable_trigger"):
-        _ddl(conn, mg.IMMUTABLE_TRIGGER.format(schema=q))
+        online.ddl(conn, mg.IMMUTABLE_TRIGGER.format(schema=q))
     # 0001's row trigger duplicated Mailglass's (and called Mailglass's function).
-    _ddl(conn, f"DROP TRIGGER IF EXISTS mailglass_events_immutable ON {q}.mailglass_events")
+    online.ddl(conn, f"DROP TRIGGER IF EXISTS mailglass_events_immutable ON {q}.mailglass_events")
     if not stamped:
-        _ddl(conn, mg.stamp_sql(schema))
+        online.ddl(conn, mg.stamp_sql(schema))
 
 
 def _trigger_exists(conn: sa.Connection, schema: str, table: str, name: str) -> bool:
     return bool(
-        _scalar(
+        online.scalar(
             conn,
             "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -376,7 +332,7 @@ _PROJECT_FUNCTIONS = ("mailglass_track_orphans()", "mailglass_wake_orphans()", "
 
 def _ledger_time_type(conn: sa.Connection, schema: str) -> str:
     return str(
-        _scalar(
+        online.scalar(
             conn,
             "SELECT data_type FROM information_schema.columns"
             " WHERE table_schema = :s AND table_name = 'mailglass_events' AND column_name = 'inserted_at'",
@@ -387,21 +343,21 @@ def _ledger_time_type(conn: sa.Connection, schema: str) -> str:
 
 def _converge_project(conn: sa.Connection, schema: str) -> None:
     q = mg.quote_ident(schema)
-    _ddl(
+    online.ddl(
         conn,
         f"""CREATE TABLE IF NOT EXISTS {q}.mailglass_webhook_tokens (
             provider text NOT NULL, token text NOT NULL, tenant_id text NOT NULL, body_sha256 text NOT NULL,
             seen_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (provider, token))""",
     )
-    _ddl(
+    online.ddl(
         conn,
         f"CREATE INDEX IF NOT EXISTS mailglass_webhook_tokens_seen_at_index ON {q}.mailglass_webhook_tokens (seen_at)",
     )
 
-    queue_existed = _has_table(conn, schema, "mailglass_reconciliation_queue")
-    _ddl(conn, _QUEUE.format(q=q))
+    queue_existed = online.has_table(conn, schema, "mailglass_reconciliation_queue")
+    online.ddl(conn, _QUEUE.format(q=q))
     # A queue made by 0001 alone (its version table lost) lacks 0003's columns.
-    _ddl(
+    online.ddl(
         conn,
         f"ALTER TABLE {q}.mailglass_reconciliation_queue ADD COLUMN IF NOT EXISTS provider text,"
         " ADD COLUMN IF NOT EXISTS provider_message_id text, ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz,"
@@ -410,17 +366,17 @@ def _converge_project(conn: sa.Connection, schema: str) -> None:
     conn.exec_driver_sql("SET lock_timeout = 0")
     for name, rest in _QUEUE_INDEXES.items():
         sql = f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {q}.mailglass_reconciliation_queue {rest}"
-        _create_index_concurrently(conn, schema, name, sql)
+        online.create_index_concurrently(conn, schema, name, sql)
     conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
 
     ledger_type = _ledger_time_type(conn, schema)
     for sql in (_track_orphans_sql(q, ledger_type), *_wake_sql(q), _FORBID_TRUNCATE.format(q=q)):
-        _ddl(conn, sql)
+        online.ddl(conn, sql)
     for fn in _PROJECT_FUNCTIONS:
-        _ddl(conn, f"ALTER FUNCTION {q}.{fn} SET search_path = pg_catalog, {q}, pg_temp")
+        online.ddl(conn, f"ALTER FUNCTION {q}.{fn} SET search_path = pg_catalog, {q}, pg_temp")
         # Trigger plans are cached per session: never let a plan made on an empty queue scan it.
-        _ddl(conn, f"ALTER FUNCTION {q}.{fn} SET enable_seqscan = off")
-        _ddl(conn, f"REVOKE ALL ON FUNCTION {q}.{fn} FROM PUBLIC")
+        online.ddl(conn, f"ALTER FUNCTION {q}.{fn} SET enable_seqscan = off")
+        online.ddl(conn, f"REVOKE ALL ON FUNCTION {q}.{fn} FROM PUBLIC")
 
     # CREATE OR REPLACE TRIGGER: atomic, so a re-run never leaves a moment without tracking.
     for sql in (
@@ -436,7 +392,7 @@ def _converge_project(conn: sa.Connection, schema: str) -> None:
                   OR OLD.provider_message_id IS DISTINCT FROM NEW.provider_message_id)
             EXECUTE FUNCTION {q}.mailglass_wake_orphans_on_rekey()""",
     ):
-        _ddl(conn, sql)
+        online.ddl(conn, sql)
     if not queue_existed:
         backfill_queue(conn, schema, ledger_type)
 
