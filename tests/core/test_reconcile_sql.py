@@ -110,3 +110,14 @@ def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ValueError, match="without ':' in comments"):
         queries.register("mg_sql_comment_probe")
+
+
+def test_the_orphan_listing_shares_the_sweeps_due_rule() -> None:
+    """`mailglass orphans` says due for what a sweep takes: its statements splice the sweep's own fragments."""
+    shared = queries.fragments("mailglass_pipeline.reconcile")
+    listing = queries.statement("list_pending").text
+    for name in ("fresh", "due_window", "in_scope"):
+        assert shared[name].text in listing, name
+    assert shared["in_scope"].text in queries.statement("list_parked").text
+    with pytest.raises(KeyError, match="import it first"):
+        queries.fragments("mg_no_such_package")
