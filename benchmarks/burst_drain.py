@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from benchmarks import scale
+from benchmarks import scale, scratch
 from mailglass_pipeline import drain, reconciler, schema
 from mailglass_pipeline.db import create_engine
 
@@ -29,7 +29,7 @@ def run_once(admin_url: str, tenants: int, cap: int, budget: float) -> None:
     name = f"mg_burst_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = scale._with_database(admin_url, name)
+    url = scratch.with_database(admin_url, name)
     try:
         schema.upgrade(url)
         engine = create_engine(url)

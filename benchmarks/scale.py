@@ -56,7 +56,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from benchmarks import datasets
+from benchmarks import datasets, scratch
 from mailglass_pipeline import schema
 from mailglass_pipeline.reconcile.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
 
@@ -100,10 +100,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 def _percentile(values: list[float], p: float) -> float | None:
@@ -169,8 +165,10 @@ class Stack:
         self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
         suffix = uuid.uuid4().hex[:8]
         self.app_db, self.dagster_db = f"mg_scale_{suffix}", f"mg_scale_dg_{suffix}"
-        self.app_url = _with_database(admin_url, self.app_db)
-        self.dagster_url = make_url(_with_database(admin_url, self.dagster_db)).set(drivername="postgresql+psycopg2")
+        self.app_url = scratch.with_database(admin_url, self.app_db)
+        self.dagster_url = make_url(scratch.with_database(admin_url, self.dagster_db)).set(
+            drivername="postgresql+psycopg2"
+        )
         self.home = workdir / f"home_{suffix}"
         self.log_path = workdir / f"dev_{suffix}.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mailglass_pipeline import queries
 from mailglass_pipeline.ledger import to_json
 
 
@@ -50,14 +51,9 @@ def lookup_lateral(key: str) -> str:
       )"""
 
 
-_LOOKUP = sa.text(
-    f"""
-    SELECT k.ord, d.id
-      FROM unnest(CAST(:tenant_id AS text[]), CAST(:provider AS text[]), CAST(:message_id AS text[]))
-           WITH ORDINALITY AS k(tenant_id, provider, message_id, ord)
-      LEFT JOIN {lookup_lateral("k")} d ON true
-     ORDER BY k.ord
-    """
+#: The package's delivery statements (``sql/deliveries.sql``): ``lookup_deliveries``.
+STATEMENTS: dict[str, sa.TextClause] = queries.register(
+    "mailglass_pipeline", {"delivery_lookup": lookup_lateral("k")}, files=("deliveries.sql",)
 )
 
 
@@ -74,8 +70,8 @@ def lookup(
     if not tenant_ids:
         return []
     rows = conn.execute(
-        _LOOKUP,
-        {"tenant_id": list(tenant_ids), "provider": list(providers), "message_id": list(message_ids)},
+        STATEMENTS["lookup_deliveries"],
+        {"tenant_ids": list(tenant_ids), "providers": list(providers), "message_ids": list(message_ids)},
     ).all()
     return [row[1] for row in rows]
 

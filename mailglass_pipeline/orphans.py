@@ -9,8 +9,8 @@ another tenant or provider, a missing key, its age. It is an operator's tool:
 it names the other tenant on purpose.
 
 Every list statement is bounded by its limit (index ranges whose predicate is
-the state; see ``sql/orphans.sql``), so listing costs the same with a backlog
-of ten orphans or ten million. The retention of parked rows
+the state; see ``sql/orphans.sql``, registered in :mod:`mailglass_pipeline.queries`),
+so listing costs the same with a backlog of ten orphans or ten million. The retention of parked rows
 (:func:`prune_parked`) deletes queue rows only, in small batches: the ledger
 keeps every event.
 
@@ -40,32 +40,20 @@ DEFAULT_PARKED_RETENTION_DAYS = 30
 PARKED_REASONS = ("stale", "malformed")
 _MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
 
-_SQL = queries.load("orphans.sql")
-_TENANT = "AND q.tenant_id = :tenant_id"
-#: Retry rows in an index's order: all tenants by retry time (due_retry_index), one tenant by last
-#: examination (retry_index: the sweep's own order, which follows the retry time within a tenant).
-_RETRY_ORDER = {False: "q.next_attempt_at", True: "q.last_attempted_at, q.orphan_inserted_at, q.event_id"}
-
-
-def _statement(name: str, tenant_scoped: bool) -> sa.TextClause:
-    text = _SQL[name].replace("{tenant}", _TENANT if tenant_scoped else "")
-    return sa.text(text.replace("{retry_order}", _RETRY_ORDER[tenant_scoped]))
-
-
-LIST_SQL = {(state, scoped): _statement(state, scoped) for state in STATES for scoped in (False, True)}
-_OLDEST_STALE_SQL = {
-    scoped: sa.text(_SQL["oldest_stale"].replace("{stale}", LIST_SQL["stale", scoped].text)) for scoped in (False, True)
-}
-_ORPHAN_SQL = sa.text(_SQL["orphan"])
-DELIVERIES_WITH_MESSAGE_ID_SQL = sa.text(_SQL["deliveries_with_message_id"])
-COUNTS_BY_STATE_SQL = sa.text(
-    _SQL["counts_by_state"]
-    .replace("{group}", "q.tenant_id")
-    .replace("{scope}", "WHERE q.tenant_id = ANY (CAST(:tenant_ids AS text[]))")
+#: The package's orphan statements (``sql/orphans.sql``), spliced with the sweep's own due rule.
+STATEMENTS: dict[str, sa.TextClause] = queries.register(
+    "mailglass_pipeline",
+    queries.fragments("mailglass_pipeline.reconcile"),
+    files=("orphan_fragments.sql", "orphans.sql"),
 )
-TOTALS_BY_STATE_SQL = sa.text(_SQL["counts_by_state"].replace("{group}", "CAST('*' AS text)").replace("{scope}", ""))
-DELETE_PARKED_SQL = sa.text(_SQL["delete_parked"])
-TENANT_KNOWN_SQL = sa.text(_SQL["tenant_known"])
+#: The statement listing each state (the state itself is bound).
+LIST_STATEMENT = {"due": "list_pending", "waiting": "list_pending", "stale": "list_parked", "malformed": "list_parked"}
+
+
+def _read(conn: Connection, name: str, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
+    # The scope and the state are bound values that only a custom plan folds (see sql/orphans.sql).
+    conn.execute(queries.statement("custom_plans"))
+    return conn.execute(STATEMENTS[name], params)
 
 
 class OrphanNotFoundError(MailglassError):
@@ -127,16 +115,18 @@ def list_orphans(
     tenant_id = reconciler.validate_tenant_id(tenant_id)
     if state is not None and state not in STATES:
         raise ConfigurationError(f"state must be one of {', '.join(STATES)}, got {state!r}")
-    params: dict[str, Any] = {"limit": limit, "grace_seconds": grace_seconds, "max_age_minutes": max_age_minutes}
-    if tenant_id is not None:
-        params["tenant_id"] = tenant_id
+    params: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "grace_seconds": grace_seconds,
+        "max_age_minutes": max_age_minutes,
+    }
     rows: list[OrphanRow] = []
     now = conn.execute(sa.text("SELECT now()")).scalar_one()
     for name in [state] if state else STATES:
         if len(rows) >= limit:
             break
-        params["limit"] = limit - len(rows)
-        for r in conn.execute(LIST_SQL[name, tenant_id is not None], params).mappings():
+        params.update(state=name, limit=limit - len(rows))
+        for r in _read(conn, LIST_STATEMENT[name], params).mappings():
             next_attempt = None
             if r["state"] == "due":
                 next_attempt = now
@@ -173,7 +163,7 @@ def counts_by_state(
     if not tenants:
         return counts
     params = {"tenant_ids": tenants, "grace_seconds": grace_seconds, "max_age_minutes": max_age_minutes}
-    for row in conn.execute(COUNTS_BY_STATE_SQL, params).mappings():
+    for row in _read(conn, "counts_by_state", params).mappings():
         counts[row["tenant_id"]] = {state: int(row[state]) for state in STATES}
     return counts
 
@@ -185,8 +175,8 @@ def totals_by_state(
     max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
 ) -> dict[str, int]:
     """The whole queue by state: ``{"due": n, "waiting": n, "stale": n, "malformed": n}``."""
-    params = {"grace_seconds": grace_seconds, "max_age_minutes": max_age_minutes}
-    row = conn.execute(TOTALS_BY_STATE_SQL, params).mappings().one_or_none()
+    params = {"tenant_ids": None, "grace_seconds": grace_seconds, "max_age_minutes": max_age_minutes}
+    row = _read(conn, "counts_by_state", params).mappings().one_or_none()
     return {state: int(row[state]) if row is not None else 0 for state in STATES}
 
 
@@ -197,15 +187,18 @@ def oldest_stale(
     max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
 ) -> list[dict[str, Any]]:
     """The oldest stale orphans: tenant, provider, message id, event type, age (the check's table)."""
-    params: dict[str, Any] = {"limit": _check_limit(limit), "max_age_minutes": max_age_minutes}
-    if tenant_id is not None:
-        params["tenant_id"] = tenant_id
-    return [dict(r) for r in conn.execute(_OLDEST_STALE_SQL[tenant_id is not None], params).mappings()]
+    params = {
+        "state": "stale",
+        "tenant_id": tenant_id,
+        "limit": _check_limit(limit),
+        "max_age_minutes": max_age_minutes,
+    }
+    return [dict(r) for r in _read(conn, "oldest_stale", params).mappings()]
 
 
 def tenant_known(conn: Connection, tenant_id: str) -> bool:
     """Whether any delivery or queued orphan has ``tenant_id``."""
-    return bool(conn.execute(TENANT_KNOWN_SQL, {"tenant_id": tenant_id}).scalar_one())
+    return bool(conn.execute(STATEMENTS["tenant_known"], {"tenant_id": tenant_id}).scalar_one())
 
 
 # -- explain ---------------------------------------------------------------------------------------------
@@ -251,7 +244,7 @@ def explain(
     unknown id and ``ConfigurationError`` for text that is not a UUID.
     """
     event_uuid = event_id if isinstance(event_id, uuid.UUID) else parse_event_id(str(event_id))
-    row = conn.execute(_ORPHAN_SQL, {"event_id": event_uuid}).mappings().one_or_none()
+    row = conn.execute(STATEMENTS["explain_orphan"], {"event_id": event_uuid}).mappings().one_or_none()
     if row is None:
         raise OrphanNotFoundError(f"no event {event_uuid} in the ledger")
     now: datetime = row["now"]
@@ -303,7 +296,7 @@ def explain(
     assert provider is not None and message_id is not None
     variants = _message_id_variants(provider, message_id)
     params = {"message_ids": variants, "tenant_id": row["tenant_id"], "provider": provider}
-    candidates = [dict(d) for d in conn.execute(DELIVERIES_WITH_MESSAGE_ID_SQL, params).mappings()]
+    candidates = [dict(d) for d in conn.execute(STATEMENTS["deliveries_with_message_id"], params).mappings()]
     own = deliveries.lookup(conn, [row["tenant_id"]], [provider], [message_id])[0]
     stale = row["parked_reason"] == "stale" or now - inserted > timedelta(minutes=max_age_minutes)
     if stale:
@@ -381,7 +374,7 @@ def prune_parked(
             with engine.begin() as conn:
                 conn.execute(sa.text("SELECT set_config('lock_timeout', '5s', true)"))
                 params = {"reason": reason, "cutoff": cutoff, "batch_size": size}
-                n = int(conn.execute(DELETE_PARKED_SQL, params).scalar_one())
+                n = int(conn.execute(STATEMENTS["delete_parked"], params).scalar_one())
             batches += 1
             deleted[reason] += n
             if n < size:

@@ -10,44 +10,36 @@ Shared pieces of SQL are *fragments*: a block opened by ``-- fragment: <name>``
 fragment writes ``{name}`` (or ``{name(arg, ...)}``, arguments being SQL
 identifiers only). The set of fragments is closed: those of the package's files
 plus the few the caller passes in (SQL whose one home is a Python module, e.g.
-the projection rules); an unknown name fails when the module loads, never at
-run time. Splicing happens once, at import; values are always bind parameters
-(``:name``), never text in the statement.
+the projection rules, or another package's fragments: :func:`fragments`); an
+unknown name fails when the module loads, never at run time. Splicing happens
+once, at import; values are always bind parameters (``:name``), never text in
+the statement. A variant (one tenant or all, a state) is a bound value too,
+which the custom plan the callers ask for folds to a constant (statement
+``custom_plans``).
 
 :func:`register` loads a package's ``sql/*.sql`` and registers its statements;
 :func:`statement` and :func:`statements` read them (the plan tests iterate over
-every registered statement). :func:`load` reads a file's raw blocks, for a module
-that builds its few variants itself (``orphans.sql``).
+every registered statement).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 
 import sqlalchemy as sa
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _BLOCK = re.compile(r"^-- (name|fragment): (\w+)(?:\(([\w\s,]*)\))?\s*$", re.MULTILINE)
 _SPLICE = re.compile(r"\{(\w+)(?:\(([\w\s,]*)\))?\}")
+_END = re.compile(r";[ \t]*(--[^\n]*)?$")
 _COMMENT_LINE = re.compile(r"^\s*--.*$\n?", re.MULTILINE)
 _BIND_IN_COMMENT = re.compile(r"(?<![:\w]):\w")
 
 _STATEMENTS: dict[str, sa.TextClause] = {}
-
-
-@cache
-def load(filename: str) -> dict[str, str]:
-    """``{name: sql}`` of the blocks in ``sql/<filename>`` (the text before the first name is its header)."""
-    text = resources.files("mailglass_pipeline").joinpath(f"sql/{filename}").read_text(encoding="utf-8")
-    parts = _NAME.split(text)
-    blocks = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-    if len(blocks) != len(parts[1::2]):
-        raise ValueError(f"sql/{filename}: a statement name is used twice")
-    return blocks
+#: The fragments each package's registration spliced from (another package may share them).
+_FRAGMENTS: dict[str, dict[str, Fragment]] = {}
 
 
 @dataclass(frozen=True)
@@ -79,8 +71,8 @@ def _parse(where: str, text: str) -> tuple[dict[str, Fragment], dict[str, str]]:
         else:
             if params:
                 raise ValueError(f"{where}: statement {name} takes no parameters")
-            # The ';' ends the block for sqlfluff; a statement is also spliced into others (a CTE body).
-            statements[name] = body.strip().removesuffix(";").rstrip()
+            # The ';' (and a sqlfluff "-- noqa" after it) ends the block for sqlfluff only.
+            statements[name] = _END.sub("", body.strip())
             for line in _COMMENT_LINE.findall(body):
                 if _BIND_IN_COMMENT.search(line):
                     # SQLAlchemy reads :name in a comment as a bind parameter the caller must supply.
@@ -107,17 +99,20 @@ def splice(text: str, fragments: Mapping[str, Fragment], where: str, bound: Mapp
     return _SPLICE.sub(one, text)
 
 
-def register(package: str, extra: Mapping[str, str] | None = None) -> dict[str, sa.TextClause]:
-    """Load ``<package>/sql/*.sql``, splice its fragments (and ``extra``), register and return its statements."""
-    files = sorted(
-        (f for f in resources.files(package).joinpath("sql").iterdir() if f.name.endswith(".sql")),
-        key=lambda f: f.name,
-    )
-    fragments = {name: Fragment(name, (), sql) for name, sql in (extra or {}).items()}
+def register(
+    package: str, extra: Mapping[str, str | Fragment] | None = None, *, files: Iterable[str] | None = None
+) -> dict[str, sa.TextClause]:
+    """Load ``<package>/sql/*.sql`` (or only ``files`` there), splice its fragments and ``extra``,
+    register and return its statements."""
+    sql_dir = resources.files(package).joinpath("sql")
+    names = sorted(f.name for f in sql_dir.iterdir() if f.name.endswith(".sql")) if files is None else list(files)
+    fragments = {
+        name: sql if isinstance(sql, Fragment) else Fragment(name, (), sql) for name, sql in (extra or {}).items()
+    }
     raw: dict[str, tuple[str, str]] = {}
-    for file in files:
-        where = f"{package}/sql/{file.name}"
-        found, statements = _parse(where, file.read_text(encoding="utf-8"))
+    for filename in names:
+        where = f"{package}/sql/{filename}"
+        found, statements = _parse(where, sql_dir.joinpath(filename).read_text(encoding="utf-8"))
         for name in [*found, *statements]:
             if name in fragments or name in raw:
                 raise ValueError(f"{where}: {name} is defined twice")
@@ -130,7 +125,16 @@ def register(package: str, extra: Mapping[str, str] | None = None) -> dict[str, 
     if clash:
         raise ValueError(f"{package}: statement names already registered: {sorted(clash)}")
     _STATEMENTS.update(clauses)
+    _FRAGMENTS.setdefault(package, {}).update(fragments)
     return clauses
+
+
+def fragments(package: str) -> dict[str, Fragment]:
+    """The fragments ``package``'s registration spliced from, to pass as another's ``extra``."""
+    try:
+        return dict(_FRAGMENTS[package])
+    except KeyError:
+        raise KeyError(f"{package} has registered no SQL yet (import it first)") from None
 
 
 def statement(name: str) -> sa.TextClause:

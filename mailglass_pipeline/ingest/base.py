@@ -135,6 +135,15 @@ class NormalizedEvent:
     idempotency_key: str | None = None
 
 
+def normalized_event(
+    occurred_at: datetime | None, received_at: datetime, extra_metadata: Mapping[str, Any], **fields: Any
+) -> NormalizedEvent:
+    """A :class:`NormalizedEvent` at the provider's ``occurred_at``; without one (absent or unusable),
+    at ``received_at`` and marked ``occurred_at_estimated`` in its metadata (every provider's rule)."""
+    extra = {**extra_metadata, "occurred_at_estimated": True} if occurred_at is None else dict(extra_metadata)
+    return NormalizedEvent(occurred_at=occurred_at or received_at, extra_metadata=extra, **fields)
+
+
 @dataclass(frozen=True)
 class ReplayToken:
     """A single-use token (Mailgun's ``signature.token``) to be recorded in the ingest transaction."""

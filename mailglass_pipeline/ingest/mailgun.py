@@ -40,6 +40,7 @@ from mailglass_pipeline.ingest.base import (
     check_tolerance,
     expect_object,
     load_json,
+    normalized_event,
     parse_time,
     require_secret,
     stable_id,
@@ -140,18 +141,17 @@ def normalize(data: dict[str, Any], received_at: datetime) -> NormalizedEvent:
     for name in ("severity", "reason"):
         if isinstance(data.get(name), str):
             extra[f"mailgun_{name}"] = data[name]
-    if occurred_at is None:
-        extra["occurred_at_estimated"] = True
-    return NormalizedEvent(
+    return normalized_event(
+        occurred_at,
+        received_at,
+        extra,
         type=event_type,
-        occurred_at=occurred_at or received_at,
         provider_event_id=provider_event_id,
         provider_message_id=message_id_of(data),
         payload=data,
         provider_event=text_or_none(data.get("event")),
         reject_reason=reason,
         recipient=text_or_none(data.get("recipient")),
-        extra_metadata=extra,
         idempotency_key=idempotency_key,
     )
 

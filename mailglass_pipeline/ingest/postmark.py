@@ -35,6 +35,7 @@ from mailglass_pipeline.ingest.base import (
     ParsedWebhook,
     expect_object,
     load_json,
+    normalized_event,
     parse_time,
     require_secret,
     stable_id,
@@ -133,20 +134,19 @@ def normalize(event: dict[str, Any], received_at: datetime) -> NormalizedEvent:
         event.get("SuppressionReason"),
     )
     extra: dict[str, Any] = {}
-    if occurred_at is None:
-        extra["occurred_at_estimated"] = True
     if event.get("MessageStream"):
         extra["message_stream"] = event["MessageStream"]
-    return NormalizedEvent(
+    return normalized_event(
+        occurred_at,
+        received_at,
+        extra,
         type=event_type,
-        occurred_at=occurred_at or received_at,
         provider_event_id=event_id,
         provider_message_id=message_id,
         payload=event,
         provider_event=text_or_none(event.get("RecordType")),
         reject_reason=reason,
         recipient=recipient,
-        extra_metadata=extra,
     )
 
 

@@ -33,6 +33,7 @@ from mailglass_pipeline.ingest.base import (
     check_tolerance,
     expect_object,
     load_json,
+    normalized_event,
     parse_time,
     require_secret,
     stable_id,
@@ -118,20 +119,19 @@ def normalize(event: dict[str, Any], svix_id: str | None, received_at: datetime)
         extra["bounce_type"] = bounce.get("type")
         if bounce.get("type") == "Temporary":
             event_type, reason = "deferred", None
-    if occurred_at is None:
-        extra["occurred_at_estimated"] = True
     recipients = data.get("to")
     recipient = text_or_none(recipients[0]) if isinstance(recipients, list) and recipients else None
-    return NormalizedEvent(
+    return normalized_event(
+        occurred_at,
+        received_at,
+        extra,
         type=event_type,
-        occurred_at=occurred_at or received_at,
         provider_event_id=svix_id or stable_id(PROVIDER, kind, email_id, event.get("created_at")),
         provider_message_id=email_id,
         payload=event,
         provider_event=kind,
         reject_reason=reason,
         recipient=recipient,
-        extra_metadata=extra,
     )
 
 

@@ -73,6 +73,7 @@ from mailglass_pipeline.ingest.base import (
     check_tolerance,
     expect_object,
     load_json,
+    normalized_event,
     parse_time,
     require_secret,
     stable_id,
@@ -301,19 +302,18 @@ def ses_events(
         extra: dict[str, Any] = {}
         if sns_message_id:
             extra["sns_message_id"] = sns_message_id
-        if occurred_at is None:
-            extra["occurred_at_estimated"] = True
         events.append(
-            NormalizedEvent(
+            normalized_event(
+                occurred_at,
+                received_at,
+                extra,
                 type=event_type,
-                occurred_at=occurred_at or received_at,
                 provider_event_id=event_id,
                 provider_message_id=message_id,
                 payload=ses,
                 provider_event=ses_type or None,
                 reject_reason=reason,
                 recipient=recipient,
-                extra_metadata=extra,
             )
         )
     return events

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mailglass_pipeline.errors import ConfigurationError
+
+_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True)
@@ -164,15 +166,22 @@ def validate_budget(value: object, source: str = "budget_seconds") -> float:
     return float(value)
 
 
+def _number_from_env(name: str, read: Callable[[str], _N], what: str, environ: Mapping[str, str] | None) -> _N | None:
+    # An operator's numeric setting: None when unset or blank, text that does not read is a one-line error.
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return read(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be {what}, got {raw!r}") from None
+
+
 def whole_number_from_env(name: str, default: int, minimum: int, unit: str) -> int:
     """An operator's whole-number setting from the environment: ``default`` when unset, else validated."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
+    value = _number_from_env(name, int, f"a whole number of {unit}", None)
+    if value is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number of {unit}, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -180,11 +189,5 @@ def whole_number_from_env(name: str, default: int, minimum: int, unit: str) -> i
 
 def budget_from_env(environ: Mapping[str, str] | None = None) -> float:
     """``MAILGLASS_SWEEP_BUDGET_SECONDS`` if set (validated), else ``DEFAULT_BUDGET_SECONDS``."""
-    raw = (os.environ if environ is None else environ).get(BUDGET_ENV, "").strip()
-    if not raw:
-        return DEFAULT_BUDGET_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{BUDGET_ENV} must be a number of seconds, got {raw!r}") from None
-    return validate_budget(value, BUDGET_ENV)
+    value = _number_from_env(BUDGET_ENV, float, "a number of seconds", environ)
+    return DEFAULT_BUDGET_SECONDS if value is None else validate_budget(value, BUDGET_ENV)

@@ -1,116 +1,109 @@
 -- Orphan inspection: the read statements behind `mailglass orphans` and the no_stale_orphans
 -- check, and the bounded deletion of parked queue rows (mailglass_pipeline/orphans.py).
 --
--- One named block per statement: a line `-- name: <name>`, comment lines saying what it is for,
--- then the SQL up to the next `-- name:`. `{tenant}` stands for the tenant filter (empty, or
--- `AND q.tenant_id = :tenant_id`): two plans, each able to use its own index, instead of one plan
--- with `:tenant_id IS NULL OR ...` that the planner cannot narrow.
+-- Registered in mailglass_pipeline.queries (one named block per statement). Fragments in braces
+-- come from orphan_fragments.sql, or from the reconcile package's: {fresh}, {due_window} and
+-- {in_scope} are the sweep's own due rule and scope (mailglass_pipeline/reconcile/sql/fragments.sql),
+-- so a listing says due for what a sweep takes.
 --
 -- States of a queue row (one per orphan not yet reconciled):
 --   malformed  no provider or no message id: never linked (parked by the first sweep that sees it)
 --   stale      past max age: out of the scan, "older than 7 days, unlikely to reconcile"
 --   waiting    inside the grace window, or backing off until next_attempt_at
 --   due        the next sweep examines it
--- Every list statement reads only index ranges whose predicate is its state and stops at :limit,
--- so its cost follows the limit, not the backlog (tests/perf/test_query_plans.py).
+-- Every list statement reads only index ranges whose predicate is its state and stops at the
+-- limit, so its cost follows the limit, not the backlog (tests/perf/test_query_plans.py). The
+-- state and the scope (tenant_id null: every tenant) are bound values; under the custom plan the
+-- callers ask for (statement custom_plans) each CASE on them folds to one branch, which keeps its
+-- partial index as a statement per state and scope would.
 
--- name: due
--- Due orphans in the order the sweep takes them: fresh (never examined, or their delivery appeared)
--- oldest first, then those whose retry time came, longest due first.
+-- name: list_pending
+-- Due or waiting orphans (state), at most limit. Due: in the order the sweep takes them, fresh ones
+-- (never examined, or their delivery appeared) oldest first, then those whose retry time came.
+-- Waiting: inside the grace window (youngest last), then backing off, next attempt soonest first.
+-- Retry rows come in an index's order: every tenant by retry time (due_retry_index), one tenant by
+-- last examination (retry_index: the sweep's own order, which follows the retry time in a tenant).
 SELECT * FROM (
-    (SELECT q.*, 'due' AS state, 0 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NULL AND q.next_attempt_at IS NULL
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+    (SELECT q.*, CAST(:state AS text) AS state, 0 AS part
+     FROM mailglass_reconciliation_queue AS q
+     WHERE
+         {fresh} AND {keyed} AND {in_scope}
+         AND CASE CAST(:state AS text)
+             WHEN 'due' THEN {due_window}
+             ELSE q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds)
+         END
+     ORDER BY q.orphan_inserted_at
+     LIMIT :limit)
+    UNION ALL
+    (SELECT q.*, CAST(:state AS text) AS state, 1 AS part
+     FROM mailglass_reconciliation_queue AS q
+     WHERE
+         q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL AND {in_scope}
+         AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+         AND CASE CAST(:state AS text) WHEN 'due' THEN q.next_attempt_at <= now() ELSE q.next_attempt_at > now() END
+     ORDER BY
+         CASE WHEN CAST(:tenant_id AS text) IS NULL THEN q.next_attempt_at END,
+         q.last_attempted_at, q.orphan_inserted_at, q.event_id
+     LIMIT :limit)
+) AS pending
+-- Fresh ones first: UNION ALL returns its parts in order, each in its index's order.
+LIMIT :limit;  -- noqa: AM09
+
+-- name: list_parked
+-- Stale or malformed orphans (state), oldest first, at most limit (fragment parked_rows).
+{parked_rows};
+
+-- name: oldest_stale
+-- The oldest stale orphans with their type (the no_stale_orphans check's table): the stale list
+-- (parked_rows, state bound to stale) joined to the ledger by primary key.
+SELECT
+    s.event_id, s.tenant_id, s.provider, s.provider_message_id, e.type,
+    EXTRACT(EPOCH FROM now() - s.orphan_inserted_at) AS age_seconds
+FROM ({parked_rows}) AS s
+INNER JOIN mailglass_events AS e ON s.event_id = e.id
+ORDER BY s.orphan_inserted_at, s.event_id;
+
+-- name: counts_by_state
+-- Queue rows by state for each tenant of tenant_ids (each tenant's materialization metadata: one
+-- pass over those tenants' rows), or, with tenant_ids null, for the whole queue as one row named
+-- '*' (the sweep asset's plot of the queue by state; the queue is bounded by the parked-row
+-- retention).
+SELECT
+    g.tenant_id,
+    count(*) FILTER (WHERE q.parked_reason = 'malformed' OR (q.parked_at IS NULL AND {unkeyed})) AS malformed,
+    count(*) FILTER (WHERE q.parked_reason = 'stale' OR ({aged_out})) AS stale,
+    count(*) FILTER (
+        WHERE q.parked_at IS NULL AND {keyed}
         AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL {tenant}
-      ORDER BY q.orphan_inserted_at
-      LIMIT :limit)
-    UNION ALL
-    (SELECT q.*, 'due' AS state, 1 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL AND q.next_attempt_at <= now()
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes) {tenant}
-      ORDER BY {retry_order}
-      LIMIT :limit)
-) d
-LIMIT :limit
+        AND (q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds) OR q.next_attempt_at > now())
+    ) AS waiting,
+    count(*) FILTER (
+        WHERE q.parked_at IS NULL AND {keyed} AND {due_window}
+        AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= now())
+    ) AS due
+FROM mailglass_reconciliation_queue AS q
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN CAST(:tenant_ids AS text[]) IS NULL THEN CAST('*' AS text) ELSE q.tenant_id END AS tenant_id
+) AS g
+WHERE CAST(:tenant_ids AS text[]) IS NULL OR q.tenant_id = ANY(CAST(:tenant_ids AS text[]))
+GROUP BY g.tenant_id;
 
--- name: waiting
--- Waiting orphans: inside the grace window (youngest last), then backing off, next attempt soonest first.
-SELECT * FROM (
-    (SELECT q.*, 'waiting' AS state, 0 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NULL AND q.next_attempt_at IS NULL
-        AND q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds)
-        AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL {tenant}
-      ORDER BY q.orphan_inserted_at
-      LIMIT :limit)
-    UNION ALL
-    (SELECT q.*, 'waiting' AS state, 1 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL AND q.next_attempt_at > now()
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes) {tenant}
-      ORDER BY {retry_order}
-      LIMIT :limit)
-) w
-LIMIT :limit
-
--- name: stale
--- Stale orphans, oldest first: parked as stale by a sweep, or past max age and not yet parked
--- (no sweep ran since they aged out).
-SELECT * FROM (
-    (SELECT q.*, 'stale' AS state, 0 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NOT NULL AND q.parked_reason = 'stale' {tenant}
-      ORDER BY q.orphan_inserted_at
-      LIMIT :limit)
-    UNION ALL
-    (SELECT q.*, 'stale' AS state, 1 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NULL
-        AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
-        AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL {tenant}
-      ORDER BY q.orphan_inserted_at
-      LIMIT :limit)
-) s
-ORDER BY s.orphan_inserted_at
-LIMIT :limit
-
--- name: malformed
--- Malformed orphans, oldest first: parked as malformed, or not examined yet (an examination parks
--- them, so an unparked malformed orphan is always a fresh one).
-SELECT * FROM (
-    (SELECT q.*, 'malformed' AS state, 0 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NOT NULL AND q.parked_reason = 'malformed' {tenant}
-      ORDER BY q.orphan_inserted_at
-      LIMIT :limit)
-    UNION ALL
-    (SELECT q.*, 'malformed' AS state, 1 AS part
-       FROM mailglass_reconciliation_queue q
-      WHERE q.parked_at IS NULL AND q.next_attempt_at IS NULL
-        AND (q.provider IS NULL OR q.provider_message_id IS NULL) {tenant}
-      ORDER BY q.orphan_inserted_at
-      LIMIT :limit)
-) m
-ORDER BY m.orphan_inserted_at
-LIMIT :limit
-
--- name: orphan
+-- name: explain_orphan
 -- One event for `explain`: its ledger row, its queue row (if still queued) and its `reconciled`
 -- event (if any), each by a unique index.
-SELECT e.id, e.tenant_id, e.type, e.delivery_id, e.needs_reconciliation, e.metadata, e.normalized_payload,
-       isfinite(e.occurred_at) AS occurred_at_finite,
-       e.inserted_at AT TIME ZONE 'UTC' AS inserted_at,
-       q.event_id IS NOT NULL AS queued, q.attempts, q.last_attempted_at, q.next_attempt_at, q.linkable_at,
-       q.parked_at, q.parked_reason,
-       r.id AS reconciled_id, r.delivery_id AS reconciled_delivery_id, r.inserted_at AT TIME ZONE 'UTC' AS reconciled_at,
-       now() AS now
-  FROM mailglass_events e
-  LEFT JOIN mailglass_reconciliation_queue q ON q.event_id = e.id
-  LEFT JOIN mailglass_events r ON r.idempotency_key = 'reconciled:' || e.id::text
- WHERE e.id = :event_id
+SELECT
+    e.id, e.tenant_id, e.type, e.delivery_id, e.needs_reconciliation, e.metadata, e.normalized_payload,
+    isfinite(e.occurred_at) AS occurred_at_finite,
+    e.inserted_at AT TIME ZONE 'UTC' AS inserted_at,
+    q.event_id IS NOT NULL AS queued, q.attempts, q.last_attempted_at, q.next_attempt_at, q.linkable_at,
+    q.parked_at, q.parked_reason,
+    r.id AS reconciled_id, r.delivery_id AS reconciled_delivery_id,
+    r.inserted_at AT TIME ZONE 'UTC' AS reconciled_at,
+    now() AS now
+FROM mailglass_events AS e
+LEFT JOIN mailglass_reconciliation_queue AS q ON e.id = q.event_id
+LEFT JOIN mailglass_events AS r ON r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
+WHERE e.id = :event_id;
 
 -- name: deliveries_with_message_id
 -- Deliveries carrying one of the message ids under ANY tenant and provider (what explain names as a
@@ -118,67 +111,43 @@ SELECT e.id, e.tenant_id, e.type, e.delivery_id, e.needs_reconciliation, e.metad
 -- deliveries' unique (provider, provider_message_id) index, then one probe of it per provider:
 -- a handful of index reads however many deliveries there are.
 WITH RECURSIVE providers AS (
-    (SELECT d.provider FROM mailglass_deliveries d
-      WHERE d.provider_message_id IS NOT NULL AND d.provider IS NOT NULL ORDER BY d.provider LIMIT 1)
+    (
+        SELECT d.provider FROM mailglass_deliveries AS d
+        WHERE d.provider_message_id IS NOT NULL AND d.provider IS NOT NULL
+        ORDER BY d.provider LIMIT 1
+    )
     UNION ALL
-    SELECT (SELECT d.provider FROM mailglass_deliveries d
-             WHERE d.provider_message_id IS NOT NULL AND d.provider > p.provider ORDER BY d.provider LIMIT 1)
-      FROM providers p WHERE p.provider IS NOT NULL
+    SELECT (
+        SELECT d.provider FROM mailglass_deliveries AS d
+        WHERE d.provider_message_id IS NOT NULL AND d.provider > p.provider
+        ORDER BY d.provider LIMIT 1
+    )
+    FROM providers AS p WHERE p.provider IS NOT NULL
 )
+
 SELECT d.id, d.tenant_id, d.provider, d.provider_message_id
-  FROM providers p
-  JOIN mailglass_deliveries d
-    ON d.provider = p.provider AND d.provider_message_id = ANY (CAST(:message_ids AS text[]))
- WHERE p.provider IS NOT NULL
- ORDER BY d.tenant_id = :tenant_id DESC, d.provider = :provider DESC, d.id
- LIMIT 20
-
--- name: counts_by_state
--- Queue rows by state for a set of tenants (each tenant's materialization metadata: one pass over
--- those tenants' rows), or, with `{scope}` empty and `{group}` = '*', over the whole queue (the
--- sweep asset's plot of the queue by state; the queue is bounded by the parked-row retention).
-SELECT {group} AS tenant_id,
-       count(*) FILTER (WHERE q.parked_reason = 'malformed'
-                          OR (q.parked_at IS NULL AND (q.provider IS NULL OR q.provider_message_id IS NULL)))
-           AS malformed,
-       count(*) FILTER (WHERE q.parked_reason = 'stale'
-                          OR (q.parked_at IS NULL AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
-                              AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)))
-           AS stale,
-       count(*) FILTER (WHERE q.parked_at IS NULL AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
-                          AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                          AND (q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds)
-                               OR q.next_attempt_at > now()))
-           AS waiting,
-       count(*) FILTER (WHERE q.parked_at IS NULL AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
-                          AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                          AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                          AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= now()))
-           AS due
-  FROM mailglass_reconciliation_queue q
- {scope}
- GROUP BY 1
-
--- name: oldest_stale
--- The oldest stale orphans with their type (the no_stale_orphans check's table): the stale list
--- joined to the ledger by primary key.
-SELECT s.event_id, s.tenant_id, s.provider, s.provider_message_id, e.type,
-       EXTRACT(EPOCH FROM now() - s.orphan_inserted_at) AS age_seconds
-  FROM ({stale}) s
-  JOIN mailglass_events e ON e.id = s.event_id
- ORDER BY s.orphan_inserted_at, s.event_id
+FROM providers AS p
+INNER JOIN mailglass_deliveries AS d
+    ON p.provider = d.provider AND d.provider_message_id = ANY(CAST(:message_ids AS text[]))
+WHERE p.provider IS NOT NULL
+ORDER BY d.tenant_id = :tenant_id DESC, d.provider = :provider DESC, d.id
+LIMIT 20;
 
 -- name: delete_parked
--- One batch of the parked-row retention: queue rows parked (:reason, stale or malformed) before
--- :cutoff, oldest first, at most :batch_size, skipping rows a sweep holds. Only queue rows: the
+-- One batch of the parked-row retention: queue rows parked (reason, stale or malformed) before
+-- cutoff, oldest first, at most batch_size, skipping rows a sweep holds. Only queue rows: the
 -- ledger keeps every event. A SECURITY DEFINER function (migration 0005), so the reconciler's
 -- role needs EXECUTE on it and no DELETE on the queue.
-SELECT mailglass_prune_parked_orphans(:reason, :cutoff, :batch_size)
+SELECT mailglass_prune_parked_orphans(:reason, :cutoff, :batch_size) AS deleted;
 
 -- name: tenant_known
 -- Whether any delivery or queued orphan has the tenant (a typo in --tenant-id otherwise answers
 -- zeros silently): three index probes, each partial index named by its predicate.
-SELECT EXISTS (SELECT 1 FROM mailglass_deliveries d WHERE d.tenant_id = :tenant_id)
-    OR EXISTS (SELECT 1 FROM mailglass_reconciliation_queue q WHERE q.parked_at IS NULL AND q.tenant_id = :tenant_id)
-    OR EXISTS (SELECT 1 FROM mailglass_reconciliation_queue q
-                WHERE q.parked_at IS NOT NULL AND q.tenant_id = :tenant_id)
+SELECT
+    EXISTS (SELECT 1 FROM mailglass_deliveries AS d WHERE d.tenant_id = :tenant_id)
+    OR EXISTS (
+        SELECT 1 FROM mailglass_reconciliation_queue AS q WHERE q.parked_at IS NULL AND q.tenant_id = :tenant_id
+    )
+    OR EXISTS (
+        SELECT 1 FROM mailglass_reconciliation_queue AS q WHERE q.parked_at IS NOT NULL AND q.tenant_id = :tenant_id
+    ) AS known;

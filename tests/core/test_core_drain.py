@@ -13,6 +13,7 @@ from test_core_due import _statements
 
 from mailglass_pipeline import drain
 from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconcile import settings
 from mailglass_pipeline.reconciler import SweepConfig, sweep
 
 
@@ -133,6 +134,23 @@ def test_budget_from_the_environment() -> None:
     for bad in ("abc", "0", "-3", "nan", "99999"):
         with pytest.raises(ConfigurationError, match=drain.BUDGET_ENV):
             drain.budget_from_env({drain.BUDGET_ENV: bad})
+    with pytest.raises(ConfigurationError, match=r" must be a number of seconds, got 'abc'$"):
+        drain.budget_from_env({drain.BUDGET_ENV: "abc"})
+
+
+def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operators' whole-number settings (lag threshold, parked retention) share the budget's reader."""
+    name = "MAILGLASS_TEST_WHOLE_NUMBER"
+    monkeypatch.delenv(name, raising=False)
+    assert settings.whole_number_from_env(name, 30, 1, "days") == 30
+    monkeypatch.setenv(name, " 7 ")
+    assert settings.whole_number_from_env(name, 30, 1, "days") == 7
+    monkeypatch.setenv(name, "7.5")
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days, got '7.5'$"):
+        settings.whole_number_from_env(name, 30, 1, "days")
+    monkeypatch.setenv(name, "0")
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be >= 1, got 0$"):
+        settings.whole_number_from_env(name, 30, 1, "days")
 
 
 def test_a_single_sweep_is_unchanged_by_the_run_bookkeeping(engine: Engine) -> None:

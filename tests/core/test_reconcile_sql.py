@@ -1,4 +1,4 @@
-"""The reconcile package's SQL: the registry's closed set of fragments, sqlfluff, one home for the backoff."""
+"""The registered SQL: the registry's closed set of fragments, sqlfluff, one home for the backoff."""
 
 from __future__ import annotations
 
@@ -10,28 +10,36 @@ from pathlib import Path
 import pytest
 import sqlfluff
 
-from mailglass_pipeline import queries
+from mailglass_pipeline import deliveries, orphans, queries
 from mailglass_pipeline.queries import Fragment, splice
 from mailglass_pipeline.reconcile import settings
 from mailglass_pipeline.reconcile.statements import STATEMENTS
 
 REPO = Path(__file__).resolve().parents[2]
-SQL_DIR = REPO / "mailglass_pipeline" / "reconcile" / "sql"
+#: Every file of statements; the fragment files are listed in .sqlfluffignore (pieces do not parse alone).
+SQL_PATHS = [
+    REPO / "mailglass_pipeline" / "reconcile" / "sql",
+    REPO / "mailglass_pipeline" / "sql" / "orphans.sql",
+    REPO / "mailglass_pipeline" / "sql" / "deliveries.sql",
+]
 
 
 def test_every_statement_is_registered_by_name() -> None:
     registered = queries.statements()
-    for name, clause in STATEMENTS.items():
-        assert registered[name] is clause
+    for module_statements in (STATEMENTS, orphans.STATEMENTS, deliveries.STATEMENTS):
+        for name, clause in module_statements.items():
+            assert registered[name] is clause
     assert {"find_tenant", "find_all", "write", "after_sweep", "due_summary", "known_tenants"} <= set(STATEMENTS)
+    assert {"list_pending", "list_parked", "explain_orphan", "lookup_deliveries"} <= set(registered)
     with pytest.raises(KeyError, match="registered"):
         queries.statement("no_such_statement")
 
 
 def test_spliced_statements_keep_no_placeholder_and_interpolate_no_value() -> None:
-    for name, clause in STATEMENTS.items():
+    for name, clause in queries.statements().items():
         assert queries._SPLICE.search(clause.text) is None, name
         assert "%(" not in clause.text and "{{" not in clause.text, name
+        assert not clause.text.endswith(";") and "noqa" not in clause.text.splitlines()[-1], name
 
 
 def test_an_unknown_fragment_fails_when_the_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,7 +64,7 @@ def test_fragments_take_identifiers_and_check_their_arity() -> None:
 def test_sqlfluff_lints_the_sql_files() -> None:
     """The command CI runs (postgres dialect, the repository's .sqlfluff)."""
     done = subprocess.run(
-        [sys.executable, "-m", "sqlfluff", "lint", str(SQL_DIR.relative_to(REPO))],
+        [sys.executable, "-m", "sqlfluff", "lint", *(str(path.relative_to(REPO)) for path in SQL_PATHS)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -65,10 +73,10 @@ def test_sqlfluff_lints_the_sql_files() -> None:
 
 
 def test_every_spliced_statement_parses() -> None:
-    """fragments.sql does not parse alone (its blocks are pieces); each statement with them spliced in does."""
+    """Fragment files do not parse alone (their blocks are pieces); each statement with them spliced in does."""
     broken = sqlfluff.lint("SELECT FROM WHERE ((", dialect="postgres", rules=["LT01"])
     assert any(v["code"] == "PRS" for v in broken)  # the check below is not vacuous
-    for name, clause in STATEMENTS.items():
+    for name, clause in queries.statements().items():
         found = [v for v in sqlfluff.lint(clause.text, dialect="postgres", rules=["LT01"]) if v["code"] == "PRS"]
         assert not found, (name, found[:1])
 
@@ -102,3 +110,14 @@ def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ValueError, match="without ':' in comments"):
         queries.register("mg_sql_comment_probe")
+
+
+def test_the_orphan_listing_shares_the_sweeps_due_rule() -> None:
+    """`mailglass orphans` says due for what a sweep takes: its statements splice the sweep's own fragments."""
+    shared = queries.fragments("mailglass_pipeline.reconcile")
+    listing = queries.statement("list_pending").text
+    for name in ("fresh", "due_window", "in_scope"):
+        assert shared[name].text in listing, name
+    assert shared["in_scope"].text in queries.statement("list_parked").text
+    with pytest.raises(KeyError, match="import it first"):
+        queries.fragments("mg_no_such_package")
