@@ -115,6 +115,10 @@ def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, link: bo
     assert all("CASE" not in n.get("Index Cond", "") + n.get("Filter", "") for n in retry), retry
 
 
+#: Statements that only ask whether a row exists: explained in the tenant scope for a tenant with no rows.
+EXISTENCE_PROBES = {"tenant_known"}
+
+
 def _every_statement_params(tenant_id: str | None) -> dict[str, Any]:
     """Values for every bind parameter any registered statement uses (as the core binds them)."""
     return {
@@ -151,6 +155,10 @@ def test_every_registered_statement_explains(loaded: Engine, name: str, tenant_i
     """Each statement of the registry plans on the loaded database, in both scopes, without a
     sequential scan of the ledger or the deliveries."""
     clause = queries.statement(name)
+    if tenant_id is not None and name in EXISTENCE_PROBES:
+        # An existence probe's costly case is the miss (it reads to the end); for a tenant holding most
+        # rows a scan that stops at its first match is a fair plan, and PostgreSQL 18 picked it once.
+        tenant_id = "no-such-tenant"
     params = _every_statement_params(tenant_id)
     params = {key: value for key, value in params.items() if f":{key}" in clause.text}
     plan = _explain(loaded, clause, params)
