@@ -136,3 +136,18 @@ def drain(conn: psycopg.Connection[Any], timeout: float = 1.0) -> list[dict[str,
         assert note.channel == NOTIFY_CHANNEL
         out.append(json.loads(note.payload))
     return out
+
+
+@contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[str]]:
+    """The SQL text of every statement ``engine`` sends inside the block (to count round trips)."""
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)

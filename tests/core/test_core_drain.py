@@ -7,9 +7,8 @@ from datetime import timedelta
 
 import pytest
 from conftest import make_delivery, make_orphan
-from core_support import QUEUE, rows
+from core_support import QUEUE, rows, statements_sent
 from sqlalchemy.engine import Engine
-from test_core_due import _statements
 
 from mailglass_pipeline import drain
 from mailglass_pipeline.errors import ConfigurationError
@@ -113,7 +112,7 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
     for prefix, tenants in (("one-", 1), ("many-", 300)):
         for i in range(tenants):
             make_orphan(engine, f"{prefix}{i}", f"{prefix}never-{i}", age=timedelta(minutes=5))
-        with _statements(engine) as seen:
+        with statements_sent(engine) as seen:
             result = drain.sweep_until(engine, 60, SweepConfig())
         assert (result.tenants_swept, result.transactions) == (tenants, 1)
         counts.append(len(seen))

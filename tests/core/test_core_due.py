@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from conftest import make_delivery, make_orphan
-from core_support import QUEUE, bulk_unmatchable_orphans, libpq_url, reconciled_from, rows, scalar
+from core_support import QUEUE, bulk_unmatchable_orphans, libpq_url, reconciled_from, rows, scalar, statements_sent
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import schema
@@ -288,20 +286,6 @@ def test_total_cap_is_shared_fairly(engine: Engine) -> None:
     assert sweep(engine, "c", SweepConfig(limit=5, max_total=3)).scanned == 3
 
 
-@contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", count)
-
-
 def test_statement_count_does_not_grow_with_the_tenants(engine: Engine) -> None:
     def seed(prefix: str, tenants: int) -> None:
         with engine.begin() as conn:
@@ -327,7 +311,7 @@ def test_statement_count_does_not_grow_with_the_tenants(engine: Engine) -> None:
     counts = []
     for prefix, tenants in (("one-", 1), ("many-", 500)):
         seed(prefix, tenants)
-        with _statements(engine) as seen:
+        with statements_sent(engine) as seen:
             result = sweep(engine, None, SweepConfig())
         assert (result.tenants_swept, result.linked, result.unmatched) == (tenants, tenants, tenants)
         counts.append(len(seen))
