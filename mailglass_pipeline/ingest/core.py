@@ -7,9 +7,10 @@ database is touched. Storage then happens in ONE transaction, so a webhook is
 stored entirely or not at all:
 
 1. (Mailgun) claim the request's single-use token (see ``mailgun``);
-2. record the request in ``mailglass_webhook_events`` and look each event's
-   delivery up inside the tenant by ``(provider, provider_message_id)`` (the
-   rule of ``deliveries.lookup``), both in one statement (``webhook_events``);
+2. record each provider event in ``mailglass_webhook_events`` (a SendGrid
+   batch: one row per element) and look each event's delivery up inside the
+   tenant by ``(provider, provider_message_id)`` (the rule of
+   ``deliveries.lookup``), both in one statement (``webhook_events``);
 3. append one ledger event per provider event (one statement). Found: the
    event carries ``delivery_id``. Not found: it is an **orphan**
    (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose metadata holds
