@@ -37,10 +37,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import ledger, projector
 from mailglass_pipeline.db import get_engine, run_transaction, sqlstate_of
+from mailglass_pipeline.deliveries import lookup_lateral
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
@@ -193,6 +194,34 @@ def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
     return {key: value for key, value in metadata.items() if value is not None}
 
 
+# The whole store in ONE statement (one round trip): the raw records, the delivery lookup
+# (``deliveries.lookup``'s rule, embedded), the ledger insert and the projection of the events
+# actually inserted, each from its one home. The cross-tenant check cannot join it: it must see
+# what a concurrent insert committed while this statement waited on the key, which a later
+# statement's snapshot does (and only when something was skipped).
+_STORE = sa.text(
+    f"""
+    WITH {webhook_events.ROWS_CTE},
+    found AS (
+        SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+               r.normalized_payload, r.metadata, r.trace_id,
+               d.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation, r.inserted_at, r.ord
+          FROM json_to_recordset(CAST(:rows AS json))
+               AS r({ledger.RECORD_COLUMNS}, provider text, message_id text, ord integer)
+          LEFT JOIN {lookup_lateral("r")} d ON true
+    ), appended AS ({ledger.insert_from("found AS r")}
+    ), linked AS (
+        SELECT f.delivery_id, f.type, f.occurred_at, f.ord
+          FROM found f JOIN appended a ON a.id = f.id
+         WHERE f.delivery_id IS NOT NULL
+    ), {projector.locked_projection_ctes("linked")}
+    SELECT f.id, f.delivery_id, f.needs_reconciliation, a.id IS NOT NULL AS inserted
+      FROM found f LEFT JOIN appended a ON a.id = f.id
+     ORDER BY f.ord
+    """
+)
+
+
 def store(
     conn: Connection,
     parsed: ParsedWebhook,
@@ -201,54 +230,51 @@ def store(
     received_at: datetime | None = None,
     webhook_key: str | None = None,
 ) -> dict[str, Any]:
-    """Append ``parsed``'s events and its ``mailglass_webhook_events`` row inside the caller's transaction.
+    """Append ``parsed``'s events and their ``mailglass_webhook_events`` rows inside the caller's transaction.
 
     ``received_at`` is when the webhook originally arrived (the rows'
     ``inserted_at``, which the reconciler's grace and max-age windows read);
     default ``now()``. Replays of captures and the demo set it.
-    ``webhook_key`` pins the webhook row's key (a replay reuses the stored
-    row's, since the body it rebuilds is not byte-identical). Returns the counts.
+    ``webhook_key`` pins the key of a single webhook row for the whole request
+    (a replay reuses the stored row's, since the body it rebuilds is not
+    byte-identical). Returns the counts.
     """
     if parsed.replay_token is not None:
         claim_token(conn, parsed.replay_token, tenant_id)
     events = storable_events(parsed.events)
-    if events:
-        delivery_ids = webhook_events.record_and_lookup(
-            conn, parsed, events, tenant_id, parsed.body, received_at=received_at, key=webhook_key
+    if not events:
+        return {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
+    rows = []
+    for ord_, event in enumerate(events):
+        row = ledger.record(
+            ledger.NewEvent(
+                tenant_id=tenant_id,
+                type=event.type,
+                occurred_at=event.occurred_at,
+                idempotency_key=bounded_key(
+                    event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
+                ),
+                reject_reason=event.reject_reason,
+                normalized_payload=event.payload,
+                metadata=_metadata(parsed, event),
+                inserted_at=received_at,
+            )
         )
-    else:
-        delivery_ids = []
-    rows = [
-        ledger.NewEvent(
-            tenant_id=tenant_id,
-            type=event.type,
-            occurred_at=event.occurred_at,
-            delivery_id=delivery_id,
-            idempotency_key=bounded_key(
-                event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
-            ),
-            reject_reason=event.reject_reason,
-            normalized_payload=event.payload,
-            metadata=_metadata(parsed, event),
-            needs_reconciliation=delivery_id is None and event.provider_message_id is not None,
-            inserted_at=received_at,
-        )
-        for event, delivery_id in zip(events, delivery_ids, strict=True)
-    ]
-    inserted = ledger.append_events(conn, rows)
-    written = [row for row in rows if row.id in inserted]
-    refuse_cross_tenant(conn, [row.idempotency_key for row in rows if row.id not in inserted], tenant_id)
-    projector.apply(
-        conn,
-        [projector.ProjectedEvent(row.delivery_id, row.type, row.occurred_at) for row in written if row.delivery_id],
-    )
+        row.update(provider=parsed.provider, message_id=event.provider_message_id, ord=ord_)
+        rows.append(row)
+    params = {"tenant_id": tenant_id, "provider": parsed.provider, "rows": ledger.to_json(rows)}
+    params.update(webhook_events.parameters(parsed, events, parsed.body, received_at=received_at, key=webhook_key))
+    results = conn.execute(_STORE, params).all()
+    written = [result for result in results if result.inserted]
+    skipped = {result.id for result in results if not result.inserted}
+    refuse_cross_tenant(conn, [row["idempotency_key"] for row in rows if row["id"] in skipped], tenant_id)
     return {
         "events": len(written),
-        "linked": sum(1 for row in written if row.delivery_id is not None),
-        "orphans": sum(1 for row in written if row.needs_reconciliation),
-        "unlinkable": sum(1 for row in written if row.delivery_id is None and not row.needs_reconciliation),
-        "duplicates": len(rows) - len(written),
-        "event_ids": [str(row.id) for row in written],
+        "linked": sum(1 for result in written if result.delivery_id is not None),
+        "orphans": sum(1 for result in written if result.needs_reconciliation),
+        "unlinkable": sum(1 for result in written if result.delivery_id is None and not result.needs_reconciliation),
+        "duplicates": len(results) - len(written),
+        "event_ids": [str(result.id) for result in written],
     }
 
 
@@ -262,6 +288,7 @@ def ingest(
     verify: bool = True,
     settings: IngestSettings | None = None,
     now: datetime | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Verify, normalize and store one provider webhook for ``tenant_id``.
 
@@ -279,7 +306,8 @@ def ingest(
     token checks: only for captures verified when they were received.
     ``settings`` defaults to the environment, with the tenant's own entry
     from ``MAILGLASS_WEBHOOK_SECRETS`` when it has one; ``now`` pins the clock for the
-    timestamp tolerance (tests, replays).
+    timestamp tolerance (tests, replays); ``engine`` (default: the process-wide
+    one for ``database_url``) lets the receiver use its own pool.
     """
     name = _check_provider(provider)
     check_tenant_id(tenant_id)
@@ -295,7 +323,7 @@ def ingest(
         "received": len(parsed.events),
     }
     if parsed.events or parsed.replay_token is not None:
-        counts = run_transaction(get_engine(database_url), lambda conn: store(conn, parsed, tenant_id))
+        counts = run_transaction(engine or get_engine(database_url), lambda conn: store(conn, parsed, tenant_id))
     else:
         counts = {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
     result.update(counts)

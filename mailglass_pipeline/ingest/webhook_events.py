@@ -49,36 +49,25 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from mailglass_pipeline.deliveries import lookup_lateral
 from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
-# The rows' insert rides on the events' delivery lookup (``deliveries.lookup``'s rule, embedded):
-# one round trip for both, on the hot path of every webhook. The rows travel as one JSON document
-# (see ``ledger``: the driver sends arrays element by element).
-_RECORD_AND_LOOKUP = sa.text(
-    f"""
-    WITH webhook AS (
+#: The rows' insert as the CTE ``webhook``, to ride on the store statement of :mod:`.core` (one round
+#: trip on the hot path of every webhook). Parameters: ``:tenant_id``, ``:provider`` and those of
+#: :func:`parameters`. The rows travel as one JSON document (see ``ledger``: the driver sends arrays
+#: element by element).
+ROWS_CTE = """
+    webhook AS (
         INSERT INTO mailglass_webhook_events
             (id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
              raw_payload, received_at, processed_at, inserted_at, updated_at)
         SELECT w.id, :tenant_id, :provider, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
-               'succeeded', w.raw_payload, :received_at,
+               'succeeded', w.raw_payload, :webhooks_received_at,
                now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
           FROM json_to_recordset(CAST(:webhooks AS json)) AS w(
                id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb)
         ON CONFLICT (provider, provider_event_id) DO NOTHING
-    )
-    SELECT k.ord, d.id
-      FROM unnest(CAST(:tenant_ids AS text[]), CAST(:providers AS text[]), CAST(:message_ids AS text[]))
-           WITH ORDINALITY AS k(tenant_id, provider, message_id, ord)
-      LEFT JOIN {lookup_lateral("k")} d ON true
-     ORDER BY k.ord
-    """
-)
+    )"""
 
 
 def webhook_key(parsed: ParsedWebhook, body: bytes, events: list[NormalizedEvent]) -> str:
@@ -142,20 +131,15 @@ def provider_events(
     return found
 
 
-def record_and_lookup(
-    conn: Connection,
+def parameters(
     parsed: ParsedWebhook,
     events: list[NormalizedEvent],
-    tenant_id: str,
     body: bytes,
     *,
     received_at: datetime | None = None,
     key: str | None = None,
-) -> list[uuid.UUID | None]:
-    """Insert a row per provider event (none where its key exists); returns each event's delivery id.
-
-    The delivery ids are what ``deliveries.lookup`` returns for ``events``.
-    """
+) -> dict[str, Any]:
+    """The bind parameters of :data:`ROWS_CTE` (besides tenant and provider): a row per provider event."""
     moment = (received_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     webhooks = [
         {
@@ -167,16 +151,4 @@ def record_and_lookup(
         }
         for row_key, payload, members in provider_events(parsed, events, body, key)
     ]
-    rows = conn.execute(
-        _RECORD_AND_LOOKUP,
-        {
-            "tenant_id": tenant_id,
-            "provider": parsed.provider,
-            "webhooks": json.dumps(webhooks, allow_nan=False, default=str),
-            "received_at": moment,
-            "tenant_ids": [tenant_id] * len(events),
-            "providers": [parsed.provider] * len(events),
-            "message_ids": [event.provider_message_id for event in events],
-        },
-    ).all()
-    return [row[1] for row in rows]
+    return {"webhooks": json.dumps(webhooks, allow_nan=False, default=str), "webhooks_received_at": moment}
