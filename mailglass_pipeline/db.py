@@ -292,6 +292,35 @@ def connect(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def driver_statement(statement: sa.TextClause) -> str:
+    """``statement`` in the driver's own placeholder style, for :func:`driver_cursor`."""
+    from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+    return str(statement.compile(dialect=dialect()))
+
+
+@contextmanager
+def driver_cursor(conn: Connection) -> Iterator[psycopg.Cursor[tuple[object, ...]]]:
+    """A psycopg cursor on ``conn``'s connection and transaction, for a statement on a hot path.
+
+    SQLAlchemy's work around each execution (result metadata, parameter
+    processing) costs more CPU than a small statement itself; the webhook
+    receiver runs its one store statement here. Errors come out as
+    SQLAlchemy's (``sa.exc.DBAPIError`` subclasses, what callers and
+    :func:`run_transaction` handle), and a connection left broken is
+    invalidated, as SQLAlchemy would do.
+    """
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.cursor() as cursor:
+            yield cursor
+    except psycopg.Error as exc:
+        if driver.broken or driver.closed:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+
+
 def first_line(exc: BaseException | None) -> str:
     """The first non-empty line of an exception's text (driver errors span several)."""
     text = str(exc or "").strip()
