@@ -40,13 +40,25 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import ledger, projector
-from mailglass_pipeline.db import driver_cursor, driver_statement, get_engine, run_transaction, sqlstate_of
+from mailglass_pipeline.db import (
+    RETRYABLE_SQLSTATES,
+    connect,
+    driver_cursor,
+    driver_statement,
+    first_line,
+    get_engine,
+    is_connection_failure,
+    run_transaction,
+    sqlstate_of,
+)
 from mailglass_pipeline.deliveries import lookup_lateral
+from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
     Headers,
     IngestSettings,
+    NormalizedEvent,
     ParsedWebhook,
     ReplayToken,
     check_size,
@@ -207,16 +219,22 @@ def compact(sql: str) -> str:
     return " ".join(sql.split())
 
 
-# The whole store in ONE statement (one round trip): the raw records, the delivery lookup
-# (``deliveries.lookup``'s rule, embedded), the ledger insert and the projection of the events
-# actually inserted, each from its one home. The cross-tenant check cannot join it: it must see
-# what a concurrent insert committed while this statement waited on the key, which a later
-# statement's snapshot does (and only when something was skipped). Compacted to stay under
-# DRIVER_CACHED_QUERY_BYTES (tested).
-STORE_STATEMENT = compact(
-    f"""
-    WITH {webhook_events.ROWS_CTE},
-    found AS (
+def store_statement(all_or_nothing: bool) -> str:
+    """The whole store in ONE statement (one round trip), in the driver's placeholder style.
+
+    The raw records, the delivery lookup (``deliveries.lookup``'s rule,
+    embedded), the ledger insert and the projection of the events actually
+    inserted, each from its one home. The cross-tenant check cannot join it:
+    it must see what a concurrent insert committed while this statement waited
+    on the key, which a later statement's snapshot does (and only when
+    something was skipped). ``all_or_nothing``: the raw records are written
+    only if the ledger took an event; for a one-event request, either
+    everything is written or nothing. Compacted to stay under
+    :data:`DRIVER_CACHED_QUERY_BYTES` (tested).
+    """
+    gate = "EXISTS (SELECT 1 FROM appended)" if all_or_nothing else "true"
+    sql = f"""
+    WITH found AS (
         SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
                r.normalized_payload, r.metadata, r.trace_id,
                d.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation, r.inserted_at, r.ord
@@ -228,13 +246,96 @@ STORE_STATEMENT = compact(
         SELECT f.delivery_id, f.type, f.occurred_at, f.ord
           FROM found f JOIN appended a ON a.id = f.id
          WHERE f.delivery_id IS NOT NULL
-    ), {projector.locked_projection_ctes("linked")}
+    ), {projector.locked_projection_ctes("linked")},
+    {webhook_events.rows_cte(gate)}
     SELECT f.id, f.delivery_id, f.needs_reconciliation, a.id IS NOT NULL AS inserted
       FROM found f LEFT JOIN appended a ON a.id = f.id
      ORDER BY f.ord
     """
-)
-_STORE = driver_statement(sa.text(STORE_STATEMENT))
+    return driver_statement(sa.text(compact(sql)))
+
+
+_STORE = store_statement(all_or_nothing=False)
+_STORE_AT_ONCE = store_statement(all_or_nothing=True)
+
+
+def _parameters(
+    parsed: ParsedWebhook,
+    events: list[NormalizedEvent],
+    tenant_id: str,
+    received_at: datetime | None,
+    webhook_key: str | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    rows = []
+    for ord_, event in enumerate(events):
+        row = ledger.record(
+            ledger.NewEvent(
+                tenant_id=tenant_id,
+                type=event.type,
+                occurred_at=event.occurred_at,
+                idempotency_key=bounded_key(
+                    event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
+                ),
+                reject_reason=event.reject_reason,
+                normalized_payload=event.payload,
+                metadata=_metadata(parsed, event),
+                inserted_at=received_at,
+            )
+        )
+        row.update(provider=parsed.provider, message_id=event.provider_message_id, ord=ord_)
+        rows.append(row)
+    params = {"tenant_id": tenant_id, "provider": parsed.provider, "rows": ledger.to_json(rows)}
+    params.update(webhook_events.parameters(parsed, events, parsed.body, received_at=received_at, key=webhook_key))
+    return params, rows
+
+
+def _counts(results: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The result of the store statement's rows: (id, delivery_id, needs_reconciliation, inserted)."""
+    written = [(event_id, delivery_id, orphan) for event_id, delivery_id, orphan, inserted in results if inserted]
+    return {
+        "events": len(written),
+        "linked": sum(1 for _, delivery_id, _ in written if delivery_id is not None),
+        "orphans": sum(1 for _, _, orphan in written if orphan),
+        "unlinkable": sum(1 for _, delivery_id, orphan in written if delivery_id is None and not orphan),
+        "duplicates": len(results) - len(written),
+        "event_ids": [str(event_id) for event_id, _, _ in written],
+    }
+
+
+def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any] | None:
+    """Store a one-event request without a token as ONE autocommitted statement; None if it wrote nothing.
+
+    The common webhook, in one round trip instead of three (no BEGIN, no
+    COMMIT): the statement is its own transaction, and its all-or-nothing
+    variant writes the raw record only with the ledger event, so when the
+    event was already stored (a redelivery, a key of another tenant, a race)
+    nothing at all is written and None sends the request down the ordinary
+    transaction of :func:`store`, which answers it exactly as before
+    (duplicate, or 409). A deadlock or serialization failure also returns None.
+    """
+    events = storable_events(parsed.events)
+    if len(events) != 1 or parsed.replay_token is not None:
+        return None
+    params, _ = _parameters(parsed, events, tenant_id, None, None)
+    with connect(engine) as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.autocommit = True
+        try:
+            with driver_cursor(conn) as cursor:
+                results = cursor.execute(_STORE_AT_ONCE, params).fetchall()
+        except sa.exc.DBAPIError as exc:
+            if sqlstate_of(exc) in RETRYABLE_SQLSTATES:
+                return None
+            if is_connection_failure(exc):
+                raise DatabaseUnavailableError(f"database unreachable: {first_line(exc.orig)}") from exc
+            raise
+        finally:
+            if not (driver.closed or driver.broken):
+                driver.autocommit = False
+    if not all(result[3] for result in results):
+        return None
+    return _counts(results)
 
 
 def store(
@@ -259,40 +360,12 @@ def store(
     events = storable_events(parsed.events)
     if not events:
         return {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
-    rows = []
-    for ord_, event in enumerate(events):
-        row = ledger.record(
-            ledger.NewEvent(
-                tenant_id=tenant_id,
-                type=event.type,
-                occurred_at=event.occurred_at,
-                idempotency_key=bounded_key(
-                    event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
-                ),
-                reject_reason=event.reject_reason,
-                normalized_payload=event.payload,
-                metadata=_metadata(parsed, event),
-                inserted_at=received_at,
-            )
-        )
-        row.update(provider=parsed.provider, message_id=event.provider_message_id, ord=ord_)
-        rows.append(row)
-    params = {"tenant_id": tenant_id, "provider": parsed.provider, "rows": ledger.to_json(rows)}
-    params.update(webhook_events.parameters(parsed, events, parsed.body, received_at=received_at, key=webhook_key))
+    params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
-        # (id, delivery_id, needs_reconciliation, inserted) per event, in request order.
         results = cursor.execute(_STORE, params).fetchall()
-    written = [(event_id, delivery_id, orphan) for event_id, delivery_id, orphan, inserted in results if inserted]
     skipped = {result[0] for result in results if not result[3]}
     refuse_cross_tenant(conn, [row["idempotency_key"] for row in rows if row["id"] in skipped], tenant_id)
-    return {
-        "events": len(written),
-        "linked": sum(1 for _, delivery_id, _ in written if delivery_id is not None),
-        "orphans": sum(1 for _, _, orphan in written if orphan),
-        "unlinkable": sum(1 for _, delivery_id, orphan in written if delivery_id is None and not orphan),
-        "duplicates": len(results) - len(written),
-        "event_ids": [str(event_id) for event_id, _, _ in written],
-    }
+    return _counts(results)
 
 
 def ingest(
@@ -340,7 +413,10 @@ def ingest(
         "received": len(parsed.events),
     }
     if parsed.events or parsed.replay_token is not None:
-        counts = run_transaction(engine or get_engine(database_url), lambda conn: store(conn, parsed, tenant_id))
+        engine = engine or get_engine(database_url)
+        counts = store_at_once(engine, parsed, tenant_id)
+        if counts is None:
+            counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id))
     else:
         counts = {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
     result.update(counts)

@@ -52,11 +52,17 @@ from typing import Any
 from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
-#: The rows' insert as the CTE ``webhook``, to ride on the store statement of :mod:`.core` (one round
-#: trip on the hot path of every webhook). Parameters: ``:tenant_id``, ``:provider`` and those of
-#: :func:`parameters`. The rows travel as one JSON document (see ``ledger``: the driver sends arrays
-#: element by element).
-ROWS_CTE = """
+
+def rows_cte(gate: str = "true") -> str:
+    """The rows' insert as the CTE ``webhook``, to ride on the store statement of :mod:`.core`.
+
+    One round trip on the hot path of every webhook. Rows are inserted only
+    where the SQL condition ``gate`` holds (the all-or-nothing variant gates
+    them on its ledger event). Parameters: ``:tenant_id``, ``:provider`` and
+    those of :func:`parameters`. The rows travel as one JSON document (see
+    ``ledger``: the driver sends arrays element by element).
+    """
+    return f"""
     webhook AS (
         INSERT INTO mailglass_webhook_events
             (id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
@@ -66,6 +72,7 @@ ROWS_CTE = """
                now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
           FROM json_to_recordset(CAST(:webhooks AS json)) AS w(
                id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb)
+         WHERE {gate}
         ON CONFLICT (provider, provider_event_id) DO NOTHING
     )"""
 
@@ -139,7 +146,7 @@ def parameters(
     received_at: datetime | None = None,
     key: str | None = None,
 ) -> dict[str, Any]:
-    """The bind parameters of :data:`ROWS_CTE` (besides tenant and provider): a row per provider event."""
+    """The bind parameters of :func:`rows_cte` (besides tenant and provider): a row per provider event."""
     moment = (received_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
     webhooks = [
         {

@@ -5,17 +5,16 @@ from __future__ import annotations
 import importlib
 
 import pytest
-import sqlalchemy as sa
 
-from mailglass_pipeline.db import driver_statement
-from mailglass_pipeline.ingest.core import DRIVER_CACHED_QUERY_BYTES, STORE_STATEMENT, compact
+from mailglass_pipeline.ingest.core import DRIVER_CACHED_QUERY_BYTES, compact, store_statement
 
 
 def test_store_statement_fits_the_driver_query_cache() -> None:
     # Longer, psycopg would convert its placeholders again on every webhook (about 250 us of CPU).
-    driver_text = driver_statement(sa.text(STORE_STATEMENT))
-    assert "%(rows)s" in driver_text and "%(webhooks)s" in driver_text
-    assert len(driver_text.encode("utf-8")) <= DRIVER_CACHED_QUERY_BYTES
+    for all_or_nothing in (False, True):
+        driver_text = store_statement(all_or_nothing)
+        assert "%(rows)s" in driver_text and "%(webhooks)s" in driver_text
+        assert len(driver_text.encode("utf-8")) <= DRIVER_CACHED_QUERY_BYTES
     # The limit is psycopg's own; a psycopg release that changes it should be noticed here.
     queries = importlib.import_module("psycopg._queries")
     assert getattr(queries, "MAX_CACHED_STATEMENT_LENGTH", DRIVER_CACHED_QUERY_BYTES) == DRIVER_CACHED_QUERY_BYTES

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from ingest_support import count_events
 from sqlalchemy.engine import Engine
 
+from mailglass_pipeline.db import get_engine
 from mailglass_pipeline.ingest import ingest
+from mailglass_pipeline.ingest.core import parse_webhook, store_at_once
 from mailglass_pipeline.ingest.replay import replay
 
 
@@ -136,3 +138,24 @@ def test_replay_reingests_every_event_of_stored_rows(database_url: str, engine: 
     second = replay("lost", since, until, database_url=database_url)
     assert (second["replayed"], second["events"], second["duplicates"]) == (4, 0, 6)
     assert count_events(engine, "lost") == 6 and len(rows(engine, "lost")) == 4
+
+
+def test_one_event_at_once_writes_all_or_nothing(database_url: str, engine: Engine) -> None:
+    # The one-statement path of a one-event request writes the raw record only with its ledger event;
+    # when the event is already stored it writes nothing and the ordinary transaction answers.
+    body = json.dumps([element("once")]).encode()
+    parsed = parse_webhook("sendgrid", body, {}, verify=False)
+    pool = get_engine(database_url, pre_ping=False)
+    first = store_at_once(pool, parsed, "once")
+    assert first is not None and (first["events"], first["orphans"]) == (1, 1)
+    assert set(rows(engine, "once")) == {"ev-once"} and count_events(engine, "once") == 1
+
+    with engine.begin() as conn:  # the raw record lost, the event kept (say, Mailglass's row had another key)
+        conn.execute(sa.text("DELETE FROM mailglass_webhook_events WHERE tenant_id = 'once'"))
+    assert store_at_once(pool, parsed, "once") is None
+    assert rows(engine, "once") == {} and count_events(engine, "once") == 1
+    again = ingest("sendgrid", body, {}, tenant_id="once", database_url=database_url, verify=False)
+    assert (again["events"], again["duplicates"]) == (0, 1)
+    assert set(rows(engine, "once")) == {"ev-once"}  # the transaction path records it, as before
+    assert store_at_once(pool, parsed, "someone-else") is None and rows(engine, "someone-else") == {}
+    pool.dispose()
