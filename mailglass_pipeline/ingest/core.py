@@ -7,20 +7,27 @@ database is touched. Storage then happens in ONE transaction, so a webhook is
 stored entirely or not at all:
 
 1. (Mailgun) claim the request's single-use token (see ``mailgun``);
-2. record each provider event in ``mailglass_webhook_events`` (a SendGrid
-   batch: one row per element) and look each event's delivery up inside the
-   tenant by ``(provider, provider_message_id)`` (the rule of
-   ``deliveries.lookup``), both in one statement (``webhook_events``);
-3. append one ledger event per provider event (one statement). Found: the
-   event carries ``delivery_id``. Not found: it is an **orphan**
-   (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose metadata holds
-   exactly the keys the reconciler reads: ``provider``, ``provider_event_id``,
-   ``provider_message_id`` (the Elixir original wrote other keys, so its
-   orphans never reconciled). An event with no message id at all cannot ever
-   be linked; it is stored for the record with ``needs_reconciliation`` FALSE
-   (counted as ``unlinkable``) rather than parked forever as a malformed orphan;
-4. fold the events actually inserted (never duplicates) into their
-   deliveries' projections.
+2. one statement (:func:`store_statement`) does the rest: look each event's
+   delivery up inside the tenant by ``(provider, provider_message_id)`` (the
+   rule of ``deliveries.lookup``); append one ledger event per normalized
+   event. Found: the event carries ``delivery_id``. Not found: it is an
+   **orphan** (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose
+   metadata holds exactly the keys the reconciler reads: ``provider``,
+   ``provider_event_id``, ``provider_message_id`` (the Elixir original wrote
+   other keys, so its orphans never reconciled). An event with no message id
+   at all cannot ever be linked; it is stored for the record with
+   ``needs_reconciliation`` FALSE (counted as ``unlinkable``) rather than
+   parked forever as a malformed orphan. Fold the events actually inserted
+   (never duplicates) into their deliveries' projections, and record each
+   provider event in ``mailglass_webhook_events`` (a SendGrid batch: one row
+   per element; ``webhook_events``);
+3. if the ledger skipped a key, refuse it when another tenant holds it (409).
+
+Why one statement: each round trip costs the receiver more CPU than the SQL
+itself. The commonest webhook (one event, no token) goes further: one
+autocommitted statement that writes everything or nothing
+(:func:`store_at_once`), so no BEGIN and no COMMIT; whatever is already
+stored sends it down the transaction above.
 
 Idempotency is the ledger's unique ``idempotency_key``
 (``"<provider>:<provider_event_id>"``): the same webhook delivered twice
