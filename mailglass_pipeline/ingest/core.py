@@ -50,6 +50,7 @@ from mailglass_pipeline import ledger, projector
 from mailglass_pipeline.db import (
     RETRYABLE_SQLSTATES,
     connect,
+    describe_url,
     driver_cursor,
     driver_statement,
     first_line,
@@ -335,7 +336,9 @@ def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict
             if sqlstate_of(exc) in RETRYABLE_SQLSTATES:
                 return None
             if is_connection_failure(exc):
-                raise DatabaseUnavailableError(f"database unreachable: {first_line(exc.orig)}") from exc
+                raise DatabaseUnavailableError(
+                    f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}"
+                ) from exc
             raise
         finally:
             if not (driver.closed or driver.broken):
