@@ -128,19 +128,27 @@ def demo(late: bool, late_waves: str) -> None:
 
 
 @cli.command()
-@click.option("--role", required=True, help="Existing database role the reconciler connects as.")
+@click.option("--role", required=True, help="Existing database role the service connects as.")
+@click.option(
+    "--for",
+    "service",
+    type=click.Choice(["reconciler", "receiver"]),
+    default="reconciler",
+    show_default=True,
+    help="Whose grants: the reconciler's, or the webhook receiver's (mailglass serve).",
+)
 @click.option("--apply", "apply_now", is_flag=True, help="Run the GRANTs as MAILGLASS_DATABASE_URL (the owner).")
-def grants(role: str, apply_now: bool) -> None:
-    """Print (or --apply) the least-privilege GRANTs for the reconciler's role."""
+def grants(role: str, service: str, apply_now: bool) -> None:
+    """Print (or --apply) the least-privilege GRANTs for the reconciler's (or the receiver's) role."""
     from mailglass_pipeline import grants as grants_module
 
     if not apply_now:
-        click.echo(grants_module.render_grants(role))
+        click.echo(grants_module.render_grants(role, service=service))
         return
     url = db.resolve_database_url()
     _say_database(url)
-    applied = grants_module.apply_grants(url, role)
-    _emit({"role": role, "statements": len(applied)})
+    applied = grants_module.apply_grants(url, role, service=service)
+    _emit({"role": role, "service": service, "statements": len(applied)})
 
 
 @cli.command()

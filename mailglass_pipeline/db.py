@@ -195,8 +195,15 @@ def _translate_errors(context: ExceptionContext) -> BaseException | None:
     return None
 
 
-def create_engine(url: str, **kwargs: object) -> Engine:
-    """A new engine with mailglass's connect timeout and error translation."""
+def create_engine(url: str, *, pre_ping: bool = True, **kwargs: object) -> Engine:
+    """A new engine with mailglass's connect timeout and error translation.
+
+    ``pre_ping`` (default on) tests each pooled connection with a round trip
+    before use, so a connection the server dropped is replaced silently. A hot
+    path that answers a failed statement anyway (the webhook receiver: 503,
+    the provider retries) turns it off and saves that round trip per request;
+    the failed connection invalidates the pool, so the next request reconnects.
+    """
     parsed = make_url(normalize_url(url))
     # Options written in the URL itself come after ours, so what they name explicitly wins
     # (libpq applies the last -c for a setting); the time zone is pinned again once connected.
@@ -214,7 +221,7 @@ def create_engine(url: str, **kwargs: object) -> Engine:
     engine = sa.create_engine(
         parsed,
         connect_args=connect_args,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         **kwargs,  # type: ignore[arg-type]
     )
     sa.event.listen(engine, "handle_error", _translate_errors)
@@ -222,14 +229,14 @@ def create_engine(url: str, **kwargs: object) -> Engine:
     return engine
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process-wide engine for the resolved URL (one pool per URL)."""
+def get_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
+    """The process-wide engine for the resolved URL (one pool per URL and ``pre_ping``)."""
     resolved = resolve_database_url(url)
-    key = f"{db_schema()} {resolved}"
+    key = f"{db_schema()} {pre_ping} {resolved}"
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = create_engine(resolved)
+            engine = _engines[key] = create_engine(resolved, pre_ping=pre_ping)
         return engine
 
 
@@ -283,6 +290,35 @@ def connect(engine: Engine) -> Iterator[Connection]:
         ) from exc
     with conn:
         yield conn
+
+
+def driver_statement(statement: sa.TextClause) -> str:
+    """``statement`` in the driver's own placeholder style, for :func:`driver_cursor`."""
+    from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+    return str(statement.compile(dialect=dialect()))
+
+
+@contextmanager
+def driver_cursor(conn: Connection) -> Iterator[psycopg.Cursor[tuple[object, ...]]]:
+    """A psycopg cursor on ``conn``'s connection and transaction, for a statement on a hot path.
+
+    SQLAlchemy's work around each execution (result metadata, parameter
+    processing) costs more CPU than a small statement itself; the webhook
+    receiver runs its one store statement here. Errors come out as
+    SQLAlchemy's (``sa.exc.DBAPIError`` subclasses, what callers and
+    :func:`run_transaction` handle), and a connection left broken is
+    invalidated, as SQLAlchemy would do.
+    """
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.cursor() as cursor:
+            yield cursor
+    except psycopg.Error as exc:
+        if driver.broken or driver.closed:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
 
 
 def first_line(exc: BaseException | None) -> str:

@@ -1,11 +1,16 @@
-"""Least-privilege GRANTs for the reconciler's database role.
+"""Least-privilege GRANTs for the reconciler's and the webhook receiver's database roles.
 
 The reconciler runs every minute, unattended, with the ledger of every email
 an operator sends: it should hold exactly what a sweep needs (SELECT/INSERT on
 the ledger, SELECT/UPDATE on deliveries, the work queue) and nothing that
 could destroy history (no UPDATE/DELETE/TRUNCATE on the ledger, no DDL).
 
-The privileges live in one documented SQL file, ``sql/grants.sql``, usable
+The webhook receiver (``mailglass serve``) faces the open internet, so it gets
+less still: what storing a webhook needs (``sql/grants_receiver.sql``), no
+read of the ledger's payloads, and nothing that changes a stored event.
+
+Each role's privileges live in one documented SQL file, ``sql/grants.sql`` (the reconciler)
+or ``sql/grants_receiver.sql`` (the receiver), usable
 directly with ``psql -v role=NAME -f``; :func:`render_grants` substitutes the
 same psql variables in Python (the role, and the schema: ``MAILGLASS_DB_SCHEMA``,
 where Mailglass was installed under a prefix) so the CLI and the tests apply
@@ -27,9 +32,15 @@ ROLE_PLACEHOLDER = ':"role"'
 SCHEMA_PLACEHOLDER = ':"schema"'
 
 
-def grants_sql() -> str:
-    """The shipped ``grants.sql``, unrendered (with the psql variable)."""
-    return resources.files("mailglass_pipeline").joinpath("sql/grants.sql").read_text(encoding="utf-8")
+#: Which SQL file holds each service's grants (``mailglass grants --for``).
+GRANT_FILES = {"reconciler": "sql/grants.sql", "receiver": "sql/grants_receiver.sql"}
+
+
+def grants_sql(service: str = "reconciler") -> str:
+    """The shipped grants file of ``service``, unrendered (with the psql variables)."""
+    if service not in GRANT_FILES:
+        raise ConfigurationError(f"no grants for {service!r}; expected one of {', '.join(GRANT_FILES)}")
+    return resources.files("mailglass_pipeline").joinpath(GRANT_FILES[service]).read_text(encoding="utf-8")
 
 
 def quote_identifier(name: str) -> str:
@@ -44,20 +55,22 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def render_grants(role: str, schema: str | None = None) -> str:
-    """``grants.sql`` with ``role`` and the schema (``MAILGLASS_DB_SCHEMA``) substituted as quoted identifiers."""
+def render_grants(role: str, schema: str | None = None, *, service: str = "reconciler") -> str:
+    """``service``'s grants file with ``role`` and the schema (``MAILGLASS_DB_SCHEMA``) as quoted identifiers."""
     quoted_schema = quote_identifier(schema or db_schema())
-    return grants_sql().replace(SCHEMA_PLACEHOLDER, quoted_schema).replace(ROLE_PLACEHOLDER, quote_identifier(role))
+    return (
+        grants_sql(service).replace(SCHEMA_PLACEHOLDER, quoted_schema).replace(ROLE_PLACEHOLDER, quote_identifier(role))
+    )
 
 
-def statements(role: str, schema: str | None = None) -> list[str]:
+def statements(role: str, schema: str | None = None, *, service: str = "reconciler") -> list[str]:
     """The rendered file split into statements (comments dropped).
 
     Split before substituting: a role name may itself contain ``;``.
     """
     quoted = quote_identifier(role)
     quoted_schema = quote_identifier(schema or db_schema())
-    body = "\n".join(line for line in grants_sql().splitlines() if not line.lstrip().startswith("--"))
+    body = "\n".join(line for line in grants_sql(service).splitlines() if not line.lstrip().startswith("--"))
     return [
         s.strip().replace(SCHEMA_PLACEHOLDER, quoted_schema).replace(ROLE_PLACEHOLDER, quoted)
         for s in body.split(";")
@@ -65,13 +78,13 @@ def statements(role: str, schema: str | None = None) -> list[str]:
     ]
 
 
-def apply_grants(url: str, role: str) -> list[str]:
+def apply_grants(url: str, role: str, *, service: str = "reconciler") -> list[str]:
     """Run the rendered GRANTs against ``url`` (as the schema owner) in one transaction.
 
     All or nothing: a missing role or table rolls every statement back.
     Returns the statements executed.
     """
-    todo = statements(role)
+    todo = statements(role, service=service)
     engine = create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with connect(engine) as conn, conn.begin():

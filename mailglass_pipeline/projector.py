@@ -112,6 +112,27 @@ def projection_ctes(source: str) -> str:
     )"""
 
 
+def locked_projection_ctes(source: str) -> str:
+    """:func:`projection_ctes` over ``source`` with the deliveries locked in id order first, in the same statement.
+
+    For a single statement that finds and appends the events itself (ingest's
+    store). ``proj_locked`` locks ``source``'s deliveries ``ORDER BY id`` (the
+    LockRows node sits above the sort, so the locks are taken in id order);
+    ``proj_src`` lets ``source``'s rows through only after an uncorrelated
+    count over ``proj_locked``, an InitPlan that runs once, to completion,
+    before the first row reaches the projection: every lock is held before
+    the UPDATE touches a row, as with :func:`lock` then :func:`apply`.
+    """
+    return f"""
+    proj_locked AS MATERIALIZED (
+        SELECT d.id FROM mailglass_deliveries d
+         WHERE d.id IN (SELECT delivery_id FROM {source})
+         ORDER BY d.id FOR UPDATE OF d
+    ), proj_src AS (
+        SELECT * FROM {source} WHERE (SELECT count(*) FROM proj_locked) >= 0
+    ), {projection_ctes("proj_src")}"""
+
+
 _UPDATE = sa.text(
     f"""
     WITH ev AS (

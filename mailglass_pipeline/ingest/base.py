@@ -133,6 +133,9 @@ class NormalizedEvent:
     extra_metadata: Mapping[str, Any] = field(default_factory=dict)
     #: Ledger idempotency key; ``"<provider>:<provider_event_id>"`` unless the provider needs more.
     idempotency_key: str | None = None
+    #: Key of the provider event this came from when one request carries several (a SendGrid batch):
+    #: the key of its ``mailglass_webhook_events`` row. None: the whole request is one provider event.
+    source_key: str | None = None
 
 
 def normalized_event(

@@ -2,13 +2,17 @@
 
 After a fix to a provider's normalization (or to recover events a bug kept
 out of the ledger), an operator replays the raw payloads Mailglass keeps in
-``mailglass_webhook_events``. Each stored webhook goes through the same
+``mailglass_webhook_events``. Each stored row goes through the same
 parse and store as a live request, with verification off (the payload was
 verified when it arrived; its signature headers are not kept), its original
-``received_at`` and its own row key. So a replay:
+``received_at`` and its own row key. A row is one provider event, so a
+SendGrid row (``{"_batch": [element]}``) replays as a batch of one; a
+per-request row Mailglass wrote replays its whole batch, under its own key.
+So a replay:
 
 - appends only ledger events not already there (the ledger's idempotency
-  keys), never a second copy, and writes no second webhook row;
+  keys), never a second copy, and writes no second webhook row (the row's
+  key is pinned, whatever events the payload holds);
 - cannot change an event already in the append-only ledger: a corrected
   classification of an event that *was* stored needs a new event, not a replay;
 - commits webhook by webhook, so one unreadable payload (counted, reported)

@@ -24,6 +24,10 @@ The untouched ``sg_message_id`` is kept in the event metadata too.
 
 ``provider_event_id`` is ``sg_event_id``; the docs' oldest samples lack it,
 and then it is a SHA-256 of the event object (stable across redelivery).
+
+Each element of a batch is one provider event with its own raw record
+(``source_key``, see :mod:`.webhook_events`): its ``sg_event_id``, or else the
+first 32 hex digits of SHA-256 over the element's canonical JSON.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -138,6 +144,15 @@ def send_side_message_id(sg_message_id: str | None, smtp_id: str | None) -> str 
     return sg_message_id
 
 
+def element_key(event: dict[str, Any]) -> str:
+    """The key of a batch element's raw record: ``sg_event_id``, else a digest of its canonical JSON."""
+    sg_event_id = text_or_none(event.get("sg_event_id"))
+    if sg_event_id:
+        return sg_event_id
+    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
     if not isinstance(event, dict):
         raise WebhookPayloadError(f"sendgrid batch element {index} is not a JSON object")
@@ -169,6 +184,7 @@ def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
         type=event_type,
         occurred_at=occurred_at or received_at,
         provider_event_id=text_or_none(event.get("sg_event_id")) or stable_id(PROVIDER, event),
+        source_key=element_key(event),
         provider_message_id=send_side_message_id(sg_message_id, smtp_id),
         payload=event,
         provider_event=kind,

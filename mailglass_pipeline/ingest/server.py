@@ -29,10 +29,12 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
+from mailglass_pipeline.db import get_engine
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import metrics
-from mailglass_pipeline.ingest.base import PROVIDERS
+from mailglass_pipeline.ingest.base import PROVIDERS, IngestSettings
 from mailglass_pipeline.ingest.core import ingest
 from mailglass_pipeline.ingest.errors import (
     IngestConfigurationError,
@@ -72,6 +74,18 @@ class Receiver:
         self.body_timeout = body_timeout
         self.max_body = self.tenants.base.max_body_bytes
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        """The receiver's pool, made on first use (in an ingest thread: resolving may start the embedded server).
+
+        Without pre-ping: a dropped connection fails its request with 503 (the
+        provider retries) and invalidates the pool, instead of costing every
+        request a round trip.
+        """
+        if self._engine is None:
+            self._engine = get_engine(self.database_url, pre_ping=False)
+        return self._engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -166,9 +180,7 @@ class Receiver:
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         try:
             settings = self.tenants.for_tenant(tenant_id, provider)
-            result = await self._run(
-                ingest, provider, body, headers, tenant_id=tenant_id, database_url=self.database_url, settings=settings
-            )
+            result = await self._run(self._store, provider, body, headers, tenant_id, settings)
         except WebhookSignatureError as exc:
             extra = {"www-authenticate": 'Basic realm="mailglass"'} if provider == "postmark" else {}
             return 401, {"error": str(exc)}, extra
@@ -188,6 +200,11 @@ class Receiver:
             return 500, {"error": "internal error; nothing stored"}, {}
         metrics.count_result(provider, result)
         return 200, result, {}
+
+    def _store(
+        self, provider: str, body: bytes, headers: dict[str, str], tenant_id: str, settings: IngestSettings
+    ) -> dict[str, Any]:
+        return ingest(provider, body, headers, tenant_id=tenant_id, settings=settings, engine=self.engine())
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

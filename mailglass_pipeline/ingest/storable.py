@@ -83,6 +83,7 @@ def _fields(event: NormalizedEvent) -> tuple[Any, ...]:
         event.recipient,
         event.idempotency_key,
         event.reject_reason,
+        event.source_key,
     )
 
 
@@ -106,4 +107,5 @@ def _storable_event(event: NormalizedEvent) -> NormalizedEvent:
         recipient=storable(event.recipient),
         idempotency_key=storable(event.idempotency_key),
         reject_reason=storable(event.reject_reason),
+        source_key=storable(event.source_key),
     )

@@ -1,27 +1,43 @@
-"""The raw record of each webhook, in Mailglass's ``mailglass_webhook_events``, as Mailglass writes it.
+"""The raw record of each provider event, in Mailglass's ``mailglass_webhook_events``.
 
-Mailglass keeps one row per webhook request beside the ledger: the parsed
-body (``raw_payload``) for audit, GDPR erasure and replay, written in the
-same transaction as the request's ledger events, so a webhook is in both or
-in neither. Mailglass inserts it ``processing`` and flips it to
-``succeeded`` (with ``processed_at``) at the end of that transaction; the
-committed result is one row ``succeeded``, which is what this writes.
+Every provider event gets its row beside the ledger: the parsed payload
+(``raw_payload``) for audit, GDPR erasure and replay, written in the same
+transaction as its ledger events, so an event is in both or in neither.
+Mailglass inserts a row ``processing`` and flips it to ``succeeded`` (with
+``processed_at``) at the end of that transaction; the committed result is one
+row ``succeeded``, which is what this writes.
 
-Row keys, as Mailglass derives them (``UNIQUE (provider,
-provider_event_id)``, insert ``ON CONFLICT DO NOTHING``, so a redelivered
-webhook adds nothing):
+**Per provider event, not per request.** Mailglass's own ingest writes one row
+per *request*, so a SendGrid batch of 1,000 events is one row keyed by a
+digest of the body. We write one row per provider event (the contract): a
+SendGrid batch of N events gets N rows. Why: SendGrid retries and re-batches
+as it likes, so the same event arrives in batches of different bytes; a
+per-request row would record it again under each batch's digest, and the
+record of one event (to audit, erase or replay it) would be buried in
+whichever batch carried it first. Keyed per event, a redelivered or
+re-batched event adds no row, and a batch overlapping an earlier one adds
+rows only for its new events. Mailglass can still read the rows: a SendGrid
+row's ``raw_payload`` is a batch of one, exactly the shape Mailglass stores
+for a batch, and every other provider's row is what Mailglass writes.
 
-- SendGrid (a batch): the first 32 hex digits of SHA-256 over the raw body;
+Row keys (``UNIQUE (provider, provider_event_id)``, insert ``ON CONFLICT DO
+NOTHING``, so a redelivered event adds nothing):
+
+- SendGrid, each element of the batch: its ``sg_event_id``, or else the first
+  32 hex digits of SHA-256 over the element's canonical JSON (the event's
+  ``source_key``, set by :mod:`.sendgrid`);
 - Postmark, Mailgun, Resend (one event per request): that event's id
   (Mailgun's with its timestamp, as in the ledger key: its ids repeat
   across days);
-- SES: the SNS ``MessageId`` (one notification, one event per recipient).
+- SES: the SNS ``MessageId`` (one notification is one provider event, even
+  when it becomes one ledger event per recipient).
 
-``raw_payload``: a JSON object as is, an array as ``{"_batch": [...]}``,
-anything else as ``{"_raw": text}``; with the NUL/NaN transformation of
-:mod:`.storable` applied. ``event_type_raw`` / ``event_type_normalized``: the
-distinct provider kinds / taxonomy types of the request's events, joined by
-commas. Timestamps are ``timestamp`` without time zone holding UTC (Ecto's
+``raw_payload``: a SendGrid element as ``{"_batch": [element]}``; for the
+other providers the request body: a JSON object as is, anything else as
+``{"_raw": text}``; with the NUL/NaN transformation of :mod:`.storable`
+applied. ``event_type_raw`` / ``event_type_normalized``: the distinct
+provider kinds / taxonomy types of the row's ledger events, joined by commas.
+Timestamps are ``timestamp`` without time zone holding UTC (Ecto's
 ``:utc_datetime_usec``).
 """
 
@@ -33,38 +49,37 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from mailglass_pipeline.deliveries import lookup_lateral
 from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
-# The row's insert rides on the events' delivery lookup (``deliveries.lookup``'s rule, embedded):
-# one round trip for both, on the hot path of every webhook.
-_RECORD_AND_LOOKUP = sa.text(
-    f"""
-    WITH webhook AS (
+
+def rows_cte(gate: str = "true") -> str:
+    """The rows' insert as the CTE ``webhook``, to ride on the store statement of :mod:`.core`.
+
+    One round trip on the hot path of every webhook. Rows are inserted only
+    where the SQL condition ``gate`` holds (the all-or-nothing variant gates
+    them on its ledger event). Parameters: ``:tenant_id``, ``:provider`` and
+    those of :func:`parameters`. The rows travel as one JSON document (see
+    ``ledger``: the driver sends arrays element by element).
+    """
+    return f"""
+    webhook AS (
         INSERT INTO mailglass_webhook_events
             (id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
              raw_payload, received_at, processed_at, inserted_at, updated_at)
-        VALUES (:id, :tenant_id, :provider, :provider_event_id, :event_type_raw, :event_type_normalized,
-                'succeeded', CAST(:raw_payload AS jsonb), :received_at,
-                now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')
+        SELECT w.id, :tenant_id, :provider, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
+               'succeeded', w.raw_payload, :webhooks_received_at,
+               now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+          FROM json_to_recordset(CAST(:webhooks AS json)) AS w(
+               id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb)
+         WHERE {gate}
         ON CONFLICT (provider, provider_event_id) DO NOTHING
-    )
-    SELECT k.ord, d.id
-      FROM unnest(CAST(:tenant_ids AS text[]), CAST(:providers AS text[]), CAST(:message_ids AS text[]))
-           WITH ORDINALITY AS k(tenant_id, provider, message_id, ord)
-      LEFT JOIN {lookup_lateral("k")} d ON true
-     ORDER BY k.ord
-    """
-)
+    )"""
 
 
 def webhook_key(parsed: ParsedWebhook, body: bytes, events: list[NormalizedEvent]) -> str:
-    """``provider_event_id`` of the request's row (see the module doc)."""
-    if parsed.provider == "sendgrid" or not events:
+    """``provider_event_id`` of a request that is one provider event (see the module doc)."""
+    if not events:
         return hashlib.sha256(body).hexdigest()[:32]
     first = events[0]
     if parsed.provider == "ses":
@@ -86,7 +101,7 @@ def raw_payload(body: bytes) -> Any:
 
 
 def body_of(payload: Any) -> bytes:
-    """The request body again from a stored ``raw_payload`` (for replay)."""
+    """The request body again from a stored ``raw_payload`` (for replay; a SendGrid row: a batch of one)."""
     if isinstance(payload, dict) and set(payload) == {"_batch"}:
         payload = payload["_batch"]
     elif isinstance(payload, dict) and set(payload) == {"_raw"} and isinstance(payload["_raw"], str):
@@ -98,38 +113,49 @@ def _joined(values: list[str | None]) -> str:
     return ",".join(dict.fromkeys(value for value in values if value)) or "unknown"
 
 
-def record_and_lookup(
-    conn: Connection,
+def provider_events(
+    parsed: ParsedWebhook, events: list[NormalizedEvent], body: bytes, key: str | None = None
+) -> list[tuple[str, Any, list[NormalizedEvent]]]:
+    """The request's provider events as ``(row key, raw payload, their ledger events)``, in request order.
+
+    ``key`` pins a single row for the whole request (a replay reuses its stored row's key,
+    since the body it rebuilds is not byte-identical).
+    """
+    groups: dict[str | None, list[NormalizedEvent]] = {}
+    for event in events:
+        groups.setdefault(None if key is not None else event.source_key, []).append(event)
+    found = []
+    for source_key, members in groups.items():
+        if source_key is None:
+            payload = raw_payload(body)
+            if needs_sanitizing(payload):
+                payload = storable(payload)
+            row_key = key or webhook_key(parsed, body, members)
+        else:
+            # The element itself (already made storable with its event): a batch of one.
+            payload, row_key = {"_batch": [dict(members[0].payload)]}, source_key
+        found.append((bounded_key(storable(row_key), parsed.provider), payload, members))
+    return found
+
+
+def parameters(
     parsed: ParsedWebhook,
     events: list[NormalizedEvent],
-    tenant_id: str,
     body: bytes,
     *,
     received_at: datetime | None = None,
     key: str | None = None,
-) -> list[uuid.UUID | None]:
-    """Insert the request's row (nothing if a row with its key exists); returns each event's delivery id.
-
-    The delivery ids are what ``deliveries.lookup`` returns for ``events``.
-    """
-    payload = raw_payload(body)
-    if needs_sanitizing(payload):
-        payload = storable(payload)
+) -> dict[str, Any]:
+    """The bind parameters of :func:`rows_cte` (besides tenant and provider): a row per provider event."""
     moment = (received_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-    rows = conn.execute(
-        _RECORD_AND_LOOKUP,
+    webhooks = [
         {
-            "id": uuid.uuid4(),
-            "tenant_id": tenant_id,
-            "provider": parsed.provider,
-            "provider_event_id": bounded_key(storable(key or webhook_key(parsed, body, events)), parsed.provider),
-            "event_type_raw": storable(_joined([event.provider_event for event in events])),
-            "event_type_normalized": _joined([event.type for event in events]),
-            "raw_payload": json.dumps(payload, allow_nan=False, default=str),
-            "received_at": moment,
-            "tenant_ids": [tenant_id] * len(events),
-            "providers": [parsed.provider] * len(events),
-            "message_ids": [event.provider_message_id for event in events],
-        },
-    ).all()
-    return [row[1] for row in rows]
+            "id": str(uuid.uuid4()),
+            "provider_event_id": row_key,
+            "event_type_raw": storable(_joined([event.provider_event for event in members])),
+            "event_type_normalized": _joined([event.type for event in members]),
+            "raw_payload": payload,
+        }
+        for row_key, payload, members in provider_events(parsed, events, body, key)
+    ]
+    return {"webhooks": json.dumps(webhooks, allow_nan=False, default=str), "webhooks_received_at": moment}

@@ -46,7 +46,10 @@ def test_receiver_runs_mailglass_serve_from_the_code_location_image() -> None:
         assert container[probe]["httpGet"]["path"] == "/healthz"
     assert "httpGet" not in container["livenessProbe"]
     refs = [source["secretRef"]["name"] for source in container["envFrom"]]
-    assert "mailglass-app-db" in refs and "mailglass-app-db-owner" not in refs
+    # Its own least-privilege role (`mailglass grants --for receiver`), neither the owner nor the reconciler.
+    assert "mailglass-receiver-db" in refs and not {"mailglass-app-db", "mailglass-app-db-owner"} & set(refs)
+    migrate = docs("migrate-job.yaml")[("Job", "mailglass-migrate")]
+    assert "mailglass grants --for receiver" in " ".join(migrate["spec"]["template"]["spec"]["containers"][0]["args"])
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["MAILGLASS_WEBHOOK_SECRETS"].startswith("/etc/mailglass/")
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")

@@ -148,3 +148,28 @@ def test_503_with_retry_after_while_the_database_is_down(
     finally:
         proxy.close()
     assert count_events(engine, "t-down") == 2
+
+
+def test_terminated_backend_gives_503_then_recovers(
+    database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
+) -> None:
+    # The receiver's pool does not pre-ping: a connection the server dropped fails its one request
+    # with 503 (the provider retries), and the next request reconnects.
+    with run_receiver(database_url, secrets_env(settings), tmp_path, "--workers", "1", "--threads", "1") as receiver:
+        body, headers = build_webhook("resend", "term-0", "delivered", keys=keys)
+        assert receiver.post("/resend/t-term", body, headers).status == 200
+        others = "datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        assert fetch_count(engine, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}")
+        wait_for(lambda: not fetch_count(engine, f"SELECT count(*) FROM pg_stat_activity WHERE {others}"), 10, "alive")
+
+        body, headers = build_webhook("postmark", "term-1", "delivered", keys=keys)
+        reply = receiver.post("/postmark/t-term", body, headers)
+        assert reply.status == 503 and reply.headers["retry-after"], (reply.status, reply.body)
+        assert receiver.post("/postmark/t-term", body, headers).status == 200
+        assert "Traceback" not in receiver.log_text()
+    assert count_events(engine, "t-term") == 2
+
+
+def fetch_count(engine: Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar_one())

@@ -1,4 +1,4 @@
-"""Each webhook's raw record in ``mailglass_webhook_events`` (through ``mailglass serve``), and ``--replay``."""
+"""Each provider event's raw record in ``mailglass_webhook_events`` (through ``mailglass serve``), and ``--replay``."""
 
 from __future__ import annotations
 
@@ -53,20 +53,22 @@ def test_webhook_rows_and_replay(
         body, headers = build_webhook("resend", "other-1", "delivered", keys=keys)
         assert receiver.post("/resend/other", body, headers).status == 200
 
-    # One row per webhook request, as Mailglass writes it: succeeded, processed, redeliveries add nothing.
+    # One row per provider event (here one per request): succeeded, processed, redeliveries add nothing.
     rows = webhook_rows(engine, "rp")
     assert sorted(row.provider for row in rows) == sorted(PROVIDERS)
     for row in rows:
         assert row.status == "succeeded" and row.processed_at is not None and row.received_at is not None
         assert row.event_type_normalized == "delivered"
     by_provider = {row.provider: row for row in rows}
-    assert by_provider["sendgrid"].provider_event_id == hashlib.sha256(sent["sendgrid"]).hexdigest()[:32]
-    assert by_provider["sendgrid"].raw_payload == {"_batch": json.loads(sent["sendgrid"])}
+    (element,) = json.loads(sent["sendgrid"])
+    assert by_provider["sendgrid"].provider_event_id == element["sg_event_id"]
+    assert by_provider["sendgrid"].raw_payload == {"_batch": [element]}
     assert by_provider["postmark"].raw_payload == json.loads(sent["postmark"])
     assert by_provider["ses"].provider_event_id == json.loads(sent["ses"])["MessageId"]
     assert len(webhook_rows(engine, "other")) == 1
 
-    # A webhook Mailglass recorded whose events never reached the ledger (say, a bug then fixed).
+    # A webhook Mailglass recorded (its per-request row: key from the body) whose events never reached
+    # the ledger (say, a bug then fixed).
     lost_body, _ = build_webhook("sendgrid", "rp-lost", "bounced")
     received = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=2)
     with engine.begin() as conn:

@@ -1,0 +1,26 @@
+"""The receiver's store statement stays cheap to send: one statement, short enough for the driver's cache."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from mailglass_pipeline.ingest.core import DRIVER_CACHED_QUERY_BYTES, compact, store_statement
+
+
+def test_store_statement_fits_the_driver_query_cache() -> None:
+    # Longer, psycopg would convert its placeholders again on every webhook (about 250 us of CPU).
+    for all_or_nothing in (False, True):
+        driver_text = store_statement(all_or_nothing)
+        assert "%(rows)s" in driver_text and "%(webhooks)s" in driver_text
+        assert len(driver_text.encode("utf-8")) <= DRIVER_CACHED_QUERY_BYTES
+    # The limit is psycopg's own; a psycopg release that changes it should be noticed here.
+    queries = importlib.import_module("psycopg._queries")
+    assert getattr(queries, "MAX_CACHED_STATEMENT_LENGTH", DRIVER_CACHED_QUERY_BYTES) == DRIVER_CACHED_QUERY_BYTES
+
+
+def test_compact_refuses_comments() -> None:
+    assert compact("SELECT  1\n  FROM t") == "SELECT 1 FROM t"
+    with pytest.raises(ValueError):
+        compact("SELECT 1 -- a comment\nFROM t")
