@@ -53,6 +53,7 @@ from mailglass_pipeline.ingest.base import (
     ParsedWebhook,
     check_tolerance,
     load_json,
+    normalized_event,
     parse_time,
     require_secret,
     stable_id,
@@ -178,11 +179,11 @@ def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
     extra: dict[str, Any] = {}
     if sg_message_id:
         extra["sg_message_id"] = sg_message_id
-    if occurred_at is None:
-        extra["occurred_at_estimated"] = True
-    return NormalizedEvent(
+    return normalized_event(
+        occurred_at,
+        received_at,
+        extra,
         type=event_type,
-        occurred_at=occurred_at or received_at,
         provider_event_id=text_or_none(event.get("sg_event_id")) or stable_id(PROVIDER, event),
         source_key=element_key(event),
         provider_message_id=send_side_message_id(sg_message_id, smtp_id),
@@ -190,7 +191,6 @@ def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
         provider_event=kind,
         reject_reason=reason,
         recipient=text_or_none(event.get("email")),
-        extra_metadata=extra,
     )
 
 
