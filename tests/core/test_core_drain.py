@@ -6,6 +6,7 @@ import itertools
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from conftest import make_delivery, make_orphan
 from core_support import QUEUE, rows, statements_sent
 from sqlalchemy.engine import Engine
@@ -116,6 +117,10 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
             result = drain.sweep_until(engine, 60, SweepConfig())
         assert (result.tenants_swept, result.transactions) == (tenants, 1)
         counts.append(len(seen))
+        # Backoff is in ticks: an orphan examined just before a minute boundary is due again just after
+        # it. Keep this round's orphans out of the next round whatever the clock does meanwhile.
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {QUEUE} SET next_attempt_at = now() + interval '1 hour'"))
     assert counts[0] == counts[1], counts
 
 
