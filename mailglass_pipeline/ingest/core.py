@@ -24,10 +24,10 @@ stored entirely or not at all:
 3. if the ledger skipped a key, refuse it when another tenant holds it (409).
 
 Why one statement: each round trip costs the receiver more CPU than the SQL
-itself. The commonest webhook (one event, no token) goes further: one
-autocommitted statement that writes everything or nothing
+itself. The commonest webhook (one event) goes further: one autocommitted
+statement that writes everything or nothing, Mailgun's token included
 (:func:`store_at_once`), so no BEGIN and no COMMIT; whatever is already
-stored sends it down the transaction above.
+stored (the event, or the token) sends it down the transaction above.
 
 Idempotency is the ledger's unique ``idempotency_key``
 (``"<provider>:<provider_event_id>"``): the same webhook delivered twice
@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -143,19 +144,33 @@ _SEEN_TOKEN = sa.text(
 )
 
 
-def claim_token(conn: Connection, token: ReplayToken, tenant_id: str) -> None:
+def token_parameters(token: ReplayToken, tenant_id: str) -> dict[str, str]:
+    """The bind parameters of a token's row (``:provider``, ``:token``, ``:tenant_id``, ``:digest``)."""
+    value = bounded_key(token.token, token.provider)  # a primary-key entry must stay small
+    return {"provider": token.provider, "token": value, "tenant_id": tenant_id, "digest": token.body_sha256}
+
+
+def prune_due() -> bool:
+    """Whether this claim also deletes the expired tokens.
+
+    Housekeeping, not a guard (an old token fails the timestamp tolerance
+    anyway): about one claim in :data:`PRUNE_EVERY` pays for it, so the hot
+    path keeps one statement.
+    """
+    return random.random() < 1 / PRUNE_EVERY
+
+
+def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: bool | None = None) -> None:
     """Record a single-use token; refuse it if it was seen with another body or tenant.
 
     A concurrent claim of the same token waits on the primary key until the
     first transaction ends, then sees its row: exactly one of two racing
-    replays can win.
+    replays can win. ``prune``: delete the expired tokens first (default:
+    :func:`prune_due`).
     """
-    value = bounded_key(token.token, token.provider)  # a primary-key entry must stay small
-    params = {"provider": token.provider, "token": value, "tenant_id": tenant_id, "digest": token.body_sha256}
+    params = token_parameters(token, tenant_id)
     try:
-        # Housekeeping, not a guard (an old token fails the timestamp tolerance anyway): about one
-        # claim in PRUNE_EVERY pays for it, so the hot path keeps one statement.
-        if random.random() < 1 / PRUNE_EVERY:
+        if prune if prune is not None else prune_due():
             conn.execute(_PRUNE_TOKENS, {"retention": TOKEN_RETENTION_SECONDS})
         if conn.execute(_CLAIM_TOKEN, params).first():
             return
@@ -221,13 +236,23 @@ DRIVER_CACHED_QUERY_BYTES = 4096
 
 
 def compact(sql: str) -> str:
-    """``sql`` on one line with single spaces (it must hold no ``--`` comment, nor a literal with two spaces)."""
+    """``sql`` on one line with single spaces, none around commas and parentheses outside literals.
+
+    It must hold no ``--`` comment, nor a literal with two spaces, nor a
+    quote other than the ``'`` of standard string literals.
+    """
     if "--" in sql:
         raise ValueError("a statement to compact must not hold -- comments")
-    return " ".join(sql.split())
+    # Split on quotes: the even pieces are outside literals (a doubled '' keeps the parity).
+    pieces = " ".join(sql.split()).split("'")
+    pieces[::2] = [_TIGHT.sub(r"\1", piece) for piece in pieces[::2]]
+    return "'".join(pieces)
 
 
-def store_statement(all_or_nothing: bool) -> str:
+_TIGHT = re.compile(r" ?([(),]) ?")
+
+
+def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
     """The whole store in ONE statement (one round trip), in the driver's placeholder style.
 
     The raw records, the delivery lookup (``deliveries.lookup``'s rule,
@@ -237,10 +262,20 @@ def store_statement(all_or_nothing: bool) -> str:
     on the key, which a later statement's snapshot does (and only when
     something was skipped). ``all_or_nothing``: the raw records are written
     only if the ledger took an event; for a one-event request, either
-    everything is written or nothing. Compacted to stay under
+    everything is written or nothing. ``token`` (with ``all_or_nothing``):
+    also claim a single-use token (Mailgun's; parameters of
+    :func:`token_parameters`) with the ledger event, by a plain insert: a
+    token already claimed fails the whole statement (unique violation), so a
+    replay writes nothing. Compacted to stay under
     :data:`DRIVER_CACHED_QUERY_BYTES` (tested).
     """
     gate = "EXISTS (SELECT 1 FROM appended)" if all_or_nothing else "true"
+    claim = (
+        f"tok AS (INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)"
+        f" SELECT :provider, :token, :tenant_id, :digest WHERE {gate}),"
+        if token
+        else ""
+    )
     sql = f"""
     WITH found AS (
         SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
@@ -254,7 +289,7 @@ def store_statement(all_or_nothing: bool) -> str:
         SELECT f.delivery_id, f.type, f.occurred_at, f.ord
           FROM found f JOIN appended a ON a.id = f.id
          WHERE f.delivery_id IS NOT NULL
-    ), {projector.locked_projection_ctes("linked")},
+    ), {projector.locked_projection_ctes("linked")}, {claim}
     {webhook_events.rows_cte(gate)}
     SELECT f.id, f.delivery_id, f.needs_reconciliation, a.id IS NOT NULL AS inserted
       FROM found f LEFT JOIN appended a ON a.id = f.id
@@ -265,6 +300,10 @@ def store_statement(all_or_nothing: bool) -> str:
 
 _STORE = store_statement(all_or_nothing=False)
 _STORE_AT_ONCE = store_statement(all_or_nothing=True)
+_STORE_AT_ONCE_TOKEN = store_statement(all_or_nothing=True, token=True)
+#: SQLSTATEs on which the one-statement path leaves the request to the transaction, which answers it
+#: as before: a token already claimed (unique violation), the token table missing (a configuration error).
+_LEAVE_TO_TRANSACTION = RETRYABLE_SQLSTATES | {"23505", "42P01"}
 
 
 def _parameters(
@@ -311,29 +350,35 @@ def _counts(results: list[tuple[Any, ...]]) -> dict[str, Any]:
 
 
 def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any] | None:
-    """Store a one-event request without a token as ONE autocommitted statement; None if it wrote nothing.
+    """Store a one-event request as ONE autocommitted statement; None if it wrote nothing.
 
     The common webhook, in one round trip instead of three (no BEGIN, no
-    COMMIT): the statement is its own transaction, and its all-or-nothing
-    variant writes the raw record only with the ledger event, so when the
-    event was already stored (a redelivery, a key of another tenant, a race)
-    nothing at all is written and None sends the request down the ordinary
-    transaction of :func:`store`, which answers it exactly as before
-    (duplicate, or 409). A deadlock or serialization failure also returns None.
+    COMMIT; a Mailgun request: five): the statement is its own transaction,
+    and its all-or-nothing variant writes the raw record (and the token) only
+    with the ledger event, so when the event was already stored (a
+    redelivery, a key of another tenant, a race) nothing at all is written
+    and None sends the request down the ordinary transaction of
+    :func:`store`, which answers it exactly as before (duplicate, or 409). A
+    token already claimed, a deadlock or a serialization failure also
+    return None (the transaction refuses the replay, or retries).
     """
     events = storable_events(parsed.events)
-    if len(events) != 1 or parsed.replay_token is not None:
+    if len(events) != 1:
         return None
     params, _ = _parameters(parsed, events, tenant_id, None, None)
+    statement = _STORE_AT_ONCE
+    if parsed.replay_token is not None:
+        params.update(token_parameters(parsed.replay_token, tenant_id))
+        statement = _STORE_AT_ONCE_TOKEN
     with connect(engine) as conn:
         driver = conn.connection.driver_connection
         assert driver is not None
         driver.autocommit = True
         try:
             with driver_cursor(conn) as cursor:
-                results = cursor.execute(_STORE_AT_ONCE, params).fetchall()
+                results = cursor.execute(statement, params).fetchall()
         except sa.exc.DBAPIError as exc:
-            if sqlstate_of(exc) in RETRYABLE_SQLSTATES:
+            if sqlstate_of(exc) in _LEAVE_TO_TRANSACTION:
                 return None
             if is_connection_failure(exc):
                 raise DatabaseUnavailableError(
@@ -355,6 +400,7 @@ def store(
     *,
     received_at: datetime | None = None,
     webhook_key: str | None = None,
+    prune_tokens: bool | None = None,
 ) -> dict[str, Any]:
     """Append ``parsed``'s events and their ``mailglass_webhook_events`` rows inside the caller's transaction.
 
@@ -363,10 +409,10 @@ def store(
     default ``now()``. Replays of captures and the demo set it.
     ``webhook_key`` pins the key of a single webhook row for the whole request
     (a replay reuses the stored row's, since the body it rebuilds is not
-    byte-identical). Returns the counts.
+    byte-identical). ``prune_tokens``: see :func:`claim_token`. Returns the counts.
     """
     if parsed.replay_token is not None:
-        claim_token(conn, parsed.replay_token, tenant_id)
+        claim_token(conn, parsed.replay_token, tenant_id, prune=prune_tokens)
     events = storable_events(parsed.events)
     if not events:
         return {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
@@ -424,9 +470,11 @@ def ingest(
     }
     if parsed.events or parsed.replay_token is not None:
         engine = engine or get_engine(database_url)
-        counts = store_at_once(engine, parsed, tenant_id)
+        # The expired tokens are pruned in the transaction: a claim due for it skips the one statement.
+        prune = parsed.replay_token is not None and prune_due()
+        counts = None if prune else store_at_once(engine, parsed, tenant_id)
         if counts is None:
-            counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id))
+            counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
     else:
         counts = {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
     result.update(counts)

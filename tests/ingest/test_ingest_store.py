@@ -36,12 +36,14 @@ from ingest_support import (  # noqa: F401
 )
 from sqlalchemy.engine import Engine
 
+from mailglass_pipeline.db import get_engine
 from mailglass_pipeline.ingest import (
     IngestSettings,
     WebhookPayloadError,
     WebhookSignatureError,
     ingest,
 )
+from mailglass_pipeline.ingest.core import parse_webhook, store_at_once
 from mailglass_pipeline.ingest.errors import TenantConflictError
 from mailglass_pipeline.ingest.resend import sign as svix_sign
 from mailglass_pipeline.ingest.samples import SNS_TOPIC_ARN, SampleKeys, build_webhook, sign_sns
@@ -262,6 +264,29 @@ def test_mailgun_token_replay_refused(
     with pytest.raises(TenantConflictError, match="another tenant"):
         ingest("mailgun", body, headers, tenant_id="t2", database_url=database_url, settings=settings)
     assert count_events(engine) == 1
+
+
+def test_mailgun_one_statement_claims_its_token(
+    database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
+) -> None:
+    # The one-statement path claims Mailgun's token with the event; a replayed token fails it whole.
+    body, headers = build_webhook("mailgun", "mg-once", "delivered", keys=keys)
+    pool = get_engine(database_url, pre_ping=False)
+    first = store_at_once(pool, parse_webhook("mailgun", body, headers, settings=settings), "t1")
+    assert first is not None and first["orphans"] == 1
+
+    def tokens() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT count(*) FROM mailglass_webhook_tokens WHERE tenant_id = 't1'")
+            ).scalar_one()
+
+    assert tokens() == 1
+    forged, _ = build_webhook("mailgun", "mg-once-2", "bounced", keys=keys)
+    envelope = {**json.loads(forged), "signature": json.loads(body)["signature"]}
+    parsed = parse_webhook("mailgun", json.dumps(envelope).encode(), {}, settings=settings)
+    assert store_at_once(pool, parsed, "t1") is None
+    assert (count_events(engine), tokens()) == (1, 1)
 
 
 def test_events_without_message_id_are_kept_but_not_queued(database_url: str, engine: Engine) -> None:

@@ -11,9 +11,10 @@ from mailglass_pipeline.ingest.core import DRIVER_CACHED_QUERY_BYTES, compact, s
 
 def test_store_statement_fits_the_driver_query_cache() -> None:
     # Longer, psycopg would convert its placeholders again on every webhook (about 250 us of CPU).
-    for all_or_nothing in (False, True):
-        driver_text = store_statement(all_or_nothing)
+    for all_or_nothing, token in ((False, False), (True, False), (True, True)):
+        driver_text = store_statement(all_or_nothing, token=token)
         assert "%(rows)s" in driver_text and "%(webhooks)s" in driver_text
+        assert ("%(token)s" in driver_text) is token
         assert len(driver_text.encode("utf-8")) <= DRIVER_CACHED_QUERY_BYTES
     # The limit is psycopg's own; a psycopg release that changes it should be noticed here.
     queries = importlib.import_module("psycopg._queries")
@@ -22,5 +23,7 @@ def test_store_statement_fits_the_driver_query_cache() -> None:
 
 def test_compact_refuses_comments() -> None:
     assert compact("SELECT  1\n  FROM t") == "SELECT 1 FROM t"
+    # Spaces around commas and parentheses go, except inside literals.
+    assert compact("SELECT f( a , 'x, ( y' ) , 'it''s ( z'") == "SELECT f(a,'x, ( y'),'it''s ( z'"
     with pytest.raises(ValueError):
         compact("SELECT 1 -- a comment\nFROM t")
