@@ -47,7 +47,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import ledger, projector
+from mailglass_pipeline import ledger, projector, queries
 from mailglass_pipeline.db import (
     RETRYABLE_SQLSTATES,
     connect,
@@ -128,20 +128,8 @@ def parse_webhook(
     return dataclasses.replace(parsed, body=data)
 
 
-_PRUNE_TOKENS = sa.text(
-    "DELETE FROM mailglass_webhook_tokens WHERE seen_at < now() - make_interval(secs => :retention)"
-)
-_CLAIM_TOKEN = sa.text(
-    """
-    INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)
-    VALUES (:provider, :token, :tenant_id, :digest)
-    ON CONFLICT (provider, token) DO NOTHING
-    RETURNING true
-    """
-)
-_SEEN_TOKEN = sa.text(
-    "SELECT tenant_id, body_sha256 FROM mailglass_webhook_tokens WHERE provider = :provider AND token = :token"
-)
+#: The ingest's own statements (``ingest/sql/store.sql``), by name.
+STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["store.sql"])
 
 
 def token_parameters(token: ReplayToken, tenant_id: str) -> dict[str, str]:
@@ -171,8 +159,8 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: 
     params = token_parameters(token, tenant_id)
     try:
         if prune if prune is not None else prune_due():
-            conn.execute(_PRUNE_TOKENS, {"retention": TOKEN_RETENTION_SECONDS})
-        if conn.execute(_CLAIM_TOKEN, params).first():
+            conn.execute(STATEMENTS["prune_tokens"], {"retention": TOKEN_RETENTION_SECONDS})
+        if conn.execute(STATEMENTS["claim_token"], params).first():
             return
     except sa.exc.ProgrammingError as exc:
         if sqlstate_of(exc) == "42P01":
@@ -180,22 +168,13 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: 
                 "table mailglass_webhook_tokens is missing: run `mailglass migrate`"
             ) from exc
         raise
-    seen = conn.execute(_SEEN_TOKEN, params).first()
+    seen = conn.execute(STATEMENTS["seen_token"], params).first()
     if seen is not None and seen.tenant_id != tenant_id and seen.body_sha256 == token.body_sha256:
         raise TenantConflictError(
             f"this {token.provider} webhook was already stored for another tenant; refused for tenant {tenant_id!r}"
         )
     if seen is None or (seen.tenant_id, seen.body_sha256) != (tenant_id, token.body_sha256):
         raise WebhookSignatureError(f"{token.provider} webhook token was already used: replay refused")
-
-
-_OTHER_TENANT_KEY = sa.text(
-    """
-    SELECT idempotency_key FROM mailglass_events
-     WHERE idempotency_key = ANY(CAST(:keys AS text[])) AND tenant_id <> :tenant_id
-     LIMIT 1
-    """
-)
 
 
 def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> None:
@@ -206,7 +185,7 @@ def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> No
     """
     if not keys:
         return
-    clash = conn.execute(_OTHER_TENANT_KEY, {"keys": keys, "tenant_id": tenant_id}).scalar()
+    clash = conn.execute(STATEMENTS["other_tenant_key"], {"keys": keys, "tenant_id": tenant_id}).scalar()
     if clash is not None:
         raise TenantConflictError(
             f"event {clash!r} is already stored for another tenant; refused for tenant {tenant_id!r} "

@@ -12,10 +12,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mailglass_pipeline import queries
 from mailglass_pipeline.db import first_line, get_engine
 from mailglass_pipeline.errors import MailglassError
 
-_REVISION = sa.text("SELECT version_num FROM mailglass_alembic_version")
+#: ``ingest/sql/health.sql``, by name.
+STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["health.sql"])
 
 
 @functools.cache
@@ -30,7 +32,7 @@ def check_health(database_url: str | None = None) -> tuple[bool, dict[str, Any]]
     expected = head()
     try:
         with get_engine(database_url).connect() as conn:
-            revisions = [row[0] for row in conn.execute(_REVISION)]
+            revisions = [row[0] for row in conn.execute(STATEMENTS["schema_revision"])]
     except (MailglassError, sa.exc.SQLAlchemyError) as exc:
         orig = getattr(exc, "orig", None) or exc
         return False, {"status": "unavailable", "database": "unreachable or unusable", "reason": first_line(orig)}

@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mailglass_pipeline import queries
 from mailglass_pipeline.db import get_engine, run_transaction
 from mailglass_pipeline.ingest.base import PROVIDERS
 from mailglass_pipeline.ingest.core import parse_webhook, store
@@ -34,23 +35,8 @@ from mailglass_pipeline.ingest.errors import IngestConfigurationError, IngestErr
 from mailglass_pipeline.ingest.tenants import check_tenant_id
 from mailglass_pipeline.ingest.webhook_events import body_of
 
-_SELECT = sa.text(
-    """
-    SELECT id, provider, provider_event_id, raw_payload, received_at
-      FROM mailglass_webhook_events
-     WHERE tenant_id = :tenant_id
-       AND received_at >= :since AND received_at < :until
-       AND (CAST(:provider AS text) IS NULL OR provider = :provider)
-     ORDER BY received_at, id
-    """
-)
-_MARK = sa.text(
-    """
-    UPDATE mailglass_webhook_events
-       SET status = 'succeeded', processed_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC'
-     WHERE id = :id
-    """
-)
+#: ``ingest/sql/replay.sql``, by name.
+STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["replay.sql"])
 
 
 def headers_of(row: Any) -> dict[str, str]:
@@ -88,7 +74,8 @@ def replay(
         raise IngestConfigurationError(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
     engine = get_engine(database_url)
     with engine.connect() as conn:
-        rows = list(conn.execute(_SELECT, {"tenant_id": tenant_id, "since": start, "until": end, "provider": provider}))
+        params = {"tenant_id": tenant_id, "since": start, "until": end, "provider": provider}
+        rows = list(conn.execute(STATEMENTS["stored_webhooks"], params))
     totals: dict[str, Any] = {
         "tenant_id": tenant_id,
         "since": start.isoformat(),
@@ -111,7 +98,7 @@ def replay(
 
         def work(conn: sa.Connection, parsed: Any = parsed, row: Any = row, received_at: datetime = received_at) -> Any:
             counts = store(conn, parsed, tenant_id, received_at=received_at, webhook_key=row.provider_event_id)
-            conn.execute(_MARK, {"id": row.id})
+            conn.execute(STATEMENTS["mark_replayed"], {"id": row.id})
             return counts
 
         try:

@@ -11,6 +11,8 @@ import pytest
 import sqlfluff
 
 from mailglass_pipeline import deliveries, orphans, queries
+from mailglass_pipeline.ingest import core as ingest_core
+from mailglass_pipeline.ingest import health, replay
 from mailglass_pipeline.queries import Fragment, splice
 from mailglass_pipeline.reconcile import settings
 from mailglass_pipeline.reconcile.statements import STATEMENTS
@@ -21,12 +23,20 @@ SQL_PATHS = [
     REPO / "mailglass_pipeline" / "reconcile" / "sql",
     REPO / "mailglass_pipeline" / "sql" / "orphans.sql",
     REPO / "mailglass_pipeline" / "sql" / "deliveries.sql",
+    *sorted((REPO / "mailglass_pipeline" / "ingest" / "sql").glob("*.sql")),
 ]
 
 
 def test_every_statement_is_registered_by_name() -> None:
     registered = queries.statements()
-    for module_statements in (STATEMENTS, orphans.STATEMENTS, deliveries.STATEMENTS):
+    for module_statements in (
+        STATEMENTS,
+        orphans.STATEMENTS,
+        deliveries.STATEMENTS,
+        ingest_core.STATEMENTS,
+        replay.STATEMENTS,
+        health.STATEMENTS,
+    ):
         for name, clause in module_statements.items():
             assert registered[name] is clause
     assert {"find_tenant", "find_all", "write", "after_sweep", "due_summary", "known_tenants"} <= set(STATEMENTS)

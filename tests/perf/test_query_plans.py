@@ -24,6 +24,8 @@ from sqlalchemy.engine import Engine
 from benchmarks import datasets
 from mailglass_pipeline import deliveries, orphans, queries, reconciler
 from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.ingest import core as ingest_core
+from mailglass_pipeline.ingest import health, replay
 from mailglass_pipeline.reconcile.statements import BACKOFF_PARAMS
 from mailglass_pipeline.reconcile.sweep import find_params
 
@@ -139,13 +141,21 @@ def _every_statement_params(tenant_id: str | None) -> dict[str, Any]:
         "reason": "stale",
         "cutoff": "2026-01-01T00:00:00Z",
         "batch_size": 1000,
+        # The ingest's own statements (ingest/sql): a token, ledger keys, a replay window.
+        "retention": 3600,
+        "token": "token-1",
+        "digest": "0" * 64,
+        "keys": ["postmark:other-5"],
+        "since": "2026-01-01T00:00:00",
+        "until": "2026-01-02T00:00:00",
+        "id": uuid.uuid4(),
     }
 
 
 def test_the_registry_holds_every_module_statement() -> None:
     """The statements explained below are all the core runs: each module's own are registered."""
     registered = queries.statements()
-    for module in (deliveries, orphans):
+    for module in (deliveries, orphans, ingest_core, replay, health):
         assert module.STATEMENTS and all(registered[n] is c for n, c in module.STATEMENTS.items()), module
 
 
