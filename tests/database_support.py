@@ -8,11 +8,14 @@ need a database shaped differently (the query-plan tests' large fixture).
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from mailglass_pipeline.db import embedded_server_url, normalize_url
+from mailglass_pipeline.db import create_engine, embedded_server_url, normalize_url
 
 TEST_URL_ENV = "MAILGLASS_TEST_DATABASE_URL"
 
@@ -39,3 +42,23 @@ def drop_database(admin_engine: Engine, name: str) -> None:
     """Drop ``name``, disconnecting whoever is still on it."""
     with admin_engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def login_role(database_url: str, admin_engine: Engine, prefix: str) -> Iterator[tuple[str, str]]:
+    """A fresh LOGIN role with no privileges: ``(role, url)``, ``url`` being ``database_url`` as that role.
+
+    Afterwards whatever it owns or was granted in the database is dropped, then the role.
+    """
+    role = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        yield role, make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
+    finally:
+        owner = create_engine(database_url, poolclass=sa.pool.NullPool)
+        with owner.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+        owner.dispose()
+        with admin_engine.connect() as conn:
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))

@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from conftest import fetch, make_delivery, make_orphan
+from database_support import login_role
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import orphans, reconciler
@@ -199,30 +200,18 @@ def test_the_least_privilege_role_prunes_through_the_function_only(
     """The reconciler's role (sql/grants.sql) runs the retention yet has no DELETE on the queue."""
     from datetime import UTC, datetime
 
-    from sqlalchemy.engine import make_url
-
     from mailglass_pipeline import grants
     from mailglass_pipeline.db import create_engine
 
-    role = f"mg_prune_{uuid.uuid4().hex[:8]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
-    restricted = None
-    try:
+    with login_role(database_url, admin_engine, "mg_prune") as (role, url):
         grants.apply_grants(database_url, role)
-        restricted = create_engine(make_url(database_url).set(username=role, password=None).render_as_string())
-        make_orphan(engine, "a", None)
-        _sweep(engine)  # parks it as malformed
-        with pytest.raises(sa.exc.ProgrammingError), restricted.begin() as conn:
-            conn.execute(sa.text("DELETE FROM mailglass_reconciliation_queue"))
-        later = datetime.now(UTC) + timedelta(days=31)
-        assert orphans.prune_parked(restricted, now=later)["deleted_malformed"] == 1
-    finally:
-        if restricted is not None:
+        restricted = create_engine(url)
+        try:
+            make_orphan(engine, "a", None)
+            _sweep(engine)  # parks it as malformed
+            with pytest.raises(sa.exc.ProgrammingError), restricted.begin() as conn:
+                conn.execute(sa.text("DELETE FROM mailglass_reconciliation_queue"))
+            later = datetime.now(UTC) + timedelta(days=31)
+            assert orphans.prune_parked(restricted, now=later)["deleted_malformed"] == 1
+        finally:
             restricted.dispose()
-        owner = create_engine(database_url, poolclass=sa.pool.NullPool)
-        with owner.begin() as conn:
-            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-        owner.dispose()
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP ROLE "{role}"'))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from database_support import login_role
 from ingest_support import (  # noqa: F401
     count_events,
     delivery,
@@ -40,17 +40,9 @@ PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
 @pytest.fixture
 def receiver_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
-    role = f"mg_receiver_{uuid.uuid4().hex[:8]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
-    grants.apply_grants(database_url, role, service="receiver")
-    yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
-    owner = create_engine(database_url, poolclass=sa.pool.NullPool)
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-    owner.dispose()
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP ROLE "{role}"'))
+    with login_role(database_url, admin_engine, "mg_receiver") as (role, url):
+        grants.apply_grants(database_url, role, service="receiver")
+        yield url
 
 
 def refused(url: str, sql: str) -> str:

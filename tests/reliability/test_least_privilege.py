@@ -20,6 +20,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from conftest import fetch, make_delivery, make_orphan
+from database_support import login_role
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import grants
@@ -32,17 +33,9 @@ MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
 @pytest.fixture
 def restricted_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
-    role = f"mg_reconciler_{uuid.uuid4().hex[:8]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
-    grants.apply_grants(database_url, role)
-    yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
-    owner = create_engine(database_url, poolclass=sa.pool.NullPool)
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-    owner.dispose()
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP ROLE "{role}"'))
+    with login_role(database_url, admin_engine, "mg_reconciler") as (role, url):
+        grants.apply_grants(database_url, role)
+        yield url
 
 
 @pytest.fixture
@@ -227,25 +220,19 @@ def test_orphans_written_by_the_restricted_role_are_queued_through_the_trigger(
 @pytest.fixture
 def sender_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
     """A role like a sending application's: INSERT (and UPDATE of the message id) on deliveries, nothing else."""
-    role = f"mg_sender_{uuid.uuid4().hex[:8]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
-    owner = create_engine(database_url, poolclass=sa.pool.NullPool)
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
-        conn.execute(sa.text(f'GRANT INSERT ON TABLE mailglass_deliveries TO "{role}"'))
-        conn.execute(
-            sa.text(
-                "GRANT SELECT (id, provider_message_id), UPDATE (provider_message_id)"
-                f' ON mailglass_deliveries TO "{role}"'
+    with login_role(database_url, admin_engine, "mg_sender") as (role, url):
+        owner = create_engine(database_url, poolclass=sa.pool.NullPool)
+        with owner.begin() as conn:
+            conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+            conn.execute(sa.text(f'GRANT INSERT ON TABLE mailglass_deliveries TO "{role}"'))
+            conn.execute(
+                sa.text(
+                    "GRANT SELECT (id, provider_message_id), UPDATE (provider_message_id)"
+                    f' ON mailglass_deliveries TO "{role}"'
+                )
             )
-        )
-    yield make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-    owner.dispose()
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        owner.dispose()
+        yield url
 
 
 def test_a_sender_with_no_queue_grant_wakes_orphans(engine: Engine, sender_url: str) -> None:
