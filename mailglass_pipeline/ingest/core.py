@@ -6,7 +6,7 @@ timestamp before it normalizes anything; a failure raises before the
 database is touched. Storage then happens in ONE transaction, so a webhook is
 stored entirely or not at all:
 
-1. (Mailgun) claim the request's single-use token (see ``mailgun``);
+1. (Mailgun) claim the request's single-use token (``tokens``);
 2. one statement (:func:`store_statement`) does the rest: look each event's
    delivery up inside the tenant by ``(provider, provider_message_id)`` (the
    rule of ``deliveries.lookup``); append one ledger event per normalized
@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
-import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -50,6 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from mailglass_pipeline import ledger, projector, queries
 from mailglass_pipeline.db import (
     RETRYABLE_SQLSTATES,
+    compact,
     connect,
     describe_url,
     driver_cursor,
@@ -69,13 +68,13 @@ from mailglass_pipeline.ingest.base import (
     IngestSettings,
     NormalizedEvent,
     ParsedWebhook,
-    ReplayToken,
     check_size,
     now_utc,
 )
-from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError, WebhookSignatureError
+from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError
 from mailglass_pipeline.ingest.storable import bounded_key, storable_events
 from mailglass_pipeline.ingest.tenants import TenantSettings, check_tenant_id
+from mailglass_pipeline.ingest.tokens import claim_token, prune_due, token_parameters
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +87,6 @@ PARSERS: dict[str, Parser] = {
     "resend": resend.parse,
 }
 assert tuple(PARSERS) == PROVIDERS
-
-#: Seen tokens are kept this long; a token older than the timestamp tolerance is refused anyway.
-TOKEN_RETENTION_SECONDS = 3600
-#: One token claim in this many also deletes the expired tokens.
-PRUNE_EVERY = 100
 
 
 def _check_provider(provider: object) -> str:
@@ -132,51 +126,6 @@ def parse_webhook(
 STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["store.sql"])
 
 
-def token_parameters(token: ReplayToken, tenant_id: str) -> dict[str, str]:
-    """The bind parameters of a token's row (``:provider``, ``:token``, ``:tenant_id``, ``:digest``)."""
-    value = bounded_key(token.token, token.provider)  # a primary-key entry must stay small
-    return {"provider": token.provider, "token": value, "tenant_id": tenant_id, "digest": token.body_sha256}
-
-
-def prune_due() -> bool:
-    """Whether this claim also deletes the expired tokens.
-
-    Housekeeping, not a guard (an old token fails the timestamp tolerance
-    anyway): about one claim in :data:`PRUNE_EVERY` pays for it, so the hot
-    path keeps one statement.
-    """
-    return random.random() < 1 / PRUNE_EVERY
-
-
-def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: bool | None = None) -> None:
-    """Record a single-use token; refuse it if it was seen with another body or tenant.
-
-    A concurrent claim of the same token waits on the primary key until the
-    first transaction ends, then sees its row: exactly one of two racing
-    replays can win. ``prune``: delete the expired tokens first (default:
-    :func:`prune_due`).
-    """
-    params = token_parameters(token, tenant_id)
-    try:
-        if prune if prune is not None else prune_due():
-            conn.execute(STATEMENTS["prune_tokens"], {"retention": TOKEN_RETENTION_SECONDS})
-        if conn.execute(STATEMENTS["claim_token"], params).first():
-            return
-    except sa.exc.ProgrammingError as exc:
-        if sqlstate_of(exc) == "42P01":
-            raise IngestConfigurationError(
-                "table mailglass_webhook_tokens is missing: run `mailglass migrate`"
-            ) from exc
-        raise
-    seen = conn.execute(STATEMENTS["seen_token"], params).first()
-    if seen is not None and seen.tenant_id != tenant_id and seen.body_sha256 == token.body_sha256:
-        raise TenantConflictError(
-            f"this {token.provider} webhook was already stored for another tenant; refused for tenant {tenant_id!r}"
-        )
-    if seen is None or (seen.tenant_id, seen.body_sha256) != (tenant_id, token.body_sha256):
-        raise WebhookSignatureError(f"{token.provider} webhook token was already used: replay refused")
-
-
 def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> None:
     """Raise :class:`TenantConflictError` if any of ``keys`` is stored under another tenant.
 
@@ -208,29 +157,6 @@ def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
     return {key: value for key, value in metadata.items() if value is not None}
 
 
-#: psycopg converts a query's placeholders once and caches the result only for queries up to this
-#: many bytes (``MAX_CACHED_STATEMENT_LENGTH``); a longer one is re-parsed on every execution,
-#: which cost about 250 us of CPU per webhook here.
-DRIVER_CACHED_QUERY_BYTES = 4096
-
-
-def compact(sql: str) -> str:
-    """``sql`` on one line with single spaces, none around commas and parentheses outside literals.
-
-    It must hold no ``--`` comment, nor a literal with two spaces, nor a
-    quote other than the ``'`` of standard string literals.
-    """
-    if "--" in sql:
-        raise ValueError("a statement to compact must not hold -- comments")
-    # Split on quotes: the even pieces are outside literals (a doubled '' keeps the parity).
-    pieces = " ".join(sql.split()).split("'")
-    pieces[::2] = [_TIGHT.sub(r"\1", piece) for piece in pieces[::2]]
-    return "'".join(pieces)
-
-
-_TIGHT = re.compile(r" ?([(),]) ?")
-
-
 def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
     """The whole store in ONE statement (one round trip), in the driver's placeholder style.
 
@@ -243,10 +169,10 @@ def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
     only if the ledger took an event; for a one-event request, either
     everything is written or nothing. ``token`` (with ``all_or_nothing``):
     also claim a single-use token (Mailgun's; parameters of
-    :func:`token_parameters`) with the ledger event, by a plain insert: a
+    :func:`.tokens.token_parameters`) with the ledger event, by a plain insert: a
     token already claimed fails the whole statement (unique violation), so a
     replay writes nothing. Compacted to stay under
-    :data:`DRIVER_CACHED_QUERY_BYTES` (tested).
+    ``db.DRIVER_CACHED_QUERY_BYTES`` (tested).
     """
     gate = "EXISTS (SELECT 1 FROM appended)" if all_or_nothing else "true"
     claim = (
@@ -388,7 +314,7 @@ def store(
     default ``now()``. Replays of captures and the demo set it.
     ``webhook_key`` pins the key of a single webhook row for the whole request
     (a replay reuses the stored row's, since the body it rebuilds is not
-    byte-identical). ``prune_tokens``: see :func:`claim_token`. Returns the counts.
+    byte-identical). ``prune_tokens``: see :func:`.tokens.claim_token`. Returns the counts.
     """
     if parsed.replay_token is not None:
         claim_token(conn, parsed.replay_token, tenant_id, prune=prune_tokens)

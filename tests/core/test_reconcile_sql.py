@@ -12,7 +12,7 @@ import sqlfluff
 
 from mailglass_pipeline import deliveries, orphans, queries
 from mailglass_pipeline.ingest import core as ingest_core
-from mailglass_pipeline.ingest import health, replay
+from mailglass_pipeline.ingest import health, replay, tokens
 from mailglass_pipeline.queries import Fragment, splice
 from mailglass_pipeline.reconcile import settings
 from mailglass_pipeline.reconcile.statements import STATEMENTS
@@ -34,6 +34,7 @@ def test_every_statement_is_registered_by_name() -> None:
         orphans.STATEMENTS,
         deliveries.STATEMENTS,
         ingest_core.STATEMENTS,
+        tokens.STATEMENTS,
         replay.STATEMENTS,
         health.STATEMENTS,
     ):

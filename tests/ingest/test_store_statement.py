@@ -6,7 +6,8 @@ import importlib
 
 import pytest
 
-from mailglass_pipeline.ingest.core import DRIVER_CACHED_QUERY_BYTES, compact, store_statement
+from mailglass_pipeline.db import DRIVER_CACHED_QUERY_BYTES, compact
+from mailglass_pipeline.ingest.core import store_statement
 
 
 def test_store_statement_fits_the_driver_query_cache() -> None:

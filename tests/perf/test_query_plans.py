@@ -25,7 +25,7 @@ from benchmarks import datasets
 from mailglass_pipeline import deliveries, orphans, queries, reconciler
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest import core as ingest_core
-from mailglass_pipeline.ingest import health, replay
+from mailglass_pipeline.ingest import health, replay, tokens
 from mailglass_pipeline.reconcile.statements import BACKOFF_PARAMS
 from mailglass_pipeline.reconcile.sweep import find_params
 
@@ -155,7 +155,7 @@ def _every_statement_params(tenant_id: str | None) -> dict[str, Any]:
 def test_the_registry_holds_every_module_statement() -> None:
     """The statements explained below are all the core runs: each module's own are registered."""
     registered = queries.statements()
-    for module in (deliveries, orphans, ingest_core, replay, health):
+    for module in (deliveries, orphans, ingest_core, tokens, replay, health):
         assert module.STATEMENTS and all(registered[n] is c for n, c in module.STATEMENTS.items()), module
 
 
