@@ -272,11 +272,14 @@ def run_transaction(
                 time.sleep(base_delay * 2 ** (attempt - 1))
                 continue
             if is_connection_failure(exc):
-                raise DatabaseUnavailableError(
-                    f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}"
-                ) from exc
+                raise unreachable(engine, exc) from exc
             raise
     raise AssertionError("unreachable")
+
+
+def unreachable(engine: Engine, exc: sa.exc.DBAPIError) -> DatabaseUnavailableError:
+    """The one-line error for a database that cannot be reached (the URL without its password)."""
+    return DatabaseUnavailableError(f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}")
 
 
 @contextmanager
@@ -285,9 +288,7 @@ def connect(engine: Engine) -> Iterator[Connection]:
     try:
         conn = engine.connect()
     except sa.exc.OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}"
-        ) from exc
+        raise unreachable(engine, exc) from exc
     with conn:
         yield conn
 

@@ -50,17 +50,15 @@ from mailglass_pipeline.db import (
     RETRYABLE_SQLSTATES,
     compact,
     connect,
-    describe_url,
     driver_cursor,
     driver_statement,
-    first_line,
     get_engine,
     is_connection_failure,
     run_transaction,
     sqlstate_of,
+    unreachable,
 )
 from mailglass_pipeline.deliveries import lookup_lateral
-from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
@@ -286,9 +284,7 @@ def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict
             if sqlstate_of(exc) in _LEAVE_TO_TRANSACTION:
                 return None
             if is_connection_failure(exc):
-                raise DatabaseUnavailableError(
-                    f"database unreachable ({describe_url(engine.url)}): {first_line(exc.orig)}"
-                ) from exc
+                raise unreachable(engine, exc) from exc
             raise
         finally:
             if not (driver.closed or driver.broken):
@@ -320,7 +316,7 @@ def store(
         claim_token(conn, parsed.replay_token, tenant_id, prune=prune_tokens)
     events = storable_events(parsed.events)
     if not events:
-        return {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
+        return _counts([])
     params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
         results = cursor.execute(_STORE, params).fetchall()
@@ -381,7 +377,7 @@ def ingest(
         if counts is None:
             counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
     else:
-        counts = {"events": 0, "linked": 0, "orphans": 0, "unlinkable": 0, "duplicates": 0, "event_ids": []}
+        counts = _counts([])
     result.update(counts)
     result.update(parsed.notice)
     return result
