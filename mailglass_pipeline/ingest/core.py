@@ -28,6 +28,8 @@ itself. The commonest webhook (one event) goes further: one autocommitted
 statement that writes everything or nothing, Mailgun's token included
 (:func:`store_at_once`), so no BEGIN and no COMMIT; whatever is already
 stored (the event, or the token) sends it down the transaction above.
+``mailglass serve`` goes further still: one-event webhooks that arrive
+together share one such statement (:mod:`.grouped`).
 
 Idempotency is the ledger's unique ``idempotency_key``
 (``"<provider>:<provider_event_id>"``): the same webhook delivered twice
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -155,6 +157,28 @@ def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
     return {key: value for key, value in metadata.items() if value is not None}
 
 
+def found_cte(extra: Sequence[tuple[str, str]] = (), where: str | None = None) -> str:
+    """The CTE ``found``: the ledger rows of ``:rows``, each with its delivery if there is one.
+
+    The delivery lookup is ``deliveries.lookup``'s rule, embedded. ``extra``:
+    more ``(column, type)`` of each row, carried along; rows are kept where
+    the SQL condition ``where`` holds (default: all).
+    """
+    condition = f"WHERE {where}" if where else ""
+    declared = "".join(f", {name} {kind}" for name, kind in extra)
+    carried = "".join(f", r.{name}" for name, _ in extra)
+    return f"""found AS (
+        SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+               r.normalized_payload, r.metadata, r.trace_id,
+               d.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation,
+               r.inserted_at, r.ord, r.provider{carried}
+          FROM json_to_recordset(CAST(:rows AS json))
+               AS r({ledger.RECORD_COLUMNS}, provider text, message_id text, ord integer{declared})
+          LEFT JOIN {lookup_lateral("r")} d ON true
+         {condition}
+    )"""
+
+
 def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
     """The whole store in ONE statement (one round trip), in the driver's placeholder style.
 
@@ -180,14 +204,7 @@ def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
         else ""
     )
     sql = f"""
-    WITH found AS (
-        SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
-               r.normalized_payload, r.metadata, r.trace_id,
-               d.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation, r.inserted_at, r.ord
-          FROM json_to_recordset(CAST(:rows AS json))
-               AS r({ledger.RECORD_COLUMNS}, provider text, message_id text, ord integer)
-          LEFT JOIN {lookup_lateral("r")} d ON true
-    ), appended AS ({ledger.insert_from("found AS r")}
+    WITH {found_cte()}, appended AS ({ledger.insert_from("found AS r")}
     ), linked AS (
         SELECT f.delivery_id, f.type, f.occurred_at, f.ord
           FROM found f JOIN appended a ON a.id = f.id
@@ -209,13 +226,10 @@ _STORE_AT_ONCE_TOKEN = store_statement(all_or_nothing=True, token=True)
 _LEAVE_TO_TRANSACTION = RETRYABLE_SQLSTATES | {"23505", "42P01"}
 
 
-def _parameters(
-    parsed: ParsedWebhook,
-    events: list[NormalizedEvent],
-    tenant_id: str,
-    received_at: datetime | None,
-    webhook_key: str | None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def ledger_rows(
+    parsed: ParsedWebhook, events: list[NormalizedEvent], tenant_id: str, received_at: datetime | None
+) -> list[dict[str, Any]]:
+    """The rows of ``:rows`` (the CTE ``found``): one ledger record per event, with provider, message id, order."""
     rows = []
     for ord_, event in enumerate(events):
         row = ledger.record(
@@ -234,12 +248,23 @@ def _parameters(
         )
         row.update(provider=parsed.provider, message_id=event.provider_message_id, ord=ord_)
         rows.append(row)
+    return rows
+
+
+def _parameters(
+    parsed: ParsedWebhook,
+    events: list[NormalizedEvent],
+    tenant_id: str,
+    received_at: datetime | None,
+    webhook_key: str | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    rows = ledger_rows(parsed, events, tenant_id, received_at)
     params = {"tenant_id": tenant_id, "provider": parsed.provider, "rows": ledger.to_json(rows)}
     params.update(webhook_events.parameters(parsed, events, parsed.body, received_at=received_at, key=webhook_key))
     return params, rows
 
 
-def _counts(results: list[tuple[Any, ...]]) -> dict[str, Any]:
+def counts_of(results: list[tuple[Any, ...]]) -> dict[str, Any]:
     """The result of the store statement's rows: (id, delivery_id, needs_reconciliation, inserted)."""
     written = [(event_id, delivery_id, orphan) for event_id, delivery_id, orphan, inserted in results if inserted]
     return {
@@ -291,7 +316,7 @@ def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict
                 driver.autocommit = False
     if not all(result[3] for result in results):
         return None
-    return _counts(results)
+    return counts_of(results)
 
 
 def store(
@@ -316,13 +341,13 @@ def store(
         claim_token(conn, parsed.replay_token, tenant_id, prune=prune_tokens)
     events = storable_events(parsed.events)
     if not events:
-        return _counts([])
+        return counts_of([])
     params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
         results = cursor.execute(_STORE, params).fetchall()
     skipped = {result[0] for result in results if not result[3]}
     refuse_cross_tenant(conn, [row["idempotency_key"] for row in rows if row["id"] in skipped], tenant_id)
-    return _counts(results)
+    return counts_of(results)
 
 
 def ingest(
@@ -363,21 +388,33 @@ def ingest(
     parsed = parse_webhook(name, body, headers, verify=verify, settings=settings, now=now)
     if not verify:
         log.info("ingesting a %s webhook WITHOUT signature verification", name)
+    needs_store = parsed.events or parsed.replay_token is not None
+    counts = store_parsed(engine or get_engine(database_url), parsed, tenant_id) if needs_store else counts_of([])
+    return result_of(parsed, tenant_id, counts)
+
+
+def store_parsed(engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool | None = None) -> dict[str, Any]:
+    """Store a verified webhook: the one statement when it can, else the transaction; returns the counts.
+
+    ``prune``: whether a Mailgun token claim also deletes the expired tokens (default: :func:`.tokens.prune_due`).
+    """
+    # The expired tokens are pruned in the transaction: a claim due for it skips the one statement.
+    if prune is None:
+        prune = parsed.replay_token is not None and prune_due()
+    counts = None if prune else store_at_once(engine, parsed, tenant_id)
+    if counts is None:
+        counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
+    return counts
+
+
+def result_of(parsed: ParsedWebhook, tenant_id: str, counts: dict[str, Any]) -> dict[str, Any]:
+    """The answer of :func:`ingest` for ``parsed`` stored with ``counts``."""
     result: dict[str, Any] = {
-        "provider": name,
+        "provider": parsed.provider,
         "tenant_id": tenant_id,
         "verified": parsed.verified,
         "received": len(parsed.events),
     }
-    if parsed.events or parsed.replay_token is not None:
-        engine = engine or get_engine(database_url)
-        # The expired tokens are pruned in the transaction: a claim due for it skips the one statement.
-        prune = parsed.replay_token is not None and prune_due()
-        counts = None if prune else store_at_once(engine, parsed, tenant_id)
-        if counts is None:
-            counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
-    else:
-        counts = _counts([])
     result.update(counts)
     result.update(parsed.notice)
     return result

@@ -45,7 +45,13 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
-__all__ = ["CONTENT_TYPE", "EVENTS", "LATENCY", "REQUESTS", "TENANT_CONFLICTS", "render"]
+GROUP_SIZE = Histogram(
+    "mailglass_webhook_store_group_size",
+    "One-event webhooks stored by one statement (the receiver's group commit): _count statements, _sum webhooks.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 100),
+)
+
+__all__ = ["CONTENT_TYPE", "EVENTS", "GROUP_SIZE", "LATENCY", "REQUESTS", "TENANT_CONFLICTS", "render"]
 
 
 def render() -> bytes:

@@ -53,26 +53,36 @@ from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
 
-def rows_cte(gate: str = "true") -> str:
-    """The rows' insert as the CTE ``webhook``, to ride on the store statement of :mod:`.core`.
+def rows_cte(gate: str | None = None, *, per_request: bool = False) -> str:
+    """The rows' insert as the CTE ``webhook``, to ride on a store statement of :mod:`.core`.
 
     One round trip on the hot path of every webhook. Rows are inserted only
     where the SQL condition ``gate`` holds (the all-or-nothing variant gates
     them on its ledger event). Parameters: ``:tenant_id``, ``:provider`` and
     those of :func:`parameters`. The rows travel as one JSON document (see
     ``ledger``: the driver sends arrays element by element).
+
+    ``per_request`` (:mod:`.grouped`, several one-event requests in one
+    statement): each row carries its request's ``ord``, and takes tenant and
+    provider from that request's row of the CTE ``stored`` (the requests whose
+    ledger event was inserted), so it is inserted only with that event.
     """
+    tenant, provider = ("f.tenant_id", "f.provider") if per_request else (":tenant_id", ":provider")
+    ord_column = "ord integer, " if per_request else ""
+    join = "JOIN stored f ON f.ord = w.ord" if per_request else ""
+    condition = f"WHERE {gate}" if gate else ""
     return f"""
     webhook AS (
         INSERT INTO mailglass_webhook_events
             (id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
              raw_payload, received_at, processed_at, inserted_at, updated_at)
-        SELECT w.id, :tenant_id, :provider, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
+        SELECT w.id, {tenant}, {provider}, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
                'succeeded', w.raw_payload, :webhooks_received_at,
                now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
           FROM json_to_recordset(CAST(:webhooks AS json)) AS w(
-               id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb)
-         WHERE {gate}
+               {ord_column}id uuid, provider_event_id text, event_type_raw text, event_type_normalized text,
+               raw_payload jsonb) {join}
+         {condition}
         ON CONFLICT (provider, provider_event_id) DO NOTHING
     )"""
 
@@ -138,17 +148,11 @@ def provider_events(
     return found
 
 
-def parameters(
-    parsed: ParsedWebhook,
-    events: list[NormalizedEvent],
-    body: bytes,
-    *,
-    received_at: datetime | None = None,
-    key: str | None = None,
-) -> dict[str, Any]:
-    """The bind parameters of :func:`rows_cte` (besides tenant and provider): a row per provider event."""
-    moment = (received_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
-    webhooks = [
+def rows(
+    parsed: ParsedWebhook, events: list[NormalizedEvent], body: bytes, key: str | None = None
+) -> list[dict[str, Any]]:
+    """The rows of :func:`rows_cte`'s document, one per provider event (before JSON encoding)."""
+    return [
         {
             "id": str(uuid.uuid4()),
             "provider_event_id": row_key,
@@ -158,4 +162,28 @@ def parameters(
         }
         for row_key, payload, members in provider_events(parsed, events, body, key)
     ]
-    return {"webhooks": json.dumps(webhooks, allow_nan=False, default=str), "webhooks_received_at": moment}
+
+
+def received_at_parameter(received_at: datetime | None = None) -> datetime:
+    """``:webhooks_received_at``: when the webhook arrived (default now), as UTC without zone (Ecto's type)."""
+    return (received_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+
+
+def encode(webhooks: list[dict[str, Any]]) -> str:
+    """``:webhooks``: the rows as one JSON document (non-finite floats were made storable before)."""
+    return json.dumps(webhooks, allow_nan=False, default=str)
+
+
+def parameters(
+    parsed: ParsedWebhook,
+    events: list[NormalizedEvent],
+    body: bytes,
+    *,
+    received_at: datetime | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """The bind parameters of :func:`rows_cte` (besides tenant and provider): a row per provider event."""
+    return {
+        "webhooks": encode(rows(parsed, events, body, key)),
+        "webhooks_received_at": received_at_parameter(received_at),
+    }

@@ -1,0 +1,146 @@
+"""Several one-event webhooks stored by ONE statement: the receiver's group commit.
+
+Why: under load, the receiver's cost per webhook is mostly fixed cost per
+statement, not per row: the round trip and its wake-ups, the executor's
+start, the ledger trigger (once per statement), the commit and its WAL
+flush. A statement of a few dozen rows costs little more than a statement of
+one. So ``mailglass serve`` hands the one-event webhooks that arrive while a
+statement is running to the next statement together (:mod:`.coalescer`): no
+timer, so a lone webhook waits for nothing, and a burst is stored in groups
+that grow with the load.
+
+Each request keeps the answer it would get alone, because each is all or
+nothing on its own inside the group:
+
+- its raw record (``webhook_events.rows_cte(per_request=True)``) and
+  Mailgun's token are written only with its own ledger event;
+- a request whose event is already stored (a redelivery, a key of another
+  tenant, or the same event twice in the group) writes nothing, and a
+  request whose token was already claimed is left out of the statement;
+  both come back as ``None``, and the receiver sends them down the
+  ordinary path (:func:`.core.store_parsed`), which answers duplicate, 409 or
+  replay exactly as before;
+- a statement that fails (a token claimed concurrently, a deadlock, the
+  database gone) writes nothing at all, and every request of the group takes
+  the ordinary path on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mailglass_pipeline import ledger, projector
+from mailglass_pipeline.db import RETRYABLE_SQLSTATES, compact, connect, driver_cursor, driver_statement, sqlstate_of
+from mailglass_pipeline.errors import DatabaseUnavailableError
+from mailglass_pipeline.ingest import webhook_events
+from mailglass_pipeline.ingest.base import ParsedWebhook
+from mailglass_pipeline.ingest.core import counts_of, found_cte, ledger_rows
+from mailglass_pipeline.ingest.storable import storable_events
+from mailglass_pipeline.ingest.tokens import token_parameters
+
+log = logging.getLogger(__name__)
+
+#: Failures a group meets in normal operation: a token claimed concurrently (unique violation), a
+#: deadlock or serialization failure, a dropped connection (SQLSTATE 08xxx; also when there is none).
+_EXPECTED = RETRYABLE_SQLSTATES | {"23505", "08000", "08003", "08006", None}
+
+#: Requests per statement at most (a burst beyond it is stored by the following statements).
+MAX_GROUP = 100
+
+#: A request of the group: the verified webhook and its tenant.
+Request = tuple[ParsedWebhook, str]
+
+
+def groupable(parsed: ParsedWebhook) -> bool:
+    """Whether ``parsed`` can be stored in a group: exactly one event (any batch takes its own transaction)."""
+    return len(parsed.events) == 1
+
+
+_TOKEN_COLUMNS = (("token", "text"), ("digest", "text"))
+#: A request whose Mailgun token is already claimed stays out of the group (the ordinary path refuses it).
+_TOKEN_UNCLAIMED = (
+    "NOT EXISTS (SELECT 1 FROM mailglass_webhook_tokens k WHERE k.provider = r.provider AND k.token = r.token)"
+)
+
+
+def group_statement() -> str:
+    """The statement storing a group, each request all or nothing (see the module doc).
+
+    ``:rows``: one ledger row per request, ``ord`` its place in the group,
+    with the request's Mailgun token (``token``, ``digest``; NULL for the
+    other providers); ``:webhooks``: the raw records, each with its request's ``ord``.
+    """
+    sql = f"""
+    WITH {found_cte(extra=_TOKEN_COLUMNS, where=_TOKEN_UNCLAIMED)}, appended AS ({ledger.insert_from("found AS r")}
+    ), stored AS (
+        SELECT f.* FROM found f JOIN appended a ON a.id = f.id
+    ), linked AS (
+        SELECT delivery_id, type, occurred_at, ord FROM stored WHERE delivery_id IS NOT NULL
+    ), {projector.locked_projection_ctes("linked")},
+    tok AS (
+        INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)
+        SELECT provider, token, tenant_id, digest FROM stored WHERE token IS NOT NULL
+    ),
+    {webhook_events.rows_cte(per_request=True)}
+    SELECT ord, id, delivery_id, needs_reconciliation FROM stored
+    """
+    return driver_statement(sa.text(compact(sql)))
+
+
+_STORE_GROUP = group_statement()
+
+
+def parameters(requests: Sequence[Request]) -> dict[str, Any]:
+    """The bind parameters of :func:`group_statement` for ``requests`` (each :func:`groupable`)."""
+    rows: list[dict[str, Any]] = []
+    webhooks: list[tuple[str, dict[str, Any]]] = []
+    for ord_, (parsed, tenant_id) in enumerate(requests):
+        events = storable_events(parsed.events)
+        (row,) = ledger_rows(parsed, events, tenant_id, None)
+        token = token_parameters(parsed.replay_token, tenant_id) if parsed.replay_token is not None else {}
+        row.update(ord=ord_, token=token.get("token"), digest=token.get("digest"))
+        rows.append(row)
+        webhooks += [(parsed.provider, dict(w, ord=ord_)) for w in webhook_events.rows(parsed, events, parsed.body)]
+    # Inserted in key order, so two groups racing for the same keys wait on each other in one order
+    # instead of deadlocking (a deadlock would only cost them the ordinary path, but costs).
+    rows.sort(key=lambda row: row["idempotency_key"])
+    webhooks.sort(key=lambda item: (item[0], item[1]["provider_event_id"]))
+    return {
+        "rows": ledger.to_json(rows),
+        "webhooks": webhook_events.encode([webhook for _, webhook in webhooks]),
+        "webhooks_received_at": webhook_events.received_at_parameter(datetime.now(UTC)),
+    }
+
+
+def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[dict[str, Any] | None]:
+    """Store ``requests`` in one autocommitted statement; per request its counts, or None: not stored.
+
+    None sends that request down :func:`.core.store_parsed`. If the statement
+    fails, nothing is stored and every answer is None (the error is not
+    raised: each request meets it again, if it persists, on its own path).
+    """
+    if not requests:
+        return []
+    params = parameters(requests)
+    try:
+        with connect(engine) as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.autocommit = True
+            try:
+                with driver_cursor(conn) as cursor:
+                    stored = {row[0]: row[1:] for row in cursor.execute(_STORE_GROUP, params).fetchall()}
+            finally:
+                if not (driver.closed or driver.broken):
+                    driver.autocommit = False
+    except Exception as exc:  # nothing was written; each request retries on its own path
+        if not isinstance(exc, DatabaseUnavailableError) and sqlstate_of(exc) not in _EXPECTED:
+            log.warning("storing %d webhooks together failed; storing them one by one: %s", len(requests), exc)
+        return [None] * len(requests)
+    return [counts_of([(*stored[ord_], True)]) if ord_ in stored else None for ord_ in range(len(requests))]
