@@ -31,11 +31,11 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -291,6 +291,24 @@ def connect(engine: Engine) -> Iterator[Connection]:
         raise unreachable(engine, exc) from exc
     with conn:
         yield conn
+
+
+def execute_autocommitted(engine: Engine, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Run one driver-style statement (:func:`driver_statement`) as its own transaction; its rows.
+
+    No BEGIN and no COMMIT: one round trip. The pooled connection goes back
+    in transaction mode (unless the failure broke it, and the pool drops it).
+    """
+    with connect(engine) as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.autocommit = True
+        try:
+            with driver_cursor(conn) as cursor:
+                return cursor.execute(statement, params).fetchall()
+        finally:
+            if not (driver.closed or driver.broken):
+                driver.autocommit = False
 
 
 #: psycopg converts a query's placeholders once and caches the result only for queries up to this

@@ -51,9 +51,9 @@ from mailglass_pipeline import ledger, projector, queries
 from mailglass_pipeline.db import (
     RETRYABLE_SQLSTATES,
     compact,
-    connect,
     driver_cursor,
     driver_statement,
+    execute_autocommitted,
     get_engine,
     is_connection_failure,
     run_transaction,
@@ -298,22 +298,14 @@ def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict
     if parsed.replay_token is not None:
         params.update(token_parameters(parsed.replay_token, tenant_id))
         statement = _STORE_AT_ONCE_TOKEN
-    with connect(engine) as conn:
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        driver.autocommit = True
-        try:
-            with driver_cursor(conn) as cursor:
-                results = cursor.execute(statement, params).fetchall()
-        except sa.exc.DBAPIError as exc:
-            if sqlstate_of(exc) in _LEAVE_TO_TRANSACTION:
-                return None
-            if is_connection_failure(exc):
-                raise unreachable(engine, exc) from exc
-            raise
-        finally:
-            if not (driver.closed or driver.broken):
-                driver.autocommit = False
+    try:
+        results = execute_autocommitted(engine, statement, params)
+    except sa.exc.DBAPIError as exc:
+        if sqlstate_of(exc) in _LEAVE_TO_TRANSACTION:
+            return None
+        if is_connection_failure(exc):
+            raise unreachable(engine, exc) from exc
+        raise
     if not all(result[3] for result in results):
         return None
     return counts_of(results)

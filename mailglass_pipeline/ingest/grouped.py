@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import ledger, projector
-from mailglass_pipeline.db import RETRYABLE_SQLSTATES, compact, connect, driver_cursor, driver_statement, sqlstate_of
+from mailglass_pipeline.db import RETRYABLE_SQLSTATES, compact, driver_statement, execute_autocommitted, sqlstate_of
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import webhook_events
 from mailglass_pipeline.ingest.base import ParsedWebhook
@@ -129,16 +129,7 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[dict[str,
         return []
     params = parameters(requests)
     try:
-        with connect(engine) as conn:
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            driver.autocommit = True
-            try:
-                with driver_cursor(conn) as cursor:
-                    stored = {row[0]: row[1:] for row in cursor.execute(_STORE_GROUP, params).fetchall()}
-            finally:
-                if not (driver.closed or driver.broken):
-                    driver.autocommit = False
+        stored = {row[0]: row[1:] for row in execute_autocommitted(engine, _STORE_GROUP, params)}
     except Exception as exc:  # nothing was written; each request retries on its own path
         if not isinstance(exc, DatabaseUnavailableError) and sqlstate_of(exc) not in _EXPECTED:
             log.warning("storing %d webhooks together failed; storing them one by one: %s", len(requests), exc)

@@ -1,8 +1,7 @@
 """``mailglass serve`` runs as a role holding only what ``sql/grants_receiver.sql`` grants.
 
-The role is a fresh LOGIN role given nothing but the shipped receiver GRANTs
-(through :func:`mailglass_pipeline.grants.apply_grants`, the path of
-``mailglass grants --for receiver --apply``). Every provider's webhook, a
+The role is a fresh LOGIN role given nothing but the shipped receiver GRANTs,
+applied as an operator does: ``mailglass grants --for receiver --role R --apply``. Every provider's webhook, a
 redelivery, a cross-tenant refusal, a linked event's projection, a SendGrid
 batch and the health check work; rewriting history or reading payloads does not.
 If the receiver starts to need another privilege this test fails; if the file
@@ -11,6 +10,7 @@ grants too much, the refusals fail.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -41,7 +41,15 @@ PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 @pytest.fixture
 def receiver_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
     with login_role(database_url, admin_engine, "mg_receiver") as (role, url):
-        grants.apply_grants(database_url, role, service="receiver")
+        env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
+        command = [str(MAILGLASS), "grants", "--for", "receiver", "--role", role, "--apply"]
+        applied = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert applied.returncode == 0, applied.stderr
+        assert json.loads(applied.stdout) == {
+            "role": role,
+            "service": "receiver",
+            "statements": len(grants.statements(role, service="receiver")),
+        }
         yield url
 
 
