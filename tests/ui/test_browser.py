@@ -3,7 +3,8 @@
 The operator's route: on the asset page, Materialize one tenant through the
 dialog and see the run succeed; launch a backfill of all tenants; from the job's
 Launchpad (Materialize caret -> "Open launchpad") launch a run with a changed
-config. Then the run records show that no two reconciliation runs overlapped.
+config; Materialize the sweep asset (every tenant in one run) from its page.
+Then the run records show that no two reconciliation runs overlapped.
 What the README and docs/operating.md say about these pages is checked on the
 way: the backfill's runs name their tenant in the Runs list, the
 `no_stale_orphans` check counts one tenant (3 demo orphans, not every
@@ -167,7 +168,7 @@ def readme_screenshot(driver: Any, url: str, name: str) -> None:
 def test_asset_page_materialize_backfill_and_launchpad(
     dev_server, browser, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
     from mailglass_pipeline import db
     from mailglass_pipeline.devtools.dev import resolve_dagster_storage_url
@@ -301,13 +302,26 @@ def test_asset_page_materialize_backfill_and_launchpad(
     finished = wait_for(lambda: (r := instance.get_run_by_id(launched.run_id)).is_finished and r, "run did not finish")
     assert finished.status == DagsterRunStatus.SUCCESS
 
-    # 4. The pool held: no two of these runs (all of this test's) overlapped in time.
-    ours = {run.run_id, launched.run_id} | {r.run_id for r in backfill_runs}
+    # 4. The sweep asset (one run for every tenant, not partitioned): its page's Materialize runs it at once.
+    before = {r.run_id for r in instance.get_runs()}
+    open_page(browser, f"{base}/assets/mailglass/reconciliation_sweep", "Materialize")
+    button(browser, "Materialize").click()
+    swept = wait_for(
+        lambda: [r for r in instance.get_runs() if r.run_id not in before], "the sweep's Materialize created no run"
+    )[0]
+    assert swept.asset_selection == {AssetKey(["mailglass", "reconciliation_sweep"])}, swept.asset_selection
+    finished = wait_for(lambda: (r := instance.get_run_by_id(swept.run_id)).is_finished and r, "run did not finish")
+    assert finished.status == DagsterRunStatus.SUCCESS
+    [sweep] = instance.fetch_materializations(AssetKey(["mailglass", "reconciliation_sweep"]), limit=1).records
+    assert sweep.run_id == swept.run_id and "tenants_swept" in sweep.asset_materialization.metadata
+
+    # 5. The pool held: no two of these runs (all of this test's) overlapped in time.
+    ours = {run.run_id, launched.run_id, swept.run_id} | {r.run_id for r in backfill_runs}
     records = [r for r in instance.get_run_records() if r.dagster_run.run_id in ours]
-    assert len(records) == 5 and all(r.start_time and r.end_time for r in records), records
+    assert len(records) == 6 and all(r.start_time and r.end_time for r in records), records
     _no_overlap(records)
 
-    # 5. The log file `mailglass dev` wrote: no colour codes, no code-server heartbeat noise (the daemon
+    # 6. The log file `mailglass dev` wrote: no colour codes, no code-server heartbeat noise (the daemon
     # reloads its workspace every minute; this test ran several).
     log = (tmp_path / "dev.log").read_text()
     assert "\x1b[" not in log and "No heartbeat received" not in log, log[-2000:]
