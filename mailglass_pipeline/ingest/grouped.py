@@ -20,9 +20,10 @@ nothing on its own inside the group:
   both come back as ``None``, and the receiver sends them down the
   ordinary path (:func:`.core.store_parsed`), which answers duplicate, 409 or
   replay exactly as before;
-- a statement that fails (a token claimed concurrently, a deadlock, the
-  database gone) writes nothing at all, and every request of the group takes
-  the ordinary path on its own.
+- a statement that fails (a token claimed concurrently, a deadlock, a
+  connection the server dropped) writes nothing at all, and every request of
+  the group takes the ordinary path on its own; a database that cannot be
+  reached at all answers the whole group 503 at once.
 """
 
 from __future__ import annotations
@@ -124,14 +125,19 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[dict[str,
     None sends that request down :func:`.core.store_parsed`. If the statement
     fails, nothing is stored and every answer is None (the error is not
     raised: each request meets it again, if it persists, on its own path).
+    A database that cannot be reached at all raises
+    :class:`~mailglass_pipeline.errors.DatabaseUnavailableError` for the
+    whole group (503 at once, not one more connect timeout per request).
     """
     if not requests:
         return []
     params = parameters(requests)
     try:
         stored = {row[0]: row[1:] for row in execute_autocommitted(engine, _STORE_GROUP, params)}
+    except DatabaseUnavailableError:
+        raise
     except Exception as exc:  # nothing was written; each request retries on its own path
-        if not isinstance(exc, DatabaseUnavailableError) and sqlstate_of(exc) not in _EXPECTED:
+        if sqlstate_of(exc) not in _EXPECTED:
             log.warning("storing %d webhooks together failed; storing them one by one: %s", len(requests), exc)
         return [None] * len(requests)
     return [counts_of([(*stored[ord_], True)]) if ord_ in stored else None for ord_ in range(len(requests))]

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from ingest_support import count_events, delivery, keys_fixture, make_delivery, settings_fixture, signing_fixture  # noqa: F401
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.db import DRIVER_CACHED_QUERY_BYTES, get_engine
+from mailglass_pipeline.db import DRIVER_CACHED_QUERY_BYTES, create_engine, get_engine
+from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import IngestSettings, ingest
 from mailglass_pipeline.ingest.base import ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
@@ -197,3 +198,11 @@ def test_coalescer_starts_another_flush_beside_one_that_is_stuck() -> None:
 
     assert asyncio.run(scenario()) == [0]
     assert flushed == [[0], [1, 2]]
+
+
+def test_an_unreachable_database_fails_the_whole_group_at_once(keys: SampleKeys, settings: IngestSettings) -> None:
+    # Not one more connect timeout per request: the receiver answers every request of the group 503.
+    nowhere = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing", pre_ping=False)
+    group = [(parsed("postmark", f"g-down-{index}", keys, settings), "t1") for index in range(3)]
+    with pytest.raises(DatabaseUnavailableError, match="unreachable"):
+        store_grouped(nowhere, group)
