@@ -11,8 +11,9 @@ Against a real ``mailglass serve`` at its default settings on a fresh database:
 4. load 1 again with 20 clients held open mid-body the whole time (each
    re-opened when the receiver cuts it off with 408).
 
-1, 2 and 4 run in rounds (``--rounds``, default 3), each round's ratios from
-figures taken seconds apart; the median round is the result. The receiver
+1, 2 and 4 run in rounds (``--rounds``, default 3): 2, 1, 4, then 4, 1, 2, and
+so on, so that each ratio compares figures taken seconds apart, with the
+machine's drift on either side in turn; the median round is the result. The receiver
 stores concurrent one-event webhooks together (``ingest/grouped.py``); the
 bound does not: it is one INSERT per request, as the issue defines it. The
 per-round CPU line says where the receiver's cost went.
@@ -326,9 +327,10 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; database {name}")
         print("building signed requests ...", flush=True)
         warmup = build_requests(keys, 500, "warm")
-        # Rounds, each: the receiver, the bound, the receiver with the stalled clients. The machine's
-        # speed drifts (a shared VM): each round's ratios compare figures taken seconds apart, and the
-        # median round is reported.
+        # Rounds, each: the bound, the receiver, the receiver with the stalled clients, in this order
+        # and the reverse, alternately. The machine's speed drifts (a shared VM, and autovacuum as the
+        # tables grow): each of a round's ratios compares the receiver with what ran just before or
+        # just after it, alternately, and the median round is reported.
         rounds = [
             tuple(build_requests(keys, args.requests, f"{kind}{r}") for kind in ("plain", "bare", "slow"))
             for r in range(args.rounds)
@@ -340,12 +342,17 @@ def main() -> None:
 
         asyncio.run(run_load(port, warmup, CONNECTIONS))
         plains, bounds, slows, cpu_notes = [], [], [], []
-        for plain, bare, slowrun in rounds:
-            result, note = measured_load(port, plain, process.pid, url)
-            plains.append(result)
-            cpu_notes.append(note)
-            bounds.append(bare_insert_bound(url, bare))
-            slows.append(asyncio.run(load_with_slow_clients(port, slowrun)))
+        for index, (plain, bare, slowrun) in enumerate(rounds):
+            steps = ["bound", "plain", "slow"]
+            for step in steps if index % 2 == 0 else reversed(steps):
+                if step == "bound":
+                    bounds.append(bare_insert_bound(url, bare))
+                elif step == "plain":
+                    result, note = measured_load(port, plain, process.pid, url)
+                    plains.append(result)
+                    cpu_notes.append(note)
+                else:
+                    slows.append(asyncio.run(load_with_slow_clients(port, slowrun)))
         batch_times = []
         for batch in batches:
             result = asyncio.run(run_load(port, [batch], 1))
