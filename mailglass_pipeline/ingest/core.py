@@ -26,10 +26,10 @@ stored entirely or not at all:
 Why one statement: each round trip costs the receiver more CPU than the SQL
 itself. The commonest webhook (one event) goes further: one autocommitted
 statement that writes everything or nothing, Mailgun's token included
-(:func:`store_at_once`), so no BEGIN and no COMMIT; whatever is already
-stored (the event, or the token) sends it down the transaction above.
-``mailglass serve`` goes further still: one-event webhooks that arrive
-together share one such statement (:mod:`.grouped`).
+(:mod:`.grouped`), so no BEGIN and no COMMIT; whatever is already stored
+(the event, or the token) sends it down the transaction above.
+``mailglass serve`` goes further: one-event webhooks that arrive together
+share one such statement.
 
 Idempotency is the ledger's unique ``idempotency_key``
 (``"<provider>:<provider_event_id>"``): the same webhook delivered twice
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -48,19 +48,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import ledger, projector, queries
-from mailglass_pipeline.db import (
-    RETRYABLE_SQLSTATES,
-    compact,
-    driver_cursor,
-    driver_statement,
-    execute_autocommitted,
-    get_engine,
-    is_connection_failure,
-    run_transaction,
-    sqlstate_of,
-    unreachable,
-)
-from mailglass_pipeline.deliveries import lookup_lateral
+from mailglass_pipeline.db import compact, driver_cursor, driver_statement, get_engine, run_transaction
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
@@ -72,9 +60,11 @@ from mailglass_pipeline.ingest.base import (
     now_utc,
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError
-from mailglass_pipeline.ingest.storable import bounded_key, storable_events
+from mailglass_pipeline.ingest.grouped import groupable, store_grouped
+from mailglass_pipeline.ingest.rows import counts_of, found_cte, ledger_rows
+from mailglass_pipeline.ingest.storable import storable_events
 from mailglass_pipeline.ingest.tenants import TenantSettings, check_tenant_id
-from mailglass_pipeline.ingest.tokens import claim_token, prune_due, token_parameters
+from mailglass_pipeline.ingest.tokens import claim_token, prune_due
 
 log = logging.getLogger(__name__)
 
@@ -142,75 +132,25 @@ def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> No
         )
 
 
-def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "provider_event": event.provider_event,
-        "recipient": event.recipient,
-        "verified": parsed.verified,
-        "source": "mailglass_pipeline.ingest",
-    }
-    metadata.update(event.extra_metadata)
-    # The three keys the reconciler reads come last so nothing can shadow them.
-    metadata["provider"] = parsed.provider
-    metadata["provider_event_id"] = event.provider_event_id
-    metadata["provider_message_id"] = event.provider_message_id
-    return {key: value for key, value in metadata.items() if value is not None}
-
-
-def found_cte(extra: Sequence[tuple[str, str]] = (), where: str | None = None) -> str:
-    """The CTE ``found``: the ledger rows of ``:rows``, each with its delivery if there is one.
-
-    The delivery lookup is ``deliveries.lookup``'s rule, embedded. ``extra``:
-    more ``(column, type)`` of each row, carried along; rows are kept where
-    the SQL condition ``where`` holds (default: all).
-    """
-    condition = f"WHERE {where}" if where else ""
-    declared = "".join(f", {name} {kind}" for name, kind in extra)
-    carried = "".join(f", r.{name}" for name, _ in extra)
-    return f"""found AS (
-        SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
-               r.normalized_payload, r.metadata, r.trace_id,
-               d.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation,
-               r.inserted_at, r.ord, r.provider{carried}
-          FROM json_to_recordset(CAST(:rows AS json))
-               AS r({ledger.RECORD_COLUMNS}, provider text, message_id text, ord integer{declared})
-          LEFT JOIN {lookup_lateral("r")} d ON true
-         {condition}
-    )"""
-
-
-def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
-    """The whole store in ONE statement (one round trip), in the driver's placeholder style.
+def store_statement() -> str:
+    """The store inside the transaction, in ONE statement (one round trip), in the driver's placeholder style.
 
     The raw records, the delivery lookup (``deliveries.lookup``'s rule,
     embedded), the ledger insert and the projection of the events actually
     inserted, each from its one home. The cross-tenant check cannot join it:
     it must see what a concurrent insert committed while this statement waited
     on the key, which a later statement's snapshot does (and only when
-    something was skipped). ``all_or_nothing``: the raw records are written
-    only if the ledger took an event; for a one-event request, either
-    everything is written or nothing. ``token`` (with ``all_or_nothing``):
-    also claim a single-use token (Mailgun's; parameters of
-    :func:`.tokens.token_parameters`) with the ledger event, by a plain insert: a
-    token already claimed fails the whole statement (unique violation), so a
-    replay writes nothing. Compacted to stay under
+    something was skipped). Compacted to stay under
     ``db.DRIVER_CACHED_QUERY_BYTES`` (tested).
     """
-    gate = "EXISTS (SELECT 1 FROM appended)" if all_or_nothing else "true"
-    claim = (
-        f"tok AS (INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)"
-        f" SELECT :provider, :token, :tenant_id, :digest WHERE {gate}),"
-        if token
-        else ""
-    )
     sql = f"""
     WITH {found_cte()}, appended AS ({ledger.insert_from("found AS r")}
     ), linked AS (
         SELECT f.delivery_id, f.type, f.occurred_at, f.ord
           FROM found f JOIN appended a ON a.id = f.id
          WHERE f.delivery_id IS NOT NULL
-    ), {projector.locked_projection_ctes("linked")}, {claim}
-    {webhook_events.rows_cte(gate)}
+    ), {projector.locked_projection_ctes("linked")},
+    {webhook_events.rows_cte()}
     SELECT f.id, f.delivery_id, f.needs_reconciliation, a.id IS NOT NULL AS inserted
       FROM found f LEFT JOIN appended a ON a.id = f.id
      ORDER BY f.ord
@@ -218,37 +158,7 @@ def store_statement(all_or_nothing: bool, *, token: bool = False) -> str:
     return driver_statement(sa.text(compact(sql)))
 
 
-_STORE = store_statement(all_or_nothing=False)
-_STORE_AT_ONCE = store_statement(all_or_nothing=True)
-_STORE_AT_ONCE_TOKEN = store_statement(all_or_nothing=True, token=True)
-#: SQLSTATEs on which the one-statement path leaves the request to the transaction, which answers it
-#: as before: a token already claimed (unique violation), the token table missing (a configuration error).
-_LEAVE_TO_TRANSACTION = RETRYABLE_SQLSTATES | {"23505", "42P01"}
-
-
-def ledger_rows(
-    parsed: ParsedWebhook, events: list[NormalizedEvent], tenant_id: str, received_at: datetime | None
-) -> list[dict[str, Any]]:
-    """The rows of ``:rows`` (the CTE ``found``): one ledger record per event, with provider, message id, order."""
-    rows = []
-    for ord_, event in enumerate(events):
-        row = ledger.record(
-            ledger.NewEvent(
-                tenant_id=tenant_id,
-                type=event.type,
-                occurred_at=event.occurred_at,
-                idempotency_key=bounded_key(
-                    event.idempotency_key or f"{parsed.provider}:{event.provider_event_id}", parsed.provider
-                ),
-                reject_reason=event.reject_reason,
-                normalized_payload=event.payload,
-                metadata=_metadata(parsed, event),
-                inserted_at=received_at,
-            )
-        )
-        row.update(provider=parsed.provider, message_id=event.provider_message_id, ord=ord_)
-        rows.append(row)
-    return rows
+_STORE = store_statement()
 
 
 def _parameters(
@@ -262,53 +172,6 @@ def _parameters(
     params = {"tenant_id": tenant_id, "provider": parsed.provider, "rows": ledger.to_json(rows)}
     params.update(webhook_events.parameters(parsed, events, parsed.body, received_at=received_at, key=webhook_key))
     return params, rows
-
-
-def counts_of(results: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """The result of the store statement's rows: (id, delivery_id, needs_reconciliation, inserted)."""
-    written = [(event_id, delivery_id, orphan) for event_id, delivery_id, orphan, inserted in results if inserted]
-    return {
-        "events": len(written),
-        "linked": sum(1 for _, delivery_id, _ in written if delivery_id is not None),
-        "orphans": sum(1 for _, _, orphan in written if orphan),
-        "unlinkable": sum(1 for _, delivery_id, orphan in written if delivery_id is None and not orphan),
-        "duplicates": len(results) - len(written),
-        "event_ids": [str(event_id) for event_id, _, _ in written],
-    }
-
-
-def store_at_once(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any] | None:
-    """Store a one-event request as ONE autocommitted statement; None if it wrote nothing.
-
-    The common webhook, in one round trip instead of three (no BEGIN, no
-    COMMIT; a Mailgun request: five): the statement is its own transaction,
-    and its all-or-nothing variant writes the raw record (and the token) only
-    with the ledger event, so when the event was already stored (a
-    redelivery, a key of another tenant, a race) nothing at all is written
-    and None sends the request down the ordinary transaction of
-    :func:`store`, which answers it exactly as before (duplicate, or 409). A
-    token already claimed, a deadlock or a serialization failure also
-    return None (the transaction refuses the replay, or retries).
-    """
-    events = storable_events(parsed.events)
-    if len(events) != 1:
-        return None
-    params, _ = _parameters(parsed, events, tenant_id, None, None)
-    statement = _STORE_AT_ONCE
-    if parsed.replay_token is not None:
-        params.update(token_parameters(parsed.replay_token, tenant_id))
-        statement = _STORE_AT_ONCE_TOKEN
-    try:
-        results = execute_autocommitted(engine, statement, params)
-    except sa.exc.DBAPIError as exc:
-        if sqlstate_of(exc) in _LEAVE_TO_TRANSACTION:
-            return None
-        if is_connection_failure(exc):
-            raise unreachable(engine, exc) from exc
-        raise
-    if not all(result[3] for result in results):
-        return None
-    return counts_of(results)
 
 
 def store(
@@ -380,23 +243,36 @@ def ingest(
     parsed = parse_webhook(name, body, headers, verify=verify, settings=settings, now=now)
     if not verify:
         log.info("ingesting a %s webhook WITHOUT signature verification", name)
-    needs_store = parsed.events or parsed.replay_token is not None
-    counts = store_parsed(engine or get_engine(database_url), parsed, tenant_id) if needs_store else counts_of([])
-    return result_of(parsed, tenant_id, counts)
+    return result_of(parsed, tenant_id, store_parsed(engine or get_engine(database_url), parsed, tenant_id))
 
 
-def store_parsed(engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool | None = None) -> dict[str, Any]:
-    """Store a verified webhook: the one statement when it can, else the transaction; returns the counts.
+def store_parsed(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
+    """Store a verified webhook; returns the counts.
 
-    ``prune``: whether a Mailgun token claim also deletes the expired tokens (default: :func:`.tokens.prune_due`).
+    A one-event webhook as a group of one (:func:`.grouped.store_grouped`, one
+    autocommitted statement); a batch, a Mailgun claim due to prune the expired
+    tokens, or a webhook the group left out in :func:`store_alone`.
     """
-    # The expired tokens are pruned in the transaction: a claim due for it skips the one statement.
-    if prune is None:
-        prune = parsed.replay_token is not None and prune_due()
-    counts = None if prune else store_at_once(engine, parsed, tenant_id)
-    if counts is None:
-        counts = run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
-    return counts
+    if not needs_storing(parsed):
+        return counts_of([])
+    prune = prunes_tokens(parsed)
+    counts = store_grouped(engine, [(parsed, tenant_id)])[0] if not prune and groupable(parsed) else None
+    return counts if counts is not None else store_alone(engine, parsed, tenant_id, prune=prune)
+
+
+def needs_storing(parsed: ParsedWebhook) -> bool:
+    """Whether ``parsed`` has anything to store: events, or a Mailgun token to claim."""
+    return bool(parsed.events) or parsed.replay_token is not None
+
+
+def prunes_tokens(parsed: ParsedWebhook) -> bool:
+    """Whether storing ``parsed`` also deletes the expired Mailgun tokens (about one claim in ``PRUNE_EVERY``)."""
+    return parsed.replay_token is not None and prune_due()
+
+
+def store_alone(engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool) -> dict[str, Any]:
+    """Store ``parsed`` in its own transaction (:func:`store`), retried on a deadlock; returns the counts."""
+    return run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
 
 
 def result_of(parsed: ParsedWebhook, tenant_id: str, counts: dict[str, Any]) -> dict[str, Any]:

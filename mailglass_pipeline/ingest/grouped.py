@@ -18,7 +18,7 @@ nothing on its own inside the group:
   tenant, or the same event twice in the group) writes nothing, and a
   request whose token was already claimed is left out of the statement;
   both come back as ``None``, and the receiver sends them down the
-  ordinary path (:func:`.core.store_parsed`), which answers duplicate, 409 or
+  ordinary path (:func:`.core.store_alone`), which answers duplicate, 409 or
   replay exactly as before;
 - a statement that fails (a token claimed concurrently, a deadlock, a
   connection the server dropped) writes nothing at all, and every request of
@@ -41,7 +41,7 @@ from mailglass_pipeline.db import RETRYABLE_SQLSTATES, compact, driver_statement
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import webhook_events
 from mailglass_pipeline.ingest.base import ParsedWebhook
-from mailglass_pipeline.ingest.core import counts_of, found_cte, ledger_rows
+from mailglass_pipeline.ingest.rows import counts_of, found_cte, ledger_rows
 from mailglass_pipeline.ingest.storable import storable_events
 from mailglass_pipeline.ingest.tokens import token_parameters
 
@@ -122,7 +122,7 @@ def parameters(requests: Sequence[Request]) -> dict[str, Any]:
 def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[dict[str, Any] | None]:
     """Store ``requests`` in one autocommitted statement; per request its counts, or None: not stored.
 
-    None sends that request down :func:`.core.store_parsed`. If the statement
+    None sends that request down :func:`.core.store_alone`. If the statement
     fails, nothing is stored and every answer is None (the error is not
     raised: each request meets it again, if it persists, on its own path).
     A database that cannot be reached at all raises

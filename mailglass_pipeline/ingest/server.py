@@ -39,7 +39,7 @@ from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import metrics
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
-from mailglass_pipeline.ingest.core import counts_of, parse_webhook, result_of, store_parsed
+from mailglass_pipeline.ingest.core import needs_storing, parse_webhook, prunes_tokens, result_of, store_alone
 from mailglass_pipeline.ingest.errors import (
     IngestConfigurationError,
     InvalidTenantIdError,
@@ -50,9 +50,9 @@ from mailglass_pipeline.ingest.errors import (
 from mailglass_pipeline.ingest.grouped import MAX_GROUP, groupable, store_grouped
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
+from mailglass_pipeline.ingest.rows import counts_of
 from mailglass_pipeline.ingest.serve import BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, THREADS_ENV
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.ingest.tokens import prune_due
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ class Receiver:
 
         One connection per ingest thread, kept: a pool smaller than the thread
         count would open and close an overflow connection (a server process)
-        per request under load. Without pre-ping: a dropped connection fails
-        its request with 503 (the provider retries) and invalidates the pool,
-        instead of costing every request a round trip.
+        per request under load. Without pre-ping (a round trip per request): a
+        dropped connection fails its statement, which writes nothing, and is
+        dropped from the pool; the webhooks are then stored alone, on fresh ones.
         """
         with self._engine_lock:
             if self._engine is None:
@@ -231,16 +231,15 @@ class Receiver:
         return 200, result, {}
 
     async def _store(self, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
-        """The counts: a one-event webhook in a group (:mod:`.grouped`), else (or if refused there) alone."""
-        if not (parsed.events or parsed.replay_token is not None):
+        """:func:`.core.store_parsed`, with the one-event webhooks of this worker stored together."""
+        if not needs_storing(parsed):
             return counts_of([])
-        # The expired Mailgun tokens are pruned by the ordinary path, about once in PRUNE_EVERY claims.
-        prune = parsed.replay_token is not None and prune_due()
+        prune = prunes_tokens(parsed)
         if not prune and groupable(parsed):
             counts = await self.groups.submit((parsed, tenant_id))
             if counts is not None:
                 return counts
-        return await self._run(lambda: store_parsed(self.engine(), parsed, tenant_id, prune=prune))
+        return await self._run(lambda: store_alone(self.engine(), parsed, tenant_id, prune=prune))
 
     async def _store_group(self, requests: Sequence[GroupRequest]) -> list[dict[str, Any] | None]:
         metrics.GROUP_SIZE.observe(len(requests))

@@ -8,7 +8,7 @@ worker's memory, decides, so the receiver scales horizontally. The row keeps
 the tenant and the body's digest, which tell a retry of the same webhook to
 another tenant (409) from a replay (refused as not authentic). The common
 one-event path claims the token inside the store statement itself
-(``core.store_statement(token=True)``) with :func:`token_parameters`.
+(:mod:`.grouped`) with :func:`token_parameters`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import deliveries
 from mailglass_pipeline.ingest import IngestSettings
+from mailglass_pipeline.ingest.base import ParsedWebhook
+from mailglass_pipeline.ingest.grouped import store_grouped
 from mailglass_pipeline.ingest.samples import SampleKeys, generate_keys
 
 #: Provider samples and signature vectors as the providers publish them (SOURCES.md says where from).
@@ -99,3 +101,9 @@ def make_delivery(engine: Engine, tenant_id: str, provider: str, message_id: str
             last_event_at=an_hour_ago,
             dispatched_at=an_hour_ago,
         )
+
+
+def store_one(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any] | None:
+    """The one-statement store of a lone one-event webhook (a group of one): its counts, or None if not stored."""
+    (counts,) = store_grouped(engine, [(parsed, tenant_id)])
+    return counts

@@ -19,14 +19,14 @@ import sqlalchemy as sa
 from ingest_support import count_events, delivery, keys_fixture, make_delivery, settings_fixture, signing_fixture  # noqa: F401
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.db import DRIVER_CACHED_QUERY_BYTES, create_engine, get_engine
+from mailglass_pipeline.db import create_engine, get_engine
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import IngestSettings, ingest
 from mailglass_pipeline.ingest.base import ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
 from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.errors import TenantConflictError
-from mailglass_pipeline.ingest.grouped import MAX_GROUP, group_statement, groupable, store_grouped
+from mailglass_pipeline.ingest.grouped import MAX_GROUP, groupable, store_grouped
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
 
 
@@ -122,11 +122,6 @@ def test_only_one_event_requests_are_grouped(keys: SampleKeys, settings: IngestS
     batch = json.dumps([json.loads(build_webhook("sendgrid", f"b{i}")[0])[0] for i in range(2)]).encode()
     assert not groupable(parse_webhook("sendgrid", batch, {}, verify=False, settings=settings))
     assert groupable(parsed("postmark", "one", keys, settings))
-
-
-def test_group_statement_fits_the_driver_query_cache() -> None:
-    # Longer, psycopg would convert its placeholders again on every statement (about 250 us of CPU).
-    assert len(group_statement().encode("utf-8")) <= DRIVER_CACHED_QUERY_BYTES
 
 
 async def settle() -> None:

@@ -33,6 +33,7 @@ from ingest_support import (  # noqa: F401
     make_delivery,
     settings_fixture,
     signing_fixture,
+    store_one,
 )
 from sqlalchemy.engine import Engine
 
@@ -43,7 +44,7 @@ from mailglass_pipeline.ingest import (
     WebhookSignatureError,
     ingest,
 )
-from mailglass_pipeline.ingest.core import parse_webhook, store_at_once
+from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.errors import TenantConflictError
 from mailglass_pipeline.ingest.resend import sign as svix_sign
 from mailglass_pipeline.ingest.samples import SNS_TOPIC_ARN, SampleKeys, build_webhook, sign_sns
@@ -272,7 +273,7 @@ def test_mailgun_one_statement_claims_its_token(
     # The one-statement path claims Mailgun's token with the event; a replayed token fails it whole.
     body, headers = build_webhook("mailgun", "mg-once", "delivered", keys=keys)
     pool = get_engine(database_url, pre_ping=False)
-    first = store_at_once(pool, parse_webhook("mailgun", body, headers, settings=settings), "t1")
+    first = store_one(pool, parse_webhook("mailgun", body, headers, settings=settings), "t1")
     assert first is not None and first["orphans"] == 1
 
     def tokens() -> int:
@@ -285,7 +286,7 @@ def test_mailgun_one_statement_claims_its_token(
     forged, _ = build_webhook("mailgun", "mg-once-2", "bounced", keys=keys)
     envelope = {**json.loads(forged), "signature": json.loads(body)["signature"]}
     parsed = parse_webhook("mailgun", json.dumps(envelope).encode(), {}, settings=settings)
-    assert store_at_once(pool, parsed, "t1") is None
+    assert store_one(pool, parsed, "t1") is None
     assert (count_events(engine), tokens()) == (1, 1)
 
 

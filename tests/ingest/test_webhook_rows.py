@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from ingest_support import count_events
+from ingest_support import count_events, store_one
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import get_engine
 from mailglass_pipeline.ingest import ingest
-from mailglass_pipeline.ingest.core import parse_webhook, store_at_once
+from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.replay import replay
 
 
@@ -146,16 +146,16 @@ def test_one_event_at_once_writes_all_or_nothing(database_url: str, engine: Engi
     body = json.dumps([element("once")]).encode()
     parsed = parse_webhook("sendgrid", body, {}, verify=False)
     pool = get_engine(database_url, pre_ping=False)
-    first = store_at_once(pool, parsed, "once")
+    first = store_one(pool, parsed, "once")
     assert first is not None and (first["events"], first["orphans"]) == (1, 1)
     assert set(rows(engine, "once")) == {"ev-once"} and count_events(engine, "once") == 1
 
     with engine.begin() as conn:  # the raw record lost, the event kept (say, Mailglass's row had another key)
         conn.execute(sa.text("DELETE FROM mailglass_webhook_events WHERE tenant_id = 'once'"))
-    assert store_at_once(pool, parsed, "once") is None
+    assert store_one(pool, parsed, "once") is None
     assert rows(engine, "once") == {} and count_events(engine, "once") == 1
     again = ingest("sendgrid", body, {}, tenant_id="once", database_url=database_url, verify=False)
     assert (again["events"], again["duplicates"]) == (0, 1)
     assert set(rows(engine, "once")) == {"ev-once"}  # the transaction path records it, as before
-    assert store_at_once(pool, parsed, "someone-else") is None and rows(engine, "someone-else") == {}
+    assert store_one(pool, parsed, "someone-else") is None and rows(engine, "someone-else") == {}
     pool.dispose()
