@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,7 +114,7 @@ def parameters(requests: Sequence[Request]) -> dict[str, Any]:
     return {
         "rows": ledger.to_json(rows),
         "webhooks": webhook_events.encode([webhook for _, webhook in webhooks]),
-        "webhooks_received_at": webhook_events.received_at_parameter(datetime.now(UTC)),
+        "webhooks_received_at": webhook_events.received_at_parameter(),
     }
 
 
