@@ -1,4 +1,4 @@
-"""The core of a scheduled run on a burst, without Dagster: ``drain.sweep_until`` over the scale scenario.
+"""The core of a scheduled run on a burst, without Dagster: ``sweep_until`` over the scale scenario.
 
 Prints figures, not a test. Loads the data of ``benchmarks.scale`` (10% of the
 tenants with 5 linkable orphans, 30% with 3 never-matching ones, 5% with 2
@@ -20,8 +20,11 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from benchmarks import scale, scratch
-from mailglass_pipeline import drain, reconciler, schema
+from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.reconciliation.drain import sweep_until
+from mailglass_pipeline.reconciliation.results import SweepResult
+from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_TOTAL, DEFAULT_TRANSACTION_CAP, SweepConfig
 
 
 def run_once(admin_url: str, tenants: int, cap: int, budget: float) -> None:
@@ -39,12 +42,12 @@ def run_once(admin_url: str, tenants: int, cap: int, budget: float) -> None:
         steps: list[tuple[int, int, float]] = []
         mark = [time.perf_counter()]
 
-        def record(part: reconciler.SweepResult) -> None:
+        def record(part: SweepResult) -> None:
             now = time.perf_counter()
             steps.append((part.scanned, part.linked, now - mark[0]))
             mark[0] = now
 
-        result = drain.sweep_until(engine, budget, reconciler.SweepConfig(max_total=cap), on_transaction=record)
+        result = sweep_until(engine, budget, SweepConfig(max_total=cap), on_transaction=record)
         print(f"\n{tenants} tenants, cap {cap} per transaction, budget {budget:g} s (loaded in {loaded:.1f} s)")
         for i, (scanned, linked, took) in enumerate(steps, 1):
             print(f"  transaction {i:2d}: {took:5.2f} s, scanned {scanned}, linked {linked}")
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     print(f"benchmarks.burst_drain at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (shared machine)")
-    for cap in args.cap or [drain.DEFAULT_TRANSACTION_CAP, reconciler.DEFAULT_MAX_TOTAL]:
+    for cap in args.cap or [DEFAULT_TRANSACTION_CAP, DEFAULT_MAX_TOTAL]:
         run_once(args.database_url, args.tenants, cap, args.budget)
     return 0
 

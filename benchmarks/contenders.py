@@ -5,7 +5,7 @@ batch per tenant per round, like a schedule tick), and drops a tenant once a
 batch comes back short of ``limit`` (its backlog is drained). Every contender
 runs on its own clone of the same loaded database.
 
-* ``ours``: :func:`mailglass_pipeline.reconciler.sweep` per tenant batch;
+* ``ours``: :func:`mailglass_pipeline.reconciliation.sweep.sweep` per tenant batch;
 * ``reference``: :mod:`benchmarks.reference`, the original per-orphan algorithm;
 * ``lower_bound``: :mod:`benchmarks.lower_bound`, one SQL statement per batch;
 * ``ours_all`` / ``lower_bound_all``: the same two as all-tenant sweeps (what
@@ -33,7 +33,8 @@ from sqlalchemy.engine import Engine
 
 from benchmarks import lower_bound, reference
 from benchmarks.scratch import engine_for
-from mailglass_pipeline.reconciler import SweepConfig, sweep
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 
 @dataclass

@@ -22,7 +22,7 @@ Sections (each prints one table and lands in ``results.json``):
   ``sweep_vs_history.png``.
 * **memory**: peak RSS of the process running (a) on 100k orphans (a child
   process, ``ru_maxrss``), and its RSS before the first sweep.
-* **tick**: ``reconciler.tenants_with_due_orphans`` with 5,000 tenants that
+* **tick**: ``tenants_with_due_orphans`` with 5,000 tenants that
   have due orphans (wall time and server execution time).
 * **dagster**: one tenant partition run in process vs the bare core sweep, on
   identical tenants of one database.
@@ -52,9 +52,11 @@ import sqlalchemy as sa
 from benchmarks import contenders, datasets, reference
 from benchmarks.dagster_overhead import partition_runner, time_call
 from benchmarks.scratch import ScratchServer, engine_for
-from mailglass_pipeline import queries, reconciler
+from mailglass_pipeline import queries
 from mailglass_pipeline.db import describe_url, resolve_database_url
-from mailglass_pipeline.reconciler import SweepConfig, sweep
+from mailglass_pipeline.reconciliation.monitoring import tenants_with_due_orphans
+from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES, SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"
@@ -187,7 +189,7 @@ def bench_throughput(server: ScratchServer, sizes: Sizes, report: Report) -> Non
             report.memory = {
                 "orphans": size,
                 "batch": LIMIT,
-                "what": "peak RSS (ru_maxrss) of a fresh process draining the backlog with reconciler.sweep",
+                "what": "peak RSS (ru_maxrss) of a fresh process draining the backlog with sweep",
                 "baseline_rss_mib": ours["baseline_rss_kib"] / 1024,
                 "peak_rss_mib": ours["peak_rss_kib"] / 1024,
                 "growth_mib": (ours["peak_rss_kib"] - ours["baseline_rss_kib"]) / 1024,
@@ -295,14 +297,14 @@ def bench_tick(server: ScratchServer, sizes: Sizes, report: Report) -> None:
         for _ in range(sizes.tick_reps):
             with engine.connect() as conn:
                 started = time.perf_counter()
-                found = len(reconciler.tenants_with_due_orphans(conn))
+                found = len(tenants_with_due_orphans(conn))
                 walls.append(time.perf_counter() - started)
         with engine.connect() as conn:
             plan = conn.execute(
                 sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + queries.statement("due_tenants").text),
                 {
-                    "grace_seconds": reconciler.DEFAULT_GRACE_SECONDS,
-                    "max_age_minutes": reconciler.DEFAULT_MAX_AGE_MINUTES,
+                    "grace_seconds": DEFAULT_GRACE_SECONDS,
+                    "max_age_minutes": DEFAULT_MAX_AGE_MINUTES,
                     "tenant_id": None,
                     "retry_all": False,
                     "run_started": None,

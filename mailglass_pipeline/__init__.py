@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from mailglass_pipeline.errors import EventLedgerImmutableError, MailglassError
 
-# The function, by contract: it is bound after the import of the `reconcile` package (which
-# imports its subpackage first), so `mailglass_pipeline.reconcile` stays the function while
-# `from mailglass_pipeline.reconcile import settings` still reaches the package (tests/core/test_reconcile_paths.py).
-from mailglass_pipeline.reconciler import reconcile
+# The contract's function; its code lives in the `reconciliation` package, which no name here shadows.
+from mailglass_pipeline.reconciliation.sweep import reconcile
 
 __all__ = ["EventLedgerImmutableError", "MailglassError", "available", "reconcile"]
 __version__ = "0.1.0"

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from mailglass_pipeline import db
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.reconcile import settings
-from mailglass_pipeline.reconcile.settings import Setting
+from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline.reconciliation.settings import Setting
 
 
 def _say_database(url: str) -> None:
@@ -80,13 +80,13 @@ def reconcile(
     retry_all: bool,
 ) -> None:
     """Run one reconciliation sweep (all tenants by default); prints one JSON object."""
-    from mailglass_pipeline import reconciler
+    from mailglass_pipeline.reconciliation.sweep import reconcile as sweep_once
 
     tenant_id = settings.validate_tenant_id(tenant_id)
     url = db.resolve_database_url()
     _say_database(url)
     # The Python API's own function: `mailglass reconcile` and reconcile() cannot drift apart.
-    result = reconciler.reconcile(
+    result = sweep_once(
         tenant_id,
         limit,
         database_url=url,
@@ -289,11 +289,11 @@ def explain(event_id: str, as_json: bool) -> None:
 def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> None:
     """A typo in --tenant-id answers zeros: say on stderr when no delivery or orphan knows the tenant."""
     from mailglass_pipeline import orphans as orphans_module
-    from mailglass_pipeline import reconciler
+    from mailglass_pipeline.reconciliation.monitoring import known_tenants
 
     if orphans_module.tenant_known(conn, tenant_id):
         return
-    known = reconciler.known_tenants(conn)
+    known = known_tenants(conn)
     close = difflib.get_close_matches(tenant_id, known, n=3)
     suggestion = f"; did you mean {', '.join(repr(t) for t in close)}?" if close else ""
     click.echo(f"mailglass: hint: no delivery or orphan has tenant {tenant_id!r}{suggestion}", err=True)

@@ -28,9 +28,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import deliveries, queries, reconciler
+from mailglass_pipeline import deliveries, queries
 from mailglass_pipeline.errors import ConfigurationError, MailglassError
-from mailglass_pipeline.reconcile import settings
+from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline.reconciliation.settings import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_MAX_AGE_MINUTES,
+    STALE_MESSAGE,
+    validate_tenant_id,
+)
 
 STATES = ("due", "waiting", "stale", "malformed")
 DEFAULT_LIST_LIMIT = 50
@@ -43,7 +49,7 @@ _MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
 #: The package's orphan statements (``sql/orphans.sql``), spliced with the sweep's own due rule.
 STATEMENTS: dict[str, sa.TextClause] = queries.register(
     "mailglass_pipeline",
-    queries.fragments("mailglass_pipeline.reconcile"),
+    queries.fragments("mailglass_pipeline.reconciliation"),
     files=("orphan_fragments.sql", "orphans.sql"),
 )
 #: The statement listing each state (the state itself is bound).
@@ -103,8 +109,8 @@ def list_orphans(
     state: str | None = None,
     limit: int = DEFAULT_LIST_LIMIT,
     *,
-    grace_seconds: int = reconciler.DEFAULT_GRACE_SECONDS,
-    max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
+    grace_seconds: int = DEFAULT_GRACE_SECONDS,
+    max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
 ) -> list[OrphanRow]:
     """Queued orphans, at most ``limit``: of one ``state``, or of every state in the order of ``STATES``.
 
@@ -112,7 +118,7 @@ def list_orphans(
     malformed oldest first. Each state reads at most ``limit`` rows from its own index ranges.
     """
     limit = _check_limit(limit)
-    tenant_id = reconciler.validate_tenant_id(tenant_id)
+    tenant_id = validate_tenant_id(tenant_id)
     if state is not None and state not in STATES:
         raise ConfigurationError(f"state must be one of {', '.join(STATES)}, got {state!r}")
     params: dict[str, Any] = {
@@ -154,8 +160,8 @@ def counts_by_state(
     conn: Connection,
     tenant_ids: Iterable[str],
     *,
-    grace_seconds: int = reconciler.DEFAULT_GRACE_SECONDS,
-    max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
+    grace_seconds: int = DEFAULT_GRACE_SECONDS,
+    max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
 ) -> dict[str, dict[str, int]]:
     """``{tenant: {"due": n, "waiting": n, "stale": n, "malformed": n}}`` for these tenants (0 when none)."""
     tenants = sorted(set(tenant_ids))
@@ -171,8 +177,8 @@ def counts_by_state(
 def totals_by_state(
     conn: Connection,
     *,
-    grace_seconds: int = reconciler.DEFAULT_GRACE_SECONDS,
-    max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
+    grace_seconds: int = DEFAULT_GRACE_SECONDS,
+    max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
 ) -> dict[str, int]:
     """The whole queue by state: ``{"due": n, "waiting": n, "stale": n, "malformed": n}``."""
     params = {"tenant_ids": None, "grace_seconds": grace_seconds, "max_age_minutes": max_age_minutes}
@@ -184,7 +190,7 @@ def oldest_stale(
     conn: Connection,
     tenant_id: str | None = None,
     limit: int = 20,
-    max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
+    max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
 ) -> list[dict[str, Any]]:
     """The oldest stale orphans: tenant, provider, message id, event type, age (the check's table)."""
     params = {
@@ -233,8 +239,8 @@ def explain(
     conn: Connection,
     event_id: str | uuid.UUID,
     *,
-    grace_seconds: int = reconciler.DEFAULT_GRACE_SECONDS,
-    max_age_minutes: int = reconciler.DEFAULT_MAX_AGE_MINUTES,
+    grace_seconds: int = DEFAULT_GRACE_SECONDS,
+    max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
 ) -> dict[str, Any]:
     """Why ``event_id`` is not linked (or by what it was): ``state``, ``reason`` and one-line ``message``.
 
@@ -302,7 +308,7 @@ def explain(
     if stale:
         found = f"; a matching delivery {own} exists now (run a sweep with a larger --max-age-minutes)" if own else ""
         days = out["age_seconds"] / 86400
-        return done("stale", "stale", f"stale: {reconciler.STALE_MESSAGE} ({days:.1f} days){found}{removed}")
+        return done("stale", "stale", f"stale: {STALE_MESSAGE} ({days:.1f} days){found}{removed}")
     if not row["queued"]:
         return done("unknown", "not_queued", "pending but not in the work queue (was the queue row deleted by hand?)")
     grace_end = inserted + timedelta(seconds=grace_seconds)

@@ -15,9 +15,7 @@ CORE_MODULES = [
     "mailglass_pipeline.ledger",
     "mailglass_pipeline.projector",
     "mailglass_pipeline.deliveries",
-    "mailglass_pipeline.reconciler",
-    "mailglass_pipeline.reconcile",
-    "mailglass_pipeline.drain",
+    "mailglass_pipeline.reconciliation",
     "mailglass_pipeline.queries",
     "mailglass_pipeline.ingest",
 ]
@@ -123,3 +121,13 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
         if path not in layer and any(name.split(".")[0] == "dagster" for name in _imported_modules(path))
     ]
     assert offenders == []
+
+
+def test_every_module_imports_by_its_dotted_name() -> None:
+    # One import path per concept: nothing shadows a package (the contract's function `reconcile` once did).
+    probe = (
+        "import importlib, pkgutil, mailglass_pipeline as m; "
+        "[importlib.import_module(x.name) for x in pkgutil.walk_packages(m.__path__, 'mailglass_pipeline.')]; "
+        "import mailglass_pipeline.reconciliation.sweep as s; assert m.reconcile is s.reconcile"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 from dagster import DagsterInstance, RunsFilter
 
-from mailglass_pipeline import db, reconciler
+from mailglass_pipeline import db
 from mailglass_pipeline.dagster_support.pool import (
     POOL_POLL_SECONDS,
     POOL_WAIT_TIMEOUT_SECONDS,
@@ -41,6 +41,7 @@ from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAM
 from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
 from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.reconciliation.monitoring import known_tenants
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def materialize_tenants(
     url = db.resolve_database_url(database_url)
     if tenant_ids is None:
         with db.connect(db.get_engine(url)) as conn:
-            found = reconciler.known_tenants(conn)
+            found = known_tenants(conn)
         unfit = [t for t in found if not is_valid_tenant_key(t)]
         if unfit:
             log.warning("skipping tenant id(s) unfit as partition keys: %r", unfit)

@@ -1,6 +1,6 @@
 """The Dagster layer: definitions only, grouped by feature, a thin adapter over the reconciler.
 
-Nothing here decides *what* a sweep does: that is ``mailglass_pipeline.reconciler``,
+Nothing here decides *what* a sweep does: that is ``mailglass_pipeline.reconciliation``,
 which imports no Dagster and is shared with the ``mailglass reconcile`` command.
 This package only decides *when* and *how* it runs and what is recorded:
 

@@ -3,7 +3,7 @@
 --
 -- Registered in mailglass_pipeline.queries (one named block per statement). Fragments in braces
 -- come from orphan_fragments.sql, or from the reconcile package's: {fresh}, {due_window} and
--- {in_scope} are the sweep's own due rule and scope (mailglass_pipeline/reconcile/sql/fragments.sql),
+-- {in_scope} are the sweep's own due rule and scope (mailglass_pipeline/reconciliation/sql/fragments.sql),
 -- so a listing says due for what a sweep takes.
 --
 -- States of a queue row (one per orphan not yet reconciled):

@@ -11,7 +11,8 @@ from pathlib import Path
 from conftest import fetch
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import reconciler
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
@@ -34,7 +35,7 @@ def test_demo_late_commits_deliveries_after_their_orphans(engine: Engine, databa
     )
     assert later is True
     # ... and is now linkable: the next sweep past grace links them all.
-    result = reconciler.sweep(engine, None, reconciler.SweepConfig(grace_seconds=0))
+    result = sweep(engine, None, SweepConfig(grace_seconds=0))
     assert result.linked == 18 and result.lag_seconds is not None
 
 

@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 import mailglass_pipeline
 from mailglass_pipeline import reconcile
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.reconciler import SweepConfig, sweep
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 NOWHERE = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
 BAD_ARGS = [
@@ -122,7 +123,7 @@ def test_sweep_does_not_wait_for_orphans_another_sweep_holds(engine: Engine) -> 
     for i in range(4):
         make_orphan(engine, "t1", f"m-{i}", age=timedelta(minutes=10 - i))
         make_delivery(engine, "t1", f"m-{i}")
-    from mailglass_pipeline.reconciler import find_orphans
+    from mailglass_pipeline.reconciliation.sweep import find_orphans
 
     with engine.connect() as first:
         first.begin()
@@ -138,7 +139,7 @@ def test_sweep_does_not_wait_for_orphans_another_sweep_holds(engine: Engine) -> 
 
 
 def test_tenant_and_stale_helpers(engine: Engine) -> None:
-    from mailglass_pipeline.reconciler import known_tenants, stale_orphans, tenants_with_due_orphans
+    from mailglass_pipeline.reconciliation.monitoring import known_tenants, stale_orphans, tenants_with_due_orphans
 
     make_delivery(engine, "only-deliveries", "m-0")
     make_orphan(engine, "due", "m-1", age=timedelta(minutes=5))
@@ -160,7 +161,7 @@ def test_tenant_and_stale_helpers(engine: Engine) -> None:
 def test_missing_provider_event_id_as_nan_is_stored_as_json_null(engine: Engine) -> None:
     # A batch that went through pandas (or a Dagster IO manager) may carry NaN for a missing value;
     # json.dumps would write NaN, which PostgreSQL refuses.
-    from mailglass_pipeline.reconciler import append_reconciled_events, attempt_link, find_orphans
+    from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans
 
     make_delivery(engine, "t1", "m-1")
     orphan = make_orphan(engine, "t1", "m-1", metadata={"provider": "postmark", "provider_message_id": "m-1"})

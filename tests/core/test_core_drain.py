@@ -1,4 +1,4 @@
-"""``drain.sweep_until``: the scheduled run's loop of bounded transactions under a time budget."""
+"""``sweep_until``: the scheduled run's loop of bounded transactions under a time budget."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from conftest import make_delivery, make_orphan
 from core_support import QUEUE, rows, statements_sent
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import drain
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconcile import settings
-from mailglass_pipeline.reconciler import SweepConfig, sweep
+from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
+from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA
+from mailglass_pipeline.reconciliation.settings import BUDGET_ENV, DEFAULT_BUDGET_SECONDS, SweepConfig, budget_from_env
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 
 def _attempts(engine: Engine) -> dict[int, int]:
@@ -38,13 +40,13 @@ def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(
     config = SweepConfig(max_total=10)
     # Each transaction "takes" 1 s (two clock reads apart) and the budget is 4.5 s: two transactions
     # fit, a third would end past the budget, so the run stops there with 30 orphans still due.
-    first = drain.sweep_until(engine, 4.5, config, clock=Ticks(1.0))
-    assert (first.transactions, first.stopped_by) == (2, drain.BUDGET)
+    first = sweep_until(engine, 4.5, config, clock=Ticks(1.0))
+    assert (first.transactions, first.stopped_by) == (2, BUDGET)
     assert (first.scanned, first.unmatched, first.due_remaining) == (20, 20, 30)
     assert first.tenants_swept == 20
     # A later run continues with the orphans not yet examined, never the examined ones (backoff).
-    second = drain.sweep_until(engine, 60, config)
-    assert (second.transactions, second.scanned, second.stopped_by) == (3, 30, drain.DRAINED)
+    second = sweep_until(engine, 60, config)
+    assert (second.transactions, second.scanned, second.stopped_by) == (3, 30, DRAINED)
     assert second.due_remaining == 0
     assert _attempts(engine) == {1: 50}
 
@@ -52,8 +54,8 @@ def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(
 def test_the_first_transaction_always_runs_and_the_budget_is_wall_time(engine: Engine) -> None:
     for i in range(6):
         make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
-    result = drain.sweep_until(engine, 0.001, SweepConfig(max_total=2))
-    assert (result.transactions, result.scanned, result.stopped_by) == (1, 2, drain.BUDGET)
+    result = sweep_until(engine, 0.001, SweepConfig(max_total=2))
+    assert (result.transactions, result.scanned, result.stopped_by) == (1, 2, BUDGET)
     assert result.elapsed_seconds > 0
 
 
@@ -62,19 +64,19 @@ def test_limit_is_a_quota_per_run_not_per_transaction(engine: Engine) -> None:
         make_orphan(engine, "big", f"big-{i}", age=timedelta(minutes=10 + i))
     for i in range(2):
         make_orphan(engine, "small", f"small-{i}", age=timedelta(minutes=10))
-    result = drain.sweep_until(engine, 60, SweepConfig(limit=3, max_total=2))
+    result = sweep_until(engine, 60, SweepConfig(limit=3, max_total=2))
     assert {t: c["scanned"] for t, c in result.tenants.items()} == {"big": 3, "small": 2}
-    assert result.stopped_by == drain.QUOTA and result.due_remaining == 7
+    assert result.stopped_by == QUOTA and result.due_remaining == 7
     # The next run gives "big" its next 3.
-    assert drain.sweep_until(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
+    assert sweep_until(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
 
 
 def test_retry_all_examines_each_pending_orphan_once_per_run(engine: Engine) -> None:
     for i in range(5):
         make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
-    drain.sweep_until(engine, 60, SweepConfig())
+    sweep_until(engine, 60, SweepConfig())
     assert _attempts(engine) == {1: 5}  # all in backoff now
-    result = drain.sweep_until(engine, 60, SweepConfig(max_total=2, retry_all=True))
+    result = sweep_until(engine, 60, SweepConfig(max_total=2, retry_all=True))
     assert result.scanned == 5 and result.transactions == 4  # 2 + 2 + 1, then one that finds none
     assert _attempts(engine) == {2: 5}
 
@@ -86,13 +88,13 @@ def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: En
         make_orphan(engine, f"l{i}", f"good-{i}", age=timedelta(minutes=2))
         make_delivery(engine, f"l{i}", f"good-{i}")
     seen: list[tuple[int, int]] = []
-    result = drain.sweep_until(
+    result = sweep_until(
         engine, 60, SweepConfig(max_total=5), on_transaction=lambda part: seen.append((part.scanned, part.linked))
     )
     assert seen[0] == (5, 5)  # the first transaction links all five
     assert sum(s for s, _ in seen) == result.scanned == 35 and result.linked == 5
-    assert result.stopped_by == drain.DRAINED and result.remaining_orphans == 30
-    changed = {t for t, counts in result.tenants.items() if drain.tenant_changed(counts)}
+    assert result.stopped_by == DRAINED and result.remaining_orphans == 30
+    changed = {t for t, counts in result.tenants.items() if tenant_changed(counts)}
     assert changed == {f"l{i}" for i in range(5)}
 
 
@@ -100,11 +102,11 @@ def test_newly_stale_and_malformed_are_changes_reexamination_is_not(engine: Engi
     make_orphan(engine, "stale", "m-old", age=timedelta(minutes=30))
     make_orphan(engine, "broken", None, age=timedelta(minutes=5))
     make_orphan(engine, "waiting", "never", age=timedelta(minutes=5))
-    result = drain.sweep_until(engine, 60, SweepConfig(max_age_minutes=20))
+    result = sweep_until(engine, 60, SweepConfig(max_age_minutes=20))
     assert result.tenants["stale"]["newly_stale"] == 1 and result.tenants["stale"]["scanned"] == 0
     assert result.tenants["broken"]["malformed"] == 1
     assert result.newly_stale == 1
-    changed = {t for t, counts in result.tenants.items() if drain.tenant_changed(counts)}
+    changed = {t for t, counts in result.tenants.items() if tenant_changed(counts)}
     assert changed == {"stale", "broken"}  # "waiting" was examined and stays unmatched: no change
 
 
@@ -114,7 +116,7 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
         for i in range(tenants):
             make_orphan(engine, f"{prefix}{i}", f"{prefix}never-{i}", age=timedelta(minutes=5))
         with statements_sent(engine) as seen:
-            result = drain.sweep_until(engine, 60, SweepConfig())
+            result = sweep_until(engine, 60, SweepConfig())
         assert (result.tenants_swept, result.transactions) == (tenants, 1)
         counts.append(len(seen))
         # Backoff is in ticks: an orphan examined just before a minute boundary is due again just after
@@ -128,18 +130,18 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
 def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -> None:
     make_orphan(engine, "t", "never", age=timedelta(minutes=5))
     with pytest.raises(ConfigurationError):
-        drain.sweep_until(engine, bad, SweepConfig())  # type: ignore[arg-type]
+        sweep_until(engine, bad, SweepConfig())  # type: ignore[arg-type]
     assert _attempts(engine) == {0: 1}
 
 
 def test_budget_from_the_environment() -> None:
-    assert drain.budget_from_env({}) == drain.DEFAULT_BUDGET_SECONDS
-    assert drain.budget_from_env({drain.BUDGET_ENV: " 12.5 "}) == 12.5
+    assert budget_from_env({}) == DEFAULT_BUDGET_SECONDS
+    assert budget_from_env({BUDGET_ENV: " 12.5 "}) == 12.5
     for bad in ("abc", "0", "-3", "nan", "99999"):
-        with pytest.raises(ConfigurationError, match=drain.BUDGET_ENV):
-            drain.budget_from_env({drain.BUDGET_ENV: bad})
+        with pytest.raises(ConfigurationError, match=BUDGET_ENV):
+            budget_from_env({BUDGET_ENV: bad})
     with pytest.raises(ConfigurationError, match=r" must be a number of seconds, got 'abc'$"):
-        drain.budget_from_env({drain.BUDGET_ENV: "abc"})
+        budget_from_env({BUDGET_ENV: "abc"})
 
 
 def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,11 @@ from conftest import fetch, make_delivery, make_orphan
 from database_support import login_role
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import orphans, reconciler
+from mailglass_pipeline import orphans
 from mailglass_pipeline.db import connect
+from mailglass_pipeline.reconciliation.results import SweepResult
+from mailglass_pipeline.reconciliation.settings import STALE_MESSAGE, SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
@@ -31,8 +34,8 @@ def _explain(engine: Engine, event_id: uuid.UUID) -> dict:
         return orphans.explain(conn, event_id)
 
 
-def _sweep(engine: Engine, tenant: str | None = None) -> reconciler.SweepResult:
-    return reconciler.sweep(engine, tenant, reconciler.SweepConfig())
+def _sweep(engine: Engine, tenant: str | None = None) -> SweepResult:
+    return sweep(engine, tenant, SweepConfig())
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_every_reason_from_real_rows(engine: Engine, world: dict[str, uuid.UUID]
     assert (got["malformed"]["state"], got["malformed"]["missing"]) == ("malformed", ["provider_message_id"])
     assert got["no_provider"]["missing"] == ["provider"]
 
-    assert got["stale"]["state"] == "stale" and reconciler.STALE_MESSAGE in got["stale"]["message"]
+    assert got["stale"]["state"] == "stale" and STALE_MESSAGE in got["stale"]["message"]
 
     linked = got["linked"]
     assert (linked["state"], linked["reason"]) == ("linked", "linked")

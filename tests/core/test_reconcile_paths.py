@@ -14,8 +14,8 @@ from core_support import pending_orphans, reconciled_from
 from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
-from mailglass_pipeline.reconciler import (
-    SweepConfig,
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import (
     append_reconciled_events,
     attempt_link,
     find_orphans,
@@ -31,7 +31,7 @@ def _seed(engine: Engine, tenant: str, n: int) -> None:
 
 
 def test_the_package_keeps_the_contract_function() -> None:
-    from mailglass_pipeline.reconcile import settings
+    from mailglass_pipeline.reconciliation import settings
 
     assert mailglass_pipeline.reconcile is reconcile and callable(reconcile)
     assert settings.SweepConfig is SweepConfig

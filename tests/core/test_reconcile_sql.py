@@ -14,13 +14,13 @@ from mailglass_pipeline import deliveries, orphans, queries
 from mailglass_pipeline.ingest import core as ingest_core
 from mailglass_pipeline.ingest import health, replay, tokens
 from mailglass_pipeline.queries import Fragment, splice
-from mailglass_pipeline.reconcile import settings
-from mailglass_pipeline.reconcile.statements import STATEMENTS
+from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline.reconciliation.statements import STATEMENTS
 
 REPO = Path(__file__).resolve().parents[2]
 #: Every file of statements; the fragment files are listed in .sqlfluffignore (pieces do not parse alone).
 SQL_PATHS = [
-    REPO / "mailglass_pipeline" / "reconcile" / "sql",
+    REPO / "mailglass_pipeline" / "reconciliation" / "sql",
     REPO / "mailglass_pipeline" / "sql" / "orphans.sql",
     REPO / "mailglass_pipeline" / "sql" / "deliveries.sql",
     *sorted((REPO / "mailglass_pipeline" / "ingest" / "sql").glob("*.sql")),
@@ -107,7 +107,7 @@ def test_the_backoff_has_one_home_and_the_frozen_migration_agrees() -> None:
         for p in [*(REPO / "mailglass_pipeline").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]
         if "(1, 2, 4, 8, 16)" in p.read_text(encoding="utf-8") and "migrations" not in p.parts
     ]
-    assert spelled == [Path("mailglass_pipeline/reconcile/settings.py")], spelled
+    assert spelled == [Path("mailglass_pipeline/reconciliation/settings.py")], spelled
 
 
 def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(
@@ -125,7 +125,7 @@ def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(
 
 def test_the_orphan_listing_shares_the_sweeps_due_rule() -> None:
     """`mailglass orphans` says due for what a sweep takes: its statements splice the sweep's own fragments."""
-    shared = queries.fragments("mailglass_pipeline.reconcile")
+    shared = queries.fragments("mailglass_pipeline.reconciliation")
     listing = queries.statement("list_pending").text
     for name in ("fresh", "due_window", "in_scope"):
         assert shared[name].text in listing, name

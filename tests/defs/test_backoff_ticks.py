@@ -22,11 +22,12 @@ from conftest import make_orphan
 from dagster import RunRequest, build_schedule_context, instance_for_test
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import reconciler
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 RUN_START_DELAY = timedelta(seconds=4)  # a launched run sweeps seconds after its tick
 
@@ -91,7 +92,7 @@ def test_backoff_follows_the_minute_ticks(engine: Engine, database_url: str) -> 
                     continue
                 _set_clock(engine, tick + RUN_START_DELAY)
                 before = _attempts(engine, orphan)
-                result = reconciler.sweep(clocked, None, reconciler.SweepConfig())  # what the requested run sweeps
+                result = sweep(clocked, None, SweepConfig())  # what the requested run sweeps
                 assert result.linked == 0
                 if _attempts(engine, orphan) == before + 1:
                     examined_at.append(minute)

@@ -14,7 +14,7 @@ from dagster import (
     instance_for_test,
 )
 
-from mailglass_pipeline import ledger, reconciler
+from mailglass_pipeline import ledger
 from mailglass_pipeline.dagster_support.testing_internals import (
     RegisteredCodeLocationOrigin,
     RemoteJobOrigin,
@@ -26,6 +26,7 @@ from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import is_valid_tenant_key
 from mailglass_pipeline.defs.tenant_reconciliation.sensors import tenant_partitions
+from mailglass_pipeline.reconciliation.sweep import reconcile
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_schedule_skips_with_a_reason_when_nothing_is_due(instance, engine, data
 def test_schedule_skips_never_matching_orphans_in_backoff(instance, engine, database_url):
     make_orphan(engine, "t1", "m-never")
     assert len(_tick(instance, database_url).run_requests) == 1
-    reconciler.reconcile(database_url=database_url)  # examined, unmatched: next try in 1 minute
+    reconcile(database_url=database_url)  # examined, unmatched: next try in 1 minute
     result = _tick(instance, database_url, minute=1)
     assert result.run_requests == [] and "no orphan is due" in result.skip_message
     make_delivery(engine, "t1", "m-never")  # its delivery commits: due again at once

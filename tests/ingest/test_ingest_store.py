@@ -48,7 +48,7 @@ from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.errors import TenantConflictError
 from mailglass_pipeline.ingest.resend import sign as svix_sign
 from mailglass_pipeline.ingest.samples import SNS_TOPIC_ARN, SampleKeys, build_webhook, sign_sns
-from mailglass_pipeline.reconciler import reconcile
+from mailglass_pipeline.reconciliation.sweep import reconcile
 
 Documented = tuple[bytes, dict[str, str], str, datetime]
 

@@ -22,12 +22,19 @@ from database_support import create_database, drop_database, with_database
 from sqlalchemy.engine import Engine
 
 from benchmarks import datasets
-from mailglass_pipeline import deliveries, orphans, queries, reconciler
+from mailglass_pipeline import deliveries, orphans, queries
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest import core as ingest_core
 from mailglass_pipeline.ingest import health, replay, tokens
-from mailglass_pipeline.reconcile.statements import BACKOFF_PARAMS
-from mailglass_pipeline.reconcile.sweep import find_params
+from mailglass_pipeline.reconciliation.results import RunProgress
+from mailglass_pipeline.reconciliation.settings import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_LIMIT,
+    DEFAULT_MAX_AGE_MINUTES,
+    SweepConfig,
+)
+from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS
+from mailglass_pipeline.reconciliation.sweep import find_params
 
 HISTORY = 100_000  # reconciled orphans: 2 ledger rows each
 PENDING_TENANTS = [f"t{i}" for i in range(10)]
@@ -103,8 +110,8 @@ def _assert_no_seq_scan_of_big_tables(plan: dict[str, Any]) -> None:
 @pytest.mark.parametrize("retry_all", [False, True], ids=["backoff", "retry-all"])
 def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, link: bool, retry_all: bool) -> None:
     # The parameters the core binds (a run's quota bookkeeping included): the variants are bound values.
-    run = reconciler.RunProgress(used={"t1": 5})
-    params = find_params("t0" if tenant_scoped else None, reconciler.SweepConfig(retry_all=retry_all), run, link=link)
+    run = RunProgress(used={"t1": 5})
+    params = find_params("t0" if tenant_scoped else None, SweepConfig(retry_all=retry_all), run, link=link)
     plan = _explain(loaded, queries.statement("find_tenant" if tenant_scoped else "find_all"), params)
     _assert_no_seq_scan_of_big_tables(plan)
     nodes = _nodes(plan)
@@ -124,7 +131,7 @@ EXISTENCE_PROBES = {"tenant_known"}
 def _every_statement_params(tenant_id: str | None) -> dict[str, Any]:
     """Values for every bind parameter any registered statement uses (as the core binds them)."""
     return {
-        **find_params(None, reconciler.SweepConfig(), reconciler.RunProgress()),
+        **find_params(None, SweepConfig(), RunProgress()),
         **BACKOFF_PARAMS,
         "lock_timeout": "5000ms",
         "statement_timeout": "120000ms",
@@ -192,9 +199,9 @@ def test_delivery_lookup_uses_the_unique_index(loaded: Engine) -> None:
                  LIMIT :n
                 """
             ),
-            {"n": reconciler.DEFAULT_LIMIT},
+            {"n": DEFAULT_LIMIT},
         ).all()
-    assert len(keys) == reconciler.DEFAULT_LIMIT
+    assert len(keys) == DEFAULT_LIMIT
     tenant_ids, providers, message_ids = (list(column) for column in zip(*keys, strict=True))
     # A SendGrid-style id exercises the split_part alternative of the lookup.
     message_ids[0] = message_ids[0] + ".filterdrecv-1"
@@ -231,7 +238,7 @@ def test_known_tenants_walks_indexes_not_the_queue(loaded: Engine) -> None:
 def test_linkable_first_counts_linkable_orphans_from_their_index(loaded: Engine) -> None:
     """The all-tenant find counts each tenant's linkable orphans (its first allocation round) from the
     partial index of linkable rows: never a queue scan that reads the never-matching backlog too."""
-    params = find_params(None, reconciler.SweepConfig(), reconciler.RunProgress(), link=True)
+    params = find_params(None, SweepConfig(), RunProgress(), link=True)
     plan = _explain(loaded, queries.statement("find_all"), params)
     nodes = _nodes(plan)
     # No sequential scan of the queue filters on linkable_at (the linkable count would then read every row).
@@ -277,8 +284,8 @@ def test_orphan_listing_is_bounded_by_its_limit(loaded: Engine, state: str, tena
         "state": state,
         "tenant_id": "t0" if tenant_scoped else None,
         "limit": 50,
-        "grace_seconds": reconciler.DEFAULT_GRACE_SECONDS,
-        "max_age_minutes": reconciler.DEFAULT_MAX_AGE_MINUTES,
+        "grace_seconds": DEFAULT_GRACE_SECONDS,
+        "max_age_minutes": DEFAULT_MAX_AGE_MINUTES,
     }
     with loaded.connect() as conn, conn.begin() as tx:
         # Without the module's burst of 40,000 never-matching orphans inserted this very minute: inside the

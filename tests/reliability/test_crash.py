@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciler import SweepConfig, sweep
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 pytestmark = pytest.mark.slow
 

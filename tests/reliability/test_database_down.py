@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from mailglass_pipeline.errors import DatabaseUnavailableError
-from mailglass_pipeline.reconciler import reconcile
+from mailglass_pipeline.reconciliation.sweep import reconcile
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 CONNECT_TIMEOUT = 2

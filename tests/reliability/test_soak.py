@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from conftest import fetch
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciler import SweepConfig, sweep
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ offers, and why each was or was not used:
   idle tenants: storage would grow with the number of tenants.
 * So the run materializes an unpartitioned asset, ``mailglass/reconciliation_sweep``,
   whose compute drains every due tenant for up to a time budget
-  (``drain.sweep_until``: short all-tenant sweep transactions of at most
+  (``sweep_until``: short all-tenant sweep transactions of at most
   ``max_total`` orphans each, linkable orphans first across tenants, at most
   ``limit`` per tenant per run; budget from the config's ``budget_seconds``,
   else ``MAILGLASS_SWEEP_BUDGET_SECONDS``, else 30 s of the 60 s tick) and then
@@ -68,7 +68,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from mailglass_pipeline import db, drain, orphans, reconciler
+from mailglass_pipeline import db, orphans
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
@@ -83,7 +83,10 @@ from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
     is_valid_tenant_key,
 )
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconcile import settings
+from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
+from mailglass_pipeline.reconciliation.results import DrainResult
+from mailglass_pipeline.reconciliation.settings import SweepConfig, budget_from_env, validate_budget
 
 SWEEP_KEY = AssetKey(["mailglass", "reconciliation_sweep"])
 SWEEP_JOB_NAME = "reconcile_due_tenants"
@@ -95,7 +98,7 @@ UNFIT_SAMPLE = 20
 
 
 class SweepDueConfig(Config):
-    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``reconcile.settings``."""
+    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``reconciliation.settings``."""
 
     limit: int = Field(**settings.LIMIT.field_kwargs())
     max_total: int = Field(**settings.TRANSACTION_CAP.field_kwargs())
@@ -107,11 +110,11 @@ class SweepDueConfig(Config):
     def budget(self) -> float:
         """The run's time budget: this config's, else the environment's, else the default (validated)."""
         if self.budget_seconds is None:
-            return drain.budget_from_env()
-        return drain.validate_budget(self.budget_seconds)
+            return budget_from_env()
+        return validate_budget(self.budget_seconds)
 
-    def sweep_config(self) -> reconciler.SweepConfig:
-        return reconciler.SweepConfig(
+    def sweep_config(self) -> SweepConfig:
+        return SweepConfig(
             limit=self.limit,
             max_total=self.max_total,
             max_age_minutes=self.max_age_minutes,
@@ -153,7 +156,7 @@ def _seconds(value: float | None) -> float:
     return round(value, 1) if value is not None else 0.0
 
 
-def sweep_metadata(result: drain.DrainResult, unfit: list[str], recorded: int) -> dict[str, Any]:
+def sweep_metadata(result: DrainResult, unfit: list[str], recorded: int) -> dict[str, Any]:
     """The run's totals as plottable numbers (and the unfit ids and why the run stopped as text)."""
     metadata: dict[str, Any] = {
         "tenants_swept": result.tenants_swept,
@@ -204,9 +207,9 @@ def sweep_due_orphans(context: OpExecutionContext, config: SweepDueConfig, mailg
     budget = config.budget()
     wait_for_pool_turn(context)
     with database_errors():
-        result = drain.sweep_until(mailglass_db.get_engine(), budget, sweep_config)
+        result = sweep_until(mailglass_db.get_engine(), budget, sweep_config)
     # Only tenants where something happened get an event; re-examinations show in the totals below.
-    changed = {tenant: counts for tenant, counts in result.tenants.items() if drain.tenant_changed(counts)}
+    changed = {tenant: counts for tenant, counts in result.tenants.items() if tenant_changed(counts)}
     fit = {tenant: counts for tenant, counts in changed.items() if is_valid_tenant_key(tenant)}
     unfit = sorted(tenant for tenant in result.tenants if not is_valid_tenant_key(tenant))
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:

@@ -9,11 +9,12 @@ partitioned check, a preview feature) or not at all.
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, Config, asset_check
 from pydantic import Field
 
-from mailglass_pipeline import db, reconciler
+from mailglass_pipeline import db
 from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_KEY
-from mailglass_pipeline.reconcile import settings
+from mailglass_pipeline.reconciliation import monitoring, settings
+from mailglass_pipeline.reconciliation.results import LagSummary
 
 #: Default threshold of ``reconciliation_lag``; the environment variable overrides it for the whole
 #: instance (the schedule runs the check with its defaults), the check's Launchpad config for one run.
@@ -33,7 +34,7 @@ class LagCheckConfig(Config):
     )
 
 
-def reconciliation_lag_result(summary: reconciler.LagSummary, threshold_seconds: int) -> AssetCheckResult:
+def reconciliation_lag_result(summary: LagSummary, threshold_seconds: int) -> AssetCheckResult:
     longest = round(summary.longest_wait_seconds or 0.0, 1)
     return AssetCheckResult(
         passed=summary.count == 0,
@@ -66,5 +67,5 @@ def reconciliation_lag(
 ) -> AssetCheckResult:
     threshold = config.threshold_seconds if config.threshold_seconds is not None else default_lag_threshold()
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
-        summary = reconciler.reconciliation_lag(conn, None, threshold)
+        summary = monitoring.reconciliation_lag(conn, None, threshold)
     return reconciliation_lag_result(summary, threshold)

@@ -8,7 +8,7 @@ Each tick costs two cheap reads and launches at most one run:
 1. one run-storage query: is a run of ``reconcile_due_tenants`` still queued or
    running? Then skip, naming it: a slow sweep delays the next, it never piles
    runs up behind itself;
-2. one statement on the application database, ``reconciler.due_summary``
+2. one statement on the application database, ``due_summary``
    (two partial indexes holding only due-able rows): no orphan due, skip.
    Never-matching orphans in backoff are not due, so a quiet tenant costs no run;
 3. otherwise one ``RunRequest`` (run key = the tick time). That run drains for
@@ -33,9 +33,11 @@ from dagster import (
     schedule,
 )
 
-from mailglass_pipeline import db, reconciler
+from mailglass_pipeline import db
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME, SWEEP_RUN_TAGS, reconcile_due_tenants
+from mailglass_pipeline.reconciliation.monitoring import due_summary
+from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 #: A run in any of these states still occupies (or will occupy) the sweep.
 IN_FLIGHT_STATUSES = [
@@ -72,7 +74,7 @@ def reconcile_every_minute(
         run_id, status = in_flight
         return SkipReason(f"previous sweep {run_id} is still {status.lower()}: this tick waits for it")
     with db.connect(mailglass_db.get_engine()) as conn:
-        due = reconciler.due_summary(conn, reconciler.DEFAULT_GRACE_SECONDS, reconciler.DEFAULT_MAX_AGE_MINUTES)
+        due = due_summary(conn, DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES)
     if due.orphans == 0:
         return SkipReason("no orphan is due (none past the grace window, linkable or at its retry time)")
     tick = context.scheduled_execution_time or datetime.now(UTC)

@@ -26,11 +26,13 @@ from dagster import (
     asset_check,
 )
 
-from mailglass_pipeline import db, orphans, reconciler
+from mailglass_pipeline import db, orphans
 from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tenants_partitions
+from mailglass_pipeline.reconciliation.monitoring import stale_orphans
+from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_AGE_MINUTES, STALE_MESSAGE
 
 #: Rows of the stale-orphan table in the check's metadata (the oldest first).
 STALE_TABLE_ROWS = 20
@@ -68,7 +70,7 @@ def stale_orphans_result(
     count: int, oldest_seconds: float | None, oldest: list[dict[str, object]] | None = None
 ) -> AssetCheckResult:
     """The check's result for ``count`` stale orphans, the oldest ``oldest_seconds`` old."""
-    metadata: dict[str, object] = {"stale_orphans": count, "message": reconciler.STALE_MESSAGE}
+    metadata: dict[str, object] = {"stale_orphans": count, "message": STALE_MESSAGE}
     if oldest_seconds is not None:
         metadata["oldest_orphan_age_seconds"] = round(oldest_seconds, 1)
         metadata["oldest_orphan_age_days"] = round(oldest_seconds / 86400, 2)
@@ -77,7 +79,7 @@ def stale_orphans_result(
     return AssetCheckResult(
         passed=count == 0,
         severity=AssetCheckSeverity.WARN,
-        description=f"{count} orphan(s) {reconciler.STALE_MESSAGE}" if count else "no stale orphans",
+        description=f"{count} orphan(s) {STALE_MESSAGE}" if count else "no stale orphans",
         metadata=metadata,
     )
 
@@ -100,7 +102,7 @@ def _no_stale_orphans(context: AssetCheckExecutionContext, mailglass_db: Mailgla
     total, oldest_seconds, table = 0, None, []
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
         for tenant in tenants if tenants is not None else [None]:
-            count, oldest = reconciler.stale_orphans(conn, tenant, reconciler.DEFAULT_MAX_AGE_MINUTES)
+            count, oldest = stale_orphans(conn, tenant, DEFAULT_MAX_AGE_MINUTES)
             total += count
             if oldest is not None:
                 oldest_seconds = max(oldest, oldest_seconds or 0.0)
@@ -117,5 +119,5 @@ with warnings.catch_warnings():
         name="no_stale_orphans",
         partitions_def=tenants_partitions,
         blocking=False,
-        description=f"Orphans past max age still unreconciled: {reconciler.STALE_MESSAGE}.",
+        description=f"Orphans past max age still unreconciled: {STALE_MESSAGE}.",
     )(_no_stale_orphans)

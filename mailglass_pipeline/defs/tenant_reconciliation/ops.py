@@ -1,7 +1,7 @@
 """The three ops of a sweep, each a thin wrapper over one core function.
 
 ``find_orphans`` -> ``attempt_link`` -> ``append_reconciled_events`` hand
-pandas DataFrames along, exactly as ``reconciler.sweep`` composes them in one
+pandas DataFrames along, exactly as ``sweep`` composes them in one
 transaction. Here each op opens its own short transaction: correctness under
 concurrency comes from the unique ``reconciled:<orphan id>`` idempotency index
 (a second ``reconciled`` event for one orphan cannot be inserted, and
@@ -43,7 +43,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from mailglass_pipeline import db, reconciler
+from mailglass_pipeline import db
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
@@ -52,7 +52,8 @@ from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tags_for_tenant
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconcile import settings
+from mailglass_pipeline.reconciliation import settings, sweep
+from mailglass_pipeline.reconciliation.settings import SweepConfig
 
 BATCH_IO_MANAGER_KEY = "mailglass_batch_io"
 PREVIEW_ROWS = 10
@@ -63,7 +64,7 @@ COUNT_KEYS = ("scanned", "linked", "unmatched", "malformed", "already_reconciled
 
 
 class ReconcileConfig(Config):
-    """Launchpad config of a sweep: defaults, bounds and descriptions from ``reconcile.settings``."""
+    """Launchpad config of a sweep: defaults, bounds and descriptions from ``reconciliation.settings``."""
 
     limit: int = Field(**settings.LIMIT.field_kwargs())
     max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
@@ -79,9 +80,9 @@ class ReconcileConfig(Config):
             "retry_all": self.retry_all,
         }
 
-    def sweep_config(self) -> reconciler.SweepConfig:
+    def sweep_config(self) -> SweepConfig:
         """The core's config; raises ``ConfigurationError`` for combinations pydantic cannot see."""
-        return reconciler.SweepConfig(**self.values())
+        return SweepConfig(**self.values())
 
 
 @config_mapping(config_schema=ReconcileConfig.to_config_schema())
@@ -154,7 +155,7 @@ def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass
     name_the_tenant(context, tenant)
     wait_for_pool_turn(context)
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
-        batch = reconciler.find_orphans(conn, tenant, config.sweep_config(), lock=False)
+        batch = sweep.find_orphans(conn, tenant, config.sweep_config(), lock=False)
     context.add_output_metadata({"orphans": len(batch), "preview": MetadataValue.md(markdown_preview(batch))})
     return batch
 
@@ -163,7 +164,7 @@ def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass
 def attempt_link(context: OpExecutionContext, orphans: pd.DataFrame, mailglass_db: MailglassDatabase) -> pd.DataFrame:
     """The batch plus ``delivery_id``: the same-tenant delivery each orphan belongs to, or None."""
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
-        linked = reconciler.attempt_link(conn, orphans)
+        linked = sweep.attempt_link(conn, orphans)
     matched = int(linked["delivery_id"].notna().sum()) if not linked.empty else 0
     context.add_output_metadata({"matched": matched, "preview": MetadataValue.md(markdown_preview(linked))})
     return linked
@@ -183,7 +184,7 @@ def append_reconciled_events(
     with database_errors():
         result = db.run_transaction(
             mailglass_db.get_engine(),
-            lambda conn: reconciler.append_reconciled_events(conn, linked, tenant, sweep_config),
+            lambda conn: sweep.append_reconciled_events(conn, linked, tenant, sweep_config),
         )
     counts = {key: int(getattr(result, key)) for key in COUNT_KEYS}
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:

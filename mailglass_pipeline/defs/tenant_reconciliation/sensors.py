@@ -1,6 +1,6 @@
 """Sensor ``tenant_partitions``: one dynamic partition per tenant found in the database.
 
-Tenants are whoever has a delivery or a pending orphan (``reconciler.known_tenants``,
+Tenants are whoever has a delivery or a pending orphan (``known_tenants``,
 a loose index scan, cheap every 30 s). Only missing keys are added, so a tick
 with nothing new is a skip. A tenant id that cannot be a partition key (see
 ``partitions.TENANT_KEY_PATTERN``) is logged and left out; the others are still
@@ -21,13 +21,14 @@ Default status RUNNING: it only adds partitions, and without it a fresh
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from mailglass_pipeline import db, reconciler
+from mailglass_pipeline import db
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
     TENANTS_PARTITIONS_NAME,
     is_valid_tenant_key,
     tenants_partitions,
 )
+from mailglass_pipeline.reconciliation.monitoring import known_tenants
 
 SENSOR_INTERVAL_SECONDS = 30
 
@@ -40,7 +41,7 @@ SENSOR_INTERVAL_SECONDS = 30
 )
 def tenant_partitions(context: SensorEvaluationContext, mailglass_db: MailglassDatabase) -> SensorResult | SkipReason:
     with db.connect(mailglass_db.get_engine()) as conn:
-        tenants = reconciler.known_tenants(conn)
+        tenants = known_tenants(conn)
     unfit = [t for t in tenants if not is_valid_tenant_key(t)]
     if unfit:
         context.log.warning(

@@ -25,6 +25,8 @@ from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
 from mailglass_pipeline.devtools.dev import psycopg2_url
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])
 
@@ -184,13 +186,11 @@ def test_the_daily_job_prunes_parked_queue_rows_and_keeps_the_ledger(storage, da
 
     from conftest import fetch
 
-    from mailglass_pipeline import reconciler
-
     instance, _ = storage
     old_stale = make_orphan(engine, "t1", "gone", age=timedelta(days=8))
     malformed = make_orphan(engine, "t1", None)
     pending = make_orphan(engine, "t1", "pending")
-    reconciler.sweep(engine, None, reconciler.SweepConfig())
+    sweep(engine, None, SweepConfig())
     with engine.begin() as conn:
         conn.execute(
             sa.text(

@@ -1,4 +1,4 @@
-"""Each sweep setting is defined once: the Launchpad configs and the CLI read it from reconcile.settings."""
+"""Each sweep setting is defined once: the Launchpad configs and the CLI read it from reconciliation.settings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from mailglass_pipeline.cli import cli
 from mailglass_pipeline.defs.scheduled_sweep.assets import SweepDueConfig
 from mailglass_pipeline.defs.tenant_reconciliation.ops import ReconcileConfig
-from mailglass_pipeline.reconcile import settings
+from mailglass_pipeline.reconciliation import settings
 
 
 def _bounds(model: type, name: str) -> tuple[object, object | None, object | None]:

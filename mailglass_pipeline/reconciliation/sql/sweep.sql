@@ -1,5 +1,5 @@
 -- The sweep: find the due batch, link it, write the outcome, count what is left
--- (mailglass_pipeline/reconcile/sweep.py). A batch costs these statements whatever its size
+-- (mailglass_pipeline/reconciliation/sweep.py). A batch costs these statements whatever its size
 -- (decision D5). Fragments in braces come from fragments.sql.
 
 -- name: set_timeouts

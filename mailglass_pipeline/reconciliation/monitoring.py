@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from mailglass_pipeline.reconcile.results import DueSummary, LagSummary
-from mailglass_pipeline.reconcile.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
-from mailglass_pipeline.reconcile.statements import sql
+from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
+from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
+from mailglass_pipeline.reconciliation.statements import sql
 
 
 def _read(conn: Connection, name: str, params: dict[str, Any]) -> Any:

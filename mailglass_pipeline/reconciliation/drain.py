@@ -46,10 +46,10 @@ from collections.abc import Callable, Mapping
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import db
-from mailglass_pipeline.reconcile.results import BUDGET, DRAINED, QUOTA, DrainResult, RunProgress, SweepResult
-from mailglass_pipeline.reconcile.settings import DEFAULT_BUDGET_SECONDS, SweepConfig, validate_budget
-from mailglass_pipeline.reconcile.statements import sql
-from mailglass_pipeline.reconcile.sweep import sweep
+from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA, DrainResult, RunProgress, SweepResult
+from mailglass_pipeline.reconciliation.settings import DEFAULT_BUDGET_SECONDS, SweepConfig, validate_budget
+from mailglass_pipeline.reconciliation.statements import sql
+from mailglass_pipeline.reconciliation.sweep import sweep
 
 #: Counts summed over the transactions of a run; the backlog ones are taken from the latest.
 _SUMMED = ("scanned", "linked", "unmatched", "malformed", "already_reconciled", "newly_stale")

@@ -1,5 +1,5 @@
 -- Monitoring reads: what the schedule's tick, the sensor and the asset checks ask of the queue
--- (mailglass_pipeline/reconcile/monitoring.py). Each reads index ranges of the queue (or walks an
+-- (mailglass_pipeline/reconciliation/monitoring.py). Each reads index ranges of the queue (or walks an
 -- index), never the ledger's history.
 
 -- name: custom_plans

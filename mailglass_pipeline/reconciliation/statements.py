@@ -10,10 +10,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from mailglass_pipeline import deliveries, projector, queries
-from mailglass_pipeline.reconcile.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
+from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
 
 STATEMENTS: dict[str, sa.TextClause] = queries.register(
-    "mailglass_pipeline.reconcile",
+    "mailglass_pipeline.reconciliation",
     extra={
         "projection": projector.projection_ctes("won"),
         "notify": projector.notify_select("latest"),
