@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CORE_MODULES = [
     "mailglass_pipeline",
     "mailglass_pipeline.db",
@@ -21,6 +23,7 @@ CORE_MODULES = [
 ]
 
 
+@pytest.mark.process
 def test_core_modules_load_no_dagster() -> None:
     # A fresh interpreter: this test process has Dagster loaded already.
     probe = "; ".join(
@@ -123,6 +126,7 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
     assert offenders == []
 
 
+@pytest.mark.process
 def test_every_module_imports_by_its_dotted_name() -> None:
     # One import path per concept: nothing shadows a package (the contract's function `reconcile` once did).
     probe = (

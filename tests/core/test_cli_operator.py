@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import fetch
+import pytest
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.factories import fetch
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
@@ -39,6 +40,7 @@ def test_demo_late_commits_deliveries_after_their_orphans(engine: Engine, databa
     assert result.linked == 18 and result.lag_seconds is not None
 
 
+@pytest.mark.process
 def test_a_command_that_starts_the_embedded_server_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MAILGLASS_DATABASE_URL"}
     env["MAILGLASS_HOME"] = str(tmp_path / "home")

@@ -7,8 +7,6 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_delivery, make_orphan
-from core_support import QUEUE, rows, statements_sent
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.errors import ConfigurationError
@@ -17,6 +15,8 @@ from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA
 from mailglass_pipeline.reconciliation.settings import BUDGET_ENV, DEFAULT_BUDGET_SECONDS, SweepConfig, budget_from_env
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.core.core_support import statements_sent
+from tests.factories import QUEUE, make_delivery, make_orphan, rows
 
 
 def _attempts(engine: Engine) -> dict[int, int]:
@@ -36,7 +36,7 @@ class Ticks:
 
 def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(engine: Engine) -> None:
     for i in range(50):
-        make_orphan(engine, f"t{i:02d}", f"never-{i}", age=timedelta(minutes=10))
+        make_orphan(engine, tenant_id=f"t{i:02d}", message_id=f"never-{i}", age=timedelta(minutes=10))
     config = SweepConfig(max_total=10)
     # Each transaction "takes" 1 s (two clock reads apart) and the budget is 4.5 s: two transactions
     # fit, a third would end past the budget, so the run stops there with 30 orphans still due.
@@ -53,7 +53,7 @@ def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(
 
 def test_the_first_transaction_always_runs_and_the_budget_is_wall_time(engine: Engine) -> None:
     for i in range(6):
-        make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
+        make_orphan(engine, tenant_id=f"t{i}", message_id=f"never-{i}", age=timedelta(minutes=10))
     result = sweep_until(engine, 0.001, SweepConfig(max_total=2))
     assert (result.transactions, result.scanned, result.stopped_by) == (1, 2, BUDGET)
     assert result.elapsed_seconds > 0
@@ -61,9 +61,9 @@ def test_the_first_transaction_always_runs_and_the_budget_is_wall_time(engine: E
 
 def test_limit_is_a_quota_per_run_not_per_transaction(engine: Engine) -> None:
     for i in range(10):
-        make_orphan(engine, "big", f"big-{i}", age=timedelta(minutes=10 + i))
+        make_orphan(engine, tenant_id="big", message_id=f"big-{i}", age=timedelta(minutes=10 + i))
     for i in range(2):
-        make_orphan(engine, "small", f"small-{i}", age=timedelta(minutes=10))
+        make_orphan(engine, tenant_id="small", message_id=f"small-{i}", age=timedelta(minutes=10))
     result = sweep_until(engine, 60, SweepConfig(limit=3, max_total=2))
     assert {t: c["scanned"] for t, c in result.tenants.items()} == {"big": 3, "small": 2}
     assert result.stopped_by == QUOTA and result.due_remaining == 7
@@ -73,7 +73,7 @@ def test_limit_is_a_quota_per_run_not_per_transaction(engine: Engine) -> None:
 
 def test_retry_all_examines_each_pending_orphan_once_per_run(engine: Engine) -> None:
     for i in range(5):
-        make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
+        make_orphan(engine, tenant_id=f"t{i}", message_id=f"never-{i}", age=timedelta(minutes=10))
     sweep_until(engine, 60, SweepConfig())
     assert _attempts(engine) == {1: 5}  # all in backoff now
     result = sweep_until(engine, 60, SweepConfig(max_total=2, retry_all=True))
@@ -83,10 +83,10 @@ def test_retry_all_examines_each_pending_orphan_once_per_run(engine: Engine) -> 
 
 def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: Engine) -> None:
     for i in range(30):
-        make_orphan(engine, f"n{i:02d}", f"never-{i}", age=timedelta(minutes=30))
+        make_orphan(engine, tenant_id=f"n{i:02d}", message_id=f"never-{i}", age=timedelta(minutes=30))
     for i in range(5):
-        make_orphan(engine, f"l{i}", f"good-{i}", age=timedelta(minutes=2))
-        make_delivery(engine, f"l{i}", f"good-{i}")
+        make_orphan(engine, tenant_id=f"l{i}", message_id=f"good-{i}", age=timedelta(minutes=2))
+        make_delivery(engine, tenant_id=f"l{i}", message_id=f"good-{i}")
     seen: list[tuple[int, int]] = []
     result = sweep_until(
         engine, 60, SweepConfig(max_total=5), on_transaction=lambda part: seen.append((part.scanned, part.linked))
@@ -99,9 +99,9 @@ def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: En
 
 
 def test_newly_stale_and_malformed_are_changes_reexamination_is_not(engine: Engine) -> None:
-    make_orphan(engine, "stale", "m-old", age=timedelta(minutes=30))
-    make_orphan(engine, "broken", None, age=timedelta(minutes=5))
-    make_orphan(engine, "waiting", "never", age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="stale", message_id="m-old", age=timedelta(minutes=30))
+    make_orphan(engine, tenant_id="broken", message_id=None, age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="waiting", message_id="never", age=timedelta(minutes=5))
     result = sweep_until(engine, 60, SweepConfig(max_age_minutes=20))
     assert result.tenants["stale"]["newly_stale"] == 1 and result.tenants["stale"]["scanned"] == 0
     assert result.tenants["broken"]["malformed"] == 1
@@ -114,7 +114,7 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
     counts = []
     for prefix, tenants in (("one-", 1), ("many-", 300)):
         for i in range(tenants):
-            make_orphan(engine, f"{prefix}{i}", f"{prefix}never-{i}", age=timedelta(minutes=5))
+            make_orphan(engine, tenant_id=f"{prefix}{i}", message_id=f"{prefix}never-{i}", age=timedelta(minutes=5))
         with statements_sent(engine) as seen:
             result = sweep_until(engine, 60, SweepConfig())
         assert (result.tenants_swept, result.transactions) == (tenants, 1)
@@ -128,7 +128,7 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), 3601, True, "30"])
 def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -> None:
-    make_orphan(engine, "t", "never", age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="t", message_id="never", age=timedelta(minutes=5))
     with pytest.raises(ConfigurationError):
         sweep_until(engine, bad, SweepConfig())  # type: ignore[arg-type]
     assert _attempts(engine) == {0: 1}
@@ -160,6 +160,6 @@ def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_single_sweep_is_unchanged_by_the_run_bookkeeping(engine: Engine) -> None:
-    make_orphan(engine, "t", "m", age=timedelta(minutes=5))
-    make_delivery(engine, "t", "m")
+    make_orphan(engine, tenant_id="t", message_id="m", age=timedelta(minutes=5))
+    make_delivery(engine, tenant_id="t", message_id="m")
     assert sweep(engine, None, SweepConfig()).linked == 1

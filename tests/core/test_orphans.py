@@ -11,8 +11,6 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
-from database_support import login_role
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import orphans
@@ -20,6 +18,8 @@ from mailglass_pipeline.db import connect
 from mailglass_pipeline.reconciliation.results import SweepResult
 from mailglass_pipeline.reconciliation.settings import STALE_MESSAGE, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.databases import login_role
+from tests.factories import fetch, make_delivery, make_orphan
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
@@ -42,22 +42,22 @@ def _sweep(engine: Engine, tenant: str | None = None) -> SweepResult:
 def world(engine: Engine) -> dict[str, uuid.UUID]:
     """One orphan per reason, in tenants a and b, after one real sweep."""
     ids = {
-        "no_delivery": make_orphan(engine, "a", "nothing-here"),
-        "other_tenant": make_orphan(engine, "a", "belongs-to-b"),
-        "other_provider": make_orphan(engine, "a", "sent-by-sendgrid"),
-        "malformed": make_orphan(engine, "a", None),
-        "no_provider": make_orphan(engine, "a", "x-1", provider=None),
-        "stale": make_orphan(engine, "a", "too-old", age=timedelta(days=8)),
-        "linked": make_orphan(engine, "a", "will-link"),
-        "b_orphan": make_orphan(engine, "b", "b-only"),
+        "no_delivery": make_orphan(engine, tenant_id="a", message_id="nothing-here"),
+        "other_tenant": make_orphan(engine, tenant_id="a", message_id="belongs-to-b"),
+        "other_provider": make_orphan(engine, tenant_id="a", message_id="sent-by-sendgrid"),
+        "malformed": make_orphan(engine, tenant_id="a", message_id=None),
+        "no_provider": make_orphan(engine, tenant_id="a", message_id="x-1", provider=None),
+        "stale": make_orphan(engine, tenant_id="a", message_id="too-old", age=timedelta(days=8)),
+        "linked": make_orphan(engine, tenant_id="a", message_id="will-link"),
+        "b_orphan": make_orphan(engine, tenant_id="b", message_id="b-only"),
     }
-    make_delivery(engine, "b", "belongs-to-b")
-    make_delivery(engine, "a", "sent-by-sendgrid", provider="sendgrid")
-    make_delivery(engine, "a", "will-link")
+    make_delivery(engine, tenant_id="b", message_id="belongs-to-b")
+    make_delivery(engine, tenant_id="a", message_id="sent-by-sendgrid", provider="sendgrid")
+    make_delivery(engine, tenant_id="a", message_id="will-link")
     _sweep(engine)
-    ids["fresh"] = make_orphan(engine, "a", "just-arrived", age=timedelta(seconds=5))
-    ids["due_linkable"] = make_orphan(engine, "a", "arrives-later")
-    make_delivery(engine, "a", "arrives-later")
+    ids["fresh"] = make_orphan(engine, tenant_id="a", message_id="just-arrived", age=timedelta(seconds=5))
+    ids["due_linkable"] = make_orphan(engine, tenant_id="a", message_id="arrives-later")
+    make_delivery(engine, tenant_id="a", message_id="arrives-later")
     return ids
 
 
@@ -162,9 +162,9 @@ def test_cli_list_and_explain(engine: Engine, database_url: str, world: dict[str
 
 
 def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> None:
-    stale = make_orphan(engine, "a", "old", age=timedelta(days=8))
-    malformed = make_orphan(engine, "a", None)
-    pending = make_orphan(engine, "a", "pending")
+    stale = make_orphan(engine, tenant_id="a", message_id="old", age=timedelta(days=8))
+    malformed = make_orphan(engine, tenant_id="a", message_id=None)
+    pending = make_orphan(engine, tenant_id="a", message_id="pending")
     _sweep(engine)  # parks the stale and the malformed one
     with engine.begin() as conn:  # parked 40 days ago: past the default 30
         conn.execute(
@@ -173,7 +173,7 @@ def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> N
                     " WHERE event_id = :id"),
             {"id": stale},
         )  # fmt: skip
-    recent = make_orphan(engine, "a", None, age=timedelta(days=1))
+    recent = make_orphan(engine, tenant_id="a", message_id=None, age=timedelta(days=1))
     _sweep(engine)
     ledger_before = fetch(engine, "SELECT count(*) FROM mailglass_events")
     result = orphans.prune_parked(engine, batch_size=1)
@@ -210,7 +210,7 @@ def test_the_least_privilege_role_prunes_through_the_function_only(
         grants.apply_grants(database_url, role)
         restricted = create_engine(url)
         try:
-            make_orphan(engine, "a", None)
+            make_orphan(engine, tenant_id="a", message_id=None)
             _sweep(engine)  # parks it as malformed
             with pytest.raises(sa.exc.ProgrammingError), restricted.begin() as conn:
                 conn.execute(sa.text("DELETE FROM mailglass_reconciliation_queue"))

@@ -72,6 +72,7 @@ def test_fragments_take_identifiers_and_check_their_arity() -> None:
         splice("{pair(x)}", fragments, "t")
 
 
+@pytest.mark.process
 def test_sqlfluff_lints_the_sql_files() -> None:
     """The command CI runs (postgres dialect, the repository's .sqlfluff)."""
     done = subprocess.run(

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from process_support import free_port, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.devtools.dev import psycopg2_url
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import free_port, wait_until, webserver_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -130,11 +130,13 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     deliveries = {}
     for tenant, messages in {"t1": ["a"], "t2": ["b", "c"], "t3": ["d"]}.items():
         for message in messages:
-            make_orphan(engine, tenant, f"{tenant}-{message}")
-            deliveries[f"{tenant}-{message}"] = make_delivery(engine, tenant, f"{tenant}-{message}")
-    make_orphan(engine, "t3", "t3-unmatched")
-    make_orphan(engine, "t4", "t4-x")  # a tenant nobody launches
-    make_delivery(engine, "t4", "t4-x")
+            make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-{message}")
+            deliveries[f"{tenant}-{message}"] = make_delivery(
+                engine, tenant_id=tenant, message_id=f"{tenant}-{message}"
+            )
+    make_orphan(engine, tenant_id="t3", message_id="t3-unmatched")
+    make_orphan(engine, tenant_id="t4", message_id="t4-x")  # a tenant nobody launches
+    make_delivery(engine, tenant_id="t4", message_id="t4-x")
 
     instance = DagsterInstance.get()  # the same PostgreSQL storage the processes use
     instance.add_dynamic_partitions("tenants", ["t1", "t2", "t3", "t4"])
@@ -298,8 +300,8 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     port, log_dir = stack
     tenants = [f"p{i}" for i in range(1, 7)]
     for tenant in tenants:
-        make_orphan(engine, tenant, f"{tenant}-m")
-        make_delivery(engine, tenant, f"{tenant}-m")
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-m")
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m")
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("tenants", tenants)
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
@@ -356,8 +358,8 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     runs = wait_until(everything_done, 300, "not every launch finished", log_dir)
 
     # The schedule: a tenant nobody launched gets orphans; the next tick (within a minute) sweeps it.
-    make_orphan(engine, "s1", "s1-m")
-    make_delivery(engine, "s1", "s1-m")
+    make_orphan(engine, tenant_id="s1", message_id="s1-m")
+    make_delivery(engine, tenant_id="s1", message_id="s1-m")
 
     def scheduled_done():
         scheduled = instance.get_runs(RunsFilter(tags={"dagster/schedule_name": "reconcile_every_minute"}))

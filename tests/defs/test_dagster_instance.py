@@ -41,6 +41,7 @@ def test_workspace_has_no_pyproject_shadow():
     assert "mailglass_pipeline.definitions" in (REPO / "workspace.yaml").read_text()
 
 
+@pytest.mark.process
 def test_dagster_definitions_validate_passes(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}  # an empty instance: validation needs no storage
     env.pop("MAILGLASS_DATABASE_URL", None)

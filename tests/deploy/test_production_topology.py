@@ -43,14 +43,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import make_delivery, make_orphan
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
-from process_support import free_port, wait_until
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.devtools.dev import psycopg2_url
+from tests.factories import make_delivery, make_orphan
+from tests.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")]
 
@@ -299,8 +299,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
 
     orphans = {}
     for tenant in ("t1", "t2"):
-        orphans[tenant] = str(make_orphan(owner, tenant, f"{tenant}-m"))
-        make_delivery(owner, tenant, f"{tenant}-m")
+        orphans[tenant] = str(make_orphan(owner, tenant_id=tenant, message_id=f"{tenant}-m"))
+        make_delivery(owner, tenant_id=tenant, message_id=f"{tenant}-m")
     instance.add_dynamic_partitions("tenants", ["t1", "t2", "t3", "t4"])
 
     # 1. A backfill over GraphQL, as the UI launches it.
@@ -323,8 +323,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     assert _reconciled_per_orphan(owner) == {orphans["t1"]: 1, orphans["t2"]: 1}
 
     # 2. The schedule on, over GraphQL; a due orphan whose delivery the test keeps locked.
-    orphans["t3"] = str(make_orphan(owner, "t3", "t3-m"))
-    held = _hold_lock(owner, make_delivery(owner, "t3", "t3-m"))
+    orphans["t3"] = str(make_orphan(owner, tenant_id="t3", message_id="t3-m"))
+    held = _hold_lock(owner, make_delivery(owner, tenant_id="t3", message_id="t3-m"))
     started = client._execute(
         START_SCHEDULE,
         {
@@ -370,8 +370,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     wait_until(lambda: _location_loaded(client), 90, "webserver did not show the code location again", log_dir)
 
     # 3b. The container dies: code server AND its run worker, mid-run.
-    orphans["t4"] = str(make_orphan(owner, "t4", "t4-m"))
-    held = _hold_lock(owner, make_delivery(owner, "t4", "t4-m"))
+    orphans["t4"] = str(make_orphan(owner, tenant_id="t4", message_id="t4-m"))
+    held = _hold_lock(owner, make_delivery(owner, tenant_id="t4", message_id="t4-m"))
     try:
         second = wait_until(
             lambda: (run_id := _blocked_run(instance, owner, topology)) != first and run_id, 100,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
-from process_support import free_port, webserver_up
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.dagster_support.local_run import materialize_tenants
 from mailglass_pipeline.devtools import dev
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import free_port, webserver_up
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,17 +25,17 @@ REPO = Path(__file__).resolve().parents[2]
 def test_materialize_all_known_tenants_on_an_ephemeral_instance(engine, database_url, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.delenv("MAILGLASS_DATABASE_URL", raising=False)
-    make_orphan(engine, "t1", "m-1")
-    make_delivery(engine, "t1", "m-1")
-    make_orphan(engine, "t2", "m-2")
-    make_orphan(engine, "bad tenant", "m-3")  # unfit as a partition key: skipped, not fatal
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_orphan(engine, tenant_id="t2", message_id="m-2")
+    make_orphan(engine, tenant_id="bad tenant", message_id="m-3")  # unfit as a partition key: skipped, not fatal
     results = materialize_tenants(database_url=database_url)
     assert set(results) == {"t1", "t2"}
     assert (results["t1"]["scanned"], results["t1"]["linked"]) == (1, 1)
     assert (results["t2"]["scanned"], results["t2"]["linked"], results["t2"]["unmatched"]) == (1, 0, 1)
     assert all(isinstance(v, int) for counts in results.values() for v in counts.values())
     # Only the listed tenant runs when a list is given.
-    make_delivery(engine, "t2", "m-2")
+    make_delivery(engine, tenant_id="t2", message_id="m-2")
     assert materialize_tenants(["t2"], database_url=database_url) == {
         "t2": {**results["t2"], "linked": 1, "unmatched": 0, "remaining_orphans": 0}
     }

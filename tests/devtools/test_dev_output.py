@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mailglass_pipeline.devtools import dev
+
+pytestmark = pytest.mark.process  # every test here starts a child process
 
 REPO = Path(__file__).resolve().parents[2]
 

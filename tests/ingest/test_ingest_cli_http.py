@@ -15,13 +15,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import click
 import pytest
 from click.testing import CliRunner
-from ingest_support import count_events, events, fixture_bytes, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.cli import register
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
 from mailglass_pipeline.ingest.wsgi import make_app
+from tests.factories import count_events, events
+from tests.ingest.ingest_support import fixture_bytes
 
 
 @pytest.fixture

@@ -18,22 +18,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from database_support import login_role
-from ingest_support import (  # noqa: F401
-    count_events,
-    delivery,
-    keys_fixture,
-    make_delivery,
-    settings_fixture,
-    signing_fixture,
-)
-from serve_support import MAILGLASS, run_receiver, secrets_env
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import grants
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from tests.databases import login_role
+from tests.factories import count_events, delivery, make_delivery
+from tests.processes import MAILGLASS, run_receiver, secrets_env
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
@@ -67,7 +60,7 @@ def refused(url: str, sql: str) -> str:
 def test_serve_end_to_end_as_the_receiver_role(
     receiver_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
 ) -> None:
-    linked = make_delivery(engine, "role", "postmark", "role-linked")
+    linked = make_delivery(engine, tenant_id="role", provider="postmark", message_id="role-linked", dispatched=True)
     with run_receiver(receiver_url, secrets_env(settings), tmp_path, "--workers", "1") as receiver:
         assert receiver.request("GET", "/healthz").status == 200
         for provider in PROVIDERS:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from database_support import create_database, drop_database, with_database
 from sqlalchemy.engine import Engine
 
 from benchmarks import datasets
@@ -35,6 +34,7 @@ from mailglass_pipeline.reconciliation.settings import (
 )
 from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS
 from mailglass_pipeline.reconciliation.sweep import find_params
+from tests.databases import create_database, drop_database, with_database
 
 HISTORY = 100_000  # reconciled orphans: 2 ledger rows each
 PENDING_TENANTS = [f"t{i}" for i in range(10)]

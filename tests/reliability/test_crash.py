@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import bulk_support
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -31,6 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.reliability import bulk_support
 
 pytestmark = pytest.mark.slow
 

@@ -69,12 +69,14 @@ def _assert_one_line_failure(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.parametrize("command", [["reconcile", "--tenant-id", "t1"], ["reconcile"], ["migrate"]])
+@pytest.mark.process
 def test_cli_refused_connection_fails_fast_with_one_line(closed_port: int, command: list[str]) -> None:
     proc, elapsed = _cli(closed_port, *command)
     _assert_one_line_failure(proc)
     assert elapsed < STARTUP_MARGIN
 
 
+@pytest.mark.process
 def test_cli_blackhole_is_ended_by_the_connect_timeout(blackhole_port: int) -> None:
     proc, elapsed = _cli(blackhole_port, "reconcile", "--tenant-id", "t1", "--batch-size", "10")
     line = _assert_one_line_failure(proc)
@@ -90,6 +92,7 @@ def test_python_api_raises_database_unavailable(closed_port: int) -> None:
     assert "s3cret-pw" not in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_dagster_op_retries_with_exponential_backoff_then_fails(closed_port: int) -> None:
     dagster = pytest.importorskip("dagster")
     from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY

@@ -20,12 +20,12 @@ from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline.db import sqlstate_of
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.factories import fetch, make_delivery, make_orphan
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 #: Past this a sweep counts as hung: the lock is released so the test ends (and fails).
@@ -54,9 +54,9 @@ def _state(engine: Engine) -> tuple[int, list[tuple[object, ...]], list[tuple[ob
 def _seed(engine: Engine, n: int = 5) -> list[object]:
     ids = []
     for i in range(n):
-        make_orphan(engine, "t1", f"m-{i}")
-        ids.append(make_delivery(engine, "t1", f"m-{i}"))
-    make_orphan(engine, "t1", "m-nobody")  # unmatched: its attempt bookkeeping must roll back too
+        make_orphan(engine, tenant_id="t1", message_id=f"m-{i}")
+        ids.append(make_delivery(engine, tenant_id="t1", message_id=f"m-{i}"))
+    make_orphan(engine, tenant_id="t1", message_id="m-nobody")  # unmatched: its attempt bookkeeping must roll back too
     return ids
 
 

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from schema_support import (
+from sqlalchemy.engine import Engine, make_url
+
+from mailglass_pipeline import grants, schema
+from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.databases import fresh_database, with_database
+from tests.schema.schema_support import (
     D_PM1,
     D_SG2,
     MAILGLASS_TABLES,
@@ -23,21 +30,13 @@ from schema_support import (
     O_MESSAGE_ID,
     O_NEVER,
     O_SG_MESSAGE_ID,
-    fresh_database,
     load_mailglass,
     mailglass_versions_to_run,
     mailglass_writes,
     raw_engine,
     sections_between,
     snapshot,
-    with_database,
 )
-from sqlalchemy.engine import Engine, make_url
-
-from mailglass_pipeline import grants, schema
-from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
-from mailglass_pipeline.reconciliation.sweep import sweep
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 

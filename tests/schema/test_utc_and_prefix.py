@@ -18,15 +18,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from schema_support import (
-    O_MESSAGE_ID,
-    O_SG_MESSAGE_ID,
-    fresh_database,
-    load_mailglass,
-    mailglass_versions_to_run,
-    raw_engine,
-    snapshot,
-)
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import schema
@@ -34,6 +25,15 @@ from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest.samples import build_webhook
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from tests.databases import fresh_database
+from tests.schema.schema_support import (
+    O_MESSAGE_ID,
+    O_SG_MESSAGE_ID,
+    load_mailglass,
+    mailglass_versions_to_run,
+    raw_engine,
+    snapshot,
+)
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 NEW_YORK = "America/New_York"

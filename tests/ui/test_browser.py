@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_support import free_port, run_checked, stop_process_group, webserver_up
+
+from tests.processes import free_port, run_checked, stop_process_group, webserver_up
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402

@@ -35,14 +35,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
-from process_support import free_port, log_tail, wait_until, webserver_up
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
 from mailglass_pipeline.devtools.dev import psycopg2_url
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import free_port, log_tail, wait_until, webserver_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -143,11 +143,15 @@ def test_two_ticks_at_200_tenants_one_run_each_and_only_tenants_with_work(stack,
     for n, tenant in enumerate(linkable):
         for k in range(1 + n % 3):  # 1 to 3 orphans each, inserted 3 minutes ago: past the 60 s grace
             message = f"{tenant}-m{k}"
-            linkable_orphans[make_orphan(engine, tenant, message, age=timedelta(minutes=3))] = tenant
-            make_delivery(engine, tenant, message)
-    hopeless_orphans = {make_orphan(engine, t, f"{t}-never", age=timedelta(minutes=3)): t for t in hopeless}
+            linkable_orphans[make_orphan(engine, tenant_id=tenant, message_id=message, age=timedelta(minutes=3))] = (
+                tenant
+            )
+            make_delivery(engine, tenant_id=tenant, message_id=message)
+    hopeless_orphans = {
+        make_orphan(engine, tenant_id=t, message_id=f"{t}-never", age=timedelta(minutes=3)): t for t in hopeless
+    }
     for tenant in idle:
-        make_delivery(engine, tenant, f"{tenant}-sent")
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-sent")
 
     wait_until(lambda: webserver_up(port), 120, "webserver did not come up", log_dir)
     instance = DagsterInstance.get()  # the storage the processes use
