@@ -94,6 +94,38 @@ def stop_process_group(process: subprocess.Popen[Any], timeout: float = 20) -> N
         process.wait(timeout=10)
 
 
+# -- the mailglass command, in this process -------------------------------------------------
+
+
+@dataclass
+class CommandResult:
+    """What ``subprocess.run(..., capture_output=True, text=True)`` of the command returns, in short."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def mailglass(*args: str, env: Mapping[str, str | None] | None = None, stdin: str | None = None) -> CommandResult:
+    """``mailglass ARGS`` run in this process through the console script's own entry point (``cli.main``).
+
+    The same exit code, stdout and stderr as the installed command, without a new interpreter paying
+    its imports: for tests of what a command does. ``env`` overrides this process's environment for
+    the call (``None`` unsets a variable). A test of the process boundary itself (start-up time,
+    signals, exit of the interpreter) runs ``MAILGLASS`` as a real process instead.
+    """
+    from click.testing import CliRunner
+
+    from mailglass_pipeline import cli
+
+    with CliRunner().isolation(input=stdin, env=dict(env or {})) as (out, err, _):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # a command that exits by itself
+            code = exc.code if isinstance(exc.code, int) else 1
+        return CommandResult(code, out.getvalue().decode(), err.getvalue().decode())
+
+
 # -- mailglass serve, and a path to PostgreSQL the test can cut ------------------------------
 
 #: The installed ``mailglass`` command beside this interpreter.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,11 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
 from tests.factories import fetch
-
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
+from tests.processes import MAILGLASS, mailglass
 
 
 def test_demo_late_commits_deliveries_after_their_orphans(engine: Engine, database_url: str) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    proc = subprocess.run(
-        [MAILGLASS_BIN, "demo", "--late", "--late-waves", "1,2"], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = mailglass("demo", "--late", "--late-waves", "1,2", env={"MAILGLASS_DATABASE_URL": database_url})
     assert proc.returncode == 0, proc.stderr
     made = json.loads(proc.stdout)
     assert made["orphans"] == 18 and made["late_deliveries"] == [9, 9]
@@ -45,10 +40,10 @@ def test_a_command_that_starts_the_embedded_server_says_so(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "MAILGLASS_DATABASE_URL"}
     env["MAILGLASS_HOME"] = str(tmp_path / "home")
     try:
-        first = subprocess.run([MAILGLASS_BIN, "migrate"], env=env, capture_output=True, text=True, timeout=180)
+        first = subprocess.run([MAILGLASS, "migrate"], env=env, capture_output=True, text=True, timeout=180)
         assert first.returncode == 0, first.stderr
         assert "started the embedded PostgreSQL" in first.stderr and "mailglass stop" in first.stderr
-        again = subprocess.run([MAILGLASS_BIN, "reconcile"], env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run([MAILGLASS, "reconcile"], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "started the embedded" not in again.stderr  # already running: no notice
     finally:
-        subprocess.run([MAILGLASS_BIN, "stop"], env=env, capture_output=True, timeout=60)
+        subprocess.run([MAILGLASS, "stop"], env=env, capture_output=True, timeout=60)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
@@ -20,13 +18,11 @@ from mailglass_pipeline.reconciliation.settings import STALE_MESSAGE, SweepConfi
 from mailglass_pipeline.reconciliation.sweep import sweep
 from tests.databases import login_role
 from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import CommandResult, mailglass
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
-
-def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    return subprocess.run([MAILGLASS_BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+def _cli(database_url: str, *args: str) -> CommandResult:
+    return mailglass(*args, env={"MAILGLASS_DATABASE_URL": database_url})
 
 
 def _explain(engine: Engine, event_id: uuid.UUID) -> dict:

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,11 +29,11 @@ from sqlalchemy.engine import Engine, make_url
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.processes import MAILGLASS
 from tests.reliability import bulk_support
 
 pytestmark = pytest.mark.slow
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 TENANT = "crash"
 N = int(os.environ.get("MAILGLASS_CRASH_ROWS", "15000"))
 BATCH = N + N // 7 + 500  # every orphan in one batch, one transaction
@@ -86,7 +85,7 @@ def crash_db(admin_url: str, admin_engine: Engine, template_database: str, base_
 
 def _start_sweep(url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [MAILGLASS_BIN, "reconcile", "--tenant-id", TENANT, "--batch-size", str(BATCH), "--grace-seconds", "0"],
+        [MAILGLASS, "reconcile", "--tenant-id", TENANT, "--batch-size", str(BATCH), "--grace-seconds", "0"],
         env={**os.environ, "MAILGLASS_DATABASE_URL": url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -15,7 +15,6 @@ import itertools
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -23,8 +22,8 @@ import pytest
 
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.reconciliation.sweep import reconcile
+from tests.processes import MAILGLASS
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 CONNECT_TIMEOUT = 2
 #: Interpreter and import start-up of the CLI on a slow CI machine.
 STARTUP_MARGIN = 8
@@ -52,7 +51,7 @@ def _cli(port: int, *args: str) -> tuple[subprocess.CompletedProcess[str], float
         "MAILGLASS_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
     }
     started = time.monotonic()
-    proc = subprocess.run([MAILGLASS_BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([MAILGLASS, *args], env=env, capture_output=True, text=True, timeout=120)
     return proc, time.monotonic() - started
 
 

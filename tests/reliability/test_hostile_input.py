@@ -10,9 +10,6 @@ orphan's tenant, and counts what it could not use as ``malformed``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,8 +23,8 @@ from mailglass_pipeline.errors import ConfigurationError
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
 from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import mailglass
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 SWEEP = SweepConfig(grace_seconds=0)
 
 HOSTILE_TENANTS = [
@@ -106,14 +103,11 @@ def test_hostile_tenant_ids_sweep_normally_and_stay_isolated(engine: Engine, ten
 
 
 def test_hostile_tenant_ids_through_the_cli(engine: Engine, database_url: str) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
+    env = {"MAILGLASS_DATABASE_URL": database_url}
     for tenant in HOSTILE_TENANTS[:7]:
         make_orphan(engine, tenant_id=tenant, message_id="m-1")
         make_delivery(engine, tenant_id=tenant, message_id=f"m-{uuid.uuid4()}")
-        proc = subprocess.run(
-            [MAILGLASS_BIN, "reconcile", "--tenant-id", tenant, "--grace-seconds", "0"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        proc = mailglass("reconcile", "--tenant-id", tenant, "--grace-seconds", "0", env=env)
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         assert (out["tenant_id"], out["scanned"], out["unmatched"]) == (tenant, 1, 1)

@@ -10,9 +10,6 @@ the refusal assertions fail.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -28,8 +25,7 @@ from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import reconcile, sweep
 from tests.databases import login_role
 from tests.factories import fetch, make_delivery, make_orphan
-
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
+from tests.processes import mailglass
 
 
 @pytest.fixture
@@ -122,11 +118,8 @@ def test_public_api_and_cli_run_as_restricted_role(engine: Engine, restricted_ur
     make_orphan(engine, tenant_id="t2", message_id="m-2")
     make_delivery(engine, tenant_id="t2", message_id="m-2")
     assert reconcile("t2", limit=1, database_url=restricted_url)["linked"] == 1
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": restricted_url}
-    proc = subprocess.run(
-        [MAILGLASS_BIN, "reconcile", "--tenant-id", "t2", "--grace-seconds", "0"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    env = {"MAILGLASS_DATABASE_URL": restricted_url}
+    proc = mailglass("reconcile", "--tenant-id", "t2", "--grace-seconds", "0", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["linked"] == 1
 
@@ -159,17 +152,12 @@ def test_restricted_role_cannot_rewrite_history_or_change_schema(engine: Engine,
 
 
 def test_grants_cli_prints_and_applies(database_url: str, admin_engine: Engine, engine: Engine) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    printed = subprocess.run(
-        [MAILGLASS_BIN, "grants", "--role", "o'reilly"], env=env, capture_output=True, text=True, timeout=60
-    )
+    env = {"MAILGLASS_DATABASE_URL": database_url}
+    printed = mailglass("grants", "--role", "o'reilly", env=env)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == grants.render_grants("o'reilly").strip()
 
-    missing = subprocess.run(
-        [MAILGLASS_BIN, "grants", "--role", "mg_no_such_role", "--apply"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    missing = mailglass("grants", "--role", "mg_no_such_role", "--apply", env=env)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "mg_no_such_role" in missing.stderr.strip().splitlines()[-1]
 
@@ -177,9 +165,7 @@ def test_grants_cli_prints_and_applies(database_url: str, admin_engine: Engine, 
     with admin_engine.connect() as conn:
         conn.execute(sa.text(f'CREATE ROLE "{role}" NOLOGIN'))
     try:
-        applied = subprocess.run(
-            [MAILGLASS_BIN, "grants", "--role", role, "--apply"], env=env, capture_output=True, text=True, timeout=60
-        )
+        applied = mailglass("grants", "--role", role, "--apply", env=env)
         assert applied.returncode == 0, applied.stderr
         assert json.loads(applied.stdout)["role"] == role
         privileges = fetch(

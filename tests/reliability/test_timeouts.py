@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,8 @@ from mailglass_pipeline.db import sqlstate_of
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
 from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import MAILGLASS
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 #: Past this a sweep counts as hung: the lock is released so the test ends (and fails).
 HANG_LIMIT_S = 10
 
@@ -134,7 +133,7 @@ def test_cli_gives_up_on_a_stuck_lock_with_one_line(engine: Engine, database_url
     with holding(engine, "SELECT 1 FROM mailglass_deliveries WHERE id = :id FOR UPDATE", id=ids[0]):
         started = time.monotonic()
         proc = subprocess.run(
-            [MAILGLASS_BIN, "reconcile", "--tenant-id", "t1", "--grace-seconds", "0"],
+            [MAILGLASS, "reconcile", "--tenant-id", "t1", "--grace-seconds", "0"],
             env={**os.environ, "MAILGLASS_DATABASE_URL": database_url},
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -7,9 +7,6 @@ owner and as a role holding only the grants a Mailglass app has.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +19,7 @@ from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
 from tests.databases import fresh_database, with_database
+from tests.processes import CommandResult, mailglass
 from tests.schema.schema_support import (
     D_PM1,
     D_SG2,
@@ -38,12 +36,9 @@ from tests.schema.schema_support import (
     snapshot,
 )
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
-
-def migrate_cli(url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "MAILGLASS_DATABASE_URL": url, **env}
-    return subprocess.run([MAILGLASS_BIN, "migrate"], env=environment, capture_output=True, text=True, timeout=120)
+def migrate_cli(url: str, **env: str) -> CommandResult:
+    return mailglass("migrate", env={"MAILGLASS_DATABASE_URL": url, **env})
 
 
 @pytest.fixture
