@@ -72,6 +72,17 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture
+def dagster_storage_url(admin_url: str, admin_engine: Engine) -> Iterator[str]:
+    """An empty database for a Dagster instance's storage (dagster-postgres's psycopg2 URL), dropped after the test."""
+    from mailglass_pipeline.devtools.dev import psycopg2_url
+
+    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
+    create_database(admin_engine, name)
+    yield psycopg2_url(with_database(admin_url, name))
+    drop_database(admin_engine, name)
+
+
 # -- tiers ----------------------------------------------------------------------------------
 
 FAST_TIER = "not database and not process and not slow"

@@ -28,6 +28,9 @@ from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.ingest import IngestSettings
 
+#: The installed ``mailglass`` command beside this interpreter.
+MAILGLASS = Path(sys.executable).with_name("mailglass")
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
@@ -94,6 +97,35 @@ def stop_process_group(process: subprocess.Popen[Any], timeout: float = 20) -> N
         process.wait(timeout=10)
 
 
+def start_process(
+    command: Sequence[str | Path], *, env: Mapping[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """``command`` in its own process group (stopped with its children by ``stop_process_group``), output
+    appended to ``log``; ``env`` is its whole environment."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(part) for part in command],
+            env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+@contextmanager
+def mailglass_dev(env: Mapping[str, str], log_dir: Path, *, cwd: Path, timeout: float = 120) -> Iterator[int]:
+    """``mailglass dev`` (webserver and daemon) on a free port, answering when the block starts: the port.
+
+    Stopped afterwards by SIGTERM to its process group, SIGKILL if it outlives 20 s. Its output is
+    ``log_dir/dev.log``, printed by a failing wait.
+    """
+    port = free_port()
+    process = start_process([MAILGLASS, "dev", "--port", str(port)], env=env, cwd=cwd, log=log_dir / "dev.log")
+    try:
+        wait_until(lambda: webserver_up(port) or process.poll() is not None, timeout, "no webserver", log_dir)
+        assert process.poll() is None, f"mailglass dev exited with {process.returncode}\n{log_tail(log_dir)}"
+        yield port
+    finally:
+        stop_process_group(process)
+
+
 # -- the mailglass command, in this process -------------------------------------------------
 
 
@@ -127,9 +159,6 @@ def mailglass(*args: str, env: Mapping[str, str | None] | None = None, stdin: st
 
 
 # -- mailglass serve, and a path to PostgreSQL the test can cut ------------------------------
-
-#: The installed ``mailglass`` command beside this interpreter.
-MAILGLASS = Path(sys.executable).with_name("mailglass")
 
 
 def secrets_env(settings: IngestSettings) -> dict[str, str]:

@@ -18,18 +18,14 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.devtools.dev import psycopg2_url
 from tests.factories import fetch, make_delivery, make_orphan
-from tests.processes import free_port, wait_until, webserver_up
+from tests.processes import mailglass_dev, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -70,48 +66,26 @@ mutation Backfill($backfillParams: LaunchBackfillParams!) {
 
 
 @pytest.fixture
-def dagster_home(tmp_path, admin_url, admin_engine):
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+def dagster_home(tmp_path, dagster_storage_url):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    yield home, psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return home, dagster_storage_url
 
 
 @pytest.fixture
 def stack(dagster_home, database_url, tmp_path, monkeypatch):
-    """``mailglass dev`` (webserver and daemon); always stopped with SIGTERM, as an operator would."""
+    """``mailglass dev`` (webserver and daemon), stopped by its process group afterwards."""
     home, storage_url = dagster_home
     env = {
-        **os.environ,
         "DAGSTER_HOME": str(home),
         "MAILGLASS_DATABASE_URL": database_url,
         "MAILGLASS_DAGSTER_DATABASE_URL": storage_url,
     }
     for key, value in env.items():
-        if key in ("DAGSTER_HOME", "MAILGLASS_DATABASE_URL", "MAILGLASS_DAGSTER_DATABASE_URL"):
-            monkeypatch.setenv(key, value)
-    port = free_port()
-    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(BIN / "mailglass"), "dev", "--port", str(port)],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: webserver_up(port), 90, "webserver did not come up", tmp_path)
+        monkeypatch.setenv(key, value)
+    with mailglass_dev({**os.environ, **env}, tmp_path, cwd=REPO, timeout=90) as port:
         yield port, tmp_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-        log.close()
 
 
 def _metadata_by_partition(instance: DagsterInstance) -> dict[str, dict[str, int]]:

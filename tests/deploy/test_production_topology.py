@@ -48,7 +48,6 @@ from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.devtools.dev import psycopg2_url
 from tests.factories import make_delivery, make_orphan
 from tests.processes import free_port, wait_until
 
@@ -182,7 +181,7 @@ class Stack:
 
 
 @pytest.fixture
-def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engine: Engine) -> Iterator[dict]:
+def topology(tmp_path: Path, blank_database_url: str, admin_engine: Engine, dagster_storage_url: str) -> Iterator[dict]:
     env_base = {k: v for k, v in os.environ.items() if not k.startswith(("MAILGLASS_", "DAGSTER_"))}
     mailglass = str(BIN / "mailglass")
     owner_env = {**env_base, "MAILGLASS_DATABASE_URL": blank_database_url}
@@ -197,10 +196,7 @@ def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engi
     assert granted.returncode == 0, granted.stderr
     restricted_url = make_url(blank_database_url).set(username=role, password=None).render_as_string(False)
 
-    storage_db = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{storage_db}"'))
-    storage_url = psycopg2_url(make_url(admin_url).set(database=storage_db).render_as_string(hide_password=False))
+    storage_url = dagster_storage_url
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -234,7 +230,6 @@ def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engi
         else:
             os.environ["DAGSTER_HOME"] = old_home
         with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{storage_db}" WITH (FORCE)'))
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{make_url(blank_database_url).database}" WITH (FORCE)'))
             conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
 

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.dagster_support.testing_internals import (
     GrpcServerCodeLocationOrigin,
@@ -24,7 +24,6 @@ from mailglass_pipeline.dagster_support.testing_internals import (
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
-from mailglass_pipeline.devtools.dev import psycopg2_url
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
 from tests.factories import fetch, make_delivery, make_orphan
@@ -42,11 +41,8 @@ def run_tenant(database_url: str, instance: DagsterInstance, tenant: str):
 
 
 @pytest.fixture
-def storage(tmp_path: Path, admin_url: str, admin_engine: Engine) -> Iterator[tuple[DagsterInstance, Engine]]:
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+def storage(tmp_path: Path, dagster_storage_url: str) -> Iterator[tuple[DagsterInstance, Engine]]:
+    url = dagster_storage_url
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": url}}}))
     instance = DagsterInstance.from_config(str(tmp_path))
     dagster_engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -55,8 +51,6 @@ def storage(tmp_path: Path, admin_url: str, admin_engine: Engine) -> Iterator[tu
     finally:
         instance.dispose()
         dagster_engine.dispose()
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _age(dagster_engine: Engine, run_ids: list[str], days: int) -> None:

@@ -1,19 +1,16 @@
 """The scheduled all-tenant sweep (job ``reconcile_due_tenants``) on a real PostgreSQL-backed Dagster instance."""
 
-import uuid
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, build_asset_check_context, instance_for_test
-from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.scheduled_sweep.checks import LagCheckConfig, reconciliation_lag
-from mailglass_pipeline.devtools.dev import psycopg2_url
 from tests.factories import fetch, make_delivery, make_orphan
 
 TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])
@@ -21,16 +18,10 @@ SWEEP_ASSET = AssetKey(["mailglass", "reconciliation_sweep"])
 
 
 @pytest.fixture
-def pg_instance(admin_url, admin_engine):
+def pg_instance(dagster_storage_url):
     """A Dagster instance whose storage is dagster-postgres (what the daemon's run workers write to)."""
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": dagster_storage_url}}}) as instance:
         yield instance
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _sweep(database_url, instance, run_config=None):

@@ -21,11 +21,9 @@ still in backoff (skip, "no orphan is due"), finds the first run still in flight
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -34,15 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
-from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
-from mailglass_pipeline.devtools.dev import psycopg2_url
 from tests.factories import fetch, make_delivery, make_orphan
-from tests.processes import free_port, log_tail, wait_until, webserver_up
+from tests.processes import log_tail, mailglass_dev, wait_until, webserver_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -65,38 +60,17 @@ query { repositoryOrError(repositorySelector: {repositoryLocationName: "mailglas
 
 
 @pytest.fixture
-def stack(tmp_path, admin_url, admin_engine, database_url, monkeypatch):
+def stack(tmp_path, database_url, dagster_storage_url, monkeypatch):
     """``mailglass dev`` on a fresh app database and its own Dagster storage database; stopped by process group."""
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    storage_url = psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
     env = {"DAGSTER_HOME": str(home), "MAILGLASS_DATABASE_URL": database_url}
-    env["MAILGLASS_DAGSTER_DATABASE_URL"] = storage_url
+    env["MAILGLASS_DAGSTER_DATABASE_URL"] = dagster_storage_url
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    port = free_port()
-    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(BIN / "mailglass"), "dev", "--port", str(port)],
-        env={**os.environ, **env}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with mailglass_dev({**os.environ, **env}, tmp_path, cwd=REPO) as port:
         yield port, tmp_path
-    finally:
-        try:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait()
-        log.close()
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _location_loaded(client: DagsterGraphQLClient) -> bool:
