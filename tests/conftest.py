@@ -72,13 +72,30 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def dagster_storage_template(admin_url: str, admin_engine: Engine) -> Iterator[str]:
+    """A database holding Dagster's storage tables, created once: each test's storage is a copy of it."""
+    from dagster import instance_for_test
+
+    from mailglass_pipeline.devtools.dev import psycopg2_url
+
+    name = f"mg_dagster_tpl_{uuid.uuid4().hex[:10]}"
+    create_database(admin_engine, name)
+    with instance_for_test(
+        overrides={"storage": {"postgres": {"postgres_url": psycopg2_url(with_database(admin_url, name))}}}
+    ):
+        pass  # opening the instance creates run, event log and schedule storage
+    yield name
+    drop_database(admin_engine, name)
+
+
 @pytest.fixture
-def dagster_storage_url(admin_url: str, admin_engine: Engine) -> Iterator[str]:
-    """An empty database for a Dagster instance's storage (dagster-postgres's psycopg2 URL), dropped after the test."""
+def dagster_storage_url(admin_url: str, admin_engine: Engine, dagster_storage_template: str) -> Iterator[str]:
+    """A database for a Dagster instance's storage (dagster-postgres's psycopg2 URL), dropped after the test."""
     from mailglass_pipeline.devtools.dev import psycopg2_url
 
     name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    create_database(admin_engine, name)
+    create_database(admin_engine, name, template=dagster_storage_template)
     yield psycopg2_url(with_database(admin_url, name))
     drop_database(admin_engine, name)
 
@@ -103,6 +120,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "admin_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.database)
+    # Slow tests first: xdist's loadgroup distribution (pyproject) hands tests out in this order, so the
+    # end-to-end tests, which mostly wait on Dagster processes and schedule ticks, start at once beside
+    # the database tests instead of running last, one after another.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # -- the embedded server: stopped again when this test session started it -------------------

@@ -101,10 +101,7 @@ def test_dev_runs_the_webserver_and_the_daemon_on_the_workspace(project):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["foreground-SIGINT", "foreground-SIGTERM", "background-SIGTERM"])
-def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, database_url, admin_url, admin_engine):
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, database_url, dagster_storage_url):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -112,7 +109,7 @@ def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, datab
         **os.environ,
         "DAGSTER_HOME": str(home),
         "MAILGLASS_DATABASE_URL": database_url,
-        "MAILGLASS_DAGSTER_DATABASE_URL": make_url(admin_url).set(database=name).render_as_string(False),
+        "MAILGLASS_DAGSTER_DATABASE_URL": dagster_storage_url,
     }
     port = free_port()
     command = f"{Path(sys.executable).parent / 'mailglass'} dev --port {port}"
@@ -146,8 +143,6 @@ def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, datab
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         log.close()
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_project_root_requires_the_yaml_files(tmp_path, monkeypatch):
