@@ -40,8 +40,12 @@ def libpq_url(url: str) -> str:
 
 
 def create_database(admin_engine: Engine, name: str, template: str | None = None) -> None:
-    """``CREATE DATABASE name`` (a file copy of ``template`` when given: fast, and isolated per test)."""
-    clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+    """``CREATE DATABASE name``, a copy of ``template`` when given (isolated per test).
+
+    The server's default strategy (WAL_LOG from PostgreSQL 15 on) copies a small template about twice
+    as fast as FILE_COPY, which also forces a checkpoint that every concurrent test pays for.
+    """
+    clause = f' TEMPLATE "{template}"' if template else ""
     with admin_engine.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"{clause}'))
 

@@ -24,15 +24,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from tests.databases import create_database, drop_database, with_database
 from tests.processes import MAILGLASS
 from tests.reliability import bulk_support
 
-pytestmark = pytest.mark.slow
+# One worker runs both: they share the module's uninterrupted twin (``expected``).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("crash")]
 
 TENANT = "crash"
 N = int(os.environ.get("MAILGLASS_CRASH_ROWS", "15000"))
@@ -48,14 +50,8 @@ def base_time() -> datetime:
 
 def _new_database(admin_url: str, admin_engine: Engine, template: str) -> tuple[str, str]:
     name = f"mg_crash_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
-    return name, make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop(admin_engine: Engine, name: str) -> None:
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    create_database(admin_engine, name, template=template)
+    return name, with_database(admin_url, name)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,7 @@ def expected(admin_url: str, admin_engine: Engine, template_database: str, base_
         yield bulk_support.snapshot(engine, TENANT)
     finally:
         engine.dispose()
-        _drop(admin_engine, name)
+        drop_database(admin_engine, name)
 
 
 @pytest.fixture
@@ -80,7 +76,7 @@ def crash_db(admin_url: str, admin_engine: Engine, template_database: str, base_
     bulk_support.seed(engine, TENANT, N, base_time)
     yield name, url, engine
     engine.dispose()
-    _drop(admin_engine, name)
+    drop_database(admin_engine, name)
 
 
 def _start_sweep(url: str) -> subprocess.Popen[str]:
