@@ -110,7 +110,7 @@ def start_process(
 
 
 @contextmanager
-def mailglass_dev(env: Mapping[str, str], log_dir: Path, *, cwd: Path, timeout: float = 120) -> Iterator[int]:
+def mailglass_dev(env: Mapping[str, str], log_dir: Path, *, cwd: Path, timeout: float = 180) -> Iterator[int]:
     """``mailglass dev`` (webserver and daemon) on a free port, answering when the block starts: the port.
 
     Stopped afterwards by SIGTERM to its process group, SIGKILL if it outlives 20 s. Its output is

@@ -84,7 +84,7 @@ def stack(dagster_home, database_url, tmp_path, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    with mailglass_dev({**os.environ, **env}, tmp_path, cwd=REPO, timeout=90) as port:
+    with mailglass_dev({**os.environ, **env}, tmp_path, cwd=REPO) as port:
         yield port, tmp_path
 
 

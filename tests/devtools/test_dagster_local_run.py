@@ -124,7 +124,7 @@ def test_dev_stops_webserver_daemon_and_children_within_10s(how, tmp_path, datab
             pid = int(shell.stdout.strip())
         else:
             pid = subprocess.Popen(command.split(), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).pid
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # start-up on a loaded machine; the stop below is what is timed
         while not webserver_up(port):
             assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
             time.sleep(0.5)
