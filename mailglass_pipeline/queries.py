@@ -1,4 +1,4 @@
-"""Every SQL statement the package runs, by name, read from its ``.sql`` files (decision D15).
+"""Every SQL statement the package runs, by name, read from its ``.sql`` files (decision D14).
 
 A file holds blocks, each opened by a line ``-- name: <name>`` and holding the
 complete statement, exactly as PostgreSQL receives it: no splicing, no

@@ -1,4 +1,4 @@
--- The shared rules of the statements, each written once here (decision D15).
+-- The shared rules of the statements, each written once here (decision D14).
 --
 -- A statement that needs a rule holds a complete copy of it, marked by the line "-- rule: <name>"
 -- before it and "-- end rule" after it (or, for a one-line rule, "-- rule: <name>" at the end of
