@@ -173,6 +173,8 @@ def test_the_migrations_triggers_use_the_lookups_message_id_match() -> None:
     # The queue trigger's message-id keys are the ones `mailglass orphans explain` reads.
     assert due._MESSAGE_ID_KEYS == schema._MESSAGE_ID_KEYS == orphans._MESSAGE_ID_KEYS
     assert due.message_id_sql("n") == schema.message_id_sql("n")
+    # 0004's frozen copy builds 0003's triggers exactly (its probes and the ledger trigger's SendGrid rule).
+    assert due._wake_probe("n") == schema._wake_probe("n") and due._DELIVERY_EXISTS == schema._DELIVERY_EXISTS
 
 
 def test_migrations_are_frozen() -> None:
