@@ -6,6 +6,9 @@ templating. Bind parameters are ``:name``. The text before the first block is
 the file's own comment. Shared rules are copied into the statements that need
 them, marked ``-- rule: <name>``; their one home is ``sql/rules.sql`` and a
 test compares every copy with it.
+
+Code fetches a statement with :func:`statement`; :data:`STATEMENTS` lists
+them all for the tests (the plan tests explain each).
 """
 
 from __future__ import annotations
