@@ -33,6 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -293,8 +294,8 @@ def connect(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def execute_autocommitted(engine: Engine, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Run one driver-style statement (:func:`driver_statement`) as its own transaction; its rows.
+def execute_autocommitted(engine: Engine, statement: RawStatement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Run one statement on the driver's own cursor (:func:`driver_cursor`) as its own transaction; its rows.
 
     No BEGIN and no COMMIT: one round trip. The pooled connection goes back
     in transaction mode (unless the failure broke it, and the pool drops it).
@@ -305,45 +306,39 @@ def execute_autocommitted(engine: Engine, statement: str, params: Mapping[str, A
         driver.autocommit = True
         try:
             with driver_cursor(conn) as cursor:
-                return cursor.execute(statement, params).fetchall()
+                return cursor.execute(statement.text, statement.values(params)).fetchall()
         finally:
             if not (driver.closed or driver.broken):
                 driver.autocommit = False
 
 
-#: psycopg converts a query's placeholders once and caches the result only for queries up to this
-#: many bytes (``MAX_CACHED_STATEMENT_LENGTH``); a longer one is re-parsed on every execution,
-#: which cost about 250 us of CPU per webhook here.
-DRIVER_CACHED_QUERY_BYTES = 4096
+@dataclass(frozen=True)
+class RawStatement:
+    """A statement in PostgreSQL's own placeholders (``$1``...), for :func:`driver_cursor`.
 
-
-def compact(sql: str) -> str:
-    """``sql`` on one line with single spaces, none around commas and parentheses outside literals.
-
-    It must hold no ``--`` comment, nor a literal with two spaces, nor a
-    quote other than the ``'`` of standard string literals.
+    psycopg's ``RawCursor`` sends such a text as is: no parsing of the query on
+    each execution, whatever its length (psycopg's ordinary cursor converts
+    ``%(name)s`` placeholders and caches that only for queries under 4 kB).
     """
-    if "--" in sql:
-        raise ValueError("a statement to compact must not hold -- comments")
-    # Split on quotes: the even pieces are outside literals (a doubled '' keeps the parity).
-    pieces = " ".join(sql.split()).split("'")
-    pieces[::2] = [_TIGHT.sub(r"\1", piece) for piece in pieces[::2]]
-    return "'".join(pieces)
 
+    text: str
+    names: tuple[str, ...]
 
-_TIGHT = re.compile(r" ?([(),]) ?")
+    @classmethod
+    def of(cls, clause: sa.TextClause) -> RawStatement:
+        """``clause``'s text with each ``:name`` numbered, as SQLAlchemy's compiler numbers them."""
+        from sqlalchemy.dialects.postgresql.psycopg import dialect
 
+        compiled = clause.compile(dialect=dialect(paramstyle="numeric_dollar"))
+        return cls(compiled.string, tuple(compiled.positiontup or ()))
 
-def driver_statement(statement: sa.TextClause) -> str:
-    """``statement`` in the driver's own placeholder style, for :func:`driver_cursor`."""
-    from sqlalchemy.dialects.postgresql.psycopg import dialect
-
-    return str(statement.compile(dialect=dialect()))
+    def values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] for name in self.names)
 
 
 @contextmanager
-def driver_cursor(conn: Connection) -> Iterator[psycopg.Cursor[tuple[object, ...]]]:
-    """A psycopg cursor on ``conn``'s connection and transaction, for a statement on a hot path.
+def driver_cursor(conn: Connection) -> Iterator[psycopg.RawCursor[tuple[object, ...]]]:
+    """A psycopg raw cursor (:class:`RawStatement`) on ``conn``'s connection and transaction, for a hot path.
 
     SQLAlchemy's work around each execution (result metadata, parameter
     processing) costs more CPU than a small statement itself; the webhook
@@ -355,7 +350,7 @@ def driver_cursor(conn: Connection) -> Iterator[psycopg.Cursor[tuple[object, ...
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     try:
-        with driver.cursor() as cursor:
+        with psycopg.RawCursor(driver) as cursor:
             yield cursor
     except psycopg.Error as exc:
         if driver.broken or driver.closed:

@@ -46,9 +46,9 @@ from collections.abc import Callable, Mapping
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import db
+from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA, DrainResult, RunProgress, SweepResult
 from mailglass_pipeline.reconciliation.settings import DEFAULT_BUDGET_SECONDS, SweepConfig, validate_budget
-from mailglass_pipeline.reconciliation.statements import sql
 from mailglass_pipeline.reconciliation.sweep import sweep
 
 #: Counts summed over the transactions of a run; the backlog ones are taken from the latest.
@@ -99,7 +99,7 @@ def sweep_until(
     if config.retry_all:
         # The database's clock, as the examinations record it: one statement per run, not per tenant.
         with db.connect(engine) as conn:
-            run.started = conn.execute(sql("run_started")).scalar_one()
+            run.started = conn.execute(statement("run_started")).scalar_one()
     total = DrainResult(budget_seconds=budget)
     start = clock()
     while True:

@@ -29,8 +29,11 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from mailglass_pipeline import deliveries, projector
 from mailglass_pipeline.db import get_engine, run_transaction
+from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import RunProgress, SweepResult
 from mailglass_pipeline.reconciliation.settings import (
+    BACKOFF_CAP_MINUTES,
+    BACKOFF_MINUTES,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LIMIT,
     DEFAULT_MAX_AGE_MINUTES,
@@ -38,13 +41,14 @@ from mailglass_pipeline.reconciliation.settings import (
     SweepConfig,
     validate_tenant_id,
 )
-from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS, sql
 
 #: Columns of the DataFrame ``find_orphans`` returns (and ``attempt_link`` extends with ``delivery_id``).
 ORPHAN_COLUMNS = [
     "id", "tenant_id", "type", "occurred_at", "inserted_at", "attempts",
     "provider", "provider_message_id", "provider_event_id", "malformed",
 ]  # fmt: skip
+#: What the write statement binds for the backoff: the steps' one home is settings.py.
+BACKOFF_PARAMS = {"backoff_steps": list(BACKOFF_MINUTES), "backoff_cap": BACKOFF_CAP_MINUTES}
 #: What the write statement reads of a linked batch.
 _DOCUMENT_COLUMNS = ["id", "delivery_id", "provider", "provider_event_id", "malformed"]
 
@@ -52,7 +56,7 @@ _DOCUMENT_COLUMNS = ["id", "delivery_id", "provider", "provider_event_id", "malf
 def set_timeouts(conn: Connection, config: SweepConfig) -> None:
     """The transaction's lock and statement timeouts, and one plan per execution (``sql/sweep.sql``)."""
     conn.execute(
-        sql("set_timeouts"),
+        statement("set_timeouts"),
         {"lock_timeout": f"{config.lock_timeout_ms}ms", "statement_timeout": f"{config.statement_timeout_ms}ms"},
     )
 
@@ -78,8 +82,8 @@ def _find(
     conn: Connection, tenant_id: str | None, config: SweepConfig, run: RunProgress | None, *, link: bool
 ) -> pd.DataFrame:
     set_timeouts(conn, config)
-    statement = sql("find_tenant" if tenant_id is not None else "find_all")
-    rows = conn.execute(statement, find_params(tenant_id, config, run, link=link)).all()
+    find = statement("find_tenant" if tenant_id is not None else "find_all")
+    rows = conn.execute(find, find_params(tenant_id, config, run, link=link)).all()
     return _batch_frame(rows)
 
 
@@ -190,11 +194,11 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
         "grace_seconds": config.grace_seconds,
         **BACKOFF_PARAMS,
     }
-    row = conn.execute(sql("write"), params).one()
+    row = conn.execute(statement("write"), params).one()
     newly_stale = {str(t): int(n) for t, n in row.newly_stale}
     examined = [tenant_id] if tenant_id is not None else sorted(set(linked["tenant_id"].tolist()) | set(newly_stale))
     after = conn.execute(
-        sql("after_sweep"),
+        statement("after_sweep"),
         {
             **params,
             "examined": "{" + ",".join(_array_item(t) for t in examined) + "}",
