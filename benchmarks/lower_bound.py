@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import queries
 from mailglass_pipeline.projector import notify_select, projection_ctes
-from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_TOTAL, SweepConfig
 from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS
 from mailglass_pipeline.reconciliation.sweep import find_params
+from mailglass_pipeline.settings import DEFAULT_MAX_TOTAL, SweepConfig
 
 #: The backoff as the sweep's write statement computes it (same bind parameters).
 _BACKOFF = "make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int)))"

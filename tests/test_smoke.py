@@ -2,8 +2,8 @@ from datetime import timedelta
 
 from conftest import fetch, make_delivery, make_orphan
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 
 def test_orphan_links_to_later_delivery(engine):

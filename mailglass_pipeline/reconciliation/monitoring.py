@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 from mailglass_pipeline.reconciliation.statements import sql
+from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 
 def _read(conn: Connection, name: str, params: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from mailglass_pipeline import deliveries, projector, queries
-from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
+from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
 
 STATEMENTS: dict[str, sa.TextClause] = queries.register(
     "mailglass_pipeline.reconciliation",

@@ -30,7 +30,8 @@ from sqlalchemy.engine import Connection, Engine, Row
 from mailglass_pipeline import deliveries, projector
 from mailglass_pipeline.db import get_engine, run_transaction
 from mailglass_pipeline.reconciliation.results import RunProgress, SweepResult
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS, sql
+from mailglass_pipeline.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LIMIT,
     DEFAULT_MAX_AGE_MINUTES,
@@ -38,7 +39,6 @@ from mailglass_pipeline.reconciliation.settings import (
     SweepConfig,
     validate_tenant_id,
 )
-from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS, sql
 
 #: Columns of the DataFrame ``find_orphans`` returns (and ``attempt_link`` extends with ``delivery_id``).
 ORPHAN_COLUMNS = [

@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import fetch
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 import mailglass_pipeline
 from mailglass_pipeline import reconcile
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 NOWHERE = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
 BAD_ARGS = [

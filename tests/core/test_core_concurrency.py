@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline import ledger
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
 TYPES = ["delivered", "opened", "clicked", "opened", "clicked"]  # one set-once/terminal type per delivery

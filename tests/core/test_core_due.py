@@ -22,8 +22,8 @@ from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.monitoring import due_summary, reconciliation_lag
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
 
 _DELIVERY = (
     "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,"

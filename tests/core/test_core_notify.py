@@ -8,8 +8,8 @@ from conftest import make_delivery, make_orphan
 from core_support import drain, listener, reconciled_events
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 
 KEYS = {"tenant_id", "delivery_id", "event_type", "event_id", "reconciled_from_event_id"}
 

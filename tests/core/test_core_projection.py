@@ -13,8 +13,8 @@ from conftest import make_delivery, make_orphan
 from core_support import delivery, reconciled_events, reconciled_from
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 SET_ONCE = {

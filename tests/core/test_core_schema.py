@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import EventLedgerImmutableError, schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 # (unique, column list, partial predicate or None), as pg_indexes prints them.
 EXPECTED_INDEXES = {

@@ -11,8 +11,8 @@ from conftest import make_delivery, make_orphan
 from core_support import QUEUE, bulk_unmatchable_orphans, insert_raw_orphan, pending_orphans, reconciled_from, rows
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 
 
 def _found(engine: Engine, tenant_id: str | None = None, **config: int) -> list[uuid.UUID]:

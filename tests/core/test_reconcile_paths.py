@@ -14,7 +14,6 @@ from core_support import pending_orphans, reconciled_from
 from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import (
     append_reconciled_events,
     attempt_link,
@@ -22,6 +21,7 @@ from mailglass_pipeline.reconciliation.sweep import (
     reconcile,
     sweep,
 )
+from mailglass_pipeline.settings import SweepConfig
 
 
 def _seed(engine: Engine, tenant: str, n: int) -> None:
@@ -31,7 +31,7 @@ def _seed(engine: Engine, tenant: str, n: int) -> None:
 
 
 def test_the_package_keeps_the_contract_function() -> None:
-    from mailglass_pipeline.reconciliation import settings
+    from mailglass_pipeline import settings
 
     assert mailglass_pipeline.reconcile is reconcile and callable(reconcile)
     assert settings.SweepConfig is SweepConfig

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import sqlfluff
 
-from mailglass_pipeline import deliveries, orphans, queries
+from mailglass_pipeline import deliveries, orphans, queries, settings
 from mailglass_pipeline.ingest import core as ingest_core
 from mailglass_pipeline.ingest import health, replay, tokens
 from mailglass_pipeline.queries import Fragment, splice
-from mailglass_pipeline.reconciliation import settings
 from mailglass_pipeline.reconciliation.statements import STATEMENTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +106,7 @@ def test_the_backoff_has_one_home_and_the_frozen_migration_agrees() -> None:
         for p in [*(REPO / "mailglass_pipeline").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]
         if "(1, 2, 4, 8, 16)" in p.read_text(encoding="utf-8") and "migrations" not in p.parts
     ]
-    assert spelled == [Path("mailglass_pipeline/reconciliation/settings.py")], spelled
+    assert spelled == [Path("mailglass_pipeline/settings.py")], spelled
 
 
 def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(

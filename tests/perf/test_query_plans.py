@@ -27,14 +27,14 @@ from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest import core as ingest_core
 from mailglass_pipeline.ingest import health, replay, tokens
 from mailglass_pipeline.reconciliation.results import RunProgress
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS
+from mailglass_pipeline.reconciliation.sweep import find_params
+from mailglass_pipeline.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LIMIT,
     DEFAULT_MAX_AGE_MINUTES,
     SweepConfig,
 )
-from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS
-from mailglass_pipeline.reconciliation.sweep import find_params
 
 HISTORY = 100_000  # reconciled orphans: 2 ledger rows each
 PENDING_TENANTS = [f"t{i}" for i in range(10)]

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from conftest import fetch, make_delivery, make_orphan
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline.db import sqlstate_of
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 #: Past this a sweep counts as hung: the lock is released so the test ends (and fails).

@@ -36,8 +36,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import grants, schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 

@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 
 @pytest.fixture

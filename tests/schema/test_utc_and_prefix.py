@@ -32,8 +32,8 @@ from sqlalchemy.engine import Engine, make_url
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest.samples import build_webhook
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 
 MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 NEW_YORK = "America/New_York"

@@ -64,7 +64,7 @@ COALESCE(
 
 -- fragment: backoff
 -- The wait after this unmatched examination of q (its (q.attempts + 1)-th): backoff_steps minutes
--- (bound from reconciliation/settings.py, the one home of the steps), then backoff_cap.
+-- (bound from mailglass_pipeline/settings.py, the one home of the steps), then backoff_cap.
 make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int)))
 
 -- fragment: water_fill(alloc, source, cap)

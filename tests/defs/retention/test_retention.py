@@ -25,8 +25,8 @@ from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
 from mailglass_pipeline.devtools.dev import psycopg2_url
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])
 
