@@ -55,7 +55,7 @@ class Setting:
         if self.type is str:
             return "text"
         noun = ("a whole number" if self.type is int else "a number") + (f" of {self.unit}" if self.unit else "")
-        low, high = (f"{bound:g}" if bound is not None else None for bound in (self.minimum, self.maximum))
+        low, high = (_number(bound) if bound is not None else None for bound in (self.minimum, self.maximum))
         if low is not None and high is not None:
             return f"{noun} from {low} to {high}"
         return f"{noun} >= {low}" if low is not None else f"{noun} <= {high}" if high is not None else noun
@@ -84,7 +84,7 @@ class Setting:
     def shown_default(self) -> str:
         if self.default_text:
             return self.default_text
-        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+        return _number(self.default) if isinstance(self.default, float) else str(self.default)
 
     def unset_help(self) -> str:
         """Help of a Launchpad field whose unset value means "this setting's environment variable"."""
@@ -106,6 +106,10 @@ class Setting:
             return click.option(*flags, self.name, is_flag=True, **kwargs)
         kind = _IntSetting if self.type is int else _FloatSetting
         return click.option(*flags, self.name, type=kind(self), show_default=True, **kwargs)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)  # 30.0 -> 30, 1000000 stays 1000000
 
 
 class _Refused(click.BadParameter):
@@ -180,7 +184,7 @@ BUDGET_SECONDS = Setting(
     30.0,
     0.001,
     3600.0,
-    "Seconds of sweeping per scheduled run (the job's budget_seconds overrides it for one run).",
+    "seconds of sweeping per scheduled run (the job's `budget_seconds` overrides it for one run)",
     env="MAILGLASS_SWEEP_BUDGET_SECONDS",
     unit="seconds",
 )
@@ -251,7 +255,13 @@ DATABASE_URL = Setting(
     env="MAILGLASS_DATABASE_URL",
     default_text="embedded PostgreSQL under `MAILGLASS_HOME`",
 )
-HOME = Setting("home", ".mailglass", description="where the embedded server keeps its data", env="MAILGLASS_HOME")
+HOME = Setting(
+    "home",
+    ".mailglass",
+    description="where the embedded server keeps its data",
+    env="MAILGLASS_HOME",
+    default_text="`.mailglass` in the working directory",
+)
 DB_SCHEMA = Setting(
     "db_schema",
     "public",
@@ -270,7 +280,7 @@ CONNECT_TIMEOUT = Setting(
 DAGSTER_DATABASE_URL = Setting(
     "dagster_database_url",
     None,
-    description="Dagster's storage (`dagster.yaml`), for `mailglass dev` and `mailglass run` too",
+    description="Dagster's storage (`dagster.yaml`; name `+psycopg2`), also for `mailglass dev` and `run`",
     env="MAILGLASS_DAGSTER_DATABASE_URL",
     default_text="a `dagster` database beside the application database",
 )
@@ -288,7 +298,8 @@ PARKED_RETENTION_DAYS = Setting(
     30,
     1,
     3650,
-    "days a parked queue row (stale, malformed) is kept before the daily retention job deletes it",
+    "days a parked queue row (stale, malformed) is kept before the daily retention job deletes it "
+    "(the ledger keeps the event)",
     env="MAILGLASS_PARKED_RETENTION_DAYS",
     unit="days",
 )
