@@ -1,4 +1,4 @@
-"""Every setting is defined once (mailglass_pipeline/settings.py), read one way, refused in one line; the README agrees."""
+"""Each setting is defined once (mailglass_pipeline/settings.py), read one way, refused in one line; README agrees."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_every_variable_the_package_names_is_defined_in_the_settings_module() ->
     assert len(defined) == len(settings.ENVIRONMENT)
     spelled: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "settings.py" and path.parent == PACKAGE or "migrations" in path.parts:
+        if path == PACKAGE / "settings.py" or "migrations" in path.parts:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
