@@ -84,7 +84,7 @@ class Setting:
     def shown_default(self) -> str:
         if self.default_text:
             return self.default_text
-        return _number(self.default) if isinstance(self.default, float) else str(self.default)
+        return _number(self.default)
 
     def unset_help(self) -> str:
         """Help of a Launchpad field whose unset value means "this setting's environment variable"."""
@@ -108,7 +108,7 @@ class Setting:
         return click.option(*flags, self.name, type=kind(self), show_default=True, **kwargs)
 
 
-def _number(value: float) -> str:
+def _number(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)  # 30.0 -> 30, 1000000 stays 1000000
 
 
