@@ -363,9 +363,7 @@ def prune_parked(
     sweep skipped), so a first run over a year of parked rows never holds locks for long; it
     stops after ``max_rows`` and the next run continues. The ledger is never touched.
     """
-    days = parked_retention_days() if retention_days is None else retention_days
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"retention_days must be an integer >= 1, got {days!r}")
+    days = parked_retention_days() if retention_days is None else settings.PARKED_RETENTION_DAYS.check(retention_days)
     if batch_size < 1 or max_rows < 1:
         raise ConfigurationError("batch_size and max_rows must be >= 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)

@@ -86,13 +86,12 @@ class Setting:
             return self.default_text
         return _number(self.default)
 
-    def unset_help(self) -> str:
-        """Help of a Launchpad field whose unset value means "this setting's environment variable"."""
-        return f"{self.description[:1].upper()}{self.description[1:]}; unset: ${self.env}, else {self.shown_default()}."
-
-    def field_kwargs(self) -> dict[str, Any]:
-        """The arguments of a pydantic ``Field`` for this setting (bounds only where set)."""
+    def field_kwargs(self, *, unset_reads_env: bool = False) -> dict[str, Any]:
+        """A pydantic ``Field``'s arguments (bounds only where set); ``unset_reads_env``: None means the variable."""
         kwargs: dict[str, Any] = {"default": self.default, "description": self.description}
+        if unset_reads_env:
+            help = f"{self.description[:1].upper()}{self.description[1:]}"
+            kwargs = {"default": None, "description": f"{help}; unset: ${self.env}, else {self.shown_default()}."}
         if self.minimum is not None:
             kwargs["ge"] = self.minimum
         if self.maximum is not None:

@@ -215,12 +215,7 @@ def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
 class ParkedRetentionConfig(Config):
     """Launchpad config of the parked-row retention."""
 
-    retention_days: int | None = Field(
-        default=None,
-        ge=1,
-        le=3650,
-        description=settings.PARKED_RETENTION_DAYS.unset_help(),
-    )
+    retention_days: int | None = Field(**settings.PARKED_RETENTION_DAYS.field_kwargs(unset_reads_env=True))
     batch_size: int = Field(default=1000, ge=1, le=100_000, description="Queue rows deleted per transaction.")
     max_rows: int = Field(default=1_000_000, ge=1, description="Most rows one retention run deletes.")
 

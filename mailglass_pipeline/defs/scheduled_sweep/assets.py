@@ -101,10 +101,7 @@ class SweepDueConfig(Config):
 
     limit: int = Field(**settings.LIMIT.field_kwargs())
     max_total: int = Field(**settings.MAX_TOTAL.field_kwargs())
-    budget_seconds: float | None = Field(
-        default=None,
-        description=settings.BUDGET_SECONDS.unset_help(),
-    )
+    budget_seconds: float | None = Field(**settings.BUDGET_SECONDS.field_kwargs(unset_reads_env=True))
     max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
     grace_seconds: int = Field(**settings.GRACE_SECONDS.field_kwargs())
     retry_all: bool = Field(**settings.RETRY_ALL.field_kwargs())

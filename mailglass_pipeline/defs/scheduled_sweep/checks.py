@@ -23,11 +23,7 @@ def default_lag_threshold() -> int:
 
 
 class LagCheckConfig(Config):
-    threshold_seconds: int | None = Field(
-        default=None,
-        ge=0,
-        description=settings.LAG_THRESHOLD_SECONDS.unset_help(),
-    )
+    threshold_seconds: int | None = Field(**settings.LAG_THRESHOLD_SECONDS.field_kwargs(unset_reads_env=True))
 
 
 def reconciliation_lag_result(summary: LagSummary, threshold_seconds: int) -> AssetCheckResult:
