@@ -47,6 +47,10 @@ class CommandFailed(click.ClickException):
         click.echo(f"mailglass: {self.format_message()}", err=True)
 
 
+#: What the contract reports in one line; anything else is a bug, whose traceback is the useful report.
+_REPORTED = (click.ClickException, click.Abort, KeyboardInterrupt, ValueError, MailglassError, sa.exc.SQLAlchemyError)
+
+
 def _one_line(exc: BaseException) -> CommandFailed:
     """The one mapping from an error to its line and exit code (the module docstring's contract)."""
     if isinstance(exc, click.ClickException):  # usage errors and bad options: exit 2, without the usage text
@@ -59,9 +63,7 @@ def _one_line(exc: BaseException) -> CommandFailed:
         return CommandFailed(f"{type(exc).__name__}: {db.first_line(exc)}", 1)
     if isinstance(exc, MailglassError):
         return CommandFailed(db.first_line(exc), 1)
-    if isinstance(exc, sa.exc.SQLAlchemyError):
-        return CommandFailed(f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}", 1)
-    raise exc  # a bug: its traceback is the useful report
+    return CommandFailed(f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}", 1)
 
 
 @contextmanager
@@ -70,9 +72,7 @@ def _errors_as_one_line() -> Iterator[None]:
         yield
     except (CommandFailed, click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
         raise
-    except (click.ClickException, click.Abort, KeyboardInterrupt, MailglassError, ValueError) as exc:
-        raise _one_line(exc) from None
-    except sa.exc.SQLAlchemyError as exc:
+    except _REPORTED as exc:
         raise _one_line(exc) from None
 
 
