@@ -40,6 +40,8 @@ BAD_ARGUMENTS = [
     (["ingest", "--provider", "postmark", "--tenant-id", "t", "--header", "no colon", "-"], "expected 'Name: value'"),
     (["ingest", "--replay", "--tenant-id", "t"], "--replay needs --since and --until"),
     (["serve", "--threads", "0"], "--threads must be a whole number from 1 to 256, got '0'"),
+    (["serve", "--port", "http"], "--port must be a whole number from 1 to 65535, got 'http'"),
+    (["serve", "--workers", "0"], "--workers must be a whole number from 1 to 64, got '0'"),
     (["serve", "--body-timeout", "nan"], "--body-timeout must be a number of seconds from 0.1 to 600, got 'nan'"),
     (["nosuch"], "No such command 'nosuch'"),
 ]
