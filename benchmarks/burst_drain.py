@@ -24,7 +24,7 @@ from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.drain import sweep_until
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_TOTAL, DEFAULT_TRANSACTION_CAP, SweepConfig
+from mailglass_pipeline.settings import DEFAULT_MAX_TOTAL, SweepConfig
 
 
 def run_once(admin_url: str, tenants: int, cap: int, budget: float) -> None:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     print(f"benchmarks.burst_drain at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (shared machine)")
-    for cap in args.cap or [DEFAULT_TRANSACTION_CAP, DEFAULT_MAX_TOTAL]:
+    for cap in args.cap or [DEFAULT_MAX_TOTAL, 2 * DEFAULT_MAX_TOTAL]:
         run_once(args.database_url, args.tenants, cap, args.budget)
     return 0
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mailglass_pipeline.db import DATABASE_URL_ENV
+from mailglass_pipeline import settings
 
 
 def partition_runner(database_url: str) -> tuple[Callable[[str], dict[str, Any]], str]:
@@ -25,7 +25,7 @@ def partition_runner(database_url: str) -> tuple[Callable[[str], dict[str, Any]]
     Raises ImportError (or whatever the code location raises) when Dagster's
     definitions are not loadable.
     """
-    os.environ[DATABASE_URL_ENV] = database_url
+    os.environ[settings.DATABASE_URL.env] = database_url
     try:
         from mailglass_pipeline.dagster_support.local_run import materialize_tenants  # type: ignore[import-not-found]
     except ImportError:

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import queries
-from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_TOTAL, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS, find_params
+from mailglass_pipeline.settings import DEFAULT_MAX_TOTAL, SweepConfig
 
 #: The backoff as the sweep's write statement computes it (same bind parameters).
 _BACKOFF = "make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int)))"

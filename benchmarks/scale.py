@@ -58,7 +58,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from benchmarks import datasets, scratch
 from mailglass_pipeline import schema
-from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
+from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

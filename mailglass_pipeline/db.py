@@ -26,7 +26,6 @@ minute-scheduled job.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -45,6 +44,7 @@ from psycopg.types.datetime import TimestampLoader
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
+from mailglass_pipeline import settings
 from mailglass_pipeline.errors import (
     LEDGER_IMMUTABLE_SQLSTATE,
     ConfigurationError,
@@ -52,14 +52,9 @@ from mailglass_pipeline.errors import (
     EventLedgerImmutableError,
 )
 
-DATABASE_URL_ENV = "MAILGLASS_DATABASE_URL"
-SCHEMA_ENV = "MAILGLASS_DB_SCHEMA"
-DEFAULT_SCHEMA = "public"
 #: Mailglass's own identifier rule for its prefix: a plain lower-case identifier, never quoted.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-HOME_ENV = "MAILGLASS_HOME"
 EMBEDDED_DATABASE = "mailglass"
-CONNECT_TIMEOUT_SECONDS = int(os.environ.get("MAILGLASS_CONNECT_TIMEOUT", "10"))
 
 #: SQLSTATEs worth retrying the whole transaction for: deadlock detected and
 #: serialization failure. Anything else is a real error.
@@ -73,9 +68,9 @@ _engines_lock = threading.Lock()
 
 def db_schema() -> str:
     """The PostgreSQL schema holding Mailglass's tables (its ``prefix:``), ``public`` by default."""
-    name = os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA
+    name = settings.read(settings.DB_SCHEMA)
     if not _SCHEMA_NAME.match(name):
-        raise ConfigurationError(f"{SCHEMA_ENV} must be a plain lower-case identifier, got {name!r}")
+        raise ConfigurationError(f"{settings.DB_SCHEMA.env} must be a plain lower-case identifier, got {name!r}")
     return name
 
 
@@ -105,7 +100,7 @@ def _on_connect(dbapi_connection: psycopg.Connection, _record: object) -> None:
 
 def mailglass_home() -> Path:
     """Folder holding the embedded server's data (``.mailglass`` in the working directory)."""
-    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".mailglass").expanduser().resolve()
+    return Path(settings.read(settings.HOME)).expanduser().resolve()
 
 
 def normalize_url(url: str) -> str:
@@ -170,7 +165,7 @@ def ensure_database(admin_url: str, database: str) -> None:
 
 def resolve_database_url(url: str | None = None) -> str:
     """Explicit URL, else ``MAILGLASS_DATABASE_URL``, else the embedded server."""
-    chosen = url or os.environ.get(DATABASE_URL_ENV)
+    chosen = url or settings.read(settings.DATABASE_URL)
     if chosen:
         return normalize_url(chosen)
     return embedded_server_url()
@@ -214,7 +209,7 @@ def create_engine(url: str, *, pre_ping: bool = True, **kwargs: object) -> Engin
         options += " " + (url_options if isinstance(url_options, str) else " ".join(url_options))
         parsed = parsed.difference_update_query(["options"])
     connect_args: dict[str, object] = {
-        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "connect_timeout": settings.read(settings.CONNECT_TIMEOUT),
         "application_name": "mailglass",
         "options": options,
     }

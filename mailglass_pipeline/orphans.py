@@ -28,22 +28,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import deliveries
+from mailglass_pipeline import deliveries, settings
 from mailglass_pipeline.errors import ConfigurationError, MailglassError
 from mailglass_pipeline.queries import statement
-from mailglass_pipeline.reconciliation import settings
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_AGE_MINUTES,
-    STALE_MESSAGE,
+    stale_message,
     validate_tenant_id,
 )
 
 STATES = ("due", "waiting", "stale", "malformed")
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 10_000
-PARKED_RETENTION_ENV = "MAILGLASS_PARKED_RETENTION_DAYS"
-DEFAULT_PARKED_RETENTION_DAYS = 30
 PARKED_REASONS = ("stale", "malformed")
 #: Where an orphan's message id is read, in order (as migration 0003's queue trigger extracts it: tested).
 _MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
@@ -305,7 +302,7 @@ def explain(
     if stale:
         found = f"; a matching delivery {own} exists now (run a sweep with a larger --max-age-minutes)" if own else ""
         days = out["age_seconds"] / 86400
-        return done("stale", "stale", f"stale: {STALE_MESSAGE} ({days:.1f} days){found}{removed}")
+        return done("stale", "stale", f"stale: {stale_message(max_age_minutes)} ({days:.1f} days){found}{removed}")
     if not row["queued"]:
         return done("unknown", "not_queued", "pending but not in the work queue (was the queue row deleted by hand?)")
     grace_end = inserted + timedelta(seconds=grace_seconds)
@@ -346,7 +343,7 @@ def explain(
 
 def parked_retention_days() -> int:
     """``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30): days a parked queue row is kept."""
-    return settings.whole_number_from_env(PARKED_RETENTION_ENV, DEFAULT_PARKED_RETENTION_DAYS, 1, "days")
+    return settings.read(settings.PARKED_RETENTION_DAYS)
 
 
 def prune_parked(
@@ -363,9 +360,7 @@ def prune_parked(
     sweep skipped), so a first run over a year of parked rows never holds locks for long; it
     stops after ``max_rows`` and the next run continues. The ledger is never touched.
     """
-    days = parked_retention_days() if retention_days is None else retention_days
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"retention_days must be an integer >= 1, got {days!r}")
+    days = parked_retention_days() if retention_days is None else settings.PARKED_RETENTION_DAYS.check(retention_days)
     if batch_size < 1 or max_rows < 1:
         raise ConfigurationError("batch_size and max_rows must be >= 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)

@@ -1,7 +1,7 @@
 from datetime import timedelta
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import fetch, make_delivery, make_orphan
 
 

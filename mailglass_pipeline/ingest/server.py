@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -51,8 +50,8 @@ from mailglass_pipeline.ingest.grouped import MAX_GROUP, groupable, store_groupe
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.rows import counts_of
-from mailglass_pipeline.ingest.serve import BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, THREADS_ENV
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_THREADS, read
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,8 @@ class Receiver:
         *,
         tenants: TenantSettings | None = None,
         database_url: str | None = None,
-        body_timeout: float = DEFAULT_BODY_TIMEOUT,
-        threads: int = DEFAULT_THREADS,
+        body_timeout: float = SERVE_BODY_TIMEOUT.default,
+        threads: int = SERVE_THREADS.default,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
         self.database_url = database_url
@@ -268,6 +267,6 @@ async def answer_raw(
 def create_app() -> Receiver:
     """The application factory uvicorn imports in each worker (settings from the environment)."""
     return Receiver(
-        body_timeout=float(os.environ.get(BODY_TIMEOUT_ENV) or DEFAULT_BODY_TIMEOUT),
-        threads=int(os.environ.get(THREADS_ENV) or DEFAULT_THREADS),
+        body_timeout=read(SERVE_BODY_TIMEOUT),
+        threads=read(SERVE_THREADS),
     )

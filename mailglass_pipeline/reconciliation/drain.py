@@ -48,8 +48,8 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline import db
 from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA, DrainResult, RunProgress, SweepResult
-from mailglass_pipeline.reconciliation.settings import DEFAULT_BUDGET_SECONDS, SweepConfig, validate_budget
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, SweepConfig
 
 #: Counts summed over the transactions of a run; the backlog ones are taken from the latest.
 _SUMMED = ("scanned", "linked", "unmatched", "malformed", "already_reconciled", "newly_stale")
@@ -93,7 +93,7 @@ def sweep_until(
     the whole run. ``on_transaction`` is called after each commit (progress
     logging). Arguments are validated before the database is touched.
     """
-    budget = validate_budget(budget_seconds)
+    budget = BUDGET_SECONDS.check(budget_seconds)
     config = config or SweepConfig()
     run = RunProgress()
     if config.retry_all:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
+from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 
 def _read(conn: Connection, name: str, params: dict[str, Any]) -> Any:

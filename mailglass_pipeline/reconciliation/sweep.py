@@ -31,7 +31,7 @@ from mailglass_pipeline import deliveries, projector
 from mailglass_pipeline.db import get_engine, run_transaction
 from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import RunProgress, SweepResult
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.settings import (
     BACKOFF_CAP_MINUTES,
     BACKOFF_MINUTES,
     DEFAULT_GRACE_SECONDS,

@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 import mailglass_pipeline
 from mailglass_pipeline import reconcile
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import make_delivery, make_orphan, pending_orphans, reconciled_from, snapshot
 
 NOWHERE = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"

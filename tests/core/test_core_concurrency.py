@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline import ledger
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import QUEUE, make_delivery, reconciled_events, reconciled_from, rows
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)

@@ -10,11 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation import settings
 from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA
-from mailglass_pipeline.reconciliation.settings import BUDGET_ENV, DEFAULT_BUDGET_SECONDS, SweepConfig, budget_from_env
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, Setting, SweepConfig, read
 from tests.core.core_support import statements_sent
 from tests.factories import QUEUE, make_delivery, make_orphan, rows
 
@@ -135,28 +134,30 @@ def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -
 
 
 def test_budget_from_the_environment() -> None:
-    assert budget_from_env({}) == DEFAULT_BUDGET_SECONDS
-    assert budget_from_env({BUDGET_ENV: " 12.5 "}) == 12.5
+    name = BUDGET_SECONDS.env
+    assert read(BUDGET_SECONDS, {}) == DEFAULT_BUDGET_SECONDS
+    assert read(BUDGET_SECONDS, {name: " 12.5 "}) == 12.5
     for bad in ("abc", "0", "-3", "nan", "99999"):
-        with pytest.raises(ConfigurationError, match=BUDGET_ENV):
-            budget_from_env({BUDGET_ENV: bad})
-    with pytest.raises(ConfigurationError, match=r" must be a number of seconds, got 'abc'$"):
-        budget_from_env({BUDGET_ENV: "abc"})
+        with pytest.raises(ConfigurationError, match=name):
+            read(BUDGET_SECONDS, {name: bad})
+    with pytest.raises(ConfigurationError, match=r" must be a number of seconds from 0\.001 to 3600, got 'abc'$"):
+        read(BUDGET_SECONDS, {name: "abc"})
 
 
 def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operators' whole-number settings (lag threshold, parked retention) share the budget's reader."""
     name = "MAILGLASS_TEST_WHOLE_NUMBER"
+    days = Setting("days", 30, 1, None, env=name, unit="days")
     monkeypatch.delenv(name, raising=False)
-    assert settings.whole_number_from_env(name, 30, 1, "days") == 30
+    assert read(days) == 30
     monkeypatch.setenv(name, " 7 ")
-    assert settings.whole_number_from_env(name, 30, 1, "days") == 7
+    assert read(days) == 7
     monkeypatch.setenv(name, "7.5")
-    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days, got '7.5'$"):
-        settings.whole_number_from_env(name, 30, 1, "days")
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days >= 1, got '7.5'$"):
+        read(days)
     monkeypatch.setenv(name, "0")
-    with pytest.raises(ConfigurationError, match=rf"^{name} must be >= 1, got 0$"):
-        settings.whole_number_from_env(name, 30, 1, "days")
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days >= 1, got '0'$"):
+        read(days)
 
 
 def test_a_single_sweep_is_unchanged_by_the_run_bookkeeping(engine: Engine) -> None:

@@ -20,8 +20,8 @@ from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.monitoring import due_summary, reconciliation_lag
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
 from tests.core.core_support import statements_sent
 from tests.databases import libpq_url
 from tests.factories import QUEUE, bulk_unmatchable_orphans, make_delivery, make_orphan, reconciled_from, rows, scalar

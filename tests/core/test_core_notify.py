@@ -6,8 +6,8 @@ import uuid
 
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.core.core_support import drain, listener
 from tests.factories import make_delivery, make_orphan, reconciled_events
 

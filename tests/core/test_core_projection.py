@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import delivery, make_delivery, make_orphan, reconciled_events, reconciled_from
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)

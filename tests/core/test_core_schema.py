@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import EventLedgerImmutableError, schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import QUEUE, make_delivery, pending_orphans, reconciled_from, rows
 
 # (unique, column list, partial predicate or None), as pg_indexes prints them.

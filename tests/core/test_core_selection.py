@@ -9,8 +9,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import (
     QUEUE,
     bulk_unmatchable_orphans,

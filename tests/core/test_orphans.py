@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import orphans
+from mailglass_pipeline import orphans, settings
 from mailglass_pipeline.db import connect
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import STALE_MESSAGE, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig, stale_message
 from tests.databases import login_role
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import CommandResult, mailglass
@@ -74,7 +74,7 @@ def test_every_reason_from_real_rows(engine: Engine, world: dict[str, uuid.UUID]
     assert (got["malformed"]["state"], got["malformed"]["missing"]) == ("malformed", ["provider_message_id"])
     assert got["no_provider"]["missing"] == ["provider"]
 
-    assert got["stale"]["state"] == "stale" and STALE_MESSAGE in got["stale"]["message"]
+    assert got["stale"]["state"] == "stale" and stale_message() in got["stale"]["message"]
 
     linked = got["linked"]
     assert (linked["state"], linked["reason"]) == ("linked", "linked")
@@ -180,11 +180,11 @@ def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> N
     # Explain still answers for the removed row, from the ledger.
     assert _explain(engine, stale)["state"] == "stale" and not _explain(engine, stale)["queued"]
     # A shorter period (env) reaches the malformed ones too, in batches of one.
-    os.environ[orphans.PARKED_RETENTION_ENV] = "1"
+    os.environ[settings.PARKED_RETENTION_DAYS.env] = "1"
     try:
         later = orphans.prune_parked(engine, batch_size=1, now=None)
     finally:
-        del os.environ[orphans.PARKED_RETENTION_ENV]
+        del os.environ[settings.PARKED_RETENTION_DAYS.env]
     assert later["retention_days"] == 1 and later["deleted_malformed"] == 0  # parked moments ago: kept
     from datetime import UTC, datetime
 

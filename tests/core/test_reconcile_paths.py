@@ -12,7 +12,6 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import (
     append_reconciled_events,
     attempt_link,
@@ -20,6 +19,7 @@ from mailglass_pipeline.reconciliation.sweep import (
     reconcile,
     sweep,
 )
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import make_delivery, make_orphan, pending_orphans, reconciled_from
 
 
@@ -30,7 +30,7 @@ def _seed(engine: Engine, tenant: str, n: int) -> None:
 
 
 def test_the_package_keeps_the_contract_function() -> None:
-    from mailglass_pipeline.reconciliation import settings
+    from mailglass_pipeline import settings
 
     assert mailglass_pipeline.reconcile is reconcile and callable(reconcile)
     assert settings.SweepConfig is SweepConfig

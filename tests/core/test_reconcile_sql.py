@@ -14,8 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from mailglass_pipeline import orphans, projector, queries
-from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline import orphans, projector, queries, settings
 from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,7 +207,7 @@ def test_the_backoff_has_one_home_and_the_frozen_migration_agrees() -> None:
         for p in [*PACKAGE.rglob("*.py"), *(REPO / "benchmarks").rglob("*.py"), *SQL_FILES]
         if "(1, 2, 4, 8, 16)" in p.read_text(encoding="utf-8") and "migrations" not in p.parts
     ]
-    assert spelled == [Path("mailglass_pipeline/reconciliation/settings.py")], spelled
+    assert spelled == [Path("mailglass_pipeline/settings.py")], spelled
 
 
 def test_the_projection_rule_says_what_projector_documents() -> None:

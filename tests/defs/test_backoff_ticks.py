@@ -25,8 +25,8 @@ from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import make_orphan
 
 RUN_START_DELAY = timedelta(seconds=4)  # a launched run sweeps seconds after its tick

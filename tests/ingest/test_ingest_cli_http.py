@@ -1,4 +1,4 @@
-"""``mailglass ingest`` (through a click group, as the lead wires it) and the WSGI receiver over real HTTP."""
+"""``mailglass ingest`` (in process, through the real ``mailglass`` group) and the WSGI receiver over real HTTP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
-from mailglass_pipeline.ingest.cli import register
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
 from mailglass_pipeline.ingest.wsgi import make_app
 from tests.factories import count_events, events
@@ -27,12 +26,9 @@ from tests.ingest.ingest_support import fixture_bytes
 
 @pytest.fixture
 def cli() -> click.Group:
-    @click.group()
-    def group() -> None:
-        pass
+    from mailglass_pipeline.cli import cli
 
-    register(group)
-    return group
+    return cli
 
 
 def cli_env(database_url: str, settings: IngestSettings) -> dict[str, str]:

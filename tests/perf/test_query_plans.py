@@ -26,13 +26,13 @@ from benchmarks import datasets
 from mailglass_pipeline import deliveries, orphans, queries
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.results import RunProgress
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS, find_params
+from mailglass_pipeline.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LIMIT,
     DEFAULT_MAX_AGE_MINUTES,
     SweepConfig,
 )
-from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS, find_params
 from tests.databases import create_database, drop_database, with_database
 
 HISTORY = 100_000  # reconciled orphans: 2 ledger rows each

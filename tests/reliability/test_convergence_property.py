@@ -31,8 +31,8 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline import deliveries
 from mailglass_pipeline.ingest import ingest
 from mailglass_pipeline.projector import SET_ONCE_COLUMNS, TERMINAL_TYPES
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import fetch
 
 MESSAGES = 2

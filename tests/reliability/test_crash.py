@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.databases import create_database, drop_database, with_database
 from tests.processes import MAILGLASS
 from tests.reliability import bulk_support

@@ -20,8 +20,8 @@ from dagster import SensorResult, build_sensor_context, instance_for_test
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import mailglass
 

@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine, make_url
 from mailglass_pipeline import grants
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import reconcile, sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.databases import login_role
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import mailglass

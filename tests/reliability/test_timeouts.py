@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline.db import sqlstate_of
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import MAILGLASS
 

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.databases import fresh_database
 from tests.schema.schema_support import (
     load_mailglass,

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine, make_url
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest.samples import build_webhook
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.databases import fresh_database
 from tests.processes import CommandResult, mailglass
 from tests.schema.schema_support import (

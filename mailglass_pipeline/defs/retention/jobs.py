@@ -54,7 +54,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from mailglass_pipeline import orphans
+from mailglass_pipeline import orphans, settings
 from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.dagster_support.private import delete_check_executions
 from mailglass_pipeline.defs.resources import MailglassDatabase
@@ -215,9 +215,7 @@ def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
 class ParkedRetentionConfig(Config):
     """Launchpad config of the parked-row retention."""
 
-    retention_days: int | None = Field(
-        default=None, ge=1, le=3650, description=f"Default {orphans.PARKED_RETENTION_ENV}, else 30."
-    )
+    retention_days: int | None = Field(**settings.PARKED_RETENTION_DAYS.field_kwargs(unset_reads_env=True))
     batch_size: int = Field(default=1000, ge=1, le=100_000, description="Queue rows deleted per transaction.")
     max_rows: int = Field(default=1_000_000, ge=1, description="Most rows one retention run deletes.")
 

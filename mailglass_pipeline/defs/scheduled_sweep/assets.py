@@ -68,7 +68,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from mailglass_pipeline import db, orphans
+from mailglass_pipeline import db, orphans, settings
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
@@ -83,10 +83,9 @@ from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
     is_valid_tenant_key,
 )
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation import settings
 from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
 from mailglass_pipeline.reconciliation.results import DrainResult
-from mailglass_pipeline.reconciliation.settings import SweepConfig, budget_from_env, validate_budget
+from mailglass_pipeline.settings import SweepConfig
 
 SWEEP_KEY = AssetKey(["mailglass", "reconciliation_sweep"])
 SWEEP_JOB_NAME = "reconcile_due_tenants"
@@ -98,11 +97,11 @@ UNFIT_SAMPLE = 20
 
 
 class SweepDueConfig(Config):
-    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``reconciliation.settings``."""
+    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``settings``."""
 
     limit: int = Field(**settings.LIMIT.field_kwargs())
-    max_total: int = Field(**settings.TRANSACTION_CAP.field_kwargs())
-    budget_seconds: float | None = Field(default=None, description=settings.BUDGET_DESCRIPTION)
+    max_total: int = Field(**settings.MAX_TOTAL.field_kwargs())
+    budget_seconds: float | None = Field(**settings.BUDGET_SECONDS.field_kwargs(unset_reads_env=True))
     max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
     grace_seconds: int = Field(**settings.GRACE_SECONDS.field_kwargs())
     retry_all: bool = Field(**settings.RETRY_ALL.field_kwargs())
@@ -110,8 +109,8 @@ class SweepDueConfig(Config):
     def budget(self) -> float:
         """The run's time budget: this config's, else the environment's, else the default (validated)."""
         if self.budget_seconds is None:
-            return budget_from_env()
-        return validate_budget(self.budget_seconds)
+            return settings.read(settings.BUDGET_SECONDS)
+        return settings.BUDGET_SECONDS.check(self.budget_seconds)
 
     def sweep_config(self) -> SweepConfig:
         return SweepConfig(

@@ -37,7 +37,7 @@ from mailglass_pipeline import db
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME, SWEEP_RUN_TAGS, reconcile_due_tenants
 from mailglass_pipeline.reconciliation.monitoring import due_summary
-from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
+from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 #: A run in any of these states still occupies (or will occupy) the sweep.
 IN_FLIGHT_STATUSES = [

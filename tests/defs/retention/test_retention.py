@@ -24,8 +24,8 @@ from mailglass_pipeline.dagster_support.testing_internals import (
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 from tests.factories import fetch, make_delivery, make_orphan
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])

@@ -103,7 +103,7 @@ def test_runs_carry_concurrency_tags(database_url):
     [
         {"limit": 0},
         {"limit": -5},
-        {"limit": 100_001},  # the setting's bound (reconciliation/settings.py), in pydantic and the core alike
+        {"limit": 100_001},  # the setting's bound (mailglass_pipeline/settings.py), in pydantic and the core alike
         {"max_age_minutes": 0},
         {"grace_seconds": -1},
         {"grace_seconds": 600, "max_age_minutes": 5},  # grace longer than max age: the core refuses
