@@ -16,8 +16,8 @@ from conftest import fetch, make_delivery, make_orphan
 from process_support import free_port, webserver_up
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.dagster_support.local_run import materialize_tenants
 from mailglass_pipeline.devtools import dev
+from mailglass_pipeline.devtools.local_run import materialize_tenants
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from conftest import make_delivery, make_orphan
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 from sqlalchemy.engine import Engine, make_url
 
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     GrpcServerCodeLocationOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,

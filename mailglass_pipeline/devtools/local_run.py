@@ -4,7 +4,7 @@ This is what the README's quick start and ``mailglass run`` call: the same job,
 ops and metadata as the UI and the schedule, without a webserver or daemon.
 
 ``mailglass run`` first prepares the instance ``mailglass dev`` uses
-(``devtools.dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
+(``dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
 with its storage in a ``dagster`` database beside the application database), so
 its runs and materializations are in the UI afterwards. Called as a library with
 no ``DAGSTER_HOME``, ``materialize_tenants`` uses an ephemeral instance: the
