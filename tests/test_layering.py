@@ -192,3 +192,10 @@ def test_every_module_imports_by_its_dotted_name() -> None:
         "import mailglass_pipeline.reconciliation.sweep as s; assert m.reconcile is s.reconcile"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+
+
+def test_the_command_and_the_core_load_no_pandas() -> None:
+    """pandas (a third of a CLI process's start-up) loads only where a sweep batch is built."""
+    probe = "import sys, mailglass_pipeline.cli, mailglass_pipeline.ingest.server; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
