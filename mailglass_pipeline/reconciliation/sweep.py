@@ -274,7 +274,7 @@ def sweep(
     """One sweep in one transaction: find (locking) and link in one statement, then write. Retries deadlocks.
 
     All tenants when ``tenant_id`` is None: the same statements, never one per tenant. ``run``: the
-    progress of a run this transaction belongs to (``drain.sweep_until``).
+    progress of a run this transaction belongs to (``drain.sweep_due_tenants``).
     """
     config = config or SweepConfig()
     tenant_id = validate_tenant_id(tenant_id)

@@ -12,8 +12,8 @@ from sqlalchemy.engine import make_url
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.scheduled_sweep.checks import LagCheckConfig, reconciliation_lag
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
 from mailglass_pipeline.devtools.dev import psycopg2_url
 
 TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])
