@@ -118,6 +118,29 @@ def test_only_the_private_module_calls_non_public_dagster_methods() -> None:
     assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
 
 
+def test_the_package_calls_only_public_dagster_instance_methods() -> None:
+    """Dagster marks ``DagsterInstance``'s public API with ``@public``; the package calls nothing else on an
+    instance (an expression naming ``instance``) outside ``private``."""
+    import inspect
+
+    from dagster import DagsterInstance
+    from dagster._annotations import is_public
+
+    def public(name: str) -> bool:
+        value = inspect.getattr_static(DagsterInstance, name)
+        return is_public(value.fget if isinstance(value, property) else getattr(value, "__func__", value))
+
+    non_public = {name for name in dir(DagsterInstance) if not name.startswith("__") and not public(name)}
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in PRIVATE_HOMES
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr in non_public and "instance" in ast.unparse(node.value).lower()
+    ]
+    assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+
+
 def test_shared_dagster_helpers_import_no_definitions_or_tooling() -> None:
     offenders = [
         f"{path.relative_to(REPO)}: {name}"

@@ -17,6 +17,7 @@ Used by the code location and ``mailglass dev``/``run``:
   ``asset_check_executions`` rows of a run behind; no public API deletes them.
 * ``run_pools``, ``add_run_tags``, ``pool_limits``, ``ensure_default_pool_limit``: a run's
   concurrency pools, tags added to a started run, the instance's pool limits.
+* ``latest_materialization_ids_by_partition``: the retention job keeps each partition's latest.
 
 Used only by tests and benchmarks (Dagster's names, re-exported; no test code of ours ships):
 ``execute_graphql`` (a raw GraphQL query through ``DagsterGraphQLClient``), the run and origin
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetMaterialization, DagsterInstance, DagsterRun, OpExecutionContext
+from dagster import AssetKey, AssetMaterialization, DagsterEventType, DagsterInstance, DagsterRun, OpExecutionContext
 from dagster._config import validate_config
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
@@ -72,6 +73,7 @@ __all__ = [
     "event_batching",
     "execute_graphql",
     "grpc_server",
+    "latest_materialization_ids_by_partition",
     "log_materializations_in_batches",
     "pool_limits",
     "run_pools",
@@ -84,6 +86,7 @@ NON_PUBLIC_ATTRIBUTES = (
     "add_run_tags",
     "get_pool_limits",
     "get_step_execution_context",
+    "get_latest_storage_id_by_partition",
     "global_op_concurrency_default_limit",
     "index_connection",
     "initialize_concurrency_limit_to_default",
@@ -172,6 +175,11 @@ def ensure_default_pool_limit(home: Path, pool: str) -> int | None:
             storage.initialize_concurrency_limit_to_default(pool)
             return default
         return current.limit if current else None
+
+
+def latest_materialization_ids_by_partition(instance: DagsterInstance, key: AssetKey) -> dict[str, int]:
+    """Each partition of ``key`` with the event storage id of its latest materialization."""
+    return instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION)
 
 
 def execute_graphql(client: Any, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

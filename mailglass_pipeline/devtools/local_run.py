@@ -65,9 +65,8 @@ def wait_for_free_pool(instance: DagsterInstance, timeout: float = POOL_WAIT_TIM
     started = time.monotonic()
     announced = False
     while True:
-        busy = [
-            run.run_id for run in instance.get_runs(RunsFilter(statuses=SWEEPING_STATUSES)) if holds_reconcile_pool(run)
-        ]
+        records = instance.get_run_records(RunsFilter(statuses=SWEEPING_STATUSES))
+        busy = [r.dagster_run.run_id for r in records if holds_reconcile_pool(r.dagster_run)]
         if not busy:
             return time.monotonic() - started
         if not announced:

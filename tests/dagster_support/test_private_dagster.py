@@ -181,3 +181,23 @@ def test_ensure_default_pool_limit_writes_the_default_once_and_keeps_a_manual_li
         assert private.pool_limits(instance)["pin_pool"] == 1
         instance.event_log_storage.set_concurrency_slots("pin_pool", 3)
     assert private.ensure_default_pool_limit(tmp_path, "pin_pool") == 3  # set by hand: kept
+
+
+def test_latest_materialization_ids_by_partition() -> None:
+    """retention: the storage id of each partition's latest materialization (the runs it keeps)."""
+    keys = ["a", "b"]
+
+    @asset(partitions_def=PARTS)
+    def parted() -> None:
+        return None
+
+    job = Definitions(assets=[parted]).resolve_implicit_global_asset_job_def()
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTS.name, keys)
+        for key in [*keys, "a"]:
+            assert job.execute_in_process(instance=instance, partition_key=key).success
+        ids = private.latest_materialization_ids_by_partition(instance, parted.key)
+        latest: dict[str, int] = {}
+        for record in instance.fetch_materializations(parted.key, limit=10).records:
+            latest[record.partition_key] = max(record.storage_id, latest.get(record.partition_key, 0))
+        assert ids == latest and set(ids) == {"a", "b"}

@@ -51,8 +51,8 @@ IN_FLIGHT_STATUSES = [
 
 def sweep_in_flight(instance: DagsterInstance) -> tuple[str, str] | None:
     """(run id, status) of a queued or running ``reconcile_due_tenants`` run, if any: one storage query."""
-    runs = instance.get_runs(RunsFilter(job_name=SWEEP_JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1)
-    return (runs[0].run_id, runs[0].status.value) if runs else None
+    records = instance.get_run_records(RunsFilter(job_name=SWEEP_JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1)
+    return (records[0].dagster_run.run_id, records[0].dagster_run.status.value) if records else None
 
 
 @schedule(
