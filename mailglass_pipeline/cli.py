@@ -204,9 +204,9 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     The runs are recorded in the Dagster instance `mailglass dev` shows.
     """
     from mailglass_pipeline import demo as demo_module
-    from mailglass_pipeline.dagster_support.local_run import materialize_tenants
     from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
     from mailglass_pipeline.devtools import dev as dev_module
+    from mailglass_pipeline.devtools.local_run import materialize_tenants
 
     embedded = dev_module.uses_embedded_server()
     env = dev_module.prepare_dev_environment(quiet=True)  # same instance and databases as `mailglass dev`

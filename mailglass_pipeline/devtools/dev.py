@@ -112,10 +112,11 @@ def prepare_dagster_home(root: Path) -> Path:
 
 
 def ensure_pool_limit(home: Path) -> int | None:
-    """The pool limit written into the instance at ``home`` (Dagster's side: ``dagster_support.pool``)."""
-    from mailglass_pipeline.dagster_support.pool import ensure_pool_limit as ensure
+    """``dagster.yaml``'s default limit of the reconciliation pool, written into the instance at ``home``."""
+    from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL
+    from mailglass_pipeline.dagster_support.private import ensure_default_pool_limit
 
-    return ensure(home)
+    return ensure_default_pool_limit(home, RECONCILE_POOL)
 
 
 def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) -> dict[str, str]:

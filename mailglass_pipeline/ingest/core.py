@@ -217,18 +217,30 @@ def ingest(
     return result_of(parsed, tenant_id, store_parsed(engine or get_engine(database_url), parsed, tenant_id))
 
 
-def store_parsed(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
+def store_parsed(
+    engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool | None = None, try_group: bool = True
+) -> dict[str, Any]:
     """Store a verified webhook; returns the counts.
 
     A one-event webhook as a group of one (:func:`.grouped.store_grouped`, one
     autocommitted statement); a batch, a Mailgun claim due to prune the expired
-    tokens, or a webhook the group left out in :func:`store_alone`.
+    tokens, or a webhook the group left out in :func:`store_alone`. ``prune``:
+    the caller's draw of :func:`prunes_tokens` (else drawn here); ``try_group=False``:
+    the caller already offered it to a group (``mailglass serve`` groups requests).
     """
     if not needs_storing(parsed):
         return counts_of([])
-    prune = prunes_tokens(parsed)
-    counts = store_grouped(engine, [(parsed, tenant_id)])[0] if not prune and groupable(parsed) else None
-    return counts if counts is not None else store_alone(engine, parsed, tenant_id, prune=prune)
+    prune = prunes_tokens(parsed) if prune is None else prune
+    if try_group and joins_group(parsed, prune=prune):
+        counts = store_grouped(engine, [(parsed, tenant_id)])[0]
+        if counts is not None:
+            return counts
+    return store_alone(engine, parsed, tenant_id, prune=prune)
+
+
+def joins_group(parsed: ParsedWebhook, *, prune: bool) -> bool:
+    """Whether ``parsed`` is stored in a group statement: one event, and no token pruning due."""
+    return not prune and groupable(parsed)
 
 
 def needs_storing(parsed: ParsedWebhook) -> bool:

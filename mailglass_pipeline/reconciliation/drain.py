@@ -1,11 +1,13 @@
-"""Drain the due backlog within a time budget: what one scheduled run does.
+"""``sweep_due_tenants``: drain the due backlog within a time budget, what one scheduled run does.
+
+The scheduled job ``reconcile_due_tenants`` (``defs/scheduled_sweep/``) runs it through its op ``sweep_due_tenants``.
 
 Why a loop of short transactions. One sweep transaction is bounded by
 ``max_total`` so that it holds its row locks for a second or two, not for the
 whole run; but a cap per *run* wastes the tick whenever a burst is larger than
 the cap (a daemon down for an hour, a first adoption of a Mailglass database
 with a backlog): the sweep drains 5,000 to 9,000 orphans a second and then
-sits idle until the next minute. :func:`sweep_until` therefore runs bounded
+sits idle until the next minute. :func:`sweep_due_tenants` therefore runs bounded
 sweep transactions (:func:`sweep.sweep`, all tenants, each committed
 before the next starts) until the time budget is spent or nothing is due.
 
@@ -78,7 +80,7 @@ def _merge(total: DrainResult, part: SweepResult) -> None:
     total.lag_seconds = max(lags) if lags else None
 
 
-def sweep_until(
+def sweep_due_tenants(
     engine: Engine,
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     config: SweepConfig | None = None,

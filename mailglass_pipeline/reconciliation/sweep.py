@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy.engine import Connection, Engine, Row
 
 from mailglass_pipeline import deliveries, projector
@@ -41,6 +40,9 @@ from mailglass_pipeline.settings import (
     SweepConfig,
     validate_tenant_id,
 )
+
+if TYPE_CHECKING:  # pandas is imported where a batch is built: `import mailglass_pipeline` stays cheap
+    import pandas as pd
 
 #: Columns of the DataFrame ``find_orphans`` returns (and ``attempt_link`` extends with ``delivery_id``).
 ORPHAN_COLUMNS = [
@@ -88,6 +90,8 @@ def _find(
 
 
 def _batch_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     columns = [c for c in ORPHAN_COLUMNS if c != "malformed"] + ["delivery_id"]
     frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     frame["malformed"] = (
@@ -131,6 +135,8 @@ def attempt_link(conn: Connection, orphans: pd.DataFrame) -> pd.DataFrame:
     One lookup statement for the batch (``deliveries.lookup``: the same rule
     the sweep's find embeds); malformed orphans are not looked up.
     """
+    import pandas as pd
+
     linked = orphans.copy()
     linked["delivery_id"] = pd.Series([None] * len(linked), index=linked.index, dtype=object)
     candidates = linked[~linked["malformed"]]
@@ -272,7 +278,7 @@ def sweep(
     """One sweep in one transaction: find (locking) and link in one statement, then write. Retries deadlocks.
 
     All tenants when ``tenant_id`` is None: the same statements, never one per tenant. ``run``: the
-    progress of a run this transaction belongs to (``drain.sweep_until``).
+    progress of a run this transaction belongs to (``drain.sweep_due_tenants``).
     """
     config = config or SweepConfig()
     tenant_id = validate_tenant_id(tenant_id)

@@ -1,4 +1,4 @@
-"""``sweep_until``: the scheduled run's loop of bounded transactions under a time budget."""
+"""``sweep_due_tenants``: the scheduled run's loop of bounded transactions under a time budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
+from mailglass_pipeline.reconciliation.drain import sweep_due_tenants, tenant_changed
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA
 from mailglass_pipeline.reconciliation.sweep import sweep
 from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, Setting, SweepConfig, read
@@ -39,12 +39,12 @@ def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(
     config = SweepConfig(max_total=10)
     # Each transaction "takes" 1 s (two clock reads apart) and the budget is 4.5 s: two transactions
     # fit, a third would end past the budget, so the run stops there with 30 orphans still due.
-    first = sweep_until(engine, 4.5, config, clock=Ticks(1.0))
+    first = sweep_due_tenants(engine, 4.5, config, clock=Ticks(1.0))
     assert (first.transactions, first.stopped_by) == (2, BUDGET)
     assert (first.scanned, first.unmatched, first.due_remaining) == (20, 20, 30)
     assert first.tenants_swept == 20
     # A later run continues with the orphans not yet examined, never the examined ones (backoff).
-    second = sweep_until(engine, 60, config)
+    second = sweep_due_tenants(engine, 60, config)
     assert (second.transactions, second.scanned, second.stopped_by) == (3, 30, DRAINED)
     assert second.due_remaining == 0
     assert _attempts(engine) == {1: 50}
@@ -53,7 +53,7 @@ def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(
 def test_the_first_transaction_always_runs_and_the_budget_is_wall_time(engine: Engine) -> None:
     for i in range(6):
         make_orphan(engine, tenant_id=f"t{i}", message_id=f"never-{i}", age=timedelta(minutes=10))
-    result = sweep_until(engine, 0.001, SweepConfig(max_total=2))
+    result = sweep_due_tenants(engine, 0.001, SweepConfig(max_total=2))
     assert (result.transactions, result.scanned, result.stopped_by) == (1, 2, BUDGET)
     assert result.elapsed_seconds > 0
 
@@ -63,19 +63,19 @@ def test_limit_is_a_quota_per_run_not_per_transaction(engine: Engine) -> None:
         make_orphan(engine, tenant_id="big", message_id=f"big-{i}", age=timedelta(minutes=10 + i))
     for i in range(2):
         make_orphan(engine, tenant_id="small", message_id=f"small-{i}", age=timedelta(minutes=10))
-    result = sweep_until(engine, 60, SweepConfig(limit=3, max_total=2))
+    result = sweep_due_tenants(engine, 60, SweepConfig(limit=3, max_total=2))
     assert {t: c["scanned"] for t, c in result.tenants.items()} == {"big": 3, "small": 2}
     assert result.stopped_by == QUOTA and result.due_remaining == 7
     # The next run gives "big" its next 3.
-    assert sweep_until(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
+    assert sweep_due_tenants(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
 
 
 def test_retry_all_examines_each_pending_orphan_once_per_run(engine: Engine) -> None:
     for i in range(5):
         make_orphan(engine, tenant_id=f"t{i}", message_id=f"never-{i}", age=timedelta(minutes=10))
-    sweep_until(engine, 60, SweepConfig())
+    sweep_due_tenants(engine, 60, SweepConfig())
     assert _attempts(engine) == {1: 5}  # all in backoff now
-    result = sweep_until(engine, 60, SweepConfig(max_total=2, retry_all=True))
+    result = sweep_due_tenants(engine, 60, SweepConfig(max_total=2, retry_all=True))
     assert result.scanned == 5 and result.transactions == 4  # 2 + 2 + 1, then one that finds none
     assert _attempts(engine) == {2: 5}
 
@@ -87,7 +87,7 @@ def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: En
         make_orphan(engine, tenant_id=f"l{i}", message_id=f"good-{i}", age=timedelta(minutes=2))
         make_delivery(engine, tenant_id=f"l{i}", message_id=f"good-{i}")
     seen: list[tuple[int, int]] = []
-    result = sweep_until(
+    result = sweep_due_tenants(
         engine, 60, SweepConfig(max_total=5), on_transaction=lambda part: seen.append((part.scanned, part.linked))
     )
     assert seen[0] == (5, 5)  # the first transaction links all five
@@ -101,7 +101,7 @@ def test_newly_stale_and_malformed_are_changes_reexamination_is_not(engine: Engi
     make_orphan(engine, tenant_id="stale", message_id="m-old", age=timedelta(minutes=30))
     make_orphan(engine, tenant_id="broken", message_id=None, age=timedelta(minutes=5))
     make_orphan(engine, tenant_id="waiting", message_id="never", age=timedelta(minutes=5))
-    result = sweep_until(engine, 60, SweepConfig(max_age_minutes=20))
+    result = sweep_due_tenants(engine, 60, SweepConfig(max_age_minutes=20))
     assert result.tenants["stale"]["newly_stale"] == 1 and result.tenants["stale"]["scanned"] == 0
     assert result.tenants["broken"]["malformed"] == 1
     assert result.newly_stale == 1
@@ -115,7 +115,7 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
         for i in range(tenants):
             make_orphan(engine, tenant_id=f"{prefix}{i}", message_id=f"{prefix}never-{i}", age=timedelta(minutes=5))
         with statements_sent(engine) as seen:
-            result = sweep_until(engine, 60, SweepConfig())
+            result = sweep_due_tenants(engine, 60, SweepConfig())
         assert (result.tenants_swept, result.transactions) == (tenants, 1)
         counts.append(len(seen))
         # Backoff is in ticks: an orphan examined just before a minute boundary is due again just after
@@ -129,7 +129,7 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
 def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -> None:
     make_orphan(engine, tenant_id="t", message_id="never", age=timedelta(minutes=5))
     with pytest.raises(ConfigurationError):
-        sweep_until(engine, bad, SweepConfig())  # type: ignore[arg-type]
+        sweep_due_tenants(engine, bad, SweepConfig())  # type: ignore[arg-type]
     assert _attempts(engine) == {0: 1}
 
 

@@ -24,6 +24,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
+from mailglass_pipeline.dagster_support.private import execute_graphql, pool_limits
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import mailglass_dev, wait_until
 
@@ -120,7 +121,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
 
     # 1. A Launchpad launch for t1: the UI asks the code location for the partition's tags, then launches.
     wait_until(lambda: _code_location_loaded(client, selector), 60, "code location did not load", log_dir)
-    tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
+    tags_result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     assert tags["mailglass/tenant"] == "t1" and tags["mailglass/reconcile"] == "true"
     # A bad Launchpad value is refused at launch in one line naming the field and its bound: no run is created.
@@ -147,7 +148,8 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     assert ui_run.tags["mailglass/tenant"] == "t1" and ui_run.tags["mailglass/reconcile"] == "true"
 
     # 2. A backfill over t2 and t3.
-    launched = client._execute(
+    launched = execute_graphql(
+        client,
         LAUNCH_BACKFILL,
         {"backfillParams": {"selector": selector, "partitionNames": ["t2", "t3"], "fromFailure": False}},
     )["launchPartitionBackfill"]
@@ -192,7 +194,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
 
 def _code_location_loaded(client: DagsterGraphQLClient, selector) -> bool:
     try:
-        result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
+        result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     except Exception:
         return False
     return result["partitionSetOrError"]["__typename"] == "PartitionSet"
@@ -238,13 +240,13 @@ def launch_asset_materialization(
         "runConfigData": {},
         "executionMetadata": {"tags": tags},
     }
-    launched = client._execute(LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
+    launched = execute_graphql(client, LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
 
 
 def launch_backfill(client: DagsterGraphQLClient, params: dict) -> str:
-    launched = client._execute(LAUNCH_BACKFILL, {"backfillParams": {"fromFailure": False, **params}})
+    launched = execute_graphql(client, LAUNCH_BACKFILL, {"backfillParams": {"fromFailure": False, **params}})
     launched = launched["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
@@ -283,10 +285,10 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     selector = {"repositorySelector": repository, "partitionSetName": PARTITION_SET}
     wait_until(lambda: _code_location_loaded(client, selector), 90, "code location did not load", log_dir)
     # `mailglass dev` wrote the pool limit from dagster.yaml before anything could be queued.
-    [pool] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == "mailglass_reconcile"]
-    assert pool.limit == 1
+    assert pool_limits(instance)["mailglass_reconcile"] == 1
 
-    started = client._execute(
+    started = execute_graphql(
+        client,
         START_SCHEDULE,
         {"scheduleSelector": {**repository, "scheduleName": "reconcile_every_minute"}},
     )["startSchedule"]
@@ -297,7 +299,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
         [str(BIN / "mailglass"), "run", "--json", "--tenant-id", "p1", "--tenant-id", "p2"],
         env=run_env, cwd=log_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "p3"})
+    tags_result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "p3"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     launchpad_run = client.submit_job_execution(
         "reconcile_orphans",

@@ -14,7 +14,7 @@ from dagster import (
 )
 
 from mailglass_pipeline import ledger
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     RegisteredCodeLocationOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,

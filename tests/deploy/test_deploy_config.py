@@ -24,7 +24,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     class_from_code_pointer,
     dagster_instance_config,
     validate_config,

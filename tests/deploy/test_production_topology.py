@@ -47,6 +47,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import Engine, make_url
 
+from mailglass_pipeline.dagster_support.private import execute_graphql
 from mailglass_pipeline.db import create_engine
 from tests.factories import make_delivery, make_orphan
 from tests.processes import free_port, wait_until
@@ -264,7 +265,7 @@ def _blocked_run(instance: DagsterInstance, owner: Engine, ctx: dict) -> str | N
 
 def _location_loaded(client: DagsterGraphQLClient) -> bool:
     try:
-        result = client._execute(WORKSPACE)
+        result = execute_graphql(client, WORKSPACE)
     except Exception:
         return False
     entries = result["workspaceOrError"].get("locationEntries") or []
@@ -303,7 +304,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
         "repositorySelector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
         "partitionSetName": "reconcile_orphans_partition_set",
     }
-    launched = client._execute(
+    launched = execute_graphql(
+        client,
         LAUNCH_BACKFILL,
         {"backfillParams": {"selector": selector, "partitionNames": ["t1", "t2"], "fromFailure": False}},
     )["launchPartitionBackfill"]
@@ -320,7 +322,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     # 2. The schedule on, over GraphQL; a due orphan whose delivery the test keeps locked.
     orphans["t3"] = str(make_orphan(owner, tenant_id="t3", message_id="t3-m"))
     held = _hold_lock(owner, make_delivery(owner, tenant_id="t3", message_id="t3-m"))
-    started = client._execute(
+    started = execute_graphql(
+        client,
         START_SCHEDULE,
         {
             "scheduleSelector": {

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     GrpcServerCodeLocationOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
+    latest_materialization_ids_by_partition,
 )
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
@@ -128,7 +129,7 @@ def test_prunes_old_runs_with_their_events_and_keeps_latest_per_tenant(storage, 
         ).scalar()
     assert kept_checks == 1 and counts["deleted_check_executions"] == 2
     # Every tenant keeps its current state on the asset page.
-    latest = instance.get_latest_storage_id_by_partition(KEY, DagsterEventType.ASSET_MATERIALIZATION)
+    latest = latest_materialization_ids_by_partition(instance, KEY)
     assert set(latest) == {"t1", "t2"}
     records = instance.fetch_materializations(KEY, limit=10).records
     assert {r.run_id for r in records} == {t2_only, recent}

@@ -9,8 +9,8 @@ from dagster import AssetKey, build_asset_check_context, instance_for_test
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.scheduled_sweep.checks import LagCheckConfig, reconciliation_lag
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
 from tests.factories import fetch, make_delivery, make_orphan
 
 TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])

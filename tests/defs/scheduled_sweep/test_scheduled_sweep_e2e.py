@@ -35,7 +35,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 
-from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
+from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus, execute_graphql
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import log_tail, mailglass_dev, wait_until, webserver_up
 
@@ -75,7 +75,7 @@ def stack(tmp_path, database_url, dagster_storage_url, monkeypatch):
 
 def _location_loaded(client: DagsterGraphQLClient) -> bool:
     try:
-        return client._execute(LOCATION_QUERY)["repositoryOrError"]["__typename"] == "Repository"
+        return execute_graphql(client, LOCATION_QUERY)["repositoryOrError"]["__typename"] == "Repository"
     except Exception:
         return False
 
@@ -132,7 +132,7 @@ def test_two_ticks_at_200_tenants_one_run_each_and_only_tenants_with_work(stack,
     instance.add_dynamic_partitions("tenants", linkable + hopeless + idle)
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
     wait_until(lambda: _location_loaded(client), 90, "code location did not load", log_dir)
-    result = client._execute(START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}})
+    result = execute_graphql(client, START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}})
     assert result["startSchedule"]["__typename"] == "ScheduleStateResult", result
     schedule_on = time.time()
 

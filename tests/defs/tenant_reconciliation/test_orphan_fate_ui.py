@@ -16,7 +16,7 @@ from dagster import AssetKey, instance_for_test
 from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANT_TAG, TENANTS_PARTITIONS_NAME
 from tests.factories import make_delivery, make_orphan
 
