@@ -120,7 +120,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "admin_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.database)
-    # Slow tests first: xdist's loadgroup distribution (pyproject) hands tests out in this order, so the
+    # Slow tests first: xdist (pyproject: loadscope, not reordered) hands modules out in this order, so the
     # end-to-end tests, which mostly wait on Dagster processes and schedule ticks, start at once beside
     # the database tests instead of running last, one after another.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -39,10 +39,6 @@ mutation($executionParams: ExecutionParams!) {
 """
 
 
-# One worker starts the module's code server once (xdist's loadgroup would spread the tests over all).
-pytestmark = pytest.mark.xdist_group("launchpad_errors")
-
-
 @pytest.fixture(scope="module")
 def launchpad(admin_url: str) -> Iterator[tuple[Any, DagsterInstance]]:
     """The code location in its own code server; a URL so loading it starts no embedded server.

@@ -36,9 +36,6 @@ from mailglass_pipeline.settings import (
 from tests.databases import create_database, drop_database, with_database
 
 HISTORY = 100_000  # reconciled orphans: 2 ledger rows each
-# One worker loads the module's large database once (xdist's loadgroup would spread the tests over all).
-pytestmark = pytest.mark.xdist_group("query_plans")
-
 PENDING_TENANTS = [f"t{i}" for i in range(10)]
 PENDING_PER_TENANT = 300  # 3,000 pending orphans with deliveries
 OTHER_DELIVERIES = 100_000

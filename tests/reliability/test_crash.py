@@ -33,8 +33,7 @@ from tests.databases import create_database, drop_database, with_database
 from tests.processes import MAILGLASS
 from tests.reliability import bulk_support
 
-# One worker runs both: they share the module's uninterrupted twin (``expected``).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("crash")]
+pytestmark = pytest.mark.slow
 
 TENANT = "crash"
 N = int(os.environ.get("MAILGLASS_CRASH_ROWS", "15000"))
