@@ -2,7 +2,7 @@
 """The README's two quick-start commands, doing all set-up from a fresh clone.
 
     python3 quickstart.py run    # install, migrate, seed the demo, run the Dagster job per tenant
-    python3 quickstart.py test   # install and run the whole test suite (two xdist workers)
+    python3 quickstart.py test   # install and run the whole test suite, every tier (three xdist workers)
 
 Needs only Python 3.11+. It creates ``.venv/`` beside this file and installs
 the project into it (again only when pyproject.toml changed). With no
@@ -53,8 +53,12 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     runner = {"run": [str(BIN / "mailglass"), "run"], "test": [str(BIN / "python"), "-m", "pytest"]}[command]
     if command == "test" and not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest):
-        # Two workers: the end-to-end tests mostly wait on real Dagster processes and schedule ticks.
-        runner += ["-n", "2"]
+        # Three workers on two cores: the end-to-end tests mostly wait on real Dagster processes and
+        # schedule ticks, so a third worker keeps the cores busy with database tests meanwhile.
+        runner += ["-n", "3"]
+    if command == "test" and not any((ROOT / a.split("::")[0]).exists() for a in rest if not a.startswith("-")):
+        # Naming tests/ runs every tier; a bare `pytest` runs only the fast one (tests/conftest.py).
+        runner.append("tests")
     args = [*runner, *rest]
     return subprocess.run(args, cwd=ROOT).returncode
 

@@ -1,9 +1,9 @@
-"""The core of a scheduled run on a burst, without Dagster: ``sweep_until`` over the scale scenario.
+"""The core of a scheduled run on a burst, without Dagster: ``sweep_due_tenants`` over the scale scenario.
 
 Prints figures, not a test. Loads the data of ``benchmarks.scale`` (10% of the
 tenants with 5 linkable orphans, 30% with 3 never-matching ones, 5% with 2
 whose deliveries are not there yet) into a fresh database, then runs one
-``sweep_until`` per ``--cap`` (fresh data each) and prints each transaction's
+``sweep_due_tenants`` per ``--cap`` (fresh data each) and prints each transaction's
 time and what it did, the run's total and its rate. Answers: how long does a
 burst take to drain, how long does one transaction hold its locks, and does
 a transaction get slower as the run goes on.
@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from benchmarks import scale, scratch
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.drain import sweep_until
+from mailglass_pipeline.reconciliation.drain import sweep_due_tenants
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_TOTAL, DEFAULT_TRANSACTION_CAP, SweepConfig
+from mailglass_pipeline.settings import DEFAULT_MAX_TOTAL, SweepConfig
 
 
 def run_once(admin_url: str, tenants: int, cap: int, budget: float) -> None:
@@ -47,7 +47,7 @@ def run_once(admin_url: str, tenants: int, cap: int, budget: float) -> None:
             steps.append((part.scanned, part.linked, now - mark[0]))
             mark[0] = now
 
-        result = sweep_until(engine, budget, SweepConfig(max_total=cap), on_transaction=record)
+        result = sweep_due_tenants(engine, budget, SweepConfig(max_total=cap), on_transaction=record)
         print(f"\n{tenants} tenants, cap {cap} per transaction, budget {budget:g} s (loaded in {loaded:.1f} s)")
         for i, (scanned, linked, took) in enumerate(steps, 1):
             print(f"  transaction {i:2d}: {took:5.2f} s, scanned {scanned}, linked {linked}")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     print(f"benchmarks.burst_drain at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (shared machine)")
-    for cap in args.cap or [DEFAULT_TRANSACTION_CAP, DEFAULT_MAX_TOTAL]:
+    for cap in args.cap or [DEFAULT_MAX_TOTAL, 2 * DEFAULT_MAX_TOTAL]:
         run_once(args.database_url, args.tenants, cap, args.budget)
     return 0
 

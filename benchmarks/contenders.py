@@ -33,8 +33,8 @@ from sqlalchemy.engine import Engine
 
 from benchmarks import lower_bound, reference
 from benchmarks.scratch import engine_for
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 
 @dataclass

@@ -13,7 +13,7 @@ so the benchmark reports the reconciler's distance from it.
 
 The find statement and the backoff expression are the reconciler's own
 (read from the SQL registry, ``mailglass_pipeline.queries``), and so are the
-projection rules and the notification payload (projector.py's SQL fragments),
+projection rules and the notification payload (marked copies of rules.sql's),
 so both do exactly the same work.
 """
 
@@ -23,10 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import queries
-from mailglass_pipeline.projector import notify_select, projection_ctes
-from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_TOTAL, SweepConfig
-from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS
-from mailglass_pipeline.reconciliation.sweep import find_params
+from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS, find_params
+from mailglass_pipeline.settings import DEFAULT_MAX_TOTAL, SweepConfig
 
 #: The backoff as the sweep's write statement computes it (same bind parameters).
 _BACKOFF = "make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int)))"
@@ -52,9 +50,43 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, (metadata ->> 'reconciled_from_event_id')::uuid AS from_id
     ), won AS (
-        -- ord: on an occurred_at tie the earlier-inserted orphan wins (projector.projection_ctes).
+        -- ord: on an occurred_at tie the earlier-inserted orphan wins (rule projection).
         SELECT m.*, i.id AS reconciled_id, m.inserted_at AS ord FROM ins i JOIN matched m ON m.id = i.from_id
-    ), {projection_ctes("won")}, upd AS (
+    ),
+    -- rule: projection
+    proj_agg AS (
+        SELECT
+            delivery_id,
+            (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+            max(occurred_at) AS latest_at,
+            min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
+            min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
+            min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
+            min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
+            min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
+            bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
+        FROM won
+        GROUP BY delivery_id
+    ),
+
+    proj_upd AS (
+        UPDATE mailglass_deliveries AS d SET
+            last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+            last_event_at = GREATEST(d.last_event_at, a.latest_at),
+            dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
+            delivered_at = COALESCE(d.delivered_at, a.delivered_at),
+            bounced_at = COALESCE(d.bounced_at, a.bounced_at),
+            complained_at = COALESCE(d.complained_at, a.complained_at),
+            suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
+            terminal = d.terminal OR a.terminal,
+            lock_version = d.lock_version + 1,
+            updated_at = now()
+        FROM proj_agg AS a
+        WHERE d.id = a.delivery_id
+        RETURNING d.id
+    ),
+    -- end rule
+    upd AS (
         SELECT id FROM proj_upd
     ), attempted AS (
         UPDATE mailglass_reconciliation_queue q
@@ -73,7 +105,17 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
           FROM won
          ORDER BY delivery_id, occurred_at DESC, inserted_at DESC
     ), notified AS (
-        {notify_select("latest")}
+        -- rule: notify
+        SELECT
+            pg_notify('mailglass_delivery_updated', CAST(json_build_object(
+                'tenant_id', CASE
+                    WHEN octet_length(CAST(to_json(n.tenant_id) AS text)) > 7000 THEN NULL ELSE n.tenant_id
+                END,
+                'delivery_id', n.delivery_id, 'event_type', n.event_type,
+                'event_id', n.event_id, 'reconciled_from_event_id', n.from_id
+            ) AS text)) AS notified
+        FROM latest AS n
+        -- end rule
     )
     SELECT (SELECT count(*) FROM batch) AS scanned,
            (SELECT count(*) FROM ins) AS linked,

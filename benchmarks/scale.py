@@ -58,7 +58,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from benchmarks import datasets, scratch
 from mailglass_pipeline import schema
-from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
+from mailglass_pipeline.dagster_support.private import execute_graphql
+from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -346,7 +347,7 @@ class OldTick(threading.Thread):
                     for t in ready
                 ]
                 if params:
-                    result = self.client._execute(LAUNCH_MANY, {"list": params})["launchMultipleRuns"]
+                    result = execute_graphql(self.client, LAUNCH_MANY, {"list": params})["launchMultipleRuns"]
                     failed = [r for r in result.get("launchMultipleRunsResult", []) if "message" in r]
                     if failed or "message" in result:
                         self.errors.append(str(failed[:1] or result)[:300])
@@ -362,7 +363,7 @@ def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
     from dagster_graphql import DagsterGraphQLClient
 
     from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
-    from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
+    from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
 
     groups = Groups.of(phase.tenants)
     stack = Stack(admin_url, workdir)
@@ -383,7 +384,7 @@ def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                if client._execute(LOCATION_QUERY)["repositoryOrError"]["__typename"] == "Repository":
+                if execute_graphql(client, LOCATION_QUERY)["repositoryOrError"]["__typename"] == "Repository":
                     break
             time.sleep(1)
         dagster_engine = sa.create_engine(stack.dagster_url, poolclass=sa.pool.NullPool)
@@ -395,7 +396,9 @@ def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
         old_tick: OldTick | None = None
         t0 = time.time()
         if phase.design == "sweep":
-            started = client._execute(START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}})
+            started = execute_graphql(
+                client, START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}}
+            )
             if started["startSchedule"]["__typename"] != "ScheduleStateResult":
                 raise RuntimeError(f"could not start the schedule: {started}")
         else:

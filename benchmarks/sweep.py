@@ -55,8 +55,8 @@ from benchmarks.scratch import ScratchServer, engine_for
 from mailglass_pipeline import queries
 from mailglass_pipeline.db import describe_url, resolve_database_url
 from mailglass_pipeline.reconciliation.monitoring import tenants_with_due_orphans
-from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES, SweepConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"

@@ -1,28 +1,31 @@
 """The ``mailglass`` command.
 
-Every subcommand shares one error contract: stdout carries only the result
-(one JSON object where there is one), and any failure, a bad argument or
-an unreachable database, is one line on stderr and a non-zero exit, never a
-traceback. Usage errors exit 2, runtime failures 1. Which database is used
-is said on stderr, with the password masked.
+Every subcommand shares one error contract, kept by one function (:func:`_one_line`): stdout
+carries only the result (one JSON object where there is one), and any failure is one line on
+stderr, ``mailglass: <what>``, never a traceback. Exit codes: 0 success; 2 a bad argument, option
+or setting (a usage error, a ``ValueError`` such as ``ConfigurationError``: nothing was done);
+1 a runtime failure (the database down or refusing, a webhook refused, an unknown id);
+130 interrupted. Which database is used is said on stderr, with the password masked.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
-from mailglass_pipeline import db
+from mailglass_pipeline import db, settings
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.reconciliation import settings
-from mailglass_pipeline.reconciliation.settings import Setting
+from mailglass_pipeline.ingest.cli import ingest_command
+from mailglass_pipeline.ingest.errors import IngestError
+from mailglass_pipeline.ingest.serve import serve_command
+from mailglass_pipeline.settings import Setting
 
 
 def _say_database(url: str) -> None:
@@ -33,10 +36,64 @@ def _emit(result: dict[str, Any]) -> None:
     click.echo(json.dumps(result, default=str, sort_keys=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandFailed(click.ClickException):
+    """A failure as the contract shows it: ``mailglass: <message>`` on stderr, then ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"mailglass: {self.format_message()}", err=True)
+
+
+#: What the contract reports in one line; anything else is a bug, whose traceback is the useful report.
+_REPORTED = (click.ClickException, click.Abort, KeyboardInterrupt, ValueError, MailglassError, sa.exc.SQLAlchemyError)
+
+
+def _one_line(exc: BaseException) -> CommandFailed:
+    """The one mapping from an error to its line and exit code (the module docstring's contract)."""
+    if isinstance(exc, click.ClickException):  # usage errors and bad options: exit 2, without the usage text
+        return CommandFailed(exc.format_message(), exc.exit_code)
+    if isinstance(exc, click.Abort | KeyboardInterrupt):
+        return CommandFailed("aborted", 130)
+    if isinstance(exc, ValueError):  # ConfigurationError, an unfit tenant id, a bad setting
+        return CommandFailed(db.first_line(exc), 2)
+    if isinstance(exc, IngestError):  # a refused webhook: its kind tells a replaying script why
+        return CommandFailed(f"{type(exc).__name__}: {db.first_line(exc)}", 1)
+    if isinstance(exc, MailglassError):
+        return CommandFailed(db.first_line(exc), 1)
+    return CommandFailed(f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}", 1)
+
+
+@contextmanager
+def _errors_as_one_line() -> Iterator[None]:
+    try:
+        yield
+    except (CommandFailed, click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
+        raise
+    except _REPORTED as exc:
+        raise _one_line(exc) from None
+
+
+class _Mailglass(click.Group):
+    """The group every subcommand runs under: parsing and running both report through :func:`_one_line`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        with _errors_as_one_line():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _errors_as_one_line():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Mailglass, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mailglass-pipeline")
 def cli() -> None:
     """Keep the mailglass delivery ledger correct (reconciler, ingest, Dagster)."""
+    for setting in settings.ENVIRONMENT:  # a misconfigured environment is refused before anything is done
+        settings.read(setting)
 
 
 @cli.command()
@@ -50,27 +107,13 @@ def migrate() -> None:
     _emit({"from_revision": before, "to_revision": after, "changed": before != after})
 
 
-def _setting_option(setting: Setting, *names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A click option whose default, bounds and help come from the setting's one definition."""
-    if isinstance(setting.default, bool):
-        return click.option(*names, setting.name, is_flag=True, default=setting.default, help=setting.description)
-    return click.option(
-        *names,
-        setting.name,
-        default=setting.default,
-        show_default=True,
-        type=click.IntRange(min=setting.minimum, max=setting.maximum),
-        help=setting.description,
-    )
-
-
 @cli.command()
 @click.option("--tenant-id", default=None, help="Sweep one tenant (default: all tenants).")
-@_setting_option(settings.LIMIT, "--batch-size")
-@_setting_option(settings.MAX_AGE_MINUTES, "--max-age-minutes")
-@_setting_option(settings.GRACE_SECONDS, "--grace-seconds")
-@_setting_option(settings.MAX_TOTAL, "--max-total")
-@_setting_option(settings.RETRY_ALL, "--retry-all")
+@settings.LIMIT.option("--batch-size")
+@settings.MAX_AGE_MINUTES.option("--max-age-minutes")
+@settings.GRACE_SECONDS.option("--grace-seconds")
+@settings.MAX_TOTAL.option("--max-total")
+@settings.RETRY_ALL.option("--retry-all")
 def reconcile(
     tenant_id: str | None,
     limit: int,
@@ -161,13 +204,13 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     The runs are recorded in the Dagster instance `mailglass dev` shows.
     """
     from mailglass_pipeline import demo as demo_module
-    from mailglass_pipeline.dagster_support.local_run import materialize_tenants
     from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
     from mailglass_pipeline.devtools import dev as dev_module
+    from mailglass_pipeline.devtools.local_run import materialize_tenants
 
     embedded = dev_module.uses_embedded_server()
     env = dev_module.prepare_dev_environment(quiet=True)  # same instance and databases as `mailglass dev`
-    url = env[db.DATABASE_URL_ENV]
+    url = env[settings.DATABASE_URL.env]
     _say_database(url)
     click.echo(f"mailglass: dagster instance {env['DAGSTER_HOME']} (shown by `mailglass dev`)", err=True)
     engine = db.get_engine(url)
@@ -188,7 +231,7 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535))
+@Setting("port", 3000, 1, 65535).option("--port")
 def dev(host: str, port: int) -> None:
     """Embedded database if needed, migrations, then the Dagster UI and daemon (Ctrl-C or SIGTERM stops both)."""
     from mailglass_pipeline.devtools.dev import run_dev
@@ -219,7 +262,7 @@ def _age(seconds: float) -> str:
 @cli.group(invoke_without_command=True)
 @click.option("--tenant-id", default=None, help="Only this tenant's orphans.")
 @click.option("--state", type=click.Choice(["due", "waiting", "stale", "malformed"]), default=None)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="Most rows listed.")
+@Setting("limit", 50, 1, 10_000, "Most rows listed.").option("--limit")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.pass_context
 def orphans(ctx: click.Context, tenant_id: str | None, state: str | None, limit: int, as_json: bool) -> None:
@@ -299,24 +342,23 @@ def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> None:
     click.echo(f"mailglass: hint: no delivery or orphan has tenant {tenant_id!r}{suggestion}", err=True)
 
 
-def _register_optional_commands() -> None:
-    # Commands from other parts of the package register themselves; a part
-    # that fails to import must not take the whole CLI down.
-    try:
-        from mailglass_pipeline.ingest.cli import register as register_ingest
-    except ImportError as exc:  # pragma: no cover - only on a broken install
-        click.echo(f"mailglass: ingest unavailable ({exc})", err=True)
-        return
-    if "ingest" not in cli.commands:
-        register_ingest(cli)
+cli.add_command(ingest_command)
+cli.add_command(serve_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console-script entry point: one-line errors, meaningful exit codes."""
-    _register_optional_commands()
+    """Console-script entry point: the group's one error path, then the embedded server's notice."""
     args = list(argv) if argv is not None else sys.argv[1:]
     embedded_was_down = _embedded_server_down()
-    code = _main(args)
+    try:
+        code = cli.main(args=args, prog_name="mailglass", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `mailglass`: the help, as a usage error
+        exc.show()
+        code = exc.exit_code
+    except (click.ClickException, click.Abort) as exc:
+        failed = _one_line(exc)
+        failed.show()
+        code = failed.exit_code
     if embedded_was_down and not _embedded_server_down() and args[:1] not in (["dev"], ["run"], ["stop"]):
         # `dev` and `run` say it themselves; any other command that started it says so here.
         click.echo(
@@ -324,39 +366,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command: stop it with `mailglass stop`",
             err=True,
         )
-    return code
+    return code if isinstance(code, int) else 0
 
 
 def _embedded_server_down() -> bool:
     """True when no database URL is configured and the embedded PostgreSQL is not running (a pid check)."""
-    if os.environ.get(db.DATABASE_URL_ENV):
+    if settings.read(settings.DATABASE_URL):
         return False
     from mailglass_pipeline.devtools.dev import embedded_server_pid
 
     return embedded_server_pid() is None
-
-
-def _main(args: list[str]) -> int:
-    """Run the command: one-line errors, meaningful exit codes."""
-    try:
-        cli.main(args=args, prog_name="mailglass", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.Abort:
-        click.echo("mailglass: aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        click.echo(f"mailglass: {exc.format_message()}", err=True)
-        return exc.exit_code
-    except (MailglassError, ValueError) as exc:
-        click.echo(f"mailglass: {db.first_line(exc)}", err=True)
-        return 2 if isinstance(exc, ValueError) else 1
-    except sa.exc.DBAPIError as exc:
-        click.echo(f"mailglass: database error: {db.first_line(exc.orig)}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
 
 
 if __name__ == "__main__":

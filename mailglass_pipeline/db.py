@@ -26,13 +26,13 @@ minute-scheduled job.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ from psycopg.types.datetime import TimestampLoader
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
+from mailglass_pipeline import settings
 from mailglass_pipeline.errors import (
     LEDGER_IMMUTABLE_SQLSTATE,
     ConfigurationError,
@@ -51,14 +52,9 @@ from mailglass_pipeline.errors import (
     EventLedgerImmutableError,
 )
 
-DATABASE_URL_ENV = "MAILGLASS_DATABASE_URL"
-SCHEMA_ENV = "MAILGLASS_DB_SCHEMA"
-DEFAULT_SCHEMA = "public"
 #: Mailglass's own identifier rule for its prefix: a plain lower-case identifier, never quoted.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-HOME_ENV = "MAILGLASS_HOME"
 EMBEDDED_DATABASE = "mailglass"
-CONNECT_TIMEOUT_SECONDS = int(os.environ.get("MAILGLASS_CONNECT_TIMEOUT", "10"))
 
 #: SQLSTATEs worth retrying the whole transaction for: deadlock detected and
 #: serialization failure. Anything else is a real error.
@@ -72,9 +68,9 @@ _engines_lock = threading.Lock()
 
 def db_schema() -> str:
     """The PostgreSQL schema holding Mailglass's tables (its ``prefix:``), ``public`` by default."""
-    name = os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA
+    name = settings.read(settings.DB_SCHEMA)
     if not _SCHEMA_NAME.match(name):
-        raise ConfigurationError(f"{SCHEMA_ENV} must be a plain lower-case identifier, got {name!r}")
+        raise ConfigurationError(f"{settings.DB_SCHEMA.env} must be a plain lower-case identifier, got {name!r}")
     return name
 
 
@@ -104,7 +100,7 @@ def _on_connect(dbapi_connection: psycopg.Connection, _record: object) -> None:
 
 def mailglass_home() -> Path:
     """Folder holding the embedded server's data (``.mailglass`` in the working directory)."""
-    return Path(os.environ.get(HOME_ENV) or Path.cwd() / ".mailglass").expanduser().resolve()
+    return Path(settings.read(settings.HOME)).expanduser().resolve()
 
 
 def normalize_url(url: str) -> str:
@@ -169,7 +165,7 @@ def ensure_database(admin_url: str, database: str) -> None:
 
 def resolve_database_url(url: str | None = None) -> str:
     """Explicit URL, else ``MAILGLASS_DATABASE_URL``, else the embedded server."""
-    chosen = url or os.environ.get(DATABASE_URL_ENV)
+    chosen = url or settings.read(settings.DATABASE_URL)
     if chosen:
         return normalize_url(chosen)
     return embedded_server_url()
@@ -213,7 +209,7 @@ def create_engine(url: str, *, pre_ping: bool = True, **kwargs: object) -> Engin
         options += " " + (url_options if isinstance(url_options, str) else " ".join(url_options))
         parsed = parsed.difference_update_query(["options"])
     connect_args: dict[str, object] = {
-        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "connect_timeout": settings.read(settings.CONNECT_TIMEOUT),
         "application_name": "mailglass",
         "options": options,
     }
@@ -293,8 +289,8 @@ def connect(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def execute_autocommitted(engine: Engine, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Run one driver-style statement (:func:`driver_statement`) as its own transaction; its rows.
+def execute_autocommitted(engine: Engine, statement: RawStatement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """Run one statement on the driver's own cursor (:func:`driver_cursor`) as its own transaction; its rows.
 
     No BEGIN and no COMMIT: one round trip. The pooled connection goes back
     in transaction mode (unless the failure broke it, and the pool drops it).
@@ -305,45 +301,39 @@ def execute_autocommitted(engine: Engine, statement: str, params: Mapping[str, A
         driver.autocommit = True
         try:
             with driver_cursor(conn) as cursor:
-                return cursor.execute(statement, params).fetchall()
+                return cursor.execute(statement.text, statement.values(params)).fetchall()
         finally:
             if not (driver.closed or driver.broken):
                 driver.autocommit = False
 
 
-#: psycopg converts a query's placeholders once and caches the result only for queries up to this
-#: many bytes (``MAX_CACHED_STATEMENT_LENGTH``); a longer one is re-parsed on every execution,
-#: which cost about 250 us of CPU per webhook here.
-DRIVER_CACHED_QUERY_BYTES = 4096
+@dataclass(frozen=True)
+class RawStatement:
+    """A statement in PostgreSQL's own placeholders (``$1``...), for :func:`driver_cursor`.
 
-
-def compact(sql: str) -> str:
-    """``sql`` on one line with single spaces, none around commas and parentheses outside literals.
-
-    It must hold no ``--`` comment, nor a literal with two spaces, nor a
-    quote other than the ``'`` of standard string literals.
+    psycopg's ``RawCursor`` sends such a text as is: no parsing of the query on
+    each execution, whatever its length (psycopg's ordinary cursor converts
+    ``%(name)s`` placeholders and caches that only for queries under 4 kB).
     """
-    if "--" in sql:
-        raise ValueError("a statement to compact must not hold -- comments")
-    # Split on quotes: the even pieces are outside literals (a doubled '' keeps the parity).
-    pieces = " ".join(sql.split()).split("'")
-    pieces[::2] = [_TIGHT.sub(r"\1", piece) for piece in pieces[::2]]
-    return "'".join(pieces)
 
+    text: str
+    names: tuple[str, ...]
 
-_TIGHT = re.compile(r" ?([(),]) ?")
+    @classmethod
+    def of(cls, clause: sa.TextClause) -> RawStatement:
+        """``clause``'s text with each ``:name`` numbered, as SQLAlchemy's compiler numbers them."""
+        from sqlalchemy.dialects.postgresql.psycopg import dialect
 
+        compiled = clause.compile(dialect=dialect(paramstyle="numeric_dollar"))
+        return cls(compiled.string, tuple(compiled.positiontup or ()))
 
-def driver_statement(statement: sa.TextClause) -> str:
-    """``statement`` in the driver's own placeholder style, for :func:`driver_cursor`."""
-    from sqlalchemy.dialects.postgresql.psycopg import dialect
-
-    return str(statement.compile(dialect=dialect()))
+    def values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] for name in self.names)
 
 
 @contextmanager
-def driver_cursor(conn: Connection) -> Iterator[psycopg.Cursor[tuple[object, ...]]]:
-    """A psycopg cursor on ``conn``'s connection and transaction, for a statement on a hot path.
+def driver_cursor(conn: Connection) -> Iterator[psycopg.RawCursor[tuple[object, ...]]]:
+    """A psycopg raw cursor (:class:`RawStatement`) on ``conn``'s connection and transaction, for a hot path.
 
     SQLAlchemy's work around each execution (result metadata, parameter
     processing) costs more CPU than a small statement itself; the webhook
@@ -355,7 +345,7 @@ def driver_cursor(conn: Connection) -> Iterator[psycopg.Cursor[tuple[object, ...
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     try:
-        with driver.cursor() as cursor:
+        with psycopg.RawCursor(driver) as cursor:
             yield cursor
     except psycopg.Error as exc:
         if driver.broken or driver.closed:

@@ -17,8 +17,9 @@ from mailglass_pipeline.defs.retention.jobs import (
     prune_dagster_history,
 )
 from mailglass_pipeline.defs.retention.schedules import prune_dagster_history_daily
-from mailglass_pipeline.defs.scheduled_sweep.assets import reconcile_due_tenants, reconciliation_sweep
+from mailglass_pipeline.defs.scheduled_sweep.assets import reconciliation_sweep
 from mailglass_pipeline.defs.scheduled_sweep.checks import reconciliation_lag
+from mailglass_pipeline.defs.scheduled_sweep.jobs import reconcile_due_tenants
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
 from mailglass_pipeline.defs.tenant_reconciliation.assets import webhook_reconciliation
 from mailglass_pipeline.defs.tenant_reconciliation.checks import no_stale_orphans

@@ -1,6 +1,7 @@
 """Delivery rows (``mailglass_deliveries``): the sending application's side.
 
-The lookup here is the one place that decides whether a provider event
+The lookup here (statement ``lookup_deliveries``, rule ``delivery_lookup`` of
+``sql/rules.sql``) is the rule that decides whether a provider event
 belongs to a delivery. It matches on ``(provider, provider_message_id)``
 (the global unique index) *and* the tenant, so a message id that collides
 across tenants never links across them.
@@ -10,7 +11,7 @@ that, while event webhooks carry ``sg_message_id`` = that id plus a suffix
 starting ``.filter`` (``LRzXl_NHStOGhQ4kofSm_A.filterdrecv-...``; old-format
 ids contain dots themselves: ``14c5d75ce93.dfd.64b469.filter0001...``). For
 provider ``sendgrid`` the lookup also tries the part before ``.filter`` and
-the part before the first dot, preferring an exact match. Ingest already
+the part before the first dot, preferring an exact match (rule ``message_id_match``). Ingest already
 stores the stripped id; the fallback serves orphans Mailglass wrote with the
 raw ``sg_message_id``.
 """
@@ -22,39 +23,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mailglass_pipeline import queries
 from mailglass_pipeline.ledger import to_json
-
-
-def lookup_lateral(key: str) -> str:
-    """The lookup rule as a LATERAL subquery over the relation ``key`` (columns tenant_id, provider, message_id).
-
-    Yields the matching delivery's ``id`` (or no row): exact id first, then for
-    SendGrid the part before ``.filter``, then the part before the first dot,
-    always within the tenant. The one home of the rule: :func:`lookup` and the
-    reconciler's fused find-and-link statement both embed it.
-    """
-    return f"""LATERAL (
-           SELECT d.id
-             FROM mailglass_deliveries d
-            WHERE d.provider = {key}.provider
-              AND d.provider_message_id IN (
-                    {key}.message_id,
-                    CASE WHEN {key}.provider = 'sendgrid' THEN split_part({key}.message_id, '.filter', 1) END,
-                    CASE WHEN {key}.provider = 'sendgrid' THEN split_part({key}.message_id, '.', 1) END)
-              AND d.tenant_id = {key}.tenant_id
-            ORDER BY d.provider_message_id = {key}.message_id DESC
-            LIMIT 1
-      )"""
-
-
-#: The package's delivery statements (``sql/deliveries.sql``): ``lookup_deliveries``.
-STATEMENTS: dict[str, sa.TextClause] = queries.register(
-    "mailglass_pipeline", {"delivery_lookup": lookup_lateral("k")}, files=("deliveries.sql",)
-)
+from mailglass_pipeline.queries import statement
 
 
 def lookup(
@@ -70,7 +42,7 @@ def lookup(
     if not tenant_ids:
         return []
     rows = conn.execute(
-        STATEMENTS["lookup_deliveries"],
+        statement("lookup_deliveries"),
         {"tenant_ids": list(tenant_ids), "providers": list(providers), "message_ids": list(message_ids)},
     ).all()
     return [row[1] for row in rows]
@@ -95,17 +67,7 @@ def create(
     """Insert a delivery as a sending application would (used by demo, tests, benchmarks)."""
     new_id = delivery_id or uuid.uuid4()
     conn.execute(
-        sa.text(
-            """
-            INSERT INTO mailglass_deliveries
-                (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,
-                 provider_message_id, last_event_type, last_event_at, dispatched_at, metadata,
-                 idempotency_key, status, inserted_at, updated_at)
-            VALUES (:id, :tenant_id, :mailable, :stream, :recipient, :domain, :provider, :pmid,
-                    :last_event_type, COALESCE(:last_event_at, now()), :dispatched_at,
-                    CAST(:metadata AS jsonb), :idempotency_key, 'sent', now(), now())
-            """
-        ),
+        statement("create_delivery"),
         {
             "id": new_id,
             "tenant_id": tenant_id,

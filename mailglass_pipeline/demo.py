@@ -33,13 +33,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import ledger
 from mailglass_pipeline.db import run_transaction
 from mailglass_pipeline.ingest.core import parse_webhook, store
 from mailglass_pipeline.ingest.samples import build_webhook
+from mailglass_pipeline.queries import statement
 
 TENANTS = ("acme", "globex", "initech")
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
@@ -52,17 +52,6 @@ NEVER_MATCHING = 4
 MALFORMED = 2
 STALE = 3
 RACE_TYPES = ("delivered", "opened", "bounced", "clicked")
-
-_INSERT_DELIVERY = sa.text(
-    """
-    INSERT INTO mailglass_deliveries
-        (id, tenant_id, mailable, stream, recipient, recipient_domain, provider, provider_message_id,
-         last_event_type, last_event_at, dispatched_at, idempotency_key, status, inserted_at, updated_at)
-    VALUES (:id, :tenant_id, 'DemoMailer.receipt', 'transactional', :recipient, :domain, :provider, :pmid,
-            'dispatched', :at, :at, :key, 'sent', :at, :at)
-    ON CONFLICT DO NOTHING
-    """
-)
 
 
 def _id(*parts: object) -> uuid.UUID:
@@ -93,7 +82,7 @@ def _insert_deliveries(conn: Connection, tenant: str, rows: list[tuple[str, str,
         }
         for provider, mid, at, n in rows
     ]
-    return conn.execute(_INSERT_DELIVERY, params).rowcount
+    return conn.execute(statement("demo_insert_delivery"), params).rowcount
 
 
 def _webhook(
@@ -117,7 +106,7 @@ def _seed_tenant(conn: Connection, tenant: str, now: datetime) -> dict[str, int]
     # Event times are relative to now (and some providers' event ids include
     # the time), so re-seeding is guarded by the tenant's first demo delivery.
     first_key = f"demo:{tenant}:{_message_id(PROVIDERS[0], tenant, 'sent', 0)}"
-    if conn.execute(sa.text("SELECT 1 FROM mailglass_deliveries WHERE idempotency_key = :k"), {"k": first_key}).first():
+    if conn.execute(statement("demo_seeded"), {"k": first_key}).first():
         return counts
 
     def add(result: dict[str, Any]) -> None:
@@ -198,7 +187,7 @@ def seed(engine: Engine, tenants: tuple[str, ...] = TENANTS) -> dict[str, Any]:
 def is_empty(engine: Engine) -> bool:
     """True when the ledger holds no deliveries yet (the quick start seeds only then)."""
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM mailglass_deliveries)")).scalar_one()
+        return conn.execute(statement("no_deliveries")).scalar_one()
 
 
 #: Seconds after the webhooks at which each wave of late deliveries commits.

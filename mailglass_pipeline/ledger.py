@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from mailglass_pipeline.queries import statement
 
 #: The Anymail taxonomy, as Mailglass v1.0.0 stores it.
 PROVIDER_EVENT_TYPES = frozenset(
@@ -63,33 +64,6 @@ class NewEvent:
             raise ValueError("occurred_at must be timezone-aware")
 
 
-#: The ledger's columns (one per :class:`NewEvent` field) as a ``json_to_recordset`` column definition list.
-RECORD_COLUMNS = """id uuid, tenant_id text, delivery_id uuid, type text, occurred_at timestamptz,
-           idempotency_key text, reject_reason text, normalized_payload jsonb, metadata jsonb,
-           trace_id text, needs_reconciliation boolean, inserted_at timestamptz"""
-
-
-def insert_from(rows: str) -> str:
-    """The idempotent ledger insert of the FROM item ``rows`` (alias ``r``, the columns of :data:`RECORD_COLUMNS`).
-
-    ``RETURNING id`` of the rows actually inserted. The one home of the insert:
-    :func:`append_events` and ingest's single store statement both embed it.
-    """
-    return f"""
-    INSERT INTO mailglass_events
-        (id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
-         normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at)
-    SELECT r.id, r.tenant_id, r.delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
-           r.normalized_payload, r.metadata, r.trace_id, r.needs_reconciliation,
-           COALESCE(r.inserted_at, now())
-      FROM {rows}
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id"""
-
-
-_INSERT = sa.text(insert_from(f"json_to_recordset(CAST(:rows AS json)) AS r({RECORD_COLUMNS})"))
-
-
 def to_json(value: Any) -> str:
     """JSON text for a jsonb column (or a batch document); datetimes and UUIDs become strings.
 
@@ -107,11 +81,11 @@ def append_events(conn: Connection, events: Sequence[NewEvent]) -> set[uuid.UUID
     """
     if not events:
         return set()
-    return {row[0] for row in conn.execute(_INSERT, {"rows": to_json([record(e) for e in events])})}
+    return {row[0] for row in conn.execute(statement("append_events"), {"rows": to_json([record(e) for e in events])})}
 
 
 def record(e: NewEvent) -> dict[str, Any]:
-    """``e`` as one row of a batch document (the columns of :data:`RECORD_COLUMNS`)."""
+    """``e`` as one row of a batch document (the columns of statement ``append_events``)."""
     return {
         "id": e.id,
         "tenant_id": e.tenant_id,

@@ -9,7 +9,7 @@ another tenant or provider, a missing key, its age. It is an operator's tool:
 it names the other tenant on purpose.
 
 Every list statement is bounded by its limit (index ranges whose predicate is
-the state; see ``sql/orphans.sql``, registered in :mod:`mailglass_pipeline.queries`),
+the state; see ``sql/orphans.sql``),
 so listing costs the same with a backlog of ten orphans or ten million. The retention of parked rows
 (:func:`prune_parked`) deletes queue rows only, in small batches: the ledger
 keeps every event.
@@ -28,38 +28,32 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import deliveries, queries
+from mailglass_pipeline import deliveries, settings
 from mailglass_pipeline.errors import ConfigurationError, MailglassError
-from mailglass_pipeline.reconciliation import settings
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.queries import statement
+from mailglass_pipeline.settings import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_AGE_MINUTES,
-    STALE_MESSAGE,
+    stale_message,
     validate_tenant_id,
 )
 
 STATES = ("due", "waiting", "stale", "malformed")
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 10_000
-PARKED_RETENTION_ENV = "MAILGLASS_PARKED_RETENTION_DAYS"
-DEFAULT_PARKED_RETENTION_DAYS = 30
 PARKED_REASONS = ("stale", "malformed")
+#: Where an orphan's message id is read, in order (as migration 0003's queue trigger extracts it: tested).
 _MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
 
-#: The package's orphan statements (``sql/orphans.sql``), spliced with the sweep's own due rule.
-STATEMENTS: dict[str, sa.TextClause] = queries.register(
-    "mailglass_pipeline",
-    queries.fragments("mailglass_pipeline.reconciliation"),
-    files=("orphan_fragments.sql", "orphans.sql"),
-)
 #: The statement listing each state (the state itself is bound).
 LIST_STATEMENT = {"due": "list_pending", "waiting": "list_pending", "stale": "list_parked", "malformed": "list_parked"}
 
 
 def _read(conn: Connection, name: str, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
-    # The scope and the state are bound values that only a custom plan folds (see sql/orphans.sql).
-    conn.execute(queries.statement("custom_plans"))
-    return conn.execute(STATEMENTS[name], params)
+    # The scope and the state are bound values that only a custom plan folds (see sql/orphans.sql);
+    # the sweep's retry rule is bound as a scheduled sweep binds it (no manual retry_all, no run).
+    conn.execute(statement("custom_plans"))
+    return conn.execute(statement(name), {"retry_all": False, "run_started": None, **params})
 
 
 class OrphanNotFoundError(MailglassError):
@@ -127,7 +121,7 @@ def list_orphans(
         "max_age_minutes": max_age_minutes,
     }
     rows: list[OrphanRow] = []
-    now = conn.execute(sa.text("SELECT now()")).scalar_one()
+    now = conn.execute(statement("run_started")).scalar_one()
     for name in [state] if state else STATES:
         if len(rows) >= limit:
             break
@@ -204,7 +198,7 @@ def oldest_stale(
 
 def tenant_known(conn: Connection, tenant_id: str) -> bool:
     """Whether any delivery or queued orphan has ``tenant_id``."""
-    return bool(conn.execute(STATEMENTS["tenant_known"], {"tenant_id": tenant_id}).scalar_one())
+    return bool(conn.execute(statement("tenant_known"), {"tenant_id": tenant_id}).scalar_one())
 
 
 # -- explain ---------------------------------------------------------------------------------------------
@@ -222,7 +216,7 @@ def _first_text(documents: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> 
 
 
 def _message_id_variants(provider: str, message_id: str) -> list[str]:
-    # deliveries.lookup's SendGrid rule: the stored id may be the part before ".filter" or the first dot.
+    # Rule message_id_match (sql/rules.sql): the stored id may be the part before ".filter" or the first dot.
     if provider != "sendgrid":
         return [message_id]
     return list(dict.fromkeys([message_id, message_id.split(".filter", 1)[0], message_id.split(".", 1)[0]]))
@@ -250,7 +244,7 @@ def explain(
     unknown id and ``ConfigurationError`` for text that is not a UUID.
     """
     event_uuid = event_id if isinstance(event_id, uuid.UUID) else parse_event_id(str(event_id))
-    row = conn.execute(STATEMENTS["explain_orphan"], {"event_id": event_uuid}).mappings().one_or_none()
+    row = conn.execute(statement("explain_orphan"), {"event_id": event_uuid}).mappings().one_or_none()
     if row is None:
         raise OrphanNotFoundError(f"no event {event_uuid} in the ledger")
     now: datetime = row["now"]
@@ -302,13 +296,13 @@ def explain(
     assert provider is not None and message_id is not None
     variants = _message_id_variants(provider, message_id)
     params = {"message_ids": variants, "tenant_id": row["tenant_id"], "provider": provider}
-    candidates = [dict(d) for d in conn.execute(STATEMENTS["deliveries_with_message_id"], params).mappings()]
+    candidates = [dict(d) for d in conn.execute(statement("deliveries_with_message_id"), params).mappings()]
     own = deliveries.lookup(conn, [row["tenant_id"]], [provider], [message_id])[0]
     stale = row["parked_reason"] == "stale" or now - inserted > timedelta(minutes=max_age_minutes)
     if stale:
         found = f"; a matching delivery {own} exists now (run a sweep with a larger --max-age-minutes)" if own else ""
         days = out["age_seconds"] / 86400
-        return done("stale", "stale", f"stale: {STALE_MESSAGE} ({days:.1f} days){found}{removed}")
+        return done("stale", "stale", f"stale: {stale_message(max_age_minutes)} ({days:.1f} days){found}{removed}")
     if not row["queued"]:
         return done("unknown", "not_queued", "pending but not in the work queue (was the queue row deleted by hand?)")
     grace_end = inserted + timedelta(seconds=grace_seconds)
@@ -349,7 +343,7 @@ def explain(
 
 def parked_retention_days() -> int:
     """``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30): days a parked queue row is kept."""
-    return settings.whole_number_from_env(PARKED_RETENTION_ENV, DEFAULT_PARKED_RETENTION_DAYS, 1, "days")
+    return settings.read(settings.PARKED_RETENTION_DAYS)
 
 
 def prune_parked(
@@ -366,9 +360,7 @@ def prune_parked(
     sweep skipped), so a first run over a year of parked rows never holds locks for long; it
     stops after ``max_rows`` and the next run continues. The ledger is never touched.
     """
-    days = parked_retention_days() if retention_days is None else retention_days
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"retention_days must be an integer >= 1, got {days!r}")
+    days = parked_retention_days() if retention_days is None else settings.PARKED_RETENTION_DAYS.check(retention_days)
     if batch_size < 1 or max_rows < 1:
         raise ConfigurationError("batch_size and max_rows must be >= 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
@@ -378,9 +370,9 @@ def prune_parked(
         while sum(deleted.values()) < max_rows:
             size = min(batch_size, max_rows - sum(deleted.values()))
             with engine.begin() as conn:
-                conn.execute(sa.text("SELECT set_config('lock_timeout', '5s', true)"))
+                conn.execute(statement("prune_lock_timeout"))
                 params = {"reason": reason, "cutoff": cutoff, "batch_size": size}
-                n = int(conn.execute(STATEMENTS["delete_parked"], params).scalar_one())
+                n = int(conn.execute(statement("delete_parked"), params).scalar_one())
             batches += 1
             deleted[reason] += n
             if n < size:

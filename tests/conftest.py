@@ -1,4 +1,9 @@
-"""Shared fixtures: a real PostgreSQL, one fresh migrated database per test.
+"""Shared fixtures: a real PostgreSQL, one fresh migrated database per test; the test tiers.
+
+Tiers: every test that uses a database fixture (anything built on ``admin_url``) is marked
+``database`` here; tests that start processes are marked ``process`` (or ``slow``) in their module.
+``pytest`` with no arguments runs the rest, the fast tier; name a path, ``-m`` or ``-k`` to choose
+yourself (``python3 quickstart.py test`` runs everything).
 
 ``MAILGLASS_TEST_DATABASE_URL`` (any database on the server; the fixtures
 create their own beside it) or, when unset, the embedded server that the
@@ -11,16 +16,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from database_support import create_database, drop_database, server_admin_url, with_database
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import deliveries, ledger, schema
+from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
+from tests.databases import create_database, drop_database, server_admin_url, with_database
 
 
 @pytest.fixture(scope="session")
@@ -69,57 +72,58 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-# -- data builders shared by the tests -------------------------------------------------
+@pytest.fixture(scope="session")
+def dagster_storage_template(admin_url: str, admin_engine: Engine) -> Iterator[str]:
+    """A database holding Dagster's storage tables, created once: each test's storage is a copy of it."""
+    from dagster import instance_for_test
 
-NOW = datetime.now(UTC)
+    from mailglass_pipeline.devtools.dev import psycopg2_url
 
-
-def make_delivery(
-    engine: Engine, tenant_id: str, message_id: str | None, provider: str = "postmark", **kwargs: Any
-) -> uuid.UUID:
-    kwargs.setdefault("last_event_at", datetime.now(UTC) - timedelta(hours=1))
-    with engine.begin() as conn:
-        return deliveries.create(conn, tenant_id=tenant_id, provider=provider, provider_message_id=message_id, **kwargs)
-
-
-def make_orphan(
-    engine: Engine,
-    tenant_id: str,
-    message_id: str | None,
-    *,
-    provider: str | None = "postmark",
-    event_type: str = "delivered",
-    age: timedelta = timedelta(minutes=5),
-    occurred_at: datetime | None = None,
-    metadata: dict[str, Any] | None = None,
-    normalized_payload: dict[str, Any] | None = None,
-) -> uuid.UUID:
-    """An orphan inserted ``age`` ago, with Mailglass-compatible metadata unless given."""
-    inserted_at = datetime.now(UTC) - age
-    if metadata is None:
-        metadata = {"provider_event_id": f"evt-{uuid.uuid4().hex[:8]}"}
-        if provider is not None:
-            metadata["provider"] = provider
-        if message_id is not None:
-            metadata["provider_message_id"] = message_id
-    event = ledger.NewEvent(
-        tenant_id=tenant_id,
-        type=event_type,
-        occurred_at=occurred_at or inserted_at,
-        inserted_at=inserted_at,
-        idempotency_key=f"test:{uuid.uuid4()}",
-        metadata=metadata,
-        normalized_payload=normalized_payload or {},
-        needs_reconciliation=True,
-    )
-    with engine.begin() as conn:
-        ledger.append_events(conn, [event])
-    return event.id
+    name = f"mg_dagster_tpl_{uuid.uuid4().hex[:10]}"
+    create_database(admin_engine, name)
+    with instance_for_test(
+        overrides={"storage": {"postgres": {"postgres_url": psycopg2_url(with_database(admin_url, name))}}}
+    ):
+        pass  # opening the instance creates run, event log and schedule storage
+    yield name
+    drop_database(admin_engine, name)
 
 
-def fetch(engine: Engine, sql: str, **params: Any) -> list[sa.Row[Any]]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.text(sql), params))
+@pytest.fixture
+def dagster_storage_url(admin_url: str, admin_engine: Engine, dagster_storage_template: str) -> Iterator[str]:
+    """A database for a Dagster instance's storage (dagster-postgres's psycopg2 URL), dropped after the test."""
+    from mailglass_pipeline.devtools.dev import psycopg2_url
+
+    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
+    create_database(admin_engine, name, template=dagster_storage_template)
+    yield psycopg2_url(with_database(admin_url, name))
+    drop_database(admin_engine, name)
+
+
+# -- tiers ----------------------------------------------------------------------------------
+
+FAST_TIER = "not database and not process and not slow"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Bare ``pytest`` (tests chosen by pyproject's testpaths, no -m or -k) runs the fast tier only."""
+    if (
+        config.args_source is pytest.Config.ArgsSource.TESTPATHS
+        and not config.option.markexpr
+        and not config.option.keyword
+    ):
+        config.option.markexpr = FAST_TIER
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Runs before the -m selection (pytest's own hook is trylast), so -m database works too.
+    for item in items:
+        if "admin_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.database)
+    # Slow tests first: xdist (pyproject: loadscope, not reordered) hands modules out in this order, so the
+    # end-to-end tests, which mostly wait on Dagster processes and schedule ticks, start at once beside
+    # the database tests instead of running last, one after another.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # -- the embedded server: stopped again when this test session started it -------------------
@@ -151,8 +155,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Each test's call report on its item (``item.rep_call``), so a fixture can tell a failure from a pass.
 
-    The browser test saves screenshots only on failure. It lives here, in the one conftest: a second
-    ``conftest.py`` would shadow this module for the tests that ``from conftest import ...``.
+    The browser test saves screenshots only on failure.
     """
     outcome = yield
     report = outcome.get_result()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CORE_MODULES = [
     "mailglass_pipeline",
     "mailglass_pipeline.db",
@@ -21,6 +23,7 @@ CORE_MODULES = [
 ]
 
 
+@pytest.mark.process
 def test_core_modules_load_no_dagster() -> None:
     # A fresh interpreter: this test process has Dagster loaded already.
     probe = "; ".join(
@@ -61,16 +64,94 @@ def _imported_modules(path: Path) -> list[str]:
     return names
 
 
-def test_only_dagster_support_imports_private_dagster_names() -> None:
-    offenders = [
-        f"{path.relative_to(REPO)}: {name}"
+PRIVATE = SUPPORT / "private.py"
+#: The module, its pins, and this test (which names them to find them).
+PRIVATE_HOMES = {PRIVATE, REPO / "tests" / "dagster_support" / "test_private_dagster.py", Path(__file__).resolve()}
+
+
+def _python_files() -> list[Path]:
+    return [
+        path
         for folder in ("mailglass_pipeline", "tests", "benchmarks")
         for path in sorted((REPO / folder).rglob("*.py"))
-        if SUPPORT not in path.parents
+    ]
+
+
+def test_only_the_private_module_imports_private_dagster_names() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in _python_files()
+        if path not in PRIVATE_HOMES
         for name in _imported_modules(path)
         if name.startswith("dagster._")
     ]
-    assert offenders == [], "import dagster._* through mailglass_pipeline.dagster_support:\n" + "\n".join(offenders)
+    assert offenders == [], "import dagster._* through mailglass_pipeline.dagster_support.private:\n" + "\n".join(
+        offenders
+    )
+
+
+def _non_public_dagster_attributes() -> set[str]:
+    """``private.NON_PUBLIC_ATTRIBUTES`` and every ``_name`` of the Dagster classes the project holds objects of."""
+    from dagster import DagsterInstance, DagsterRun, OpExecutionContext
+    from dagster_graphql import DagsterGraphQLClient
+
+    from mailglass_pipeline.dagster_support.private import NON_PUBLIC_ATTRIBUTES
+
+    underscored = {
+        name
+        for cls in (DagsterInstance, DagsterRun, OpExecutionContext, DagsterGraphQLClient)
+        for name in dir(cls)
+        if name.startswith("_") and not name.startswith("__") and name != "_asdict"  # _asdict: namedtuple's API
+    }
+    return {*NON_PUBLIC_ATTRIBUTES, *underscored}
+
+
+def test_only_the_private_module_calls_non_public_dagster_methods() -> None:
+    """``client._execute(...)``, ``instance.add_run_tags(...)``, ``run.run_op_concurrency``: only in ``private``."""
+    names = _non_public_dagster_attributes()
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}"
+        for path in _python_files()
+        if path not in PRIVATE_HOMES
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute)
+        and node.attr in names
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
+    assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+
+
+def test_the_package_calls_only_public_dagster_instance_methods() -> None:
+    """Dagster marks ``DagsterInstance``'s public API with ``@public``; the package calls nothing else on an
+    instance (an expression naming ``instance``) outside ``private``."""
+    import inspect
+
+    from dagster import DagsterInstance
+    from dagster._annotations import is_public
+
+    def public(name: str) -> bool:
+        value = inspect.getattr_static(DagsterInstance, name)
+        return is_public(value.fget if isinstance(value, property) else getattr(value, "__func__", value))
+
+    non_public = {name for name in dir(DagsterInstance) if not name.startswith("__") and not public(name)}
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in PRIVATE_HOMES
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr in non_public and "instance" in ast.unparse(node.value).lower()
+    ]
+    assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+
+
+def test_shared_dagster_helpers_import_no_definitions_or_tooling() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sorted(SUPPORT.rglob("*.py"))
+        for name in _imported_modules(path)
+        if name.startswith(("mailglass_pipeline.defs", "mailglass_pipeline.definitions", "mailglass_pipeline.devtools"))
+    ]
+    assert offenders == []
 
 
 def _module_name(path: Path) -> str:
@@ -113,8 +194,14 @@ def test_definitions_import_no_tooling() -> None:
 
 
 def test_only_the_dagster_layer_imports_dagster() -> None:
-    """Decision D12: Dagster is imported by ``definitions.py``, ``defs/`` and ``dagster_support/`` only."""
-    layer = {PACKAGE / "definitions.py", *(PACKAGE / "defs").rglob("*.py"), *SUPPORT.rglob("*.py")}
+    """Decision D12: Dagster is imported by ``definitions.py``, ``defs/``, ``dagster_support/`` and the tooling
+    that drives it (``devtools/``) only."""
+    layer = {
+        PACKAGE / "definitions.py",
+        *(PACKAGE / "defs").rglob("*.py"),
+        *SUPPORT.rglob("*.py"),
+        *(PACKAGE / "devtools").rglob("*.py"),
+    }
     offenders = [
         str(path.relative_to(REPO))
         for path in sorted(PACKAGE.rglob("*.py"))
@@ -123,6 +210,7 @@ def test_only_the_dagster_layer_imports_dagster() -> None:
     assert offenders == []
 
 
+@pytest.mark.process
 def test_every_module_imports_by_its_dotted_name() -> None:
     # One import path per concept: nothing shadows a package (the contract's function `reconcile` once did).
     probe = (
@@ -131,3 +219,10 @@ def test_every_module_imports_by_its_dotted_name() -> None:
         "import mailglass_pipeline.reconciliation.sweep as s; assert m.reconcile is s.reconcile"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+
+
+def test_the_command_and_the_core_load_no_pandas() -> None:
+    """pandas (a third of a CLI process's start-up) loads only where a sweep batch is built."""
+    probe = "import sys, mailglass_pipeline.cli, mailglass_pipeline.ingest.server; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

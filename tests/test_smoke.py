@@ -1,14 +1,13 @@
 from datetime import timedelta
 
-from conftest import fetch, make_delivery, make_orphan
-
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch, make_delivery, make_orphan
 
 
 def test_orphan_links_to_later_delivery(engine):
-    orphan = make_orphan(engine, "t1", "m-1")
-    delivery = make_delivery(engine, "t1", "m-1")
+    orphan = make_orphan(engine, tenant_id="t1", message_id="m-1")
+    delivery = make_delivery(engine, tenant_id="t1", message_id="m-1")
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked) == (1, 1)
     rows = fetch(engine, "SELECT delivery_id, metadata FROM mailglass_events WHERE type='reconciled'")
@@ -16,5 +15,5 @@ def test_orphan_links_to_later_delivery(engine):
     assert rows[0].metadata["reconciled_from_event_id"] == str(orphan)
     again = sweep(engine, "t1", SweepConfig())
     assert (again.scanned, again.linked) == (0, 0)
-    make_orphan(engine, "t1", "m-2", age=timedelta(seconds=5))
+    make_orphan(engine, tenant_id="t1", message_id="m-2", age=timedelta(seconds=5))
     assert sweep(engine, None, SweepConfig()).scanned == 0

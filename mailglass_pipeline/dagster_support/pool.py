@@ -12,10 +12,10 @@ once no run that started before it still holds the pool.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
-from dagster import DagsterInstance, DagsterRunStatus, Failure, OpExecutionContext, RunsFilter
+from dagster import DagsterRun, DagsterRunStatus, Failure, OpExecutionContext, RunsFilter
+
+from mailglass_pipeline.dagster_support.private import run_pools
 
 RECONCILE_POOL = "mailglass_reconcile"
 
@@ -28,10 +28,9 @@ POOL_POLL_SECONDS = 0.5
 POOL_HELD_MESSAGE = f"sweeping: pool {RECONCILE_POOL} is this run's"
 
 
-def holds_reconcile_pool(run: Any) -> bool:
-    """Whether ``run`` (a DagsterRun) has a step in ``RECONCILE_POOL``."""
-    concurrency = run.run_op_concurrency
-    return bool(concurrency and RECONCILE_POOL in (concurrency.all_pools or ()))
+def holds_reconcile_pool(run: DagsterRun) -> bool:
+    """Whether ``run`` has a step in ``RECONCILE_POOL``."""
+    return RECONCILE_POOL in run_pools(run)
 
 
 def older_pool_runs(context: OpExecutionContext) -> list[str]:
@@ -83,20 +82,3 @@ def wait_for_pool_turn(context: OpExecutionContext, timeout: float = POOL_WAIT_T
                 allow_retries=False,
             )
         time.sleep(POOL_POLL_SECONDS)
-
-
-def ensure_pool_limit(home: Path) -> int | None:
-    """Write ``dagster.yaml``'s default pool limit for ``RECONCILE_POOL`` into the instance; return the limit.
-
-    Idempotent, and a no-op when the pool already has a limit set by hand
-    (``dagster instance concurrency set``), which then wins.
-    """
-    with DagsterInstance.from_config(str(home)) as instance:
-        storage = instance.event_log_storage
-        limits = {pool.name: pool for pool in storage.get_pool_limits()}
-        default = instance.global_op_concurrency_default_limit
-        current = limits.get(RECONCILE_POOL)
-        if default is not None and (current is None or (current.from_default and current.limit != default)):
-            storage.initialize_concurrency_limit_to_default(RECONCILE_POOL)
-            return default
-        return current.limit if current else None

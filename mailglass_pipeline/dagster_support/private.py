@@ -1,9 +1,12 @@
-"""Every private Dagster name the runtime relies on, in one place.
+"""Every non-public Dagster name the project uses, imported or called, in one place.
 
 Dagster 1.13 offers no public API for these; each is pinned by
 tests/dagster_support/test_private_dagster.py, so an upgrade that renames or
-changes one fails there first. Nothing outside ``mailglass_pipeline.dagster_support``
-may import ``dagster._`` (tests/test_layering.py).
+changes one fails there first. No other module imports ``dagster._`` or calls a
+name in ``NON_PUBLIC_ATTRIBUTES`` (tests/test_layering.py checks the package,
+tests and benchmarks).
+
+Used by the code location and ``mailglass dev``/``run``:
 
 * ``ASSET_PARTITION_RANGE_START_TAG`` / ``_END_TAG``: an asset backfill's run of
   one partition carries its key only in these tags (no partition key).
@@ -12,6 +15,13 @@ may import ``dagster._`` (tests/test_layering.py).
   ``DagsterEventBatchMetadata``: Dagster's own path for a partition-range output).
 * ``delete_check_executions``: ``DagsterInstance.delete_run`` leaves the
   ``asset_check_executions`` rows of a run behind; no public API deletes them.
+* ``run_pools``, ``add_run_tags``, ``pool_limits``, ``ensure_default_pool_limit``: a run's
+  concurrency pools, tags added to a started run, the instance's pool limits.
+* ``latest_materialization_ids_by_partition``: the retention job keeps each partition's latest.
+
+Used only by tests and benchmarks (Dagster's names, re-exported; no test code of ours ships):
+``execute_graphql`` (a raw GraphQL query through ``DagsterGraphQLClient``), the run and origin
+builders the daemon and webserver use, the tick enums and the instance-config validators.
 """
 
 from __future__ import annotations
@@ -19,21 +29,69 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-from dagster import AssetMaterialization, DagsterInstance, OpExecutionContext
+from dagster import AssetKey, AssetMaterialization, DagsterEventType, DagsterInstance, DagsterRun, OpExecutionContext
+from dagster._config import validate_config
+from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.remote_origin import (
+    GrpcServerCodeLocationOrigin,
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.test_utils import create_run_for_test
+from dagster._daemon import controller as daemon_controller
+from dagster._grpc import server as grpc_server
+from dagster._serdes.config_class import class_from_code_pointer
 
 __all__ = [
     "ASSET_PARTITION_RANGE_END_TAG",
     "ASSET_PARTITION_RANGE_START_TAG",
     "EVENT_BATCH_SIZE",
     "EVENT_BATCH_SIZE_ENV",
+    "NON_PUBLIC_ATTRIBUTES",
+    "GrpcServerCodeLocationOrigin",
+    "InstigatorType",
+    "RegisteredCodeLocationOrigin",
+    "RemoteJobOrigin",
+    "RemoteRepositoryOrigin",
+    "TickStatus",
+    "add_run_tags",
+    "class_from_code_pointer",
+    "create_run_for_test",
+    "daemon_controller",
+    "dagster_instance_config",
     "delete_check_executions",
+    "ensure_default_pool_limit",
     "event_batching",
+    "execute_graphql",
+    "grpc_server",
+    "latest_materialization_ids_by_partition",
     "log_materializations_in_batches",
+    "pool_limits",
+    "run_pools",
+    "validate_config",
 ]
+
+#: Non-public Dagster methods and attributes called below; nothing else calls them (tests/test_layering.py).
+NON_PUBLIC_ATTRIBUTES = (
+    "_execute",
+    "add_run_tags",
+    "get_pool_limits",
+    "get_step_execution_context",
+    "get_latest_storage_id_by_partition",
+    "global_op_concurrency_default_limit",
+    "index_connection",
+    "initialize_concurrency_limit_to_default",
+    "run_op_concurrency",
+)
 
 #: Read by ``DagsterInstance.handle_new_event``: events with batch metadata are stored this many at a time.
 EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
@@ -85,3 +143,45 @@ def delete_check_executions(instance: DagsterInstance, run_ids: list[str]) -> in
     with storage.index_connection() as conn:
         result = conn.execute(AssetCheckExecutionsTable.delete().where(AssetCheckExecutionsTable.c.run_id.in_(run_ids)))
         return int(result.rowcount or 0)
+
+
+def run_pools(run: DagsterRun) -> frozenset[str]:
+    """The concurrency pools of ``run``'s steps, as recorded when the run was created."""
+    concurrency = run.run_op_concurrency
+    return frozenset(concurrency.all_pools or ()) if concurrency else frozenset()
+
+
+def add_run_tags(instance: DagsterInstance, run_id: str, tags: dict[str, str]) -> None:
+    """Add ``tags`` to a run that already exists (its launcher did not set them)."""
+    instance.add_run_tags(run_id, tags)
+
+
+def pool_limits(instance: DagsterInstance) -> dict[str, int | None]:
+    """Each pool the instance knows, with its limit."""
+    return {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
+
+
+def ensure_default_pool_limit(home: Path, pool: str) -> int | None:
+    """Write ``dagster.yaml``'s default pool limit for ``pool`` into the instance at ``home``; return the limit.
+
+    Idempotent, and a no-op when the pool already has a limit set by hand
+    (``dagster instance concurrency set``), which then wins.
+    """
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        current = next((p for p in storage.get_pool_limits() if p.name == pool), None)
+        default = instance.global_op_concurrency_default_limit
+        if default is not None and (current is None or (current.from_default and current.limit != default)):
+            storage.initialize_concurrency_limit_to_default(pool)
+            return default
+        return current.limit if current else None
+
+
+def latest_materialization_ids_by_partition(instance: DagsterInstance, key: AssetKey) -> dict[str, int]:
+    """Each partition of ``key`` with the event storage id of its latest materialization."""
+    return instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION)
+
+
+def execute_graphql(client: Any, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a GraphQL ``query`` through a ``DagsterGraphQLClient`` (tests and benchmarks: no public method does)."""
+    return client._execute(query, variables)

@@ -15,14 +15,12 @@ connections open in the long-lived code server between ticks.
 
 from __future__ import annotations
 
-import os
-
 import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import db
+from mailglass_pipeline import db, settings
 
 
 class MailglassDatabase(ConfigurableResource):
@@ -56,6 +54,6 @@ class MailglassDatabase(ConfigurableResource):
 
 def default_database_resource() -> MailglassDatabase:
     """The resource bound in the code location: ``EnvVar`` when set, the core's default otherwise."""
-    if os.environ.get(db.DATABASE_URL_ENV):
-        return MailglassDatabase(database_url=EnvVar(db.DATABASE_URL_ENV))
+    if settings.read(settings.DATABASE_URL):
+        return MailglassDatabase(database_url=EnvVar(settings.DATABASE_URL.env))
     return MailglassDatabase()

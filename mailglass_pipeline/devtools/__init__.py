@@ -1,7 +1,7 @@
 """What starts or drives Dagster locally: ``mailglass dev``, ``run`` and ``stop``.
 
-Tooling, not definitions: ``dev`` prepares the instance and supervises the webserver and the
-daemon as processes; it imports nothing from Dagster itself (what touches Dagster's API, the pool
-limit and ``mailglass run``'s in-process job, is in ``dagster_support``). The code location never
-imports this.
+Tooling, not definitions: ``dev`` prepares the instance (its pool limit included) and supervises
+the webserver and the daemon as processes; ``local_run`` runs the per-tenant job in process for
+``mailglass run``. Both may use ``defs`` and ``dagster_support``; the code location never imports
+this package (tests/test_layering.py).
 """

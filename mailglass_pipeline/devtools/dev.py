@@ -57,10 +57,9 @@ from types import FrameType
 
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline import db, schema
+from mailglass_pipeline import db, schema, settings
 from mailglass_pipeline.errors import ConfigurationError
 
-DAGSTER_DATABASE_URL_ENV = "MAILGLASS_DAGSTER_DATABASE_URL"
 DAGSTER_DATABASE = "dagster"
 DAGSTER_HOME_DIR = ".dagster_home"
 #: SIGTERM, then this long for the process tree to exit, then SIGKILL (the whole stop stays under 10 s).
@@ -88,7 +87,7 @@ def psycopg2_url(url: str) -> str:
 
 def resolve_dagster_storage_url(app_url: str) -> str:
     """``MAILGLASS_DAGSTER_DATABASE_URL``, else a ``dagster`` database beside the application database."""
-    explicit = os.environ.get(DAGSTER_DATABASE_URL_ENV)
+    explicit = settings.read(settings.DAGSTER_DATABASE_URL)
     if explicit:
         return psycopg2_url(explicit)
     try:
@@ -96,7 +95,7 @@ def resolve_dagster_storage_url(app_url: str) -> str:
     except Exception as exc:
         raise ConfigurationError(
             f"could not create database {DAGSTER_DATABASE!r} beside {db.describe_url(app_url)} "
-            f"({db.first_line(exc)}); set {DAGSTER_DATABASE_URL_ENV} to a database for Dagster's storage"
+            f"({db.first_line(exc)}); set {settings.DAGSTER_DATABASE_URL.env} to a database for Dagster's storage"
         ) from exc
     return psycopg2_url(make_url(app_url).set(database=DAGSTER_DATABASE).render_as_string(hide_password=False))
 
@@ -113,10 +112,11 @@ def prepare_dagster_home(root: Path) -> Path:
 
 
 def ensure_pool_limit(home: Path) -> int | None:
-    """The pool limit written into the instance at ``home`` (Dagster's side: ``dagster_support.pool``)."""
-    from mailglass_pipeline.dagster_support.pool import ensure_pool_limit as ensure
+    """``dagster.yaml``'s default limit of the reconciliation pool, written into the instance at ``home``."""
+    from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL
+    from mailglass_pipeline.dagster_support.private import ensure_default_pool_limit
 
-    return ensure(home)
+    return ensure_default_pool_limit(home, RECONCILE_POOL)
 
 
 def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) -> dict[str, str]:
@@ -130,7 +130,11 @@ def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) ->
     say(f"dagster storage:      {db.describe_url(dagster_url)}")
     home = prepare_dagster_home(root)
     say(f"DAGSTER_HOME:         {home}")
-    exported = {db.DATABASE_URL_ENV: app_url, DAGSTER_DATABASE_URL_ENV: dagster_url, "DAGSTER_HOME": str(home)}
+    exported = {
+        settings.DATABASE_URL.env: app_url,
+        settings.DAGSTER_DATABASE_URL.env: dagster_url,
+        "DAGSTER_HOME": str(home),
+    }
     os.environ.update(exported)
     limit = ensure_pool_limit(home)
     say(f"reconcile pool limit: {limit} (one reconciliation at a time, whatever launched it)")
@@ -139,7 +143,7 @@ def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) ->
 
 def uses_embedded_server() -> bool:
     """Whether this command will run on the embedded PostgreSQL (no ``MAILGLASS_DATABASE_URL`` given)."""
-    return not os.environ.get(db.DATABASE_URL_ENV)
+    return not settings.read(settings.DATABASE_URL)
 
 
 def embedded_server_note() -> str:

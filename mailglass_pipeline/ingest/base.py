@@ -13,29 +13,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.settings import (
+    INGEST_MAX_BODY_BYTES,
+    MAILGUN_SIGNING_KEY,
+    POSTMARK_WEBHOOK_AUTH,
+    RESEND_WEBHOOK_SECRET,
+    SENDGRID_VERIFICATION_KEY,
+    SES_TOPIC_ARNS,
+    SNS_CERT_DIR,
+    read,
+)
 
 #: Providers whose webhooks can be ingested.
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
 #: A signed timestamp further than this from our clock (either way) is refused.
 DEFAULT_TOLERANCE_SECONDS = 300
-#: Larger bodies are refused before parsing (no provider sends more per request).
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-
-POSTMARK_AUTH_ENV = "MAILGLASS_POSTMARK_WEBHOOK_AUTH"
-SENDGRID_KEY_ENV = "MAILGLASS_SENDGRID_VERIFICATION_KEY"
-MAILGUN_KEY_ENV = "MAILGLASS_MAILGUN_SIGNING_KEY"
-RESEND_SECRET_ENV = "MAILGLASS_RESEND_WEBHOOK_SECRET"
-SNS_CERT_DIR_ENV = "MAILGLASS_SNS_CERT_DIR"
-SES_TOPIC_ARNS_ENV = "MAILGLASS_SES_TOPIC_ARNS"
-MAX_BODY_ENV = "MAILGLASS_INGEST_MAX_BODY_BYTES"
 
 
 @dataclass(frozen=True)
@@ -50,26 +49,18 @@ class IngestSettings:
     #: SNS topics whose SES messages are accepted; None: none configured (SES refused as misconfigured).
     ses_topic_arns: tuple[str, ...] | None = None
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = INGEST_MAX_BODY_BYTES.default
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
-        env = os.environ if environ is None else environ
-        raw_limit = env.get(MAX_BODY_ENV) or str(DEFAULT_MAX_BODY_BYTES)
-        try:
-            max_body = int(raw_limit)
-        except ValueError:
-            raise IngestConfigurationError(f"{MAX_BODY_ENV} must be an integer, got {raw_limit!r}") from None
-        if max_body < 1:
-            raise IngestConfigurationError(f"{MAX_BODY_ENV} must be >= 1, got {max_body}")
         return cls(
-            postmark_auth=env.get(POSTMARK_AUTH_ENV) or None,
-            sendgrid_verification_key=env.get(SENDGRID_KEY_ENV) or None,
-            mailgun_signing_key=env.get(MAILGUN_KEY_ENV) or None,
-            resend_webhook_secret=env.get(RESEND_SECRET_ENV) or None,
-            sns_cert_dir=env.get(SNS_CERT_DIR_ENV) or None,
-            ses_topic_arns=split_list(env.get(SES_TOPIC_ARNS_ENV)),
-            max_body_bytes=max_body,
+            postmark_auth=read(POSTMARK_WEBHOOK_AUTH, environ),
+            sendgrid_verification_key=read(SENDGRID_VERIFICATION_KEY, environ),
+            mailgun_signing_key=read(MAILGUN_SIGNING_KEY, environ),
+            resend_webhook_secret=read(RESEND_WEBHOOK_SECRET, environ),
+            sns_cert_dir=read(SNS_CERT_DIR, environ),
+            ses_topic_arns=split_list(read(SES_TOPIC_ARNS, environ)),
+            max_body_bytes=read(INGEST_MAX_BODY_BYTES, environ),
         )
 
 

@@ -1,27 +1,23 @@
 """``mailglass ingest``: feed a captured provider webhook through the ingest path, or replay stored ones.
 
-The lead's ``mailglass_pipeline/cli.py`` calls :func:`register` on its
-``click`` group. The command prints the ingest result as one JSON object on
-stdout; any deliberate error is one line on stderr and a non-zero exit, so
-scripts can replay a directory of captures and stop at the first refusal.
+``mailglass_pipeline/cli.py`` registers it. The command prints the ingest result as one JSON
+object on stdout; errors go through the CLI's one error path (one line on stderr, exit 2 for a bad
+argument, 1 for a refused webhook or a database failure), so scripts can replay a directory of
+captures and stop at the first refusal.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
-from typing import IO, NoReturn
+from typing import IO
 
 import click
-import sqlalchemy as sa
 
 from mailglass_pipeline.errors import MailglassError
 from mailglass_pipeline.ingest.base import PROVIDERS
-from mailglass_pipeline.ingest.core import ingest
 from mailglass_pipeline.ingest.tenants import TenantSettings
 
-EXIT_ERROR = 1
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"]
 
 
@@ -77,53 +73,22 @@ def ingest_command(
         return
     if provider is None or source is None:
         raise click.UsageError("give --provider and FILE|- (or --replay with --since/--until)")
+    from mailglass_pipeline.ingest.core import ingest
+
     headers = dict(parse_header(line) for line in header_lines)
-    try:
-        settings = TenantSettings.from_env().for_tenant(tenant_id, provider)
-        # One byte over the limit is enough for ingest to refuse it; never read an unbounded stream.
-        body = source.read(settings.max_body_bytes + 1)
-        if no_verify:
-            click.echo(
-                f"mailglass: warning: --no-verify: {provider} signature and timestamp checks are SKIPPED", err=True
-            )
-        result = ingest(provider, body, headers, tenant_id=tenant_id, verify=not no_verify, settings=settings)
-    except MailglassError as exc:
-        fail(exc)
-    except sa.exc.SQLAlchemyError as exc:
-        fail_database(exc)
+    settings = TenantSettings.from_env().for_tenant(tenant_id, provider)
+    # One byte over the limit is enough for ingest to refuse it; never read an unbounded stream.
+    body = source.read(settings.max_body_bytes + 1)
+    if no_verify:
+        click.echo(f"mailglass: warning: --no-verify: {provider} signature and timestamp checks are SKIPPED", err=True)
+    result = ingest(provider, body, headers, tenant_id=tenant_id, verify=not no_verify, settings=settings)
     click.echo(json.dumps(result, sort_keys=True))
 
 
 def run_replay(tenant_id: str, since: datetime, until: datetime, provider: str | None) -> None:
     from mailglass_pipeline.ingest.replay import replay
 
-    try:
-        result = replay(tenant_id, since, until, provider=provider)
-    except MailglassError as exc:
-        fail(exc)
-    except sa.exc.SQLAlchemyError as exc:
-        fail_database(exc)
+    result = replay(tenant_id, since, until, provider=provider)
     click.echo(json.dumps(result, sort_keys=True))
     if result["failed"]:
-        sys.exit(EXIT_ERROR)
-
-
-def fail(exc: Exception) -> NoReturn:
-    click.echo(f"mailglass: {type(exc).__name__}: {exc}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
-def fail_database(exc: sa.exc.SQLAlchemyError) -> NoReturn:
-    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    click.echo(f"mailglass: database error: {first[0] if first else type(exc).__name__}", err=True)
-    sys.exit(EXIT_ERROR)
-
-
-def register(cli_group: click.Group) -> click.Command:
-    """Add the ``ingest`` and ``serve`` commands to ``cli_group``; returns the ``ingest`` command."""
-    from mailglass_pipeline.ingest.serve import serve_command
-
-    cli_group.add_command(ingest_command)
-    if "serve" not in cli_group.commands:
-        cli_group.add_command(serve_command)
-    return ingest_command
+        raise MailglassError(f"{result['failed']} stored webhook(s) could not be replayed (see the JSON above)")

@@ -7,9 +7,9 @@ database is touched. Storage then happens in ONE transaction, so a webhook is
 stored entirely or not at all:
 
 1. (Mailgun) claim the request's single-use token (``tokens``);
-2. one statement (:func:`store_statement`) does the rest: look each event's
-   delivery up inside the tenant by ``(provider, provider_message_id)`` (the
-   rule of ``deliveries.lookup``); append one ledger event per normalized
+2. one statement (``store_webhook`` in ``sql/store.sql``) does the rest: look
+   each event's delivery up inside the tenant by ``(provider,
+   provider_message_id)`` (the lookup rule); append one ledger event per normalized
    event. Found: the event carries ``delivery_id``. Not found: it is an
    **orphan** (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose
    metadata holds exactly the keys the reconciler reads: ``provider``,
@@ -44,11 +44,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import ledger, projector, queries
-from mailglass_pipeline.db import compact, driver_cursor, driver_statement, get_engine, run_transaction
+from mailglass_pipeline import ledger
+from mailglass_pipeline.db import RawStatement, driver_cursor, get_engine, run_transaction
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
@@ -61,10 +60,11 @@ from mailglass_pipeline.ingest.base import (
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError
 from mailglass_pipeline.ingest.grouped import groupable, store_grouped
-from mailglass_pipeline.ingest.rows import counts_of, found_cte, ledger_rows
+from mailglass_pipeline.ingest.rows import counts_of, ledger_rows
 from mailglass_pipeline.ingest.storable import storable_events
 from mailglass_pipeline.ingest.tenants import TenantSettings, check_tenant_id
 from mailglass_pipeline.ingest.tokens import claim_token, prune_due
+from mailglass_pipeline.queries import statement
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,6 @@ def parse_webhook(
     return dataclasses.replace(parsed, body=data)
 
 
-#: The ingest's own statements (``ingest/sql/store.sql``), by name.
-STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["store.sql"])
-
-
 def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> None:
     """Raise :class:`TenantConflictError` if any of ``keys`` is stored under another tenant.
 
@@ -124,7 +120,7 @@ def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> No
     """
     if not keys:
         return
-    clash = conn.execute(STATEMENTS["other_tenant_key"], {"keys": keys, "tenant_id": tenant_id}).scalar()
+    clash = conn.execute(statement("other_tenant_key"), {"keys": keys, "tenant_id": tenant_id}).scalar()
     if clash is not None:
         raise TenantConflictError(
             f"event {clash!r} is already stored for another tenant; refused for tenant {tenant_id!r} "
@@ -132,33 +128,8 @@ def refuse_cross_tenant(conn: Connection, keys: list[str], tenant_id: str) -> No
         )
 
 
-def store_statement() -> str:
-    """The store inside the transaction, in ONE statement (one round trip), in the driver's placeholder style.
-
-    The raw records, the delivery lookup (``deliveries.lookup``'s rule,
-    embedded), the ledger insert and the projection of the events actually
-    inserted, each from its one home. The cross-tenant check cannot join it:
-    it must see what a concurrent insert committed while this statement waited
-    on the key, which a later statement's snapshot does (and only when
-    something was skipped). Compacted to stay under
-    ``db.DRIVER_CACHED_QUERY_BYTES`` (tested).
-    """
-    sql = f"""
-    WITH {found_cte()}, appended AS ({ledger.insert_from("found AS r")}
-    ), linked AS (
-        SELECT f.delivery_id, f.type, f.occurred_at, f.ord
-          FROM found f JOIN appended a ON a.id = f.id
-         WHERE f.delivery_id IS NOT NULL
-    ), {projector.locked_projection_ctes("linked")},
-    {webhook_events.rows_cte()}
-    SELECT f.id, f.delivery_id, f.needs_reconciliation, a.id IS NOT NULL AS inserted
-      FROM found f LEFT JOIN appended a ON a.id = f.id
-     ORDER BY f.ord
-    """
-    return driver_statement(sa.text(compact(sql)))
-
-
-_STORE = store_statement()
+#: The store inside the transaction (``sql/store.sql``), sent as is by psycopg's raw cursor.
+_STORE = RawStatement.of(statement("store_webhook"))
 
 
 def _parameters(
@@ -199,7 +170,7 @@ def store(
         return counts_of([])
     params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
-        results = cursor.execute(_STORE, params).fetchall()
+        results = cursor.execute(_STORE.text, _STORE.values(params)).fetchall()
     skipped = {result[0] for result in results if not result[3]}
     refuse_cross_tenant(conn, [row["idempotency_key"] for row in rows if row["id"] in skipped], tenant_id)
     return counts_of(results)
@@ -246,18 +217,30 @@ def ingest(
     return result_of(parsed, tenant_id, store_parsed(engine or get_engine(database_url), parsed, tenant_id))
 
 
-def store_parsed(engine: Engine, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
+def store_parsed(
+    engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool | None = None, try_group: bool = True
+) -> dict[str, Any]:
     """Store a verified webhook; returns the counts.
 
     A one-event webhook as a group of one (:func:`.grouped.store_grouped`, one
     autocommitted statement); a batch, a Mailgun claim due to prune the expired
-    tokens, or a webhook the group left out in :func:`store_alone`.
+    tokens, or a webhook the group left out in :func:`store_alone`. ``prune``:
+    the caller's draw of :func:`prunes_tokens` (else drawn here); ``try_group=False``:
+    the caller already offered it to a group (``mailglass serve`` groups requests).
     """
     if not needs_storing(parsed):
         return counts_of([])
-    prune = prunes_tokens(parsed)
-    counts = store_grouped(engine, [(parsed, tenant_id)])[0] if not prune and groupable(parsed) else None
-    return counts if counts is not None else store_alone(engine, parsed, tenant_id, prune=prune)
+    prune = prunes_tokens(parsed) if prune is None else prune
+    if try_group and joins_group(parsed, prune=prune):
+        counts = store_grouped(engine, [(parsed, tenant_id)])[0]
+        if counts is not None:
+            return counts
+    return store_alone(engine, parsed, tenant_id, prune=prune)
+
+
+def joins_group(parsed: ParsedWebhook, *, prune: bool) -> bool:
+    """Whether ``parsed`` is stored in a group statement: one event, and no token pruning due."""
+    return not prune and groupable(parsed)
 
 
 def needs_storing(parsed: ParsedWebhook) -> bool:

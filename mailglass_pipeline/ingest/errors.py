@@ -1,18 +1,28 @@
 """Errors the webhook ingest raises on purpose.
 
 A webhook receiver needs to tell these failures apart, because each wants a
-different HTTP answer: a request we must not trust (401: signature, auth,
-stale timestamp, replayed token, unexpected SNS topic), a request we cannot
-read (400: malformed JSON, another provider's shape, oversize body, unfit
-tenant id), a key already stored for another tenant (409) and our own
-misconfiguration (503 with Retry-After from ``mailglass serve``: a missing
-secret, so the provider retries once it is fixed). Every one of them is
-raised before anything is written, or rolls its transaction back.
+different HTTP answer (:func:`http_answer`, the one mapping): a request we must
+not trust (401: signature, auth, stale timestamp, replayed token, unexpected SNS
+topic), a request we cannot read (400: malformed JSON, another provider's shape,
+oversize body, unfit tenant id), a key already stored for another tenant (409),
+our own misconfiguration (503 with Retry-After: a missing secret, so the provider
+retries once it is fixed) and an unavailable database (503 with Retry-After). Every
+one of them is raised before anything is written, or rolls its transaction back.
 """
 
 from __future__ import annotations
 
-from mailglass_pipeline.errors import ConfigurationError, MailglassError
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+
+from mailglass_pipeline.errors import ConfigurationError, DatabaseUnavailableError, MailglassError
+
+log = logging.getLogger(__name__)
+
+#: Seconds a provider is asked to wait before retrying after a 503.
+RETRY_AFTER = "30"
 
 
 class IngestError(MailglassError):
@@ -41,3 +51,28 @@ class TenantConflictError(IngestError):
 
 class InvalidTenantIdError(IngestError, ValueError):
     """A tenant id unfit to store: empty, control characters, surrounding whitespace, over 255 characters."""
+
+
+def http_answer(provider: str, outcome: dict[str, Any] | BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, JSON payload, extra headers) answering an ingest's ``outcome``: its result, or what it raised.
+
+    Outside input never gets a 500: only a bug does, logged with its trace.
+    """
+    if not isinstance(outcome, BaseException):
+        return 200, outcome, {}
+    if isinstance(outcome, WebhookSignatureError):
+        extra = {"www-authenticate": 'Basic realm="mailglass"'} if provider == "postmark" else {}
+        return 401, {"error": str(outcome)}, extra
+    if isinstance(outcome, WebhookPayloadError | InvalidTenantIdError):
+        return 400, {"error": str(outcome)}, {}
+    if isinstance(outcome, TenantConflictError):
+        return 409, {"error": str(outcome)}, {}
+    # Any ConfigurationError (a bad MAILGLASS_* value included): fixed by the operator, then retried.
+    if isinstance(outcome, ConfigurationError):
+        log.error("receiver misconfigured for %s: %s", provider, outcome)
+        return 503, {"error": f"receiver misconfigured: {outcome}"}, {"retry-after": RETRY_AFTER}
+    if isinstance(outcome, DatabaseUnavailableError | sa.exc.SQLAlchemyError):
+        log.error("ingest could not store a %s webhook: %s", provider, str(outcome).splitlines()[0][:300])
+        return 503, {"error": "database unavailable; nothing stored"}, {"retry-after": RETRY_AFTER}
+    log.error("ingest failed on a %s webhook", provider, exc_info=outcome)
+    return 500, {"error": "internal error; nothing stored"}, {}

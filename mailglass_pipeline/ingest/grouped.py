@@ -12,7 +12,7 @@ that grow with the load.
 Each request keeps the answer it would get alone, because each is all or
 nothing on its own inside the group:
 
-- its raw record (``webhook_events.rows_cte(per_request=True)``) and
+- its raw record (statement ``store_webhooks_grouped``) and
   Mailgun's token are written only with its own ledger event;
 - a request whose event is already stored (a redelivery, a key of another
   tenant, or the same event twice in the group) writes nothing, and a
@@ -32,17 +32,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import ledger, projector
-from mailglass_pipeline.db import RETRYABLE_SQLSTATES, compact, driver_statement, execute_autocommitted, sqlstate_of
+from mailglass_pipeline import ledger
+from mailglass_pipeline.db import RETRYABLE_SQLSTATES, RawStatement, execute_autocommitted, sqlstate_of
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import webhook_events
 from mailglass_pipeline.ingest.base import ParsedWebhook
-from mailglass_pipeline.ingest.rows import counts_of, found_cte, ledger_rows
+from mailglass_pipeline.ingest.rows import counts_of, ledger_rows
 from mailglass_pipeline.ingest.storable import storable_events
 from mailglass_pipeline.ingest.tokens import token_parameters
+from mailglass_pipeline.queries import statement
 
 log = logging.getLogger(__name__)
 
@@ -62,42 +62,12 @@ def groupable(parsed: ParsedWebhook) -> bool:
     return len(parsed.events) == 1
 
 
-_TOKEN_COLUMNS = (("token", "text"), ("digest", "text"))
-#: A request whose Mailgun token is already claimed stays out of the group (the ordinary path refuses it).
-_TOKEN_UNCLAIMED = (
-    "NOT EXISTS (SELECT 1 FROM mailglass_webhook_tokens k WHERE k.provider = r.provider AND k.token = r.token)"
-)
-
-
-def group_statement() -> str:
-    """The statement storing a group, each request all or nothing (see the module doc).
-
-    ``:rows``: one ledger row per request, ``ord`` its place in the group,
-    with the request's Mailgun token (``token``, ``digest``; NULL for the
-    other providers); ``:webhooks``: the raw records, each with its request's ``ord``.
-    """
-    sql = f"""
-    WITH {found_cte(extra=_TOKEN_COLUMNS, where=_TOKEN_UNCLAIMED)}, appended AS ({ledger.insert_from("found AS r")}
-    ), stored AS (
-        SELECT f.* FROM found f JOIN appended a ON a.id = f.id
-    ), linked AS (
-        SELECT delivery_id, type, occurred_at, ord FROM stored WHERE delivery_id IS NOT NULL
-    ), {projector.locked_projection_ctes("linked")},
-    tok AS (
-        INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)
-        SELECT provider, token, tenant_id, digest FROM stored WHERE token IS NOT NULL
-    ),
-    {webhook_events.rows_cte(per_request=True)}
-    SELECT ord, id, delivery_id, needs_reconciliation FROM stored
-    """
-    return driver_statement(sa.text(compact(sql)))
-
-
-_STORE_GROUP = group_statement()
+#: The statement storing a group (``sql/store.sql``), sent as is by psycopg's raw cursor.
+_STORE_GROUP = RawStatement.of(statement("store_webhooks_grouped"))
 
 
 def parameters(requests: Sequence[Request]) -> dict[str, Any]:
-    """The bind parameters of :func:`group_statement` for ``requests`` (each :func:`groupable`)."""
+    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`)."""
     rows: list[dict[str, Any]] = []
     webhooks: list[tuple[str, dict[str, Any]]] = []
     for ord_, (parsed, tenant_id) in enumerate(requests):

@@ -12,12 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mailglass_pipeline import queries
 from mailglass_pipeline.db import first_line, get_engine
 from mailglass_pipeline.errors import MailglassError
-
-#: ``ingest/sql/health.sql``, by name.
-STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["health.sql"])
+from mailglass_pipeline.queries import statement
 
 
 @functools.cache
@@ -32,7 +29,7 @@ def check_health(database_url: str | None = None) -> tuple[bool, dict[str, Any]]
     expected = head()
     try:
         with get_engine(database_url).connect() as conn:
-            revisions = [row[0] for row in conn.execute(STATEMENTS["schema_revision"])]
+            revisions = [row[0] for row in conn.execute(statement("schema_revision"))]
     except (MailglassError, sa.exc.SQLAlchemyError) as exc:
         orig = getattr(exc, "orig", None) or exc
         return False, {"status": "unavailable", "database": "unreachable or unusable", "reason": first_line(orig)}

@@ -30,7 +30,6 @@ from datetime import datetime
 from typing import Any
 
 from mailglass_pipeline.ingest.base import (
-    MAILGUN_KEY_ENV,
     Headers,
     IngestSettings,
     NormalizedEvent,
@@ -47,6 +46,7 @@ from mailglass_pipeline.ingest.base import (
     text_or_none,
 )
 from mailglass_pipeline.ingest.errors import WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.settings import MAILGUN_SIGNING_KEY
 
 PROVIDER = "mailgun"
 
@@ -83,7 +83,7 @@ def signature_valid(signing_key: str, timestamp: str, token: str, signature: str
 
 
 def verify(envelope: dict[str, Any], body: bytes, settings: IngestSettings, now: datetime) -> ReplayToken:
-    key = require_secret(settings.mailgun_signing_key, MAILGUN_KEY_ENV, PROVIDER)
+    key = require_secret(settings.mailgun_signing_key, MAILGUN_SIGNING_KEY.env, PROVIDER)
     block = envelope.get("signature")
     if not isinstance(block, dict):
         raise WebhookSignatureError("mailgun webhook has no signature object")

@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any
 
 from mailglass_pipeline.ingest.base import (
-    POSTMARK_AUTH_ENV,
     Headers,
     IngestSettings,
     NormalizedEvent,
@@ -42,6 +41,7 @@ from mailglass_pipeline.ingest.base import (
     text_or_none,
 )
 from mailglass_pipeline.ingest.errors import WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.settings import POSTMARK_WEBHOOK_AUTH
 
 PROVIDER = "postmark"
 
@@ -85,7 +85,7 @@ TIME_FIELDS = ("DeliveredAt", "BouncedAt", "ReceivedAt", "ChangedAt")
 
 def verify(headers: Headers, settings: IngestSettings) -> None:
     """Check the Basic auth credentials against ``MAILGLASS_POSTMARK_WEBHOOK_AUTH`` (``user:password``)."""
-    expected = require_secret(settings.postmark_auth, POSTMARK_AUTH_ENV, PROVIDER)
+    expected = require_secret(settings.postmark_auth, POSTMARK_WEBHOOK_AUTH.env, PROVIDER)
     header = headers.first("authorization")
     if not header:
         raise WebhookSignatureError("postmark webhook has no Authorization header (Basic auth expected)")

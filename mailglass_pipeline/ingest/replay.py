@@ -27,16 +27,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mailglass_pipeline import queries
 from mailglass_pipeline.db import get_engine, run_transaction
 from mailglass_pipeline.ingest.base import PROVIDERS
 from mailglass_pipeline.ingest.core import parse_webhook, store
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, IngestError
 from mailglass_pipeline.ingest.tenants import check_tenant_id
 from mailglass_pipeline.ingest.webhook_events import body_of
-
-#: ``ingest/sql/replay.sql``, by name.
-STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["replay.sql"])
+from mailglass_pipeline.queries import statement
 
 
 def headers_of(row: Any) -> dict[str, str]:
@@ -75,7 +72,7 @@ def replay(
     engine = get_engine(database_url)
     with engine.connect() as conn:
         params = {"tenant_id": tenant_id, "since": start, "until": end, "provider": provider}
-        rows = list(conn.execute(STATEMENTS["stored_webhooks"], params))
+        rows = list(conn.execute(statement("stored_webhooks"), params))
     totals: dict[str, Any] = {
         "tenant_id": tenant_id,
         "since": start.isoformat(),
@@ -98,7 +95,7 @@ def replay(
 
         def work(conn: sa.Connection, parsed: Any = parsed, row: Any = row, received_at: datetime = received_at) -> Any:
             counts = store(conn, parsed, tenant_id, received_at=received_at, webhook_key=row.provider_event_id)
-            conn.execute(STATEMENTS["mark_replayed"], {"id": row.id})
+            conn.execute(statement("mark_replayed"), {"id": row.id})
             return counts
 
         try:

@@ -25,7 +25,6 @@ from datetime import datetime
 from typing import Any
 
 from mailglass_pipeline.ingest.base import (
-    RESEND_SECRET_ENV,
     Headers,
     IngestSettings,
     NormalizedEvent,
@@ -40,6 +39,7 @@ from mailglass_pipeline.ingest.base import (
     text_or_none,
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.settings import RESEND_WEBHOOK_SECRET
 
 PROVIDER = "resend"
 SECRET_PREFIX = "whsec_"
@@ -67,7 +67,7 @@ def secret_key(secret: str) -> bytes:
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise IngestConfigurationError(f"{RESEND_SECRET_ENV} is not a whsec_<base64> secret") from None
+        raise IngestConfigurationError(f"{RESEND_WEBHOOK_SECRET.env} is not a whsec_<base64> secret") from None
 
 
 def sign(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
@@ -95,7 +95,7 @@ def headers_of(headers: Headers) -> tuple[str | None, str | None, str | None]:
 
 
 def verify(body: bytes, headers: Headers, settings: IngestSettings, now: datetime) -> None:
-    secret = require_secret(settings.resend_webhook_secret, RESEND_SECRET_ENV, PROVIDER)
+    secret = require_secret(settings.resend_webhook_secret, RESEND_WEBHOOK_SECRET.env, PROVIDER)
     msg_id, timestamp, signature = headers_of(headers)
     if not msg_id or not timestamp or not signature:
         raise WebhookSignatureError("resend webhook lacks svix-id, svix-timestamp or svix-signature")

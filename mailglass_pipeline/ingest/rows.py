@@ -1,19 +1,17 @@
 """The rows the ingest's store statements take, and what their results count.
 
-Shared by the transaction's statement (:func:`.core.store_statement`) and the
-one-statement path (:mod:`.grouped`): the CTE ``found`` (each event's ledger
-row and its delivery, by ``deliveries.lookup``'s rule), the ledger records
-with the metadata the reconciler reads, and the counts an answer reports.
+Shared by the transaction's statement (``store_webhook``) and the
+one-statement path (``store_webhooks_grouped``, :mod:`.grouped`), both in
+``sql/store.sql``: the ledger records with the metadata the reconciler reads,
+and the counts an answer reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from mailglass_pipeline import ledger
-from mailglass_pipeline.deliveries import lookup_lateral
 from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key
 
@@ -33,32 +31,10 @@ def _metadata(parsed: ParsedWebhook, event: Any) -> dict[str, Any]:
     return {key: value for key, value in metadata.items() if value is not None}
 
 
-def found_cte(extra: Sequence[tuple[str, str]] = (), where: str | None = None) -> str:
-    """The CTE ``found``: the ledger rows of ``:rows``, each with its delivery if there is one.
-
-    The delivery lookup is ``deliveries.lookup``'s rule, embedded. ``extra``:
-    more ``(column, type)`` of each row, carried along; rows are kept where
-    the SQL condition ``where`` holds (default: all).
-    """
-    condition = f"WHERE {where}" if where else ""
-    declared = "".join(f", {name} {kind}" for name, kind in extra)
-    carried = "".join(f", r.{name}" for name, _ in extra)
-    return f"""found AS (
-        SELECT r.id, r.tenant_id, d.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
-               r.normalized_payload, r.metadata, r.trace_id,
-               d.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation,
-               r.inserted_at, r.ord, r.provider{carried}
-          FROM json_to_recordset(CAST(:rows AS json))
-               AS r({ledger.RECORD_COLUMNS}, provider text, message_id text, ord integer{declared})
-          LEFT JOIN {lookup_lateral("r")} d ON true
-         {condition}
-    )"""
-
-
 def ledger_rows(
     parsed: ParsedWebhook, events: list[NormalizedEvent], tenant_id: str, received_at: datetime | None
 ) -> list[dict[str, Any]]:
-    """The rows of ``:rows`` (the CTE ``found``): one ledger record per event, with provider, message id, order."""
+    """The rows of the store statements' ``rows``: one ledger record per event, with provider, message id, order."""
     rows = []
     for ord_, event in enumerate(events):
         row = ledger.record(

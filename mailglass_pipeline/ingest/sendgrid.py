@@ -46,7 +46,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from mailglass_pipeline.ingest.base import (
-    SENDGRID_KEY_ENV,
     Headers,
     IngestSettings,
     NormalizedEvent,
@@ -60,6 +59,7 @@ from mailglass_pipeline.ingest.base import (
     text_or_none,
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.settings import SENDGRID_VERIFICATION_KEY
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -102,9 +102,11 @@ def load_public_key(encoded: str) -> ec.EllipticCurvePublicKey:
     try:
         key = load_der_public_key(base64.b64decode("".join(lines), validate=True))
     except (binascii.Error, ValueError) as exc:
-        raise IngestConfigurationError(f"{SENDGRID_KEY_ENV} is not a base64 DER public key: {exc}") from None
+        raise IngestConfigurationError(
+            f"{SENDGRID_VERIFICATION_KEY.env} is not a base64 DER public key: {exc}"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise IngestConfigurationError(f"{SENDGRID_KEY_ENV} must be an ECDSA P-256 public key")
+        raise IngestConfigurationError(f"{SENDGRID_VERIFICATION_KEY.env} must be an ECDSA P-256 public key")
     return key
 
 
@@ -120,7 +122,7 @@ def signature_valid(public_key: str, signature: str, timestamp: str, body: bytes
 
 
 def verify(body: bytes, headers: Headers, settings: IngestSettings, now: datetime) -> None:
-    key = require_secret(settings.sendgrid_verification_key, SENDGRID_KEY_ENV, PROVIDER)
+    key = require_secret(settings.sendgrid_verification_key, SENDGRID_VERIFICATION_KEY.env, PROVIDER)
     signature = headers.first(SIGNATURE_HEADER)
     timestamp = headers.first(TIMESTAMP_HEADER)
     if not signature or not timestamp:

@@ -35,14 +35,11 @@ import click
 
 from mailglass_pipeline.ingest.base import IngestSettings
 from mailglass_pipeline.ingest.tenants import TenantSettings
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_THREADS, Setting
 
 # No import of .server or prometheus_client here: prometheus-client picks its
 # multiprocess storage when first imported, so this module sets the variable first.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-BODY_TIMEOUT_ENV = "MAILGLASS_SERVE_BODY_TIMEOUT"
-THREADS_ENV = "MAILGLASS_SERVE_THREADS"
-DEFAULT_BODY_TIMEOUT = 10.0
-DEFAULT_THREADS = 8
 
 
 def default_workers() -> int:
@@ -51,33 +48,12 @@ def default_workers() -> int:
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in a container).")
-@click.option("--port", default=8025, show_default=True, type=click.IntRange(1, 65535))
-@click.option(
-    "--workers",
-    default=None,
-    type=click.IntRange(1, 64),
-    help="Worker processes (default: the CPU count, at most 4).",
-)
-@click.option(
-    "--threads",
-    default=DEFAULT_THREADS,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Ingest threads per worker (each may hold one database connection).",
-)
-@click.option(
-    "--body-timeout",
-    default=DEFAULT_BODY_TIMEOUT,
-    show_default=True,
-    type=click.FloatRange(0.1, 600),
-    help="Seconds a client has to send the whole body (408 after).",
-)
-@click.option(
-    "--limit-concurrency",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Open connections per worker before new ones get 503.",
+@Setting("port", 8025, 1, 65535).option("--port")
+@Setting("workers", None, 1, 64, "Worker processes (default: the CPU count, at most 4).", kind=int).option("--workers")
+@SERVE_THREADS.option("--threads", help="Ingest threads per worker (each may hold one database connection).")
+@SERVE_BODY_TIMEOUT.option("--body-timeout", help="Seconds a client has to send the whole body (408 after).")
+@Setting("limit_concurrency", 1000, 1, None, "Open connections per worker before new ones get 503.").option(
+    "--limit-concurrency"
 )
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: /metrics counts them).")
 def serve_command(
@@ -95,8 +71,8 @@ def serve_command(
     # Refuse a broken configuration (bad limit, unreadable secrets file) before listening.
     TenantSettings.from_env()
     IngestSettings.from_env()
-    os.environ[BODY_TIMEOUT_ENV] = repr(body_timeout)
-    os.environ[THREADS_ENV] = str(threads)
+    os.environ[SERVE_BODY_TIMEOUT.env] = repr(body_timeout)
+    os.environ[SERVE_THREADS.env] = str(threads)
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = tempfile.mkdtemp(prefix="mailglass-metrics-")

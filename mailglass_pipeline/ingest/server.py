@@ -10,12 +10,10 @@ bounded thread pool, so a slow database delays requests but never the loop,
 and a client stalling mid-body costs a socket, not a thread. One-event
 webhooks that arrive together are stored together (:mod:`.grouped`).
 
-Answers (all JSON, never an HTML page): 200 result; 400 unreadable body or
-unfit tenant id; 401 not authentic; 404 unknown route; 405 with ``Allow``;
-408 body not received in time; 409 key stored for another tenant; 413 too
-large; 503 with ``Retry-After`` when the database is unavailable or the
-receiver is misconfigured (a missing secret or SNS topic list: the provider
-retries once it is fixed). A 500 means a bug, and is logged with its trace.
+Answers (all JSON, never an HTML page): 404 unknown route; 405 with ``Allow``;
+400 unfit tenant id or unreadable request; 408 body not received in time; 413
+too large; then what :func:`.errors.http_answer` makes of the ingest's outcome
+(200 result, 400, 401, 409, 503 with ``Retry-After``; a 500 means a bug).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -31,28 +28,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import create_engine, resolve_database_url
-from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import metrics
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
-from mailglass_pipeline.ingest.core import needs_storing, parse_webhook, prunes_tokens, result_of, store_alone
-from mailglass_pipeline.ingest.errors import (
-    IngestConfigurationError,
-    InvalidTenantIdError,
-    TenantConflictError,
-    WebhookPayloadError,
-    WebhookSignatureError,
-)
-from mailglass_pipeline.ingest.grouped import MAX_GROUP, groupable, store_grouped
+from mailglass_pipeline.ingest.core import joins_group, parse_webhook, prunes_tokens, result_of, store_parsed
+from mailglass_pipeline.ingest.errors import RETRY_AFTER, http_answer
+from mailglass_pipeline.ingest.grouped import MAX_GROUP, store_grouped
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
-from mailglass_pipeline.ingest.rows import counts_of
-from mailglass_pipeline.ingest.serve import BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT, DEFAULT_THREADS, THREADS_ENV
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_THREADS, read
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +49,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Seconds a provider is asked to wait before retrying after a 503.
-RETRY_AFTER = "30"
 #: Bodies up to this size are verified and parsed on the event loop (tens of microseconds: cheaper
 #: than a hand-off to a thread); larger ones (SendGrid batches) in the ingest threads.
 INLINE_PARSE_BYTES = 16 * 1024
@@ -78,8 +64,8 @@ class Receiver:
         *,
         tenants: TenantSettings | None = None,
         database_url: str | None = None,
-        body_timeout: float = DEFAULT_BODY_TIMEOUT,
-        threads: int = DEFAULT_THREADS,
+        body_timeout: float = SERVE_BODY_TIMEOUT.default,
+        threads: int = SERVE_THREADS.default,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
         self.database_url = database_url
@@ -203,43 +189,31 @@ class Receiver:
     async def _ingest(
         self, provider: str, tenant_id: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        outcome: dict[str, Any] | Exception
         try:
             settings = self.tenants.for_tenant(tenant_id, provider)
             if len(body) <= INLINE_PARSE_BYTES:
                 parsed = parse_webhook(provider, body, headers, settings=settings)
             else:
                 parsed = await self._run(parse_webhook, provider, body, headers, settings=settings)
-            result = result_of(parsed, tenant_id, await self._store(parsed, tenant_id))
-        except WebhookSignatureError as exc:
-            extra = {"www-authenticate": 'Basic realm="mailglass"'} if provider == "postmark" else {}
-            return 401, {"error": str(exc)}, extra
-        except (WebhookPayloadError, InvalidTenantIdError) as exc:
-            return 400, {"error": str(exc)}, {}
-        except TenantConflictError as exc:
+            outcome = result_of(parsed, tenant_id, await self._store(parsed, tenant_id))
+        except Exception as exc:
+            outcome = exc
+        status, payload, extra = http_answer(provider, outcome)
+        if status == 200:
+            metrics.count_result(provider, payload)
+        elif status == 409:
             metrics.TENANT_CONFLICTS.labels(provider).inc()
-            return 409, {"error": str(exc)}, {}
-        except IngestConfigurationError as exc:
-            log.error("receiver misconfigured for %s: %s", provider, exc)
-            return 503, {"error": f"receiver misconfigured: {exc}"}, {"retry-after": RETRY_AFTER}
-        except (DatabaseUnavailableError, sa.exc.SQLAlchemyError) as exc:
-            log.error("ingest could not store a %s webhook: %s", provider, str(exc).splitlines()[0][:300])
-            return 503, {"error": "database unavailable; nothing stored"}, {"retry-after": RETRY_AFTER}
-        except Exception:
-            log.exception("ingest failed on a %s webhook", provider)
-            return 500, {"error": "internal error; nothing stored"}, {}
-        metrics.count_result(provider, result)
-        return 200, result, {}
+        return status, payload, extra
 
     async def _store(self, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
         """:func:`.core.store_parsed`, with the one-event webhooks of this worker stored together."""
-        if not needs_storing(parsed):
-            return counts_of([])
         prune = prunes_tokens(parsed)
-        if not prune and groupable(parsed):
+        if joins_group(parsed, prune=prune):
             counts = await self.groups.submit((parsed, tenant_id))
             if counts is not None:
                 return counts
-        return await self._run(lambda: store_alone(self.engine(), parsed, tenant_id, prune=prune))
+        return await self._run(lambda: store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False))
 
     async def _store_group(self, requests: Sequence[GroupRequest]) -> list[dict[str, Any] | None]:
         metrics.GROUP_SIZE.observe(len(requests))
@@ -268,6 +242,6 @@ async def answer_raw(
 def create_app() -> Receiver:
     """The application factory uvicorn imports in each worker (settings from the environment)."""
     return Receiver(
-        body_timeout=float(os.environ.get(BODY_TIMEOUT_ENV) or DEFAULT_BODY_TIMEOUT),
-        threads=int(os.environ.get(THREADS_ENV) or DEFAULT_THREADS),
+        body_timeout=read(SERVE_BODY_TIMEOUT),
+        threads=read(SERVE_THREADS),
     )

@@ -64,8 +64,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from mailglass_pipeline.ingest.base import (
-    SES_TOPIC_ARNS_ENV,
-    SNS_CERT_DIR_ENV,
     Headers,
     IngestSettings,
     NormalizedEvent,
@@ -80,6 +78,7 @@ from mailglass_pipeline.ingest.base import (
     text_or_none,
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.settings import SES_TOPIC_ARNS, SNS_CERT_DIR
 
 PROVIDER = "ses"
 
@@ -188,7 +187,7 @@ def find_certificate(url: str, cert_dir: str) -> x509.Certificate:
         if candidate.is_file():
             return _load_certificate(str(candidate), info.st_mtime_ns, info.st_size)
     raise WebhookSignatureError(
-        f"SNS signing certificate {url} is not in {SNS_CERT_DIR_ENV} ({cert_dir}); "
+        f"SNS signing certificate {url} is not in {SNS_CERT_DIR.env} ({cert_dir}); "
         f"download it once and save it as {base / host / name} to trust it"
     )
 
@@ -212,7 +211,7 @@ def check_topic(message: dict[str, Any], settings: IngestSettings) -> None:
     allowed = settings.ses_topic_arns
     if not allowed:
         raise IngestConfigurationError(
-            f"{SES_TOPIC_ARNS_ENV} is not set (nor ses_topic_arns for this tenant): "
+            f"{SES_TOPIC_ARNS.env} is not set (nor ses_topic_arns for this tenant): "
             "cannot tell this tenant's SNS topics from anyone else's"
         )
     topic = message.get("TopicArn")
@@ -223,7 +222,7 @@ def check_topic(message: dict[str, Any], settings: IngestSettings) -> None:
 def verify(message: dict[str, Any], headers: Headers, settings: IngestSettings, now: datetime) -> None:
     if not settings.ses_topic_arns:
         check_topic(message, settings)  # the configuration error, before any certificate work
-    cert_dir = require_secret(settings.sns_cert_dir, SNS_CERT_DIR_ENV, PROVIDER)
+    cert_dir = require_secret(settings.sns_cert_dir, SNS_CERT_DIR.env, PROVIDER)
     for header, field_name in (("x-amz-sns-message-type", "Type"), ("x-amz-sns-message-id", "MessageId")):
         sent = headers.first(header)
         if sent is not None and sent != message.get(field_name):

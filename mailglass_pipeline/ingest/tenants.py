@@ -42,10 +42,10 @@ from typing import Any
 
 from mailglass_pipeline.ingest.base import PROVIDERS, IngestSettings, split_list
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, InvalidTenantIdError
+from mailglass_pipeline.settings import WEBHOOK_SECRETS, read
 
 log = logging.getLogger(__name__)
 
-SECRETS_ENV = "MAILGLASS_WEBHOOK_SECRETS"
 MAX_TENANT_ID_LENGTH = 255
 
 #: Provider -> {TOML key: IngestSettings field}.
@@ -145,7 +145,7 @@ class SecretsFile:
             secrets = parse_secrets(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, IngestConfigurationError) as exc:
             if strict:
-                raise IngestConfigurationError(f"{SECRETS_ENV}: cannot load {self.path}: {exc}") from None
+                raise IngestConfigurationError(f"{WEBHOOK_SECRETS.env}: cannot load {self.path}: {exc}") from None
             log.error("keeping the previous webhook secrets: cannot reload %s: %s", self.path, exc)
             return
         self._signature, self._secrets = signature, secrets
@@ -171,9 +171,8 @@ class TenantSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TenantSettings:
-        env = os.environ if environ is None else environ
-        path = env.get(SECRETS_ENV)
-        return cls(IngestSettings.from_env(env), SecretsFile(path) if path else None)
+        path = read(WEBHOOK_SECRETS, environ)
+        return cls(IngestSettings.from_env(environ), SecretsFile(path) if path else None)
 
     def for_tenant(self, tenant_id: str, provider: str) -> IngestSettings:
         if self.secrets is None:

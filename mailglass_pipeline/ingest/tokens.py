@@ -18,14 +18,11 @@ import random
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mailglass_pipeline import queries
 from mailglass_pipeline.db import sqlstate_of
 from mailglass_pipeline.ingest.base import ReplayToken
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError, WebhookSignatureError
 from mailglass_pipeline.ingest.storable import bounded_key
-
-#: ``ingest/sql/tokens.sql``, by name.
-STATEMENTS: dict[str, sa.TextClause] = queries.register("mailglass_pipeline.ingest", files=["tokens.sql"])
+from mailglass_pipeline.queries import statement
 
 #: Seen tokens are kept this long; a token older than the timestamp tolerance is refused anyway.
 TOKEN_RETENTION_SECONDS = 3600
@@ -60,8 +57,8 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: 
     params = token_parameters(token, tenant_id)
     try:
         if prune if prune is not None else prune_due():
-            conn.execute(STATEMENTS["prune_tokens"], {"retention": TOKEN_RETENTION_SECONDS})
-        if conn.execute(STATEMENTS["claim_token"], params).first():
+            conn.execute(statement("prune_tokens"), {"retention": TOKEN_RETENTION_SECONDS})
+        if conn.execute(statement("claim_token"), params).first():
             return
     except sa.exc.ProgrammingError as exc:
         if sqlstate_of(exc) == "42P01":
@@ -69,7 +66,7 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: 
                 "table mailglass_webhook_tokens is missing: run `mailglass migrate`"
             ) from exc
         raise
-    seen = conn.execute(STATEMENTS["seen_token"], params).first()
+    seen = conn.execute(statement("seen_token"), params).first()
     if seen is not None and seen.tenant_id != tenant_id and seen.body_sha256 == token.body_sha256:
         raise TenantConflictError(
             f"this {token.provider} webhook was already stored for another tenant; refused for tenant {tenant_id!r}"

@@ -53,40 +53,6 @@ from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
 
-def rows_cte(gate: str | None = None, *, per_request: bool = False) -> str:
-    """The rows' insert as the CTE ``webhook``, to ride on a store statement of :mod:`.core`.
-
-    One round trip on the hot path of every webhook. Rows are inserted only
-    where the SQL condition ``gate`` holds (the all-or-nothing variant gates
-    them on its ledger event). Parameters: ``:tenant_id``, ``:provider`` and
-    those of :func:`parameters`. The rows travel as one JSON document (see
-    ``ledger``: the driver sends arrays element by element).
-
-    ``per_request`` (:mod:`.grouped`, several one-event requests in one
-    statement): each row carries its request's ``ord``, and takes tenant and
-    provider from that request's row of the CTE ``stored`` (the requests whose
-    ledger event was inserted), so it is inserted only with that event.
-    """
-    tenant, provider = ("f.tenant_id", "f.provider") if per_request else (":tenant_id", ":provider")
-    ord_column = "ord integer, " if per_request else ""
-    join = "JOIN stored f ON f.ord = w.ord" if per_request else ""
-    condition = f"WHERE {gate}" if gate else ""
-    return f"""
-    webhook AS (
-        INSERT INTO mailglass_webhook_events
-            (id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
-             raw_payload, received_at, processed_at, inserted_at, updated_at)
-        SELECT w.id, {tenant}, {provider}, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
-               'succeeded', w.raw_payload, :webhooks_received_at,
-               now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
-          FROM json_to_recordset(CAST(:webhooks AS json)) AS w(
-               {ord_column}id uuid, provider_event_id text, event_type_raw text, event_type_normalized text,
-               raw_payload jsonb) {join}
-         {condition}
-        ON CONFLICT (provider, provider_event_id) DO NOTHING
-    )"""
-
-
 def webhook_key(parsed: ParsedWebhook, body: bytes, events: list[NormalizedEvent]) -> str:
     """``provider_event_id`` of a request that is one provider event (see the module doc)."""
     if not events:
@@ -151,7 +117,7 @@ def provider_events(
 def rows(
     parsed: ParsedWebhook, events: list[NormalizedEvent], body: bytes, key: str | None = None
 ) -> list[dict[str, Any]]:
-    """The rows of :func:`rows_cte`'s document, one per provider event (before JSON encoding)."""
+    """The rows of the store statements' ``webhooks`` document, one per provider event (before JSON encoding)."""
     return [
         {
             "id": str(uuid.uuid4()),
@@ -182,7 +148,7 @@ def parameters(
     received_at: datetime | None = None,
     key: str | None = None,
 ) -> dict[str, Any]:
-    """The bind parameters of :func:`rows_cte` (besides tenant and provider): a row per provider event."""
+    """The ``webhooks`` parameters of statement ``store_webhook`` (``sql/store.sql``): a row per provider event."""
     return {
         "webhooks": encode(rows(parsed, events, body, key)),
         "webhooks_received_at": received_at_parameter(received_at),

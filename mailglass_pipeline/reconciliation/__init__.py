@@ -5,7 +5,8 @@ Follow an orphan one module at a time:
 * ``settings``: what a sweep may do, each setting defined once (defaults, bounds, the backoff);
 * ``sweep``: find the due orphans, link them, write the outcome (``sql/sweep.sql``);
   ``sweep.reconcile`` is the contract's ``mailglass_pipeline.reconcile``;
-* ``drain``: a scheduled run's loop of bounded sweep transactions under a time budget;
+* ``drain``: ``sweep_due_tenants``, a scheduled run's loop of bounded sweep transactions under a
+  time budget;
 * ``monitoring``: the reads behind the schedule, the sensor and the checks (``sql/monitoring.sql``);
 * ``results``: what they report;
 * ``statements``: the package's SQL.

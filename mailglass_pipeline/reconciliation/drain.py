@@ -1,11 +1,13 @@
-"""Drain the due backlog within a time budget: what one scheduled run does.
+"""``sweep_due_tenants``: drain the due backlog within a time budget, what one scheduled run does.
+
+The scheduled job ``reconcile_due_tenants`` (``defs/scheduled_sweep/``) runs it through its op ``sweep_due_tenants``.
 
 Why a loop of short transactions. One sweep transaction is bounded by
 ``max_total`` so that it holds its row locks for a second or two, not for the
 whole run; but a cap per *run* wastes the tick whenever a burst is larger than
 the cap (a daemon down for an hour, a first adoption of a Mailglass database
 with a backlog): the sweep drains 5,000 to 9,000 orphans a second and then
-sits idle until the next minute. :func:`sweep_until` therefore runs bounded
+sits idle until the next minute. :func:`sweep_due_tenants` therefore runs bounded
 sweep transactions (:func:`sweep.sweep`, all tenants, each committed
 before the next starts) until the time budget is spent or nothing is due.
 
@@ -46,10 +48,10 @@ from collections.abc import Callable, Mapping
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import db
+from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA, DrainResult, RunProgress, SweepResult
-from mailglass_pipeline.reconciliation.settings import DEFAULT_BUDGET_SECONDS, SweepConfig, validate_budget
-from mailglass_pipeline.reconciliation.statements import sql
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, SweepConfig
 
 #: Counts summed over the transactions of a run; the backlog ones are taken from the latest.
 _SUMMED = ("scanned", "linked", "unmatched", "malformed", "already_reconciled", "newly_stale")
@@ -78,7 +80,7 @@ def _merge(total: DrainResult, part: SweepResult) -> None:
     total.lag_seconds = max(lags) if lags else None
 
 
-def sweep_until(
+def sweep_due_tenants(
     engine: Engine,
     budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     config: SweepConfig | None = None,
@@ -93,13 +95,13 @@ def sweep_until(
     the whole run. ``on_transaction`` is called after each commit (progress
     logging). Arguments are validated before the database is touched.
     """
-    budget = validate_budget(budget_seconds)
+    budget = BUDGET_SECONDS.check(budget_seconds)
     config = config or SweepConfig()
     run = RunProgress()
     if config.retry_all:
         # The database's clock, as the examinations record it: one statement per run, not per tenant.
         with db.connect(engine) as conn:
-            run.started = conn.execute(sql("run_started")).scalar_one()
+            run.started = conn.execute(statement("run_started")).scalar_one()
     total = DrainResult(budget_seconds=budget)
     start = clock()
     while True:

@@ -11,14 +11,14 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
-from mailglass_pipeline.reconciliation.statements import sql
+from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 
 def _read(conn: Connection, name: str, params: dict[str, Any]) -> Any:
-    conn.execute(sql("custom_plans"))
-    return conn.execute(sql(name), params)
+    conn.execute(statement("custom_plans"))
+    return conn.execute(statement(name), params)
 
 
 def _due_params(grace_seconds: int, max_age_minutes: int, tenant_id: str | None = None) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def backlog(conn: Connection, tenant_id: str | None = None) -> dict[str, dict[st
 
 def known_tenants(conn: Connection) -> list[str]:
     """Every tenant with a delivery or a queued orphan."""
-    return [row[0] for row in conn.execute(sql("known_tenants"))]
+    return [row[0] for row in conn.execute(statement("known_tenants"))]
 
 
 def stale_orphans(

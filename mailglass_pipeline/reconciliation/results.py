@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mailglass_pipeline.reconciliation.settings import DEFAULT_BUDGET_SECONDS
+from mailglass_pipeline.settings import DEFAULT_BUDGET_SECONDS
 
 #: Why a run stopped.
 DRAINED = "drained"  # nothing due any more

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy.engine import Connection, Engine, Row
 
 from mailglass_pipeline import deliveries, projector
 from mailglass_pipeline.db import get_engine, run_transaction
+from mailglass_pipeline.queries import statement
 from mailglass_pipeline.reconciliation.results import RunProgress, SweepResult
-from mailglass_pipeline.reconciliation.settings import (
+from mailglass_pipeline.settings import (
+    BACKOFF_CAP_MINUTES,
+    BACKOFF_MINUTES,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_LIMIT,
     DEFAULT_MAX_AGE_MINUTES,
@@ -38,13 +40,17 @@ from mailglass_pipeline.reconciliation.settings import (
     SweepConfig,
     validate_tenant_id,
 )
-from mailglass_pipeline.reconciliation.statements import BACKOFF_PARAMS, sql
+
+if TYPE_CHECKING:  # pandas is imported where a batch is built: `import mailglass_pipeline` stays cheap
+    import pandas as pd
 
 #: Columns of the DataFrame ``find_orphans`` returns (and ``attempt_link`` extends with ``delivery_id``).
 ORPHAN_COLUMNS = [
     "id", "tenant_id", "type", "occurred_at", "inserted_at", "attempts",
     "provider", "provider_message_id", "provider_event_id", "malformed",
 ]  # fmt: skip
+#: What the write statement binds for the backoff: the steps' one home is settings.py.
+BACKOFF_PARAMS = {"backoff_steps": list(BACKOFF_MINUTES), "backoff_cap": BACKOFF_CAP_MINUTES}
 #: What the write statement reads of a linked batch.
 _DOCUMENT_COLUMNS = ["id", "delivery_id", "provider", "provider_event_id", "malformed"]
 
@@ -52,7 +58,7 @@ _DOCUMENT_COLUMNS = ["id", "delivery_id", "provider", "provider_event_id", "malf
 def set_timeouts(conn: Connection, config: SweepConfig) -> None:
     """The transaction's lock and statement timeouts, and one plan per execution (``sql/sweep.sql``)."""
     conn.execute(
-        sql("set_timeouts"),
+        statement("set_timeouts"),
         {"lock_timeout": f"{config.lock_timeout_ms}ms", "statement_timeout": f"{config.statement_timeout_ms}ms"},
     )
 
@@ -78,12 +84,14 @@ def _find(
     conn: Connection, tenant_id: str | None, config: SweepConfig, run: RunProgress | None, *, link: bool
 ) -> pd.DataFrame:
     set_timeouts(conn, config)
-    statement = sql("find_tenant" if tenant_id is not None else "find_all")
-    rows = conn.execute(statement, find_params(tenant_id, config, run, link=link)).all()
+    find = statement("find_tenant" if tenant_id is not None else "find_all")
+    rows = conn.execute(find, find_params(tenant_id, config, run, link=link)).all()
     return _batch_frame(rows)
 
 
 def _batch_frame(rows: Sequence[Row[Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     columns = [c for c in ORPHAN_COLUMNS if c != "malformed"] + ["delivery_id"]
     frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     frame["malformed"] = (
@@ -127,6 +135,8 @@ def attempt_link(conn: Connection, orphans: pd.DataFrame) -> pd.DataFrame:
     One lookup statement for the batch (``deliveries.lookup``: the same rule
     the sweep's find embeds); malformed orphans are not looked up.
     """
+    import pandas as pd
+
     linked = orphans.copy()
     linked["delivery_id"] = pd.Series([None] * len(linked), index=linked.index, dtype=object)
     candidates = linked[~linked["malformed"]]
@@ -190,11 +200,11 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
         "grace_seconds": config.grace_seconds,
         **BACKOFF_PARAMS,
     }
-    row = conn.execute(sql("write"), params).one()
+    row = conn.execute(statement("write"), params).one()
     newly_stale = {str(t): int(n) for t, n in row.newly_stale}
     examined = [tenant_id] if tenant_id is not None else sorted(set(linked["tenant_id"].tolist()) | set(newly_stale))
     after = conn.execute(
-        sql("after_sweep"),
+        statement("after_sweep"),
         {
             **params,
             "examined": "{" + ",".join(_array_item(t) for t in examined) + "}",
@@ -268,7 +278,7 @@ def sweep(
     """One sweep in one transaction: find (locking) and link in one statement, then write. Retries deadlocks.
 
     All tenants when ``tenant_id`` is None: the same statements, never one per tenant. ``run``: the
-    progress of a run this transaction belongs to (``drain.sweep_until``).
+    progress of a run this transaction belongs to (``drain.sweep_due_tenants``).
     """
     config = config or SweepConfig()
     tenant_id = validate_tenant_id(tenant_id)

@@ -1,10 +1,9 @@
 -- Orphan inspection: the read statements behind `mailglass orphans` and the no_stale_orphans
 -- check, and the bounded deletion of parked queue rows (mailglass_pipeline/orphans.py).
 --
--- Registered in mailglass_pipeline.queries (one named block per statement). Fragments in braces
--- come from orphan_fragments.sql, or from the reconcile package's: {fresh}, {due_window} and
--- {in_scope} are the sweep's own due rule and scope (mailglass_pipeline/reconciliation/sql/fragments.sql),
--- so a listing says due for what a sweep takes.
+-- Each block is the complete statement (mailglass_pipeline/queries.py). The due rule (fresh, retry,
+-- due_window) and the scope (in_scope) are copies of the sweep's own, marked "rule: <name>" and
+-- checked against mailglass_pipeline/sql/rules.sql, so a listing says due for what a sweep takes.
 --
 -- States of a queue row (one per orphan not yet reconciled):
 --   malformed  no provider or no message id: never linked (parked by the first sweep that sees it)
@@ -27,9 +26,15 @@ SELECT * FROM (
     (SELECT q.*, CAST(:state AS text) AS state, 0 AS part
      FROM mailglass_reconciliation_queue AS q
      WHERE
-         {fresh} AND {keyed} AND {in_scope}
+         q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+         AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+         AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
          AND CASE CAST(:state AS text)
-             WHEN 'due' THEN {due_window}
+             WHEN 'due' THEN
+                 -- rule: due_window
+                 q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                 AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                 -- end rule
              ELSE q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds)
          END
      ORDER BY q.orphan_inserted_at
@@ -38,9 +43,22 @@ SELECT * FROM (
     (SELECT q.*, CAST(:state AS text) AS state, 1 AS part
      FROM mailglass_reconciliation_queue AS q
      WHERE
-         q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL AND {in_scope}
+         q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL
+         AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
          AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-         AND CASE CAST(:state AS text) WHEN 'due' THEN q.next_attempt_at <= now() ELSE q.next_attempt_at > now() END
+         AND CASE CAST(:state AS text)
+             WHEN 'due' THEN
+                 -- rule: retry
+                 q.parked_at IS NULL
+                 AND q.next_attempt_at
+                 <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+                 AND (
+                     CAST(:run_started AS timestamptz) IS NULL
+                     OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+                 )
+                 -- end rule
+             ELSE q.next_attempt_at > now()
+         END
      ORDER BY
          CASE WHEN CAST(:tenant_id AS text) IS NULL THEN q.next_attempt_at END,
          q.last_attempted_at, q.orphan_inserted_at, q.event_id
@@ -50,16 +68,100 @@ SELECT * FROM (
 LIMIT :limit;  -- noqa: AM09
 
 -- name: list_parked
--- Stale or malformed orphans (state), oldest first, at most limit (fragment parked_rows).
-{parked_rows};
+-- Stale or malformed orphans (state), oldest first, at most limit: parked as such by a sweep, then
+-- those not parked yet: stale ones past max age with no sweep since they aged out, malformed ones
+-- not examined yet (an examination parks them, so an unparked malformed orphan is a fresh one).
+-- rule: parked_rows
+SELECT * FROM (
+    (
+        SELECT
+            q.*,
+            CAST(:state AS text) AS state,
+            0 AS part
+        FROM mailglass_reconciliation_queue AS q
+        WHERE
+            q.parked_at IS NOT NULL AND q.parked_reason = CAST(:state AS text)
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+        ORDER BY q.orphan_inserted_at
+        LIMIT :limit
+    )
+    UNION ALL
+    (
+        SELECT
+            q.*,
+            CAST(:state AS text) AS state,
+            1 AS part
+        FROM mailglass_reconciliation_queue AS q
+        WHERE
+            CASE CAST(:state AS text)
+                WHEN 'stale' THEN
+                    -- rule: aged_out
+                    q.parked_at IS NULL
+                    AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+                    AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
+                    -- end rule
+                ELSE
+                    q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                    AND (q.provider IS NULL OR q.provider_message_id IS NULL) -- rule: unkeyed
+            END
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+        ORDER BY q.orphan_inserted_at
+        LIMIT :limit
+    )
+) AS parked
+ORDER BY orphan_inserted_at
+LIMIT :limit;
+-- end rule
 
 -- name: oldest_stale
 -- The oldest stale orphans with their type (the no_stale_orphans check's table): the stale list
--- (parked_rows, state bound to stale) joined to the ledger by primary key.
+-- (rule parked_rows, state bound to stale) joined to the ledger by primary key.
 SELECT
     s.event_id, s.tenant_id, s.provider, s.provider_message_id, e.type,
     EXTRACT(EPOCH FROM now() - s.orphan_inserted_at) AS age_seconds
-FROM ({parked_rows}) AS s
+FROM (
+    -- rule: parked_rows
+    SELECT * FROM (
+        (
+            SELECT
+                q.*,
+                CAST(:state AS text) AS state,
+                0 AS part
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.parked_at IS NOT NULL AND q.parked_reason = CAST(:state AS text)
+                AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+            ORDER BY q.orphan_inserted_at
+            LIMIT :limit
+        )
+        UNION ALL
+        (
+            SELECT
+                q.*,
+                CAST(:state AS text) AS state,
+                1 AS part
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                CASE CAST(:state AS text)
+                    WHEN 'stale' THEN
+                        -- rule: aged_out
+                        q.parked_at IS NULL
+                        AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+                        AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
+                        -- end rule
+                    ELSE
+                        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                        AND (q.provider IS NULL OR q.provider_message_id IS NULL) -- rule: unkeyed
+                END
+                AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+            ORDER BY q.orphan_inserted_at
+            LIMIT :limit
+        )
+    ) AS parked
+    ORDER BY orphan_inserted_at
+    LIMIT :limit
+    -- end rule
+) AS s
 INNER JOIN mailglass_events AS e ON s.event_id = e.id
 ORDER BY s.orphan_inserted_at, s.event_id;
 
@@ -70,16 +172,51 @@ ORDER BY s.orphan_inserted_at, s.event_id;
 -- retention).
 SELECT
     g.tenant_id,
-    count(*) FILTER (WHERE q.parked_reason = 'malformed' OR (q.parked_at IS NULL AND {unkeyed})) AS malformed,
-    count(*) FILTER (WHERE q.parked_reason = 'stale' OR ({aged_out})) AS stale,
     count(*) FILTER (
-        WHERE q.parked_at IS NULL AND {keyed}
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        AND (q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds) OR q.next_attempt_at > now())
+        WHERE
+            q.parked_reason = 'malformed'
+            OR q.parked_at IS NULL
+            AND (q.provider IS NULL OR q.provider_message_id IS NULL) -- rule: unkeyed
+    ) AS malformed,
+    count(*) FILTER (
+        WHERE
+            q.parked_reason = 'stale'
+            OR (
+                -- rule: aged_out
+                q.parked_at IS NULL
+                AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+                AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            )
+    ) AS stale,
+    count(*) FILTER (
+        WHERE
+            q.parked_at IS NULL
+            AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+            AND (q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds) OR q.next_attempt_at > now())
     ) AS waiting,
     count(*) FILTER (
-        WHERE q.parked_at IS NULL AND {keyed} AND {due_window}
-        AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= now())
+        WHERE
+            q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+            -- rule: due_window
+            AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+            -- end rule
+            AND (
+                q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                OR (
+                    -- rule: retry
+                    q.parked_at IS NULL
+                    AND q.next_attempt_at
+                    <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+                    AND (
+                        CAST(:run_started AS timestamptz) IS NULL
+                        OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+                    )
+                    -- end rule
+                )
+            )
     ) AS due
 FROM mailglass_reconciliation_queue AS q
 CROSS JOIN LATERAL (
@@ -132,6 +269,10 @@ INNER JOIN mailglass_deliveries AS d
 WHERE p.provider IS NOT NULL
 ORDER BY d.tenant_id = :tenant_id DESC, d.provider = :provider DESC, d.id
 LIMIT 20;
+
+-- name: prune_lock_timeout
+-- A retention batch waits at most 5 s for a row lock (a sweep holds its rows for a transaction).
+SELECT set_config('lock_timeout', '5s', TRUE) AS lock_timeout;
 
 -- name: delete_parked
 -- One batch of the parked-row retention: queue rows parked (reason, stale or malformed) before

@@ -5,23 +5,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import fetch
+import pytest
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
-
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch
+from tests.processes import MAILGLASS, mailglass
 
 
 def test_demo_late_commits_deliveries_after_their_orphans(engine: Engine, database_url: str) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    proc = subprocess.run(
-        [MAILGLASS_BIN, "demo", "--late", "--late-waves", "1,2"], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = mailglass("demo", "--late", "--late-waves", "1,2", env={"MAILGLASS_DATABASE_URL": database_url})
     assert proc.returncode == 0, proc.stderr
     made = json.loads(proc.stdout)
     assert made["orphans"] == 18 and made["late_deliveries"] == [9, 9]
@@ -39,14 +35,15 @@ def test_demo_late_commits_deliveries_after_their_orphans(engine: Engine, databa
     assert result.linked == 18 and result.lag_seconds is not None
 
 
+@pytest.mark.process
 def test_a_command_that_starts_the_embedded_server_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MAILGLASS_DATABASE_URL"}
     env["MAILGLASS_HOME"] = str(tmp_path / "home")
     try:
-        first = subprocess.run([MAILGLASS_BIN, "migrate"], env=env, capture_output=True, text=True, timeout=180)
+        first = subprocess.run([MAILGLASS, "migrate"], env=env, capture_output=True, text=True, timeout=180)
         assert first.returncode == 0, first.stderr
         assert "started the embedded PostgreSQL" in first.stderr and "mailglass stop" in first.stderr
-        again = subprocess.run([MAILGLASS_BIN, "reconcile"], env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run([MAILGLASS, "reconcile"], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "started the embedded" not in again.stderr  # already running: no notice
     finally:
-        subprocess.run([MAILGLASS_BIN, "stop"], env=env, capture_output=True, timeout=60)
+        subprocess.run([MAILGLASS, "stop"], env=env, capture_output=True, timeout=60)

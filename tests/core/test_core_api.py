@@ -7,15 +7,14 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_delivery, make_orphan
-from core_support import pending_orphans, reconciled_from, snapshot
 from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
 from mailglass_pipeline import reconcile
 from mailglass_pipeline.errors import MailglassError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import make_delivery, make_orphan, pending_orphans, reconciled_from, snapshot
 
 NOWHERE = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
 BAD_ARGS = [
@@ -37,8 +36,8 @@ def test_bad_arguments_raise_value_error_without_a_database(kwargs: dict[str, ob
 
 
 def test_bad_arguments_write_nothing(database_url: str, engine: Engine) -> None:
-    make_orphan(engine, "t1", "m-1")
-    make_delivery(engine, "t1", "m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
     before = snapshot(engine)
     for kwargs in BAD_ARGS:
         with pytest.raises(ValueError):
@@ -53,10 +52,10 @@ def test_unreachable_database_is_a_mailglass_error_not_a_value_error() -> None:
 
 
 def test_reconcile_public_api(database_url: str, engine: Engine) -> None:
-    o1 = make_orphan(engine, "t1", "m-1")
-    o2 = make_orphan(engine, "t2", "m-2")
-    d1 = make_delivery(engine, "t1", "m-1")
-    d2 = make_delivery(engine, "t2", "m-2")
+    o1 = make_orphan(engine, tenant_id="t1", message_id="m-1")
+    o2 = make_orphan(engine, tenant_id="t2", message_id="m-2")
+    d1 = make_delivery(engine, tenant_id="t1", message_id="m-1")
+    d2 = make_delivery(engine, tenant_id="t2", message_id="m-2")
     scoped = reconcile("t1", database_url=database_url)
     assert type(scoped["scanned"]) is int and type(scoped["linked"]) is int
     assert (scoped["scanned"], scoped["linked"]) == (1, 1)
@@ -76,12 +75,12 @@ def test_available_returns_a_bool() -> None:
 
 
 def _seed(engine: Engine) -> None:
-    make_delivery(engine, "t1", "m-1")
-    make_delivery(engine, "t1", "m-2")
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_delivery(engine, tenant_id="t1", message_id="m-2")
     for mid in ("m-1", "m-2", "m-unmatched"):
-        make_orphan(engine, "t1", mid)
-    make_orphan(engine, "t1", None)  # malformed: would be parked
-    make_orphan(engine, "t1", "m-old", age=timedelta(days=8))  # stale: would be parked
+        make_orphan(engine, tenant_id="t1", message_id=mid)
+    make_orphan(engine, tenant_id="t1", message_id=None)  # malformed: would be parked
+    make_orphan(engine, tenant_id="t1", message_id="m-old", age=timedelta(days=8))  # stale: would be parked
 
 
 def test_lock_timeout_midway_rolls_everything_back(engine: Engine) -> None:
@@ -121,8 +120,8 @@ def test_constraint_violation_midway_rolls_everything_back(engine: Engine) -> No
 def test_sweep_does_not_wait_for_orphans_another_sweep_holds(engine: Engine) -> None:
     # A long sweep holding its batch does not block a second sweep: it takes the other orphans.
     for i in range(4):
-        make_orphan(engine, "t1", f"m-{i}", age=timedelta(minutes=10 - i))
-        make_delivery(engine, "t1", f"m-{i}")
+        make_orphan(engine, tenant_id="t1", message_id=f"m-{i}", age=timedelta(minutes=10 - i))
+        make_delivery(engine, tenant_id="t1", message_id=f"m-{i}")
     from mailglass_pipeline.reconciliation.sweep import find_orphans
 
     with engine.connect() as first:
@@ -141,11 +140,11 @@ def test_sweep_does_not_wait_for_orphans_another_sweep_holds(engine: Engine) -> 
 def test_tenant_and_stale_helpers(engine: Engine) -> None:
     from mailglass_pipeline.reconciliation.monitoring import known_tenants, stale_orphans, tenants_with_due_orphans
 
-    make_delivery(engine, "only-deliveries", "m-0")
-    make_orphan(engine, "due", "m-1", age=timedelta(minutes=5))
-    make_orphan(engine, "young", "m-2", age=timedelta(seconds=5))
-    make_orphan(engine, "old", "m-3", age=timedelta(days=8))
-    make_orphan(engine, "old", "m-4", age=timedelta(days=9))
+    make_delivery(engine, tenant_id="only-deliveries", message_id="m-0")
+    make_orphan(engine, tenant_id="due", message_id="m-1", age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="young", message_id="m-2", age=timedelta(seconds=5))
+    make_orphan(engine, tenant_id="old", message_id="m-3", age=timedelta(days=8))
+    make_orphan(engine, tenant_id="old", message_id="m-4", age=timedelta(days=9))
     with engine.connect() as conn:
         assert tenants_with_due_orphans(conn) == ["due"]
         assert known_tenants(conn) == ["due", "old", "only-deliveries", "young"]
@@ -163,8 +162,10 @@ def test_missing_provider_event_id_as_nan_is_stored_as_json_null(engine: Engine)
     # json.dumps would write NaN, which PostgreSQL refuses.
     from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans
 
-    make_delivery(engine, "t1", "m-1")
-    orphan = make_orphan(engine, "t1", "m-1", metadata={"provider": "postmark", "provider_message_id": "m-1"})
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
+    orphan = make_orphan(
+        engine, tenant_id="t1", message_id="m-1", metadata={"provider": "postmark", "provider_message_id": "m-1"}
+    )
     with engine.begin() as conn:
         linked = attempt_link(conn, find_orphans(conn, "t1", SweepConfig()))
         linked["provider_event_id"] = float("nan")

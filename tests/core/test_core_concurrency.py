@@ -12,15 +12,14 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from conftest import make_delivery
-from core_support import QUEUE, reconciled_events, reconciled_from, rows
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import ledger
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import QUEUE, make_delivery, reconciled_events, reconciled_from, rows
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
 TYPES = ["delivered", "opened", "clicked", "opened", "clicked"]  # one set-once/terminal type per delivery
@@ -28,7 +27,10 @@ TYPES = ["delivered", "opened", "clicked", "opened", "clicked"]  # one set-once/
 
 def _seed(engine: Engine, tenant: str, deliveries: int, per_delivery: int) -> dict[uuid.UUID, list[ledger.NewEvent]]:
     """``deliveries`` deliveries with ``per_delivery`` orphans each, interleaved in arrival order."""
-    targets = [make_delivery(engine, tenant, f"{tenant}-m-{d}", last_event_at=T0) for d in range(deliveries)]
+    targets = [
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m-{d}", last_event_at=T0)
+        for d in range(deliveries)
+    ]
     plan: dict[uuid.UUID, list[ledger.NewEvent]] = {t: [] for t in targets}
     events = []
     now = datetime.now(UTC)

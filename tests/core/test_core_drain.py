@@ -1,4 +1,4 @@
-"""``sweep_until``: the scheduled run's loop of bounded transactions under a time budget."""
+"""``sweep_due_tenants``: the scheduled run's loop of bounded transactions under a time budget."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_delivery, make_orphan
-from core_support import QUEUE, rows, statements_sent
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation import settings
-from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
+from mailglass_pipeline.reconciliation.drain import sweep_due_tenants, tenant_changed
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA
-from mailglass_pipeline.reconciliation.settings import BUDGET_ENV, DEFAULT_BUDGET_SECONDS, SweepConfig, budget_from_env
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, Setting, SweepConfig, read
+from tests.core.core_support import statements_sent
+from tests.factories import QUEUE, make_delivery, make_orphan, rows
 
 
 def _attempts(engine: Engine) -> dict[int, int]:
@@ -36,16 +35,16 @@ class Ticks:
 
 def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(engine: Engine) -> None:
     for i in range(50):
-        make_orphan(engine, f"t{i:02d}", f"never-{i}", age=timedelta(minutes=10))
+        make_orphan(engine, tenant_id=f"t{i:02d}", message_id=f"never-{i}", age=timedelta(minutes=10))
     config = SweepConfig(max_total=10)
     # Each transaction "takes" 1 s (two clock reads apart) and the budget is 4.5 s: two transactions
     # fit, a third would end past the budget, so the run stops there with 30 orphans still due.
-    first = sweep_until(engine, 4.5, config, clock=Ticks(1.0))
+    first = sweep_due_tenants(engine, 4.5, config, clock=Ticks(1.0))
     assert (first.transactions, first.stopped_by) == (2, BUDGET)
     assert (first.scanned, first.unmatched, first.due_remaining) == (20, 20, 30)
     assert first.tenants_swept == 20
     # A later run continues with the orphans not yet examined, never the examined ones (backoff).
-    second = sweep_until(engine, 60, config)
+    second = sweep_due_tenants(engine, 60, config)
     assert (second.transactions, second.scanned, second.stopped_by) == (3, 30, DRAINED)
     assert second.due_remaining == 0
     assert _attempts(engine) == {1: 50}
@@ -53,42 +52,42 @@ def test_a_run_stops_after_its_budget_with_work_left_and_the_next_run_continues(
 
 def test_the_first_transaction_always_runs_and_the_budget_is_wall_time(engine: Engine) -> None:
     for i in range(6):
-        make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
-    result = sweep_until(engine, 0.001, SweepConfig(max_total=2))
+        make_orphan(engine, tenant_id=f"t{i}", message_id=f"never-{i}", age=timedelta(minutes=10))
+    result = sweep_due_tenants(engine, 0.001, SweepConfig(max_total=2))
     assert (result.transactions, result.scanned, result.stopped_by) == (1, 2, BUDGET)
     assert result.elapsed_seconds > 0
 
 
 def test_limit_is_a_quota_per_run_not_per_transaction(engine: Engine) -> None:
     for i in range(10):
-        make_orphan(engine, "big", f"big-{i}", age=timedelta(minutes=10 + i))
+        make_orphan(engine, tenant_id="big", message_id=f"big-{i}", age=timedelta(minutes=10 + i))
     for i in range(2):
-        make_orphan(engine, "small", f"small-{i}", age=timedelta(minutes=10))
-    result = sweep_until(engine, 60, SweepConfig(limit=3, max_total=2))
+        make_orphan(engine, tenant_id="small", message_id=f"small-{i}", age=timedelta(minutes=10))
+    result = sweep_due_tenants(engine, 60, SweepConfig(limit=3, max_total=2))
     assert {t: c["scanned"] for t, c in result.tenants.items()} == {"big": 3, "small": 2}
     assert result.stopped_by == QUOTA and result.due_remaining == 7
     # The next run gives "big" its next 3.
-    assert sweep_until(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
+    assert sweep_due_tenants(engine, 60, SweepConfig(limit=3, max_total=2)).tenants["big"]["scanned"] == 3
 
 
 def test_retry_all_examines_each_pending_orphan_once_per_run(engine: Engine) -> None:
     for i in range(5):
-        make_orphan(engine, f"t{i}", f"never-{i}", age=timedelta(minutes=10))
-    sweep_until(engine, 60, SweepConfig())
+        make_orphan(engine, tenant_id=f"t{i}", message_id=f"never-{i}", age=timedelta(minutes=10))
+    sweep_due_tenants(engine, 60, SweepConfig())
     assert _attempts(engine) == {1: 5}  # all in backoff now
-    result = sweep_until(engine, 60, SweepConfig(max_total=2, retry_all=True))
+    result = sweep_due_tenants(engine, 60, SweepConfig(max_total=2, retry_all=True))
     assert result.scanned == 5 and result.transactions == 4  # 2 + 2 + 1, then one that finds none
     assert _attempts(engine) == {2: 5}
 
 
 def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: Engine) -> None:
     for i in range(30):
-        make_orphan(engine, f"n{i:02d}", f"never-{i}", age=timedelta(minutes=30))
+        make_orphan(engine, tenant_id=f"n{i:02d}", message_id=f"never-{i}", age=timedelta(minutes=30))
     for i in range(5):
-        make_orphan(engine, f"l{i}", f"good-{i}", age=timedelta(minutes=2))
-        make_delivery(engine, f"l{i}", f"good-{i}")
+        make_orphan(engine, tenant_id=f"l{i}", message_id=f"good-{i}", age=timedelta(minutes=2))
+        make_delivery(engine, tenant_id=f"l{i}", message_id=f"good-{i}")
     seen: list[tuple[int, int]] = []
-    result = sweep_until(
+    result = sweep_due_tenants(
         engine, 60, SweepConfig(max_total=5), on_transaction=lambda part: seen.append((part.scanned, part.linked))
     )
     assert seen[0] == (5, 5)  # the first transaction links all five
@@ -99,10 +98,10 @@ def test_linkable_orphans_drain_first_then_the_rest_and_totals_add_up(engine: En
 
 
 def test_newly_stale_and_malformed_are_changes_reexamination_is_not(engine: Engine) -> None:
-    make_orphan(engine, "stale", "m-old", age=timedelta(minutes=30))
-    make_orphan(engine, "broken", None, age=timedelta(minutes=5))
-    make_orphan(engine, "waiting", "never", age=timedelta(minutes=5))
-    result = sweep_until(engine, 60, SweepConfig(max_age_minutes=20))
+    make_orphan(engine, tenant_id="stale", message_id="m-old", age=timedelta(minutes=30))
+    make_orphan(engine, tenant_id="broken", message_id=None, age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="waiting", message_id="never", age=timedelta(minutes=5))
+    result = sweep_due_tenants(engine, 60, SweepConfig(max_age_minutes=20))
     assert result.tenants["stale"]["newly_stale"] == 1 and result.tenants["stale"]["scanned"] == 0
     assert result.tenants["broken"]["malformed"] == 1
     assert result.newly_stale == 1
@@ -114,9 +113,9 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
     counts = []
     for prefix, tenants in (("one-", 1), ("many-", 300)):
         for i in range(tenants):
-            make_orphan(engine, f"{prefix}{i}", f"{prefix}never-{i}", age=timedelta(minutes=5))
+            make_orphan(engine, tenant_id=f"{prefix}{i}", message_id=f"{prefix}never-{i}", age=timedelta(minutes=5))
         with statements_sent(engine) as seen:
-            result = sweep_until(engine, 60, SweepConfig())
+            result = sweep_due_tenants(engine, 60, SweepConfig())
         assert (result.tenants_swept, result.transactions) == (tenants, 1)
         counts.append(len(seen))
         # Backoff is in ticks: an orphan examined just before a minute boundary is due again just after
@@ -128,38 +127,40 @@ def test_statement_count_per_run_does_not_grow_with_the_tenants(engine: Engine) 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), 3601, True, "30"])
 def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -> None:
-    make_orphan(engine, "t", "never", age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="t", message_id="never", age=timedelta(minutes=5))
     with pytest.raises(ConfigurationError):
-        sweep_until(engine, bad, SweepConfig())  # type: ignore[arg-type]
+        sweep_due_tenants(engine, bad, SweepConfig())  # type: ignore[arg-type]
     assert _attempts(engine) == {0: 1}
 
 
 def test_budget_from_the_environment() -> None:
-    assert budget_from_env({}) == DEFAULT_BUDGET_SECONDS
-    assert budget_from_env({BUDGET_ENV: " 12.5 "}) == 12.5
+    name = BUDGET_SECONDS.env
+    assert read(BUDGET_SECONDS, {}) == DEFAULT_BUDGET_SECONDS
+    assert read(BUDGET_SECONDS, {name: " 12.5 "}) == 12.5
     for bad in ("abc", "0", "-3", "nan", "99999"):
-        with pytest.raises(ConfigurationError, match=BUDGET_ENV):
-            budget_from_env({BUDGET_ENV: bad})
-    with pytest.raises(ConfigurationError, match=r" must be a number of seconds, got 'abc'$"):
-        budget_from_env({BUDGET_ENV: "abc"})
+        with pytest.raises(ConfigurationError, match=name):
+            read(BUDGET_SECONDS, {name: bad})
+    with pytest.raises(ConfigurationError, match=r" must be a number of seconds from 0\.001 to 3600, got 'abc'$"):
+        read(BUDGET_SECONDS, {name: "abc"})
 
 
 def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operators' whole-number settings (lag threshold, parked retention) share the budget's reader."""
     name = "MAILGLASS_TEST_WHOLE_NUMBER"
+    days = Setting("days", 30, 1, None, env=name, unit="days")
     monkeypatch.delenv(name, raising=False)
-    assert settings.whole_number_from_env(name, 30, 1, "days") == 30
+    assert read(days) == 30
     monkeypatch.setenv(name, " 7 ")
-    assert settings.whole_number_from_env(name, 30, 1, "days") == 7
+    assert read(days) == 7
     monkeypatch.setenv(name, "7.5")
-    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days, got '7.5'$"):
-        settings.whole_number_from_env(name, 30, 1, "days")
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days >= 1, got '7.5'$"):
+        read(days)
     monkeypatch.setenv(name, "0")
-    with pytest.raises(ConfigurationError, match=rf"^{name} must be >= 1, got 0$"):
-        settings.whole_number_from_env(name, 30, 1, "days")
+    with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days >= 1, got '0'$"):
+        read(days)
 
 
 def test_a_single_sweep_is_unchanged_by_the_run_bookkeeping(engine: Engine) -> None:
-    make_orphan(engine, "t", "m", age=timedelta(minutes=5))
-    make_delivery(engine, "t", "m")
+    make_orphan(engine, tenant_id="t", message_id="m", age=timedelta(minutes=5))
+    make_delivery(engine, tenant_id="t", message_id="m")
     assert sweep(engine, None, SweepConfig()).linked == 1

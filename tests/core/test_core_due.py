@@ -14,16 +14,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
-from conftest import make_delivery, make_orphan
-from core_support import QUEUE, bulk_unmatchable_orphans, libpq_url, reconciled_from, rows, scalar, statements_sent
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.monitoring import due_summary, reconciliation_lag
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
+from tests.core.core_support import statements_sent
+from tests.databases import libpq_url
+from tests.factories import QUEUE, bulk_unmatchable_orphans, make_delivery, make_orphan, reconciled_from, rows, scalar
 
 _DELIVERY = (
     "INSERT INTO mailglass_deliveries (id, tenant_id, mailable, stream, recipient, recipient_domain, provider,"
@@ -81,8 +82,8 @@ def _is_due_and_linkable(engine: Engine, orphan: uuid.UUID) -> bool:
 
 
 def test_plain_sql_insert_of_its_delivery_makes_a_backed_off_orphan_due(engine: Engine) -> None:
-    orphan = make_orphan(engine, "t1", "m-1")
-    other = make_orphan(engine, "t1", "m-2")
+    orphan = make_orphan(engine, tenant_id="t1", message_id="m-1")
+    other = make_orphan(engine, tenant_id="t1", message_id="m-2")
     assert sweep(engine, "t1", SweepConfig()).unmatched == 2
     assert sweep(engine, "t1", SweepConfig()).scanned == 0  # backing off
     with engine.begin() as conn:
@@ -96,12 +97,14 @@ def test_plain_sql_insert_of_its_delivery_makes_a_backed_off_orphan_due(engine: 
 
 
 def test_update_that_sets_or_changes_the_key_wakes_and_unrelated_updates_do_not(engine: Engine) -> None:
-    by_id = make_orphan(engine, "t1", "m-late")
-    by_tenant = make_orphan(engine, "t1", "m-moved")
-    by_provider = make_orphan(engine, "t1", "m-prov", provider="mailgun")
-    sending = make_delivery(engine, "t1", None)  # Mailglass inserts first, the provider's id comes later
-    moved = make_delivery(engine, "t-wrong", "m-moved")
-    reprov = make_delivery(engine, "t1", "m-prov", provider="postmark")
+    by_id = make_orphan(engine, tenant_id="t1", message_id="m-late")
+    by_tenant = make_orphan(engine, tenant_id="t1", message_id="m-moved")
+    by_provider = make_orphan(engine, tenant_id="t1", message_id="m-prov", provider="mailgun")
+    sending = make_delivery(
+        engine, tenant_id="t1", message_id=None
+    )  # Mailglass inserts first, the provider's id comes later
+    moved = make_delivery(engine, tenant_id="t-wrong", message_id="m-moved")
+    reprov = make_delivery(engine, tenant_id="t1", message_id="m-prov", provider="postmark")
     assert sweep(engine, "t1", SweepConfig()).unmatched == 3
     before = {o: _state(engine, o) for o in (by_id, by_tenant, by_provider)}
 
@@ -126,7 +129,7 @@ def test_update_that_sets_or_changes_the_key_wakes_and_unrelated_updates_do_not(
 
 
 def test_bulk_insert_and_copy_wake_every_matching_orphan(database_url: str, engine: Engine) -> None:
-    bulk_unmatchable_orphans(engine, "t1", 600, oldest_age_seconds=3600)  # message ids nomatch-1..600
+    bulk_unmatchable_orphans(engine, tenant_id="t1", count=600, oldest_age_seconds=3600)  # message ids nomatch-1..600
     _back_off(engine)
     with engine.begin() as conn:
         # One statement: 1,000 deliveries, 400 of them matching.
@@ -161,24 +164,30 @@ def test_bulk_insert_and_copy_wake_every_matching_orphan(database_url: str, engi
 
 
 def test_sendgrid_rule_of_the_lookup_is_kept_exactly(engine: Engine) -> None:
-    raw = make_orphan(engine, "t1", "abc.filterdrecv-p3las1-1", provider="sendgrid")
-    old_style = make_orphan(engine, "t1", "14c5d75ce93.dfd.64b469.filter0001", provider="sendgrid")
+    raw = make_orphan(engine, tenant_id="t1", message_id="abc.filterdrecv-p3las1-1", provider="sendgrid")
+    old_style = make_orphan(engine, tenant_id="t1", message_id="14c5d75ce93.dfd.64b469.filter0001", provider="sendgrid")
     _back_off(engine)
-    make_delivery(engine, "t1", "abc.other", provider="sendgrid")  # same part before the dot, not a match
-    make_delivery(engine, "t1", "14c5d75ce93.dfd", provider="postmark")  # other provider
+    make_delivery(
+        engine, tenant_id="t1", message_id="abc.other", provider="sendgrid"
+    )  # same part before the dot, not a match
+    make_delivery(engine, tenant_id="t1", message_id="14c5d75ce93.dfd", provider="postmark")  # other provider
     assert not _is_due_and_linkable(engine, raw) and not _is_due_and_linkable(engine, old_style)
-    make_delivery(engine, "t1", "abc", provider="sendgrid")
-    make_delivery(engine, "t1", "14c5d75ce93.dfd.64b469", provider="sendgrid")
+    make_delivery(engine, tenant_id="t1", message_id="abc", provider="sendgrid")
+    make_delivery(engine, tenant_id="t1", message_id="14c5d75ce93.dfd.64b469", provider="sendgrid")
     assert _is_due_and_linkable(engine, raw) and _is_due_and_linkable(engine, old_style)
     assert sweep(engine, "t1", SweepConfig()).linked == 2
 
 
 def test_ledger_trigger_extracts_the_key_and_notices_a_delivery_already_there(engine: Engine) -> None:
-    make_delivery(engine, "t1", "m-first")
-    early = make_orphan(engine, "t1", "m-first")
-    late = make_orphan(engine, "t1", "m-none")
+    make_delivery(engine, tenant_id="t1", message_id="m-first")
+    early = make_orphan(engine, tenant_id="t1", message_id="m-first")
+    late = make_orphan(engine, tenant_id="t1", message_id="m-none")
     mailglass_style = make_orphan(
-        engine, "t1", None, metadata={"provider": "sendgrid"}, normalized_payload={"sg_message_id": "x.filter1"}
+        engine,
+        tenant_id="t1",
+        message_id=None,
+        metadata={"provider": "sendgrid"},
+        normalized_payload={"sg_message_id": "x.filter1"},
     )
     assert _state(engine, early).linkable_at is not None
     assert _state(engine, late).linkable_at is None
@@ -190,7 +199,7 @@ def test_ledger_trigger_extracts_the_key_and_notices_a_delivery_already_there(en
 
 
 def test_backoff_schedule_and_no_examination_before_the_retry_time(engine: Engine) -> None:
-    orphan = make_orphan(engine, "t1", "m-never")
+    orphan = make_orphan(engine, tenant_id="t1", message_id="m-never")
     expected = [*BACKOFF_MINUTES, BACKOFF_CAP_MINUTES, BACKOFF_CAP_MINUTES]
     assert expected == [1, 2, 4, 8, 16, 30, 30]
     waits = []
@@ -211,7 +220,7 @@ def test_backoff_schedule_and_no_examination_before_the_retry_time(engine: Engin
 
 
 def test_retry_all_ignores_the_backoff(engine: Engine) -> None:
-    orphans = {make_orphan(engine, f"t{i % 2}", f"m-{i}") for i in range(6)}
+    orphans = {make_orphan(engine, tenant_id=f"t{i % 2}", message_id=f"m-{i}") for i in range(6)}
     assert sweep(engine, None, SweepConfig()).scanned == 6
     assert sweep(engine, None, SweepConfig()).scanned == 0
     forced = sweep(engine, None, SweepConfig(retry_all=True))
@@ -223,13 +232,13 @@ def test_retry_all_ignores_the_backoff(engine: Engine) -> None:
 def test_delivery_committing_is_linked_next_sweep_behind_thousands_of_examined_never_matching(
     engine: Engine,
 ) -> None:
-    bulk_unmatchable_orphans(engine, "t1", 3000, oldest_age_seconds=3600)
-    matchable = make_orphan(engine, "t1", "m-good", age=timedelta(minutes=5))
+    bulk_unmatchable_orphans(engine, tenant_id="t1", count=3000, oldest_age_seconds=3600)
+    matchable = make_orphan(engine, tenant_id="t1", message_id="m-good", age=timedelta(minutes=5))
     config = SweepConfig(limit=1000)
     while sweep(engine, "t1", config).scanned:  # examine everything once
         pass
     _shift(engine, 3600)  # every retry time has come: 3,001 orphans due for retry, more than the limit
-    target = make_delivery(engine, "t1", "m-good")
+    target = make_delivery(engine, tenant_id="t1", message_id="m-good")
     result = sweep(engine, "t1", config)
     assert (result.scanned, result.linked) == (1000, 1)
     assert reconciled_from(engine) == {matchable: target}
@@ -239,12 +248,14 @@ def test_delivery_committing_is_linked_next_sweep_behind_thousands_of_examined_n
 
 
 def test_one_tenant_with_100k_due_orphans_does_not_delay_the_others(engine: Engine) -> None:
-    bulk_unmatchable_orphans(engine, "big", 100_000, oldest_age_seconds=7200)  # older than everyone else
+    bulk_unmatchable_orphans(
+        engine, tenant_id="big", count=100_000, oldest_age_seconds=7200
+    )  # older than everyone else
     expected = {}
     for i in range(50):
         for k in range(2):
-            orphan = make_orphan(engine, f"small-{i:02d}", f"s-{i}-{k}")
-            expected[orphan] = make_delivery(engine, f"small-{i:02d}", f"s-{i}-{k}")
+            orphan = make_orphan(engine, tenant_id=f"small-{i:02d}", message_id=f"s-{i}-{k}")
+            expected[orphan] = make_delivery(engine, tenant_id=f"small-{i:02d}", message_id=f"s-{i}-{k}")
     result = sweep(engine, None, SweepConfig(limit=1000))
     assert reconciled_from(engine) == expected
     assert (result.scanned, result.linked, result.tenants_swept) == (1100, 100, 51)
@@ -258,7 +269,7 @@ def test_one_tenant_with_100k_due_orphans_does_not_delay_the_others(engine: Engi
 def test_total_cap_is_shared_fairly(engine: Engine) -> None:
     wanted = {"a": 1, "b": 3, "c": 40, "d": 40, "e": 40}
     for tenant, count in wanted.items():
-        bulk_unmatchable_orphans(engine, tenant, count, oldest_age_seconds=600)
+        bulk_unmatchable_orphans(engine, tenant_id=tenant, count=count, oldest_age_seconds=600)
     # 50 in all: a and b whole (4), then 46 for three tenants: 16, 15, 15; the longest-waiting gets the extra.
     with engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE {QUEUE} SET orphan_inserted_at = orphan_inserted_at - interval '1 minute'"
@@ -316,8 +327,8 @@ def test_statement_count_does_not_grow_with_the_tenants(engine: Engine) -> None:
 
 def test_concurrent_all_tenant_sweeps_take_disjoint_orphans(engine: Engine) -> None:
     for i in range(6):
-        make_orphan(engine, f"t{i % 3}", f"m-{i}")
-        make_delivery(engine, f"t{i % 3}", f"m-{i}")
+        make_orphan(engine, tenant_id=f"t{i % 3}", message_id=f"m-{i}")
+        make_delivery(engine, tenant_id=f"t{i % 3}", message_id=f"m-{i}")
     with engine.connect() as first:
         first.begin()
         held = set(find_orphans(first, None, SweepConfig(limit=1), lock=True)["id"])
@@ -334,10 +345,10 @@ def test_concurrent_all_tenant_sweeps_take_disjoint_orphans(engine: Engine) -> N
 def test_due_summary_and_reconciliation_lag(engine: Engine) -> None:
     with engine.connect() as conn:
         assert due_summary(conn) == DueSummary(0, 0, None)
-    make_orphan(engine, "t1", "m-1", age=timedelta(minutes=10))  # due for 9 minutes (grace 60 s)
-    make_orphan(engine, "t1", "m-2", age=timedelta(minutes=3))
-    make_orphan(engine, "t2", "m-3", age=timedelta(minutes=2))
-    make_orphan(engine, "t3", "m-young", age=timedelta(seconds=10))  # inside grace: not due
+    make_orphan(engine, tenant_id="t1", message_id="m-1", age=timedelta(minutes=10))  # due for 9 minutes (grace 60 s)
+    make_orphan(engine, tenant_id="t1", message_id="m-2", age=timedelta(minutes=3))
+    make_orphan(engine, tenant_id="t2", message_id="m-3", age=timedelta(minutes=2))
+    make_orphan(engine, tenant_id="t3", message_id="m-young", age=timedelta(seconds=10))  # inside grace: not due
     with engine.connect() as conn:
         summary = due_summary(conn)
     assert (summary.tenants, summary.orphans) == (2, 3)
@@ -347,8 +358,8 @@ def test_due_summary_and_reconciliation_lag(engine: Engine) -> None:
     with engine.connect() as conn:
         assert due_summary(conn).orphans == 0
         assert reconciliation_lag(conn, threshold_seconds=0) == LagSummary(0, None)
-    make_delivery(engine, "t1", "m-1")
-    make_delivery(engine, "t2", "m-3")
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_delivery(engine, tenant_id="t2", message_id="m-3")
     with engine.begin() as conn:  # t1's delivery committed 400 s ago, t2's just now
         conn.execute(sa.text(f"UPDATE {QUEUE} SET linkable_at = now() - interval '400 seconds' WHERE tenant_id = 't1'"
                              " AND linkable_at IS NOT NULL"))  # fmt: skip
@@ -377,11 +388,17 @@ def test_migration_from_0002_keeps_pending_orphans_and_makes_them_due_correctly(
             command.upgrade(config, "0002_ingest")
             conn.commit()
         assert schema.current_revision(blank_database_url) == "0002_ingest"
-        fresh = make_orphan(engine, "t1", "m-fresh", age=timedelta(minutes=20))
-        retry_due = make_orphan(engine, "t1", "m-retry-due", age=timedelta(hours=2))  # 3rd wait: 4 min
-        backing_off = make_orphan(engine, "t1", "m-backing-off", age=timedelta(hours=3))  # 6th wait: 30 min
-        linkable = make_orphan(engine, "t2", "m-linkable", age=timedelta(hours=1))  # examined, delivery since
-        parked = make_orphan(engine, "t2", None)  # malformed, parked
+        fresh = make_orphan(engine, tenant_id="t1", message_id="m-fresh", age=timedelta(minutes=20))
+        retry_due = make_orphan(
+            engine, tenant_id="t1", message_id="m-retry-due", age=timedelta(hours=2)
+        )  # 3rd wait: 4 min
+        backing_off = make_orphan(
+            engine, tenant_id="t1", message_id="m-backing-off", age=timedelta(hours=3)
+        )  # 6th wait: 30 min
+        linkable = make_orphan(
+            engine, tenant_id="t2", message_id="m-linkable", age=timedelta(hours=1)
+        )  # examined, delivery since
+        parked = make_orphan(engine, tenant_id="t2", message_id=None)  # malformed, parked
         with engine.begin() as conn:
             examined = (
                 (retry_due, 3, 10),
@@ -420,7 +437,7 @@ def test_migration_from_0002_keeps_pending_orphans_and_makes_them_due_correctly(
         assert (result.scanned, result.linked) == (3, 1)
         assert set(reconciled_from(engine)) == {linkable}
         # And the new triggers work on the upgraded database.
-        make_delivery(engine, "t1", "m-backing-off")
+        make_delivery(engine, tenant_id="t1", message_id="m-backing-off")
         assert _is_due_and_linkable(engine, backing_off)
     finally:
         engine.dispose()

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 import sqlalchemy as sa
-from conftest import make_delivery, make_orphan
-from core_support import libpq_url, rows, snapshot
 from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
 from mailglass_pipeline import ledger
 from mailglass_pipeline.errors import MailglassError
+from tests.databases import libpq_url
+from tests.factories import make_delivery, make_orphan, rows, snapshot
 
 MESSAGE = "mailglass_events is append-only; UPDATE and DELETE are forbidden"
 
@@ -26,7 +26,7 @@ STATEMENTS = {
 
 @pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
 def test_raw_driver_sees_sqlstate_45a01(database_url: str, engine: Engine, operation: str) -> None:
-    event_id = make_orphan(engine, "t1", "m-1")
+    event_id = make_orphan(engine, tenant_id="t1", message_id="m-1")
     with psycopg.connect(libpq_url(database_url)) as conn:
         with pytest.raises(psycopg.Error) as info:
             conn.execute(STATEMENTS[operation].replace(":id", "%(id)s"), {"id": event_id})
@@ -38,8 +38,8 @@ def test_raw_driver_sees_sqlstate_45a01(database_url: str, engine: Engine, opera
 
 @pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
 def test_engine_raises_event_ledger_immutable_error(engine: Engine, operation: str) -> None:
-    event_id = make_orphan(engine, "t1", "m-1")
-    make_delivery(engine, "t1", "m-2")
+    event_id = make_orphan(engine, tenant_id="t1", message_id="m-1")
+    make_delivery(engine, tenant_id="t1", message_id="m-2")
     before = snapshot(engine)
     new_event = ledger.NewEvent(tenant_id="t1", type="opened", occurred_at=datetime.now(UTC), idempotency_key="k")
     with pytest.raises(mailglass_pipeline.EventLedgerImmutableError) as info, engine.begin() as conn:
@@ -55,7 +55,7 @@ def test_engine_raises_event_ledger_immutable_error(engine: Engine, operation: s
 
 def test_update_of_every_row_is_refused(engine: Engine) -> None:
     for i in range(3):
-        make_orphan(engine, "t1", f"m-{i}")
+        make_orphan(engine, tenant_id="t1", message_id=f"m-{i}")
     before = snapshot(engine)
     with pytest.raises(mailglass_pipeline.EventLedgerImmutableError), engine.begin() as conn:
         conn.execute(sa.text("UPDATE mailglass_events SET needs_reconciliation = false"))
@@ -157,7 +157,7 @@ $$;
 
 @pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
 def test_operation_is_named_when_mailglass_owns_the_trigger_function(engine: Engine, operation: str) -> None:
-    event_id = make_orphan(engine, "t1", "m-1")
+    event_id = make_orphan(engine, tenant_id="t1", message_id="m-1")
     with engine.begin() as conn:
         conn.execute(sa.text(MAILGLASS_FUNCTION))
     before = snapshot(engine)

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import uuid
 
-from conftest import make_delivery, make_orphan
-from core_support import drain, listener, reconciled_events
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import append_reconciled_events, attempt_link, find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.core.core_support import drain, listener
+from tests.factories import make_delivery, make_orphan, reconciled_events
 
 KEYS = {"tenant_id", "delivery_id", "event_type", "event_id", "reconciled_from_event_id"}
 
 
 def test_one_notification_per_linked_delivery_matching_the_rows(database_url: str, engine: Engine) -> None:
-    a = make_delivery(engine, "t1", "m-a")
-    b = make_delivery(engine, "t2", "m-b")
-    make_delivery(engine, "t1", "m-idle")
-    a_orphans = {make_orphan(engine, "t1", "m-a", event_type=t) for t in ("delivered", "opened")}
-    b_orphan = make_orphan(engine, "t2", "m-b")
-    make_orphan(engine, "t1", "m-nothing")  # unmatched: no notification
-    make_orphan(engine, "t1", None)  # malformed: no notification
+    a = make_delivery(engine, tenant_id="t1", message_id="m-a")
+    b = make_delivery(engine, tenant_id="t2", message_id="m-b")
+    make_delivery(engine, tenant_id="t1", message_id="m-idle")
+    a_orphans = {make_orphan(engine, tenant_id="t1", message_id="m-a", event_type=t) for t in ("delivered", "opened")}
+    b_orphan = make_orphan(engine, tenant_id="t2", message_id="m-b")
+    make_orphan(engine, tenant_id="t1", message_id="m-nothing")  # unmatched: no notification
+    make_orphan(engine, tenant_id="t1", message_id=None)  # malformed: no notification
     with listener(database_url) as conn:
         assert sweep(engine, None, SweepConfig()).linked == 3
         notes = drain(conn)
@@ -42,8 +42,8 @@ def test_one_notification_per_linked_delivery_matching_the_rows(database_url: st
 
 
 def test_no_notification_before_commit_or_after_rollback(database_url: str, engine: Engine) -> None:
-    target = make_delivery(engine, "t1", "m-1")
-    make_orphan(engine, "t1", "m-1")
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
     with listener(database_url) as listen, engine.connect() as conn:
         trans = conn.begin()
         linked = attempt_link(conn, find_orphans(conn, "t1", SweepConfig()))
@@ -63,10 +63,10 @@ def test_no_notification_before_commit_or_after_rollback(database_url: str, engi
 
 
 def test_no_notification_when_nothing_links(database_url: str, engine: Engine) -> None:
-    make_delivery(engine, "t1", "m-1")
-    make_orphan(engine, "t1", "m-1")
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
     sweep(engine, "t1", SweepConfig())
-    make_orphan(engine, "t1", "m-unknown")
+    make_orphan(engine, tenant_id="t1", message_id="m-unknown")
     with listener(database_url) as listen:
         result = sweep(engine, "t1", SweepConfig())
         assert (result.scanned, result.linked) == (1, 0)
@@ -78,10 +78,10 @@ def test_tenant_id_too_long_for_a_notification_is_sent_as_null(database_url: str
     from mailglass_pipeline.projector import MAX_NOTIFY_TENANT_BYTES
 
     long_tenant = "t" * 7500
-    short = make_delivery(engine, "t1", "m-short")
-    long = make_delivery(engine, long_tenant, "m-long")
-    make_orphan(engine, "t1", "m-short")
-    make_orphan(engine, long_tenant, "m-long")
+    short = make_delivery(engine, tenant_id="t1", message_id="m-short")
+    long = make_delivery(engine, tenant_id=long_tenant, message_id="m-long")
+    make_orphan(engine, tenant_id="t1", message_id="m-short")
+    make_orphan(engine, tenant_id=long_tenant, message_id="m-long")
     with listener(database_url) as listen:
         assert sweep(engine, None, SweepConfig()).linked == 2
         notes = {uuid.UUID(n["delivery_id"]): n for n in drain(listen)}

@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_delivery, make_orphan
-from core_support import delivery, reconciled_events, reconciled_from
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import delivery, make_delivery, make_orphan, reconciled_events, reconciled_from
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 SET_ONCE = {
@@ -38,7 +37,12 @@ def _at(minutes: float) -> datetime:
 
 def _orphan(engine: Engine, tenant: str, mid: str, etype: str, minutes: float, age_minutes: float = 5) -> uuid.UUID:
     return make_orphan(
-        engine, tenant, mid, event_type=etype, occurred_at=_at(minutes), age=timedelta(minutes=age_minutes)
+        engine,
+        tenant_id=tenant,
+        message_id=mid,
+        event_type=etype,
+        occurred_at=_at(minutes),
+        age=timedelta(minutes=age_minutes),
     )
 
 
@@ -48,10 +52,10 @@ def _projection(engine: Engine, delivery_id: uuid.UUID) -> dict[str, object]:
 
 
 def test_single_event_projection_and_reconciled_event(engine: Engine) -> None:
-    target = make_delivery(engine, "t1", "m-1", last_event_at=T0)
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1", last_event_at=T0)
     before = delivery(engine, target)
     orphan = make_orphan(
-        engine, "t1", None, event_type="delivered", occurred_at=_at(10),
+        engine, tenant_id="t1", message_id=None, event_type="delivered", occurred_at=_at(10),
         metadata={"provider": "postmark", "provider_message_id": "m-1", "provider_event_id": "pe-1"},
     )  # fmt: skip
     assert sweep(engine, "t1", SweepConfig()).linked == 1
@@ -81,7 +85,9 @@ def test_single_event_projection_and_reconciled_event(engine: Engine) -> None:
 def test_each_type_sets_only_its_column_and_terminal_latches_for_terminal_types(engine: Engine) -> None:
     targets = {}
     for i, etype in enumerate(ALL_TYPES):
-        targets[etype] = make_delivery(engine, "t1", f"m-{etype}", last_event_at=T0, last_event_type="queued")
+        targets[etype] = make_delivery(
+            engine, tenant_id="t1", message_id=f"m-{etype}", last_event_at=T0, last_event_type="queued"
+        )
         _orphan(engine, "t1", f"m-{etype}", etype, 10 + i)
     assert sweep(engine, "t1", SweepConfig()).linked == len(ALL_TYPES)
     for i, etype in enumerate(ALL_TYPES):
@@ -95,8 +101,8 @@ def test_each_type_sets_only_its_column_and_terminal_latches_for_terminal_types(
 
 @pytest.mark.parametrize("batched", [True, False], ids=["one-batch", "separate-sweeps"])
 def test_set_once_timestamps_are_never_overwritten(engine: Engine, batched: bool) -> None:
-    target = make_delivery(engine, "t1", "m-1", last_event_at=T0)
-    preset = make_delivery(engine, "t1", "m-2", last_event_at=T0)
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1", last_event_at=T0)
+    preset = make_delivery(engine, tenant_id="t1", message_id="m-2", last_event_at=T0)
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE mailglass_deliveries SET bounced_at = :t WHERE id = :i"), {"t": _at(1), "i": preset}
@@ -114,8 +120,8 @@ def test_set_once_timestamps_are_never_overwritten(engine: Engine, batched: bool
 
 
 def test_terminal_never_goes_back(engine: Engine) -> None:
-    target = make_delivery(engine, "t1", "m-1", last_event_at=T0)
-    was_terminal = make_delivery(engine, "t1", "m-2", last_event_at=T0)
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1", last_event_at=T0)
+    was_terminal = make_delivery(engine, tenant_id="t1", message_id="m-2", last_event_at=T0)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE mailglass_deliveries SET terminal = true WHERE id = :i"), {"i": was_terminal})
     _orphan(engine, "t1", "m-1", "bounced", 10, age_minutes=6)
@@ -128,7 +134,7 @@ def test_terminal_never_goes_back(engine: Engine) -> None:
 
 
 def test_older_event_after_newer_one_does_not_move_last_event(engine: Engine) -> None:
-    target = make_delivery(engine, "t1", "m-1", last_event_at=T0)
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1", last_event_at=T0)
     _orphan(engine, "t1", "m-1", "opened", 30, age_minutes=6)
     sweep(engine, "t1", SweepConfig())
     _orphan(engine, "t1", "m-1", "delivered", 20, age_minutes=5)  # arrives later, happened earlier
@@ -140,8 +146,8 @@ def test_older_event_after_newer_one_does_not_move_last_event(engine: Engine) ->
 
 
 def test_event_older_than_delivery_last_event_or_tied_does_not_advance(engine: Engine) -> None:
-    older = make_delivery(engine, "t1", "m-old", last_event_at=_at(60), last_event_type="sent")
-    tied = make_delivery(engine, "t1", "m-tie", last_event_at=_at(60), last_event_type="sent")
+    older = make_delivery(engine, tenant_id="t1", message_id="m-old", last_event_at=_at(60), last_event_type="sent")
+    tied = make_delivery(engine, tenant_id="t1", message_id="m-tie", last_event_at=_at(60), last_event_type="sent")
     _orphan(engine, "t1", "m-old", "opened", 30)
     _orphan(engine, "t1", "m-tie", "clicked", 60)
     sweep(engine, "t1", SweepConfig())
@@ -151,8 +157,8 @@ def test_event_older_than_delivery_last_event_or_tied_does_not_advance(engine: E
 
 
 def test_tie_within_one_batch_keeps_the_first_arrival(engine: Engine) -> None:
-    target = make_delivery(engine, "t1", "m-1", last_event_at=T0)
-    control = make_delivery(engine, "t1", "m-2", last_event_at=T0)
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1", last_event_at=T0)
+    control = make_delivery(engine, tenant_id="t1", message_id="m-2", last_event_at=T0)
     # Same occurred_at; "clicked" arrived first for m-1, "opened" arrived first for m-2.
     _orphan(engine, "t1", "m-1", "clicked", 10, age_minutes=7)
     _orphan(engine, "t1", "m-1", "opened", 10, age_minutes=6)
@@ -179,9 +185,9 @@ HISTORY = [
 
 def test_one_batch_equals_applying_events_one_by_one(engine: Engine) -> None:
     # Same history for two deliveries: tenant "batch" reconciles in one sweep, tenant "step" one orphan per sweep.
-    batch = make_delivery(engine, "batch", "m-batch", last_event_at=T0)
-    step = make_delivery(engine, "step", "m-step", last_event_at=T0)
-    untouched = make_delivery(engine, "batch", "m-none", last_event_at=T0)
+    batch = make_delivery(engine, tenant_id="batch", message_id="m-batch", last_event_at=T0)
+    step = make_delivery(engine, tenant_id="step", message_id="m-step", last_event_at=T0)
+    untouched = make_delivery(engine, tenant_id="batch", message_id="m-none", last_event_at=T0)
     untouched_before = delivery(engine, untouched)
     for etype, minutes, age in HISTORY:
         _orphan(engine, "batch", "m-batch", etype, minutes, age_minutes=age)
@@ -209,7 +215,7 @@ def test_one_batch_equals_applying_events_one_by_one(engine: Engine) -> None:
 
 
 def test_projection_does_not_lose_a_concurrent_application_update(engine: Engine) -> None:
-    target = make_delivery(engine, "t1", "m-1", last_event_at=T0)
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1", last_event_at=T0)
     _orphan(engine, "t1", "m-1", "delivered", 10)
     result: list[object] = []
     with engine.connect() as app:

@@ -14,14 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import make_delivery
-from core_support import QUEUE, pending_orphans, reconciled_from, rows
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import EventLedgerImmutableError, schema
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import QUEUE, make_delivery, pending_orphans, reconciled_from, rows
 
 # (unique, column list, partial predicate or None), as pg_indexes prints them.
 EXPECTED_INDEXES = {
@@ -350,8 +349,8 @@ def test_plain_sql_inserts_are_tracked(engine: Engine) -> None:
             {"o": str(first)},
         )
     assert pending_orphans(engine) == orphans - {first}
-    make_delivery(engine, "t1", "p1")
-    make_delivery(engine, "t2", "p2")
+    make_delivery(engine, tenant_id="t1", message_id="p1")
+    make_delivery(engine, tenant_id="t2", message_id="p2")
     result = sweep(engine, None, SweepConfig())
     assert (result.scanned, result.linked) == (1, 1)
     assert pending_orphans(engine) == set()

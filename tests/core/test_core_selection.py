@@ -7,12 +7,20 @@ import uuid
 from datetime import timedelta
 
 import sqlalchemy as sa
-from conftest import make_delivery, make_orphan
-from core_support import QUEUE, bulk_unmatchable_orphans, insert_raw_orphan, pending_orphans, reconciled_from, rows
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import (
+    QUEUE,
+    bulk_unmatchable_orphans,
+    insert_raw_orphan,
+    make_delivery,
+    make_orphan,
+    pending_orphans,
+    reconciled_from,
+    rows,
+)
 
 
 def _found(engine: Engine, tenant_id: str | None = None, **config: int) -> list[uuid.UUID]:
@@ -24,10 +32,12 @@ def _found(engine: Engine, tenant_id: str | None = None, **config: int) -> list[
 
 
 def test_grace_window_edges(engine: Engine) -> None:
-    make_delivery(engine, "t1", "m-59")
-    make_delivery(engine, "t1", "m-61")
-    past = make_orphan(engine, "t1", "m-61", age=timedelta(seconds=61))
-    inside = make_orphan(engine, "t1", "m-59", age=timedelta(seconds=59))  # ~1 s of slack before it turns 60
+    make_delivery(engine, tenant_id="t1", message_id="m-59")
+    make_delivery(engine, tenant_id="t1", message_id="m-61")
+    past = make_orphan(engine, tenant_id="t1", message_id="m-61", age=timedelta(seconds=61))
+    inside = make_orphan(
+        engine, tenant_id="t1", message_id="m-59", age=timedelta(seconds=59)
+    )  # ~1 s of slack before it turns 60
     assert _found(engine, "t1", grace_seconds=60) == [past]
     result = sweep(engine, "t1", SweepConfig(grace_seconds=60))
     assert (result.scanned, result.linked) == (1, 1)
@@ -51,10 +61,10 @@ def test_grace_window_boundary_is_inclusive_at_transaction_time(engine: Engine) 
 
 
 def test_max_age_edges_and_stale_orphans_are_parked(engine: Engine) -> None:
-    young = make_orphan(engine, "t1", "m-young", age=timedelta(minutes=9, seconds=50))
-    stale = make_orphan(engine, "t1", "m-stale", age=timedelta(minutes=10, seconds=10))
-    make_delivery(engine, "t1", "m-young")
-    make_delivery(engine, "t1", "m-stale")  # matchable, but too old to be looked at
+    young = make_orphan(engine, tenant_id="t1", message_id="m-young", age=timedelta(minutes=9, seconds=50))
+    stale = make_orphan(engine, tenant_id="t1", message_id="m-stale", age=timedelta(minutes=10, seconds=10))
+    make_delivery(engine, tenant_id="t1", message_id="m-young")
+    make_delivery(engine, tenant_id="t1", message_id="m-stale")  # matchable, but too old to be looked at
     config = SweepConfig(max_age_minutes=10, grace_seconds=60)
     assert _found(engine, "t1", max_age_minutes=10) == [young]
     result = sweep(engine, "t1", config)
@@ -68,8 +78,8 @@ def test_max_age_edges_and_stale_orphans_are_parked(engine: Engine) -> None:
 
 
 def test_default_max_age_is_seven_days(engine: Engine) -> None:
-    inside = make_orphan(engine, "t1", "m-in", age=timedelta(days=7) - timedelta(minutes=1))
-    make_orphan(engine, "t1", "m-out", age=timedelta(days=7) + timedelta(minutes=1))
+    inside = make_orphan(engine, tenant_id="t1", message_id="m-in", age=timedelta(days=7) - timedelta(minutes=1))
+    make_orphan(engine, tenant_id="t1", message_id="m-out", age=timedelta(days=7) + timedelta(minutes=1))
     assert _found(engine, "t1") == [inside]
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.unmatched, result.stale_orphans, result.remaining_orphans) == (1, 1, 1, 1)
@@ -79,13 +89,13 @@ def test_default_max_age_is_seven_days(engine: Engine) -> None:
 
 
 def test_message_id_colliding_across_tenants_never_links_across(engine: Engine) -> None:
-    orphan_a = make_orphan(engine, "tenant-a", "shared-id")
-    delivery_b = make_delivery(engine, "tenant-b", "shared-id")
+    orphan_a = make_orphan(engine, tenant_id="tenant-a", message_id="shared-id")
+    delivery_b = make_delivery(engine, tenant_id="tenant-b", message_id="shared-id")
     result = sweep(engine, None, SweepConfig())
     assert (result.scanned, result.linked, result.unmatched) == (1, 0, 1)
     assert reconciled_from(engine) == {}
 
-    orphan_b = make_orphan(engine, "tenant-b", "shared-id")
+    orphan_b = make_orphan(engine, tenant_id="tenant-b", message_id="shared-id")
     result = sweep(engine, None, SweepConfig(retry_all=True))
     assert (result.scanned, result.linked, result.unmatched) == (2, 1, 1)
     assert reconciled_from(engine) == {orphan_b: delivery_b}
@@ -95,15 +105,15 @@ def test_message_id_colliding_across_tenants_never_links_across(engine: Engine) 
 
 
 def test_sendgrid_prefix_match_never_crosses_tenants(engine: Engine) -> None:
-    make_orphan(engine, "tenant-a", "abc123.filterdrecv-1", provider="sendgrid")
-    make_delivery(engine, "tenant-b", "abc123", provider="sendgrid")
+    make_orphan(engine, tenant_id="tenant-a", message_id="abc123.filterdrecv-1", provider="sendgrid")
+    make_delivery(engine, tenant_id="tenant-b", message_id="abc123", provider="sendgrid")
     assert sweep(engine, None, SweepConfig()).linked == 0
 
 
 def test_tenant_scoped_sweep_leaves_other_tenants_alone(engine: Engine) -> None:
-    mine = make_orphan(engine, "t1", "m-1")
-    other = make_orphan(engine, "t2", "m-2")
-    make_delivery(engine, "t2", "m-2")
+    mine = make_orphan(engine, tenant_id="t1", message_id="m-1")
+    other = make_orphan(engine, tenant_id="t2", message_id="m-2")
+    make_delivery(engine, tenant_id="t2", message_id="m-2")
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked, result.tenant_id) == (1, 0, "t1")
     assert rows(engine, f"SELECT event_id, attempts FROM {QUEUE} ORDER BY attempts") == [(other, 0), (mine, 1)]
@@ -139,12 +149,12 @@ def test_rows_written_by_mailglass_link(engine: Engine) -> None:
         prefix = f"c{case}-"
         orphan = make_orphan(
             engine,
-            f"t{case}",
-            None,
+            tenant_id=f"t{case}",
+            message_id=None,
             metadata=_prefixed(metadata, prefix),
             normalized_payload=_prefixed(payload, prefix),
         )
-        expected[orphan] = make_delivery(engine, f"t{case}", prefix + stored, provider=provider)
+        expected[orphan] = make_delivery(engine, tenant_id=f"t{case}", message_id=prefix + stored, provider=provider)
     result = sweep(engine, None, SweepConfig())
     assert (result.scanned, result.linked, result.malformed) == (len(LINK_CASES), len(LINK_CASES), 0)
     assert reconciled_from(engine) == expected
@@ -169,11 +179,14 @@ def test_message_id_precedence(engine: Engine) -> None:
     expected = {}
     for case, (metadata, payload, winner) in enumerate(PRECEDENCE_CASES):
         prefix = f"c{case}-"
-        targets = {mid: make_delivery(engine, f"t{case}", prefix + mid, provider="sendgrid") for mid in "pms"}
+        targets = {
+            mid: make_delivery(engine, tenant_id=f"t{case}", message_id=prefix + mid, provider="sendgrid")
+            for mid in "pms"
+        }
         orphan = make_orphan(
             engine,
-            f"t{case}",
-            None,
+            tenant_id=f"t{case}",
+            message_id=None,
             metadata={"provider": "sendgrid", **_prefixed(metadata, prefix)},
             normalized_payload=_prefixed(payload, prefix),
         )
@@ -183,12 +196,12 @@ def test_message_id_precedence(engine: Engine) -> None:
 
 
 def test_sendgrid_exact_match_beats_prefix_and_prefix_rule_is_sendgrid_only(engine: Engine) -> None:
-    exact = make_delivery(engine, "t1", "abc.filter1", provider="sendgrid")
-    make_delivery(engine, "t1", "abc", provider="sendgrid")
-    make_delivery(engine, "t1", "def", provider="postmark")
-    sg = make_orphan(engine, "t1", "abc.filter1", provider="sendgrid")
-    pm = make_orphan(engine, "t1", "def.filter1", provider="postmark")
-    other_provider = make_orphan(engine, "t1", "def", provider="mailgun")
+    exact = make_delivery(engine, tenant_id="t1", message_id="abc.filter1", provider="sendgrid")
+    make_delivery(engine, tenant_id="t1", message_id="abc", provider="sendgrid")
+    make_delivery(engine, tenant_id="t1", message_id="def", provider="postmark")
+    sg = make_orphan(engine, tenant_id="t1", message_id="abc.filter1", provider="sendgrid")
+    pm = make_orphan(engine, tenant_id="t1", message_id="def.filter1", provider="postmark")
+    other_provider = make_orphan(engine, tenant_id="t1", message_id="def", provider="mailgun")
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked, result.unmatched) == (3, 1, 2)
     assert reconciled_from(engine) == {sg: exact}
@@ -218,12 +231,12 @@ MALFORMED = [
 def test_malformed_orphans_are_counted_never_linked_never_rescanned(engine: Engine) -> None:
     # Deliveries whose ids equal what a sloppy text cast of the bad values would produce.
     for mid in ("m-1", "123", '{"id": "m-1"}', '["m-1"]', "true", "postmark m-1"):
-        make_delivery(engine, "t1", mid)
+        make_delivery(engine, tenant_id="t1", message_id=mid)
     orphans = {
-        insert_raw_orphan(engine, "t1", metadata_json=json.dumps(meta), payload_json=json.dumps(payload))
+        insert_raw_orphan(engine, tenant_id="t1", metadata_json=json.dumps(meta), payload_json=json.dumps(payload))
         for meta, payload in MALFORMED
     }
-    good = make_orphan(engine, "t1", "m-1")
+    good = make_orphan(engine, tenant_id="t1", message_id="m-1")
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked, result.malformed, result.unmatched) == (
         len(MALFORMED) + 1,
@@ -243,7 +256,7 @@ def test_malformed_orphans_are_counted_never_linked_never_rescanned(engine: Engi
 
 def test_limit_takes_oldest_first(engine: Engine) -> None:
     ages = [3, 9, 5, 7, 4]
-    ids = {age: make_orphan(engine, "t1", f"m-{age}", age=timedelta(minutes=age)) for age in ages}
+    ids = {age: make_orphan(engine, tenant_id="t1", message_id=f"m-{age}", age=timedelta(minutes=age)) for age in ages}
     assert _found(engine, "t1", limit=2) == [ids[9], ids[7]]
     assert _found(engine, "t1", limit=10) == [ids[a] for a in sorted(ages, reverse=True)]
     result = sweep(engine, "t1", SweepConfig(limit=2))
@@ -261,24 +274,24 @@ def _retry_now(engine: Engine, *orphans: uuid.UUID) -> None:
 
 def test_never_examined_first_then_least_recently_examined(engine: Engine) -> None:
     config = SweepConfig(limit=1)
-    newer = make_orphan(engine, "t1", "m-newer", age=timedelta(minutes=5))
+    newer = make_orphan(engine, tenant_id="t1", message_id="m-newer", age=timedelta(minutes=5))
     assert sweep(engine, "t1", config).scanned == 1  # examines `newer` first (it is alone)
     # An older orphan arrives later (a backdated insert by another writer): never examined, so it goes first.
-    older = make_orphan(engine, "t1", "m-older", age=timedelta(minutes=10))
+    older = make_orphan(engine, tenant_id="t1", message_id="m-older", age=timedelta(minutes=10))
     assert _found(engine, "t1", limit=1) == [older]
     sweep(engine, "t1", config)
     assert _found(engine, "t1", limit=3) == []  # both examined, both backing off
     _retry_now(engine, newer, older)
     # Both due again: `newer` was examined longest ago, so it comes back first despite being younger.
     assert _found(engine, "t1", limit=3) == [newer, older]
-    fresh = make_orphan(engine, "t1", "m-fresh", age=timedelta(minutes=2))
+    fresh = make_orphan(engine, tenant_id="t1", message_id="m-fresh", age=timedelta(minutes=2))
     assert _found(engine, "t1", limit=3) == [fresh, newer, older]
 
 
 def test_thousands_of_unmatchable_orphans_do_not_starve_a_matchable_one(engine: Engine) -> None:
-    bulk_unmatchable_orphans(engine, "t1", 3000, oldest_age_seconds=3600)
-    matchable = make_orphan(engine, "t1", "m-good", age=timedelta(minutes=5))
-    target = make_delivery(engine, "t1", "m-good")
+    bulk_unmatchable_orphans(engine, tenant_id="t1", count=3000, oldest_age_seconds=3600)
+    matchable = make_orphan(engine, tenant_id="t1", message_id="m-good", age=timedelta(minutes=5))
+    target = make_delivery(engine, tenant_id="t1", message_id="m-good")
     # Its delivery is there, so it goes before the 3,000 older never-examined orphans.
     result = sweep(engine, "t1", SweepConfig(limit=1000))
     assert (result.scanned, result.linked) == (1000, 1)
@@ -286,13 +299,13 @@ def test_thousands_of_unmatchable_orphans_do_not_starve_a_matchable_one(engine: 
 
 
 def test_unmatched_backlog_waits_for_its_retry_time_and_a_delivery_wakes_its_orphan(engine: Engine) -> None:
-    orphans = [make_orphan(engine, "t1", f"m-{i}", age=timedelta(minutes=5 + i)) for i in range(5)]
+    orphans = [make_orphan(engine, tenant_id="t1", message_id=f"m-{i}", age=timedelta(minutes=5 + i)) for i in range(5)]
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked, result.unmatched, result.remaining_orphans) == (5, 0, 5, 5)
     for _ in range(2):
         result = sweep(engine, "t1", SweepConfig())
         assert (result.scanned, result.remaining_orphans) == (0, 5)
-    target = make_delivery(engine, "t1", "m-3")
+    target = make_delivery(engine, tenant_id="t1", message_id="m-3")
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked, result.remaining_orphans) == (1, 1, 4)
     assert reconciled_from(engine) == {orphans[3]: target}
@@ -300,8 +313,8 @@ def test_unmatched_backlog_waits_for_its_retry_time_and_a_delivery_wakes_its_orp
 
 def test_second_sweep_is_empty_when_everything_matched(engine: Engine) -> None:
     for i in range(20):
-        make_orphan(engine, f"t{i % 3}", f"m-{i}", event_type="opened" if i % 2 else "delivered")
-        make_delivery(engine, f"t{i % 3}", f"m-{i}")
+        make_orphan(engine, tenant_id=f"t{i % 3}", message_id=f"m-{i}", event_type="opened" if i % 2 else "delivered")
+        make_delivery(engine, tenant_id=f"t{i % 3}", message_id=f"m-{i}")
     first = sweep(engine, None, SweepConfig())
     assert (first.scanned, first.linked, first.remaining_orphans) == (20, 20, 0)
     second = sweep(engine, None, SweepConfig())
@@ -311,8 +324,8 @@ def test_second_sweep_is_empty_when_everything_matched(engine: Engine) -> None:
 
 def test_orphan_with_infinite_occurred_at_is_malformed_not_a_poison_pill(engine: Engine) -> None:
     # 'infinity' is a valid timestamptz a plain-SQL writer can store, but no Python driver can load it.
-    target = make_delivery(engine, "t1", "m-1")
-    good = make_orphan(engine, "t1", "m-1")
+    target = make_delivery(engine, tenant_id="t1", message_id="m-1")
+    good = make_orphan(engine, tenant_id="t1", message_id="m-1")
     with engine.begin() as conn:
         for value in ("infinity", "-infinity"):
             conn.execute(
@@ -336,9 +349,9 @@ def test_orphan_with_infinite_occurred_at_is_malformed_not_a_poison_pill(engine:
 def test_linkable_orphan_goes_first_across_tenants_in_the_first_bounded_transaction(engine: Engine) -> None:
     # One tenant holds 100,000 never-matching orphans, all older (waiting longer) than the other
     # tenant's single orphan, whose delivery exists.
-    bulk_unmatchable_orphans(engine, "hopeless", 100_000, oldest_age_seconds=3600)
-    linkable = make_orphan(engine, "small", "m-good", age=timedelta(minutes=2))
-    target = make_delivery(engine, "small", "m-good")
+    bulk_unmatchable_orphans(engine, tenant_id="hopeless", count=100_000, oldest_age_seconds=3600)
+    linkable = make_orphan(engine, tenant_id="small", message_id="m-good", age=timedelta(minutes=2))
+    target = make_delivery(engine, tenant_id="small", message_id="m-good")
     # Even a transaction with room for one orphan spends it on the linkable one.
     first = sweep(engine, None, SweepConfig(max_total=1))
     assert (first.scanned, first.linked, first.tenants_swept) == (1, 1, 1)
@@ -352,12 +365,15 @@ def test_linkable_orphan_goes_first_across_tenants_in_the_first_bounded_transact
 def test_linkable_orphans_share_the_cap_fairly_before_any_other_due_orphan(engine: Engine) -> None:
     linkable: dict[str, list[uuid.UUID]] = {}
     for tenant in ("l0", "l1", "l2"):
-        linkable[tenant] = [make_orphan(engine, tenant, f"{tenant}-m{i}", age=timedelta(minutes=2)) for i in range(4)]
+        linkable[tenant] = [
+            make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-m{i}", age=timedelta(minutes=2))
+            for i in range(4)
+        ]
         for i in range(4):
-            make_delivery(engine, tenant, f"{tenant}-m{i}")
-        make_orphan(engine, tenant, f"{tenant}-never", age=timedelta(minutes=50))
+            make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m{i}")
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-never", age=timedelta(minutes=50))
     for i in range(20):  # tenants with only never-matching orphans, all waiting longer
-        make_orphan(engine, f"n{i}", f"n{i}-never", age=timedelta(minutes=30))
+        make_orphan(engine, tenant_id=f"n{i}", message_id=f"n{i}-never", age=timedelta(minutes=30))
     # 6 slots: 2 linkable per linkable tenant (fair), none to the 23 never-matching orphans.
     result = sweep(engine, None, SweepConfig(max_total=6))
     assert (result.scanned, result.linked) == (6, 6)

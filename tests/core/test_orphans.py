@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
-from database_support import login_role
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import orphans
+from mailglass_pipeline import orphans, settings
 from mailglass_pipeline.db import connect
 from mailglass_pipeline.reconciliation.results import SweepResult
-from mailglass_pipeline.reconciliation.settings import STALE_MESSAGE, SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig, stale_message
+from tests.databases import login_role
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import CommandResult, mailglass
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
-
-def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    return subprocess.run([MAILGLASS_BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+def _cli(database_url: str, *args: str) -> CommandResult:
+    return mailglass(*args, env={"MAILGLASS_DATABASE_URL": database_url})
 
 
 def _explain(engine: Engine, event_id: uuid.UUID) -> dict:
@@ -42,22 +38,22 @@ def _sweep(engine: Engine, tenant: str | None = None) -> SweepResult:
 def world(engine: Engine) -> dict[str, uuid.UUID]:
     """One orphan per reason, in tenants a and b, after one real sweep."""
     ids = {
-        "no_delivery": make_orphan(engine, "a", "nothing-here"),
-        "other_tenant": make_orphan(engine, "a", "belongs-to-b"),
-        "other_provider": make_orphan(engine, "a", "sent-by-sendgrid"),
-        "malformed": make_orphan(engine, "a", None),
-        "no_provider": make_orphan(engine, "a", "x-1", provider=None),
-        "stale": make_orphan(engine, "a", "too-old", age=timedelta(days=8)),
-        "linked": make_orphan(engine, "a", "will-link"),
-        "b_orphan": make_orphan(engine, "b", "b-only"),
+        "no_delivery": make_orphan(engine, tenant_id="a", message_id="nothing-here"),
+        "other_tenant": make_orphan(engine, tenant_id="a", message_id="belongs-to-b"),
+        "other_provider": make_orphan(engine, tenant_id="a", message_id="sent-by-sendgrid"),
+        "malformed": make_orphan(engine, tenant_id="a", message_id=None),
+        "no_provider": make_orphan(engine, tenant_id="a", message_id="x-1", provider=None),
+        "stale": make_orphan(engine, tenant_id="a", message_id="too-old", age=timedelta(days=8)),
+        "linked": make_orphan(engine, tenant_id="a", message_id="will-link"),
+        "b_orphan": make_orphan(engine, tenant_id="b", message_id="b-only"),
     }
-    make_delivery(engine, "b", "belongs-to-b")
-    make_delivery(engine, "a", "sent-by-sendgrid", provider="sendgrid")
-    make_delivery(engine, "a", "will-link")
+    make_delivery(engine, tenant_id="b", message_id="belongs-to-b")
+    make_delivery(engine, tenant_id="a", message_id="sent-by-sendgrid", provider="sendgrid")
+    make_delivery(engine, tenant_id="a", message_id="will-link")
     _sweep(engine)
-    ids["fresh"] = make_orphan(engine, "a", "just-arrived", age=timedelta(seconds=5))
-    ids["due_linkable"] = make_orphan(engine, "a", "arrives-later")
-    make_delivery(engine, "a", "arrives-later")
+    ids["fresh"] = make_orphan(engine, tenant_id="a", message_id="just-arrived", age=timedelta(seconds=5))
+    ids["due_linkable"] = make_orphan(engine, tenant_id="a", message_id="arrives-later")
+    make_delivery(engine, tenant_id="a", message_id="arrives-later")
     return ids
 
 
@@ -78,7 +74,7 @@ def test_every_reason_from_real_rows(engine: Engine, world: dict[str, uuid.UUID]
     assert (got["malformed"]["state"], got["malformed"]["missing"]) == ("malformed", ["provider_message_id"])
     assert got["no_provider"]["missing"] == ["provider"]
 
-    assert got["stale"]["state"] == "stale" and STALE_MESSAGE in got["stale"]["message"]
+    assert got["stale"]["state"] == "stale" and stale_message() in got["stale"]["message"]
 
     linked = got["linked"]
     assert (linked["state"], linked["reason"]) == ("linked", "linked")
@@ -162,9 +158,9 @@ def test_cli_list_and_explain(engine: Engine, database_url: str, world: dict[str
 
 
 def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> None:
-    stale = make_orphan(engine, "a", "old", age=timedelta(days=8))
-    malformed = make_orphan(engine, "a", None)
-    pending = make_orphan(engine, "a", "pending")
+    stale = make_orphan(engine, tenant_id="a", message_id="old", age=timedelta(days=8))
+    malformed = make_orphan(engine, tenant_id="a", message_id=None)
+    pending = make_orphan(engine, tenant_id="a", message_id="pending")
     _sweep(engine)  # parks the stale and the malformed one
     with engine.begin() as conn:  # parked 40 days ago: past the default 30
         conn.execute(
@@ -173,7 +169,7 @@ def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> N
                     " WHERE event_id = :id"),
             {"id": stale},
         )  # fmt: skip
-    recent = make_orphan(engine, "a", None, age=timedelta(days=1))
+    recent = make_orphan(engine, tenant_id="a", message_id=None, age=timedelta(days=1))
     _sweep(engine)
     ledger_before = fetch(engine, "SELECT count(*) FROM mailglass_events")
     result = orphans.prune_parked(engine, batch_size=1)
@@ -184,11 +180,11 @@ def test_retention_removes_only_parked_rows_past_the_period(engine: Engine) -> N
     # Explain still answers for the removed row, from the ledger.
     assert _explain(engine, stale)["state"] == "stale" and not _explain(engine, stale)["queued"]
     # A shorter period (env) reaches the malformed ones too, in batches of one.
-    os.environ[orphans.PARKED_RETENTION_ENV] = "1"
+    os.environ[settings.PARKED_RETENTION_DAYS.env] = "1"
     try:
         later = orphans.prune_parked(engine, batch_size=1, now=None)
     finally:
-        del os.environ[orphans.PARKED_RETENTION_ENV]
+        del os.environ[settings.PARKED_RETENTION_DAYS.env]
     assert later["retention_days"] == 1 and later["deleted_malformed"] == 0  # parked moments ago: kept
     from datetime import UTC, datetime
 
@@ -210,7 +206,7 @@ def test_the_least_privilege_role_prunes_through_the_function_only(
         grants.apply_grants(database_url, role)
         restricted = create_engine(url)
         try:
-            make_orphan(engine, "a", None)
+            make_orphan(engine, tenant_id="a", message_id=None)
             _sweep(engine)  # parks it as malformed
             with pytest.raises(sa.exc.ProgrammingError), restricted.begin() as conn:
                 conn.execute(sa.text("DELETE FROM mailglass_reconciliation_queue"))

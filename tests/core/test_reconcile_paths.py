@@ -9,12 +9,9 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from conftest import make_delivery, make_orphan
-from core_support import pending_orphans, reconciled_from
 from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import (
     append_reconciled_events,
     attempt_link,
@@ -22,16 +19,18 @@ from mailglass_pipeline.reconciliation.sweep import (
     reconcile,
     sweep,
 )
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import make_delivery, make_orphan, pending_orphans, reconciled_from
 
 
 def _seed(engine: Engine, tenant: str, n: int) -> None:
     for i in range(n):
-        make_orphan(engine, tenant, f"{tenant}-m-{i}", age=timedelta(minutes=10 + i))
-        make_delivery(engine, tenant, f"{tenant}-m-{i}")
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-m-{i}", age=timedelta(minutes=10 + i))
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m-{i}")
 
 
 def test_the_package_keeps_the_contract_function() -> None:
-    from mailglass_pipeline.reconciliation import settings
+    from mailglass_pipeline import settings
 
     assert mailglass_pipeline.reconcile is reconcile and callable(reconcile)
     assert settings.SweepConfig is SweepConfig
@@ -71,7 +70,7 @@ def test_a_stale_batch_written_after_the_sweep_links_nothing_twice(engine: Engin
 def test_the_batch_survives_ids_and_missing_values_as_text(engine: Engine) -> None:
     """One representation: a batch whose ids came back as text and whose gaps are NaN still writes."""
     _seed(engine, "t1", 3)
-    make_orphan(engine, "t1", "nobody", age=timedelta(minutes=5))
+    make_orphan(engine, tenant_id="t1", message_id="nobody", age=timedelta(minutes=5))
     config = SweepConfig()
     with engine.begin() as conn:
         linked = attempt_link(conn, find_orphans(conn, "t1", config))

@@ -1,134 +1,220 @@
-"""The registered SQL: the registry's closed set of fragments, sqlfluff, one home for the backoff."""
+"""The statements as files: loaded whole by name, linted, and every copy of a shared rule equal to its one home.
+
+No database: these run in the fast tier.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-import sqlfluff
 
-from mailglass_pipeline import deliveries, orphans, queries
-from mailglass_pipeline.ingest import core as ingest_core
-from mailglass_pipeline.ingest import health, replay, tokens
-from mailglass_pipeline.queries import Fragment, splice
-from mailglass_pipeline.reconciliation import settings
-from mailglass_pipeline.reconciliation.statements import STATEMENTS
+from mailglass_pipeline import orphans, projector, queries, settings
+from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS
 
 REPO = Path(__file__).resolve().parents[2]
-#: Every file of statements; the fragment files are listed in .sqlfluffignore (pieces do not parse alone).
-SQL_PATHS = [
-    REPO / "mailglass_pipeline" / "reconciliation" / "sql",
-    REPO / "mailglass_pipeline" / "sql" / "orphans.sql",
-    REPO / "mailglass_pipeline" / "sql" / "deliveries.sql",
-    *sorted((REPO / "mailglass_pipeline" / "ingest" / "sql").glob("*.sql")),
-]
+PACKAGE = REPO / "mailglass_pipeline"
+SQL_FILES = sorted(PACKAGE.glob("**/sql/*.sql"))
+RULES = PACKAGE / "sql" / "rules.sql"
+
+_OPEN = re.compile(r"^\s*-- rule: (\w+)((?: \S+=\S+)*)\s*$")
+_INLINE = re.compile(r"^(.*\S)\s+-- rule: (\w+)((?: \S+=\S+)*)\s*$")
+_CLOSE = re.compile(r"^\s*-- end rule\s*$")
 
 
-def test_every_statement_is_registered_by_name() -> None:
-    registered = queries.statements()
-    for module_statements in (
-        STATEMENTS,
-        orphans.STATEMENTS,
-        deliveries.STATEMENTS,
-        ingest_core.STATEMENTS,
-        tokens.STATEMENTS,
-        replay.STATEMENTS,
-        health.STATEMENTS,
-    ):
-        for name, clause in module_statements.items():
-            assert registered[name] is clause
-    assert {"find_tenant", "find_all", "write", "after_sweep", "due_summary", "known_tenants"} <= set(STATEMENTS)
-    assert {"list_pending", "list_parked", "explain_orphan", "lookup_deliveries"} <= set(registered)
-    with pytest.raises(KeyError, match="registered"):
+def _regions(text: str) -> list[tuple[str, dict[str, str], str]]:
+    """Every marked copy in ``text`` as (rule, renames, its code): blocks (nested ones too) and one-line copies."""
+    found: list[tuple[str, dict[str, str], str]] = []
+    stack: list[tuple[str, str, list[str]]] = []
+    for line in text.splitlines():
+        if m := _OPEN.match(line):
+            stack.append((m.group(1), m.group(2), []))
+        elif _CLOSE.match(line):
+            assert stack, f"-- end rule without a rule: {line!r}"
+            name, renames, body = stack.pop()
+            found.append((name, dict(r.split("=") for r in renames.split()), "\n".join(body)))
+        else:
+            for _, _, body in stack:
+                body.append(line)
+            if m := _INLINE.match(line):
+                found.append((m.group(2), dict(r.split("=") for r in m.group(3).split()), m.group(1)))
+    assert not stack, f"rule {stack[-1][0]} is never ended"
+    return found
+
+
+def _normal(sql: str) -> str:
+    """Code only, one space between tokens, none inside parentheses, no final ';' or ','."""
+    code = " ".join(line.split("--", 1)[0] for line in sql.splitlines())
+    code = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", " ".join(code.split())))
+    return code.rstrip(";,").strip()
+
+
+def _renamed(sql: str, renames: dict[str, str]) -> str:
+    for old, new in sorted(renames.items(), key=lambda item: -len(item[0])):
+        sql = re.sub(rf"(?<![\w.]){re.escape(old)}(?!\w)", new, sql)
+    return sql
+
+
+CANONICAL = {name: _normal(code) for name, renames, code in _regions(RULES.read_text()) if not renames}
+
+
+def _agrees(rule: str, renames: dict[str, str], copy: str) -> bool:
+    return _renamed(CANONICAL[rule], renames) in _normal(copy)
+
+
+def _migration(prefix: str) -> ModuleType:
+    path = next((PACKAGE / "migrations" / "versions").glob(f"{prefix}_*.py"))
+    spec = importlib.util.spec_from_file_location(f"migration_{prefix}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_statement_is_loaded_whole_by_name() -> None:
+    names = set(queries.STATEMENTS)
+    assert {"find_tenant", "find_all", "write", "after_sweep", "due_summary", "known_tenants"} <= names
+    assert {"list_pending", "list_parked", "explain_orphan", "lookup_deliveries"} <= names
+    assert {"store_webhook", "store_webhooks_grouped", "append_events", "lock_deliveries"} <= names
+    with pytest.raises(KeyError, match="known"):
         queries.statement("no_such_statement")
+    # What runs is the block of the file, as written (comments included), without its final ';'.
+    for name, clause in queries.STATEMENTS.items():
+        assert queries.statement(name) is clause
+        assert ";" not in clause.text.split("\n-- end rule")[0][-3:] and "noqa" not in clause.text, name
+        homes = [path for path in SQL_FILES if f"-- name: {name}\n" in path.read_text()]
+        assert len(homes) == 1, (name, homes)
+        block = homes[0].read_text().split(f"-- name: {name}\n", 1)[1].split("\n-- name: ", 1)[0]
+        assert clause.text.splitlines()[0] == block.splitlines()[0], name  # its comment too
+        assert _normal(clause.text) == _normal(block), name
 
 
-def test_spliced_statements_keep_no_placeholder_and_interpolate_no_value() -> None:
-    for name, clause in queries.statements().items():
-        assert queries._SPLICE.search(clause.text) is None, name
-        assert "%(" not in clause.text and "{{" not in clause.text, name
-        assert not clause.text.endswith(";") and "noqa" not in clause.text.splitlines()[-1], name
+#: Where text is spliced into SQL on purpose: identifiers, which no bind parameter can carry.
+IDENTIFIER_SPLICES = {
+    Path("mailglass_pipeline/db.py"): 1,  # CREATE DATABASE "<name>" (the embedded server's database)
+    Path("mailglass_pipeline/grants.py"): 1,  # grants_sql: the grants script with its role and schema
+}
 
 
-def test_an_unknown_fragment_fails_when_the_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    package = tmp_path / "mg_sql_probe"
-    (package / "sql").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "sql" / "probe.sql").write_text("-- name: probe_statement\nSELECT 1 WHERE {no_such_fragment};\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match=r"unknown fragment \{no_such_fragment\}"):
-        queries.register("mg_sql_probe")
-    assert importlib.util.find_spec("mg_sql_probe") is not None
-
-
-def test_fragments_take_identifiers_and_check_their_arity() -> None:
-    fragments = {"pair": Fragment("pair", ("a", "b"), "{a} = {b}"), "one": Fragment("one", (), "x > 1")}
-    assert splice("WHERE {pair(q.x, y)}", fragments, "t") == "WHERE {pair(q.x, y)}"  # not an identifier: untouched
-    assert splice("WHERE {pair(x, y)} AND {one}", fragments, "t") == "WHERE x = y AND x > 1"
-    with pytest.raises(ValueError, match="takes 2 identifiers"):
-        splice("{pair(x)}", fragments, "t")
-
-
-def test_sqlfluff_lints_the_sql_files() -> None:
-    """The command CI runs (postgres dialect, the repository's .sqlfluff)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "sqlfluff", "lint", *(str(path.relative_to(REPO)) for path in SQL_PATHS)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+def test_no_statement_is_assembled_in_python() -> None:
+    """No SQL text built from f-strings or fragments outside the migrations: statements live in the .sql files."""
+    builders = re.compile(r"(?:sa\.text|text)\(\s*f[\"']|\.format\(|def \w+_(?:ctes?|sql|select|lateral)\(")
+    found = {
+        p.relative_to(REPO): len(builders.findall(p.read_text(encoding="utf-8")))
+        for p in PACKAGE.rglob("*.py")
+        if "migrations" not in p.parts and builders.search(p.read_text(encoding="utf-8"))
+    }
+    assert found == IDENTIFIER_SPLICES, found
+    # Every statement text the package runs is a block of a .sql file, bar the migration runner's catalog
+    # checks before the schema exists (schema.py) and the embedded server's bootstrap (db.py).
+    inline = sorted(
+        str(p.relative_to(REPO))
+        for p in PACKAGE.rglob("*.py")
+        if "migrations" not in p.parts and "sa.text(" in p.read_text(encoding="utf-8")
     )
+    assert inline == ["mailglass_pipeline/db.py", "mailglass_pipeline/queries.py", "mailglass_pipeline/schema.py"]
+
+
+def test_no_bind_parameter_in_a_comment() -> None:
+    """SQLAlchemy reads :name in a comment as a parameter every caller must bind (found by the schedule's tick)."""
+    for name, clause in queries.STATEMENTS.items():
+        for line in clause.text.splitlines():
+            comment = line.split("--", 1)[1] if "--" in line else ""
+            assert not re.search(r"(?<![:\w]):\w", comment), (name, line)
+
+
+@pytest.mark.process
+def test_sqlfluff_lints_the_sql_files() -> None:
+    """The command CI runs (postgres dialect, the repository's .sqlfluff): every statement parses and lints whole."""
+    paths = [str(path.relative_to(REPO)) for path in SQL_FILES]
+    done = subprocess.run([sys.executable, "-m", "sqlfluff", "lint", *paths], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "PRS" not in done.stdout
 
 
-def test_every_spliced_statement_parses() -> None:
-    """Fragment files do not parse alone (their blocks are pieces); each statement with them spliced in does."""
-    broken = sqlfluff.lint("SELECT FROM WHERE ((", dialect="postgres", rules=["LT01"])
-    assert any(v["code"] == "PRS" for v in broken)  # the check below is not vacuous
-    for name, clause in queries.statements().items():
-        found = [v for v in sqlfluff.lint(clause.text, dialect="postgres", rules=["LT01"]) if v["code"] == "PRS"]
-        assert not found, (name, found[:1])
+def test_every_copy_of_a_rule_equals_its_one_home() -> None:
+    """Each marked copy (rules.sql's own nested ones too) holds the rule's text, whitespace aside."""
+    assert set(CANONICAL) >= {"due_window", "fresh", "retry", "in_scope", "delivery_lookup", "message_id_match"}
+    used: set[str] = set()
+    sources = [*SQL_FILES, REPO / "benchmarks" / "lower_bound.py"]
+    for path in sources:
+        for rule, renames, copy in _regions(path.read_text(encoding="utf-8")):
+            assert rule in CANONICAL, (path.name, rule)
+            assert _agrees(rule, renames, copy), (path.name, rule, _normal(copy)[:300])
+            if path != RULES:
+                used.add(rule)
+    assert used == set(CANONICAL), set(CANONICAL) - used
+
+
+def test_the_check_catches_a_copy_that_drifted() -> None:
+    drifted = "-- rule: due_window\nq.orphan_inserted_at < now() - make_interval(secs => :grace_seconds)\n-- end rule\n"
+    ((rule, renames, copy),) = _regions(drifted)
+    assert not _agrees(rule, renames, copy)
+    upper = "\nAND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)"
+    assert _agrees(rule, renames, copy.replace(" < ", " <= ") + upper)
+
+
+def test_the_orphan_listing_shares_the_sweeps_due_rule() -> None:
+    """`mailglass orphans` says due for what a sweep takes: its statements hold the sweep's own rules."""
+    listing = {rule for rule, _, _ in _regions(queries.statement("list_pending").text)}
+    assert {"fresh", "due_window", "in_scope", "retry"} <= listing
+    assert "in_scope" in {rule for rule, _, _ in _regions(queries.statement("list_parked").text)}
+    counts = {rule for rule, _, _ in _regions(queries.statement("counts_by_state").text)}
+    assert {"fresh", "due_window", "retry"} <= counts
+    for name in ("find_tenant", "find_all", "after_sweep", "due_summary", "due_tenants"):
+        assert {"fresh", "due_window", "retry"} <= {r for r, _, _ in _regions(queries.statement(name).text)}, name
+
+
+def test_the_migrations_triggers_use_the_lookups_message_id_match() -> None:
+    """The wake triggers (0003, and 0004's frozen copy) link an orphan to a delivery by the lookup's own rule."""
+    due, schema = _migration("0003"), _migration("0004")
+    wake, wake_on_rekey = schema._wake_sql("public")
+    for delivery, sqls in (("n", [due.UPGRADE, wake]), ("NEW", [due.UPGRADE, wake_on_rekey])):
+        renames = {"d": delivery, "k.message_id": "q.provider_message_id", "k.provider": "q.provider"}
+        for sql in sqls:
+            assert _renamed(CANONICAL["message_id_match"], renames) in _normal(sql), delivery
+    # The queue trigger's message-id keys are the ones `mailglass orphans explain` reads.
+    assert due._MESSAGE_ID_KEYS == schema._MESSAGE_ID_KEYS == orphans._MESSAGE_ID_KEYS
+    assert due.message_id_sql("n") == schema.message_id_sql("n")
+    # 0004's frozen copy builds 0003's triggers exactly (its probes and the ledger trigger's SendGrid rule).
+    assert due._wake_probe("n") == schema._wake_probe("n") and due._DELIVERY_EXISTS == schema._DELIVERY_EXISTS
+
+
+def test_migrations_are_frozen() -> None:
+    """No revision imports or executes another: editing one never changes what another creates."""
+    for path in (PACKAGE / "migrations" / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "importlib" not in text and "spec_from_file_location" not in text, path.name
+        assert not re.search(r"^from \S*versions|^import \S*versions", text, re.MULTILINE), path.name
 
 
 def test_the_backoff_has_one_home_and_the_frozen_migration_agrees() -> None:
     """Migration 0003 is frozen and keeps its own copy of the steps: it must equal settings'."""
-    path = next((REPO / "mailglass_pipeline" / "migrations" / "versions").glob("0003_*.py"))
-    spec = importlib.util.spec_from_file_location("migration_0003", path)
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
+    migration = _migration("0003")
     assert migration.BACKOFF_MINUTES == settings.BACKOFF_MINUTES
     assert migration.BACKOFF_CAP_MINUTES == settings.BACKOFF_CAP_MINUTES
+    assert BACKOFF_PARAMS["backoff_steps"] == list(settings.BACKOFF_MINUTES)
+    assert BACKOFF_PARAMS["backoff_cap"] == settings.BACKOFF_CAP_MINUTES
+    assert ":backoff_steps" in queries.statement("write").text
     # No other module spells the steps out.
     spelled = [
         p.relative_to(REPO)
-        for p in [*(REPO / "mailglass_pipeline").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]
+        for p in [*PACKAGE.rglob("*.py"), *(REPO / "benchmarks").rglob("*.py"), *SQL_FILES]
         if "(1, 2, 4, 8, 16)" in p.read_text(encoding="utf-8") and "migrations" not in p.parts
     ]
-    assert spelled == [Path("mailglass_pipeline/reconciliation/settings.py")], spelled
+    assert spelled == [Path("mailglass_pipeline/settings.py")], spelled
 
 
-def test_a_bind_parameter_in_a_comment_fails_when_the_file_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLAlchemy would read it as a parameter every caller must bind (found by the schedule's tick)."""
-    package = tmp_path / "mg_sql_comment_probe"
-    (package / "sql").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "sql" / "probe.sql").write_text("-- name: comment_probe\n-- takes :limit rows\nSELECT 1::int;\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match="without ':' in comments"):
-        queries.register("mg_sql_comment_probe")
-
-
-def test_the_orphan_listing_shares_the_sweeps_due_rule() -> None:
-    """`mailglass orphans` says due for what a sweep takes: its statements splice the sweep's own fragments."""
-    shared = queries.fragments("mailglass_pipeline.reconciliation")
-    listing = queries.statement("list_pending").text
-    for name in ("fresh", "due_window", "in_scope"):
-        assert shared[name].text in listing, name
-    assert shared["in_scope"].text in queries.statement("list_parked").text
-    with pytest.raises(KeyError, match="import it first"):
-        queries.fragments("mg_no_such_package")
+def test_the_projection_rule_says_what_projector_documents() -> None:
+    projection = CANONICAL["projection"]
+    assert f"bool_or(type IN ({', '.join(repr(t) for t in projector.TERMINAL_TYPES)}))" in projection
+    for event_type, column in projector.SET_ONCE_COLUMNS.items():
+        assert f"min(occurred_at) FILTER (WHERE type = '{event_type}') AS {column}" in projection
+        assert f"{column} = COALESCE(d.{column}, a.{column})" in projection
+    notify = CANONICAL["notify"]
+    assert f"'{projector.NOTIFY_CHANNEL}'" in notify and f"> {projector.MAX_NOTIFY_TENANT_BYTES} " in notify

@@ -27,7 +27,7 @@ from dagster import (
 )
 
 from mailglass_pipeline.dagster_support import private
-from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
+from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
 
 TARGET = AssetKey(["pin", "target"])
 PARTS = DynamicPartitionsDefinition(name="pin_parts")
@@ -133,3 +133,71 @@ def test_a_partitioned_asset_check_is_still_a_preview_feature() -> None:
 def test_tick_and_instigator_enums_used_by_tests_and_benchmarks() -> None:
     assert {"SCHEDULE", "SENSOR"} <= set(InstigatorType.__members__)
     assert {"SUCCESS", "SKIPPED", "FAILURE", "STARTED"} <= set(TickStatus.__members__)
+
+
+def test_every_non_public_attribute_still_exists() -> None:
+    """``NON_PUBLIC_ATTRIBUTES``: each name is still there on the Dagster class it is called on."""
+    from dagster import DagsterInstance, DagsterRun, OpExecutionContext
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+    from dagster_graphql import DagsterGraphQLClient
+
+    owners = (DagsterInstance, DagsterRun, OpExecutionContext, SqlEventLogStorage, DagsterGraphQLClient)
+    missing = [name for name in private.NON_PUBLIC_ATTRIBUTES if not any(hasattr(c, name) for c in owners)]
+    assert missing == []
+
+
+def test_graphql_client_execute_takes_a_query_and_variables() -> None:
+    """execute_graphql: ``DagsterGraphQLClient._execute(query, variables)`` returns the response's data."""
+    import inspect
+
+    from dagster_graphql import DagsterGraphQLClient
+
+    assert list(inspect.signature(DagsterGraphQLClient._execute).parameters)[:3] == ["self", "query", "variables"]
+
+
+def test_run_pools_and_added_run_tags(tmp_path) -> None:
+    """holds_reconcile_pool and name_the_tenant: a run's pools as created, tags added to an existing run."""
+
+    @asset(pool="pin_pool")
+    def pooled() -> None:
+        return None
+
+    job = Definitions(assets=[pooled]).resolve_implicit_global_asset_job_def()
+    with instance_for_test() as instance:
+        run = instance.get_run_by_id(job.execute_in_process(instance=instance).run_id)
+        assert private.run_pools(run) == {"pin_pool"}
+        private.add_run_tags(instance, run.run_id, {"pin/tag": "yes"})
+        assert instance.get_run_by_id(run.run_id).tags["pin/tag"] == "yes"
+
+
+def test_ensure_default_pool_limit_writes_the_default_once_and_keeps_a_manual_limit(tmp_path) -> None:
+    """mailglass dev: dagster.yaml's ``concurrency.pools.default_limit`` written into the instance."""
+    (tmp_path / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    assert private.ensure_default_pool_limit(tmp_path, "pin_pool") == 1
+    assert private.ensure_default_pool_limit(tmp_path, "pin_pool") == 1  # idempotent
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert private.pool_limits(instance)["pin_pool"] == 1
+        instance.event_log_storage.set_concurrency_slots("pin_pool", 3)
+    assert private.ensure_default_pool_limit(tmp_path, "pin_pool") == 3  # set by hand: kept
+
+
+def test_latest_materialization_ids_by_partition() -> None:
+    """retention: the storage id of each partition's latest materialization (the runs it keeps)."""
+    keys = ["a", "b"]
+
+    @asset(partitions_def=PARTS)
+    def parted() -> None:
+        return None
+
+    job = Definitions(assets=[parted]).resolve_implicit_global_asset_job_def()
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTS.name, keys)
+        for key in [*keys, "a"]:
+            assert job.execute_in_process(instance=instance, partition_key=key).success
+        ids = private.latest_materialization_ids_by_partition(instance, parted.key)
+        latest: dict[str, int] = {}
+        for record in instance.fetch_materializations(parted.key, limit=10).records:
+            latest[record.partition_key] = max(record.storage_id, latest.get(record.partition_key, 0))
+        assert ids == latest and set(ids) == {"a", "b"}

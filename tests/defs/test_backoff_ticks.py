@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import sqlalchemy as sa
-from conftest import make_orphan
 from dagster import RunRequest, build_schedule_context, instance_for_test
 from sqlalchemy.engine import Engine
 
@@ -26,8 +25,9 @@ from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import make_orphan
 
 RUN_START_DELAY = timedelta(seconds=4)  # a launched run sweeps seconds after its tick
 
@@ -71,7 +71,7 @@ def test_backoff_follows_the_minute_ticks(engine: Engine, database_url: str) -> 
         with clocked.connect() as conn:  # the clock is really in use on these connections
             _set_clock(engine, datetime(2030, 1, 1, tzinfo=UTC))
             assert conn.execute(sa.text("SELECT now()")).scalar_one().year == 2030
-        orphan = make_orphan(engine, "acme", "never-delivered", age=timedelta(minutes=5))
+        orphan = make_orphan(engine, tenant_id="acme", message_id="never-delivered", age=timedelta(minutes=5))
         first_tick = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
         examined_at: list[int] = []
         skipped = 0

@@ -18,18 +18,15 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from process_support import free_port, wait_until, webserver_up
-from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.devtools.dev import psycopg2_url
+from mailglass_pipeline.dagster_support.private import execute_graphql, pool_limits
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import mailglass_dev, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -70,48 +67,26 @@ mutation Backfill($backfillParams: LaunchBackfillParams!) {
 
 
 @pytest.fixture
-def dagster_home(tmp_path, admin_url, admin_engine):
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+def dagster_home(tmp_path, dagster_storage_url):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    yield home, psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return home, dagster_storage_url
 
 
 @pytest.fixture
 def stack(dagster_home, database_url, tmp_path, monkeypatch):
-    """``mailglass dev`` (webserver and daemon); always stopped with SIGTERM, as an operator would."""
+    """``mailglass dev`` (webserver and daemon), stopped by its process group afterwards."""
     home, storage_url = dagster_home
     env = {
-        **os.environ,
         "DAGSTER_HOME": str(home),
         "MAILGLASS_DATABASE_URL": database_url,
         "MAILGLASS_DAGSTER_DATABASE_URL": storage_url,
     }
     for key, value in env.items():
-        if key in ("DAGSTER_HOME", "MAILGLASS_DATABASE_URL", "MAILGLASS_DAGSTER_DATABASE_URL"):
-            monkeypatch.setenv(key, value)
-    port = free_port()
-    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(BIN / "mailglass"), "dev", "--port", str(port)],
-        env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: webserver_up(port), 90, "webserver did not come up", tmp_path)
+        monkeypatch.setenv(key, value)
+    with mailglass_dev({**os.environ, **env}, tmp_path, cwd=REPO) as port:
         yield port, tmp_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-        log.close()
 
 
 def _metadata_by_partition(instance: DagsterInstance) -> dict[str, dict[str, int]]:
@@ -130,11 +105,13 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     deliveries = {}
     for tenant, messages in {"t1": ["a"], "t2": ["b", "c"], "t3": ["d"]}.items():
         for message in messages:
-            make_orphan(engine, tenant, f"{tenant}-{message}")
-            deliveries[f"{tenant}-{message}"] = make_delivery(engine, tenant, f"{tenant}-{message}")
-    make_orphan(engine, "t3", "t3-unmatched")
-    make_orphan(engine, "t4", "t4-x")  # a tenant nobody launches
-    make_delivery(engine, "t4", "t4-x")
+            make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-{message}")
+            deliveries[f"{tenant}-{message}"] = make_delivery(
+                engine, tenant_id=tenant, message_id=f"{tenant}-{message}"
+            )
+    make_orphan(engine, tenant_id="t3", message_id="t3-unmatched")
+    make_orphan(engine, tenant_id="t4", message_id="t4-x")  # a tenant nobody launches
+    make_delivery(engine, tenant_id="t4", message_id="t4-x")
 
     instance = DagsterInstance.get()  # the same PostgreSQL storage the processes use
     instance.add_dynamic_partitions("tenants", ["t1", "t2", "t3", "t4"])
@@ -144,7 +121,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
 
     # 1. A Launchpad launch for t1: the UI asks the code location for the partition's tags, then launches.
     wait_until(lambda: _code_location_loaded(client, selector), 60, "code location did not load", log_dir)
-    tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
+    tags_result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     assert tags["mailglass/tenant"] == "t1" and tags["mailglass/reconcile"] == "true"
     # A bad Launchpad value is refused at launch in one line naming the field and its bound: no run is created.
@@ -171,7 +148,8 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     assert ui_run.tags["mailglass/tenant"] == "t1" and ui_run.tags["mailglass/reconcile"] == "true"
 
     # 2. A backfill over t2 and t3.
-    launched = client._execute(
+    launched = execute_graphql(
+        client,
         LAUNCH_BACKFILL,
         {"backfillParams": {"selector": selector, "partitionNames": ["t2", "t3"], "fromFailure": False}},
     )["launchPartitionBackfill"]
@@ -216,7 +194,7 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
 
 def _code_location_loaded(client: DagsterGraphQLClient, selector) -> bool:
     try:
-        result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
+        result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
     except Exception:
         return False
     return result["partitionSetOrError"]["__typename"] == "PartitionSet"
@@ -262,13 +240,13 @@ def launch_asset_materialization(
         "runConfigData": {},
         "executionMetadata": {"tags": tags},
     }
-    launched = client._execute(LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
+    launched = execute_graphql(client, LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
 
 
 def launch_backfill(client: DagsterGraphQLClient, params: dict) -> str:
-    launched = client._execute(LAUNCH_BACKFILL, {"backfillParams": {"fromFailure": False, **params}})
+    launched = execute_graphql(client, LAUNCH_BACKFILL, {"backfillParams": {"fromFailure": False, **params}})
     launched = launched["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     return launched["backfillId"]
@@ -298,8 +276,8 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     port, log_dir = stack
     tenants = [f"p{i}" for i in range(1, 7)]
     for tenant in tenants:
-        make_orphan(engine, tenant, f"{tenant}-m")
-        make_delivery(engine, tenant, f"{tenant}-m")
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-m")
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m")
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("tenants", tenants)
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
@@ -307,10 +285,10 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     selector = {"repositorySelector": repository, "partitionSetName": PARTITION_SET}
     wait_until(lambda: _code_location_loaded(client, selector), 90, "code location did not load", log_dir)
     # `mailglass dev` wrote the pool limit from dagster.yaml before anything could be queued.
-    [pool] = [p for p in instance.event_log_storage.get_pool_limits() if p.name == "mailglass_reconcile"]
-    assert pool.limit == 1
+    assert pool_limits(instance)["mailglass_reconcile"] == 1
 
-    started = client._execute(
+    started = execute_graphql(
+        client,
         START_SCHEDULE,
         {"scheduleSelector": {**repository, "scheduleName": "reconcile_every_minute"}},
     )["startSchedule"]
@@ -321,7 +299,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
         [str(BIN / "mailglass"), "run", "--json", "--tenant-id", "p1", "--tenant-id", "p2"],
         env=run_env, cwd=log_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    tags_result = client._execute(PARTITION_TAGS_QUERY, {**selector, "partitionName": "p3"})
+    tags_result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "p3"})
     tags = {t["key"]: t["value"] for t in tags_result["partitionSetOrError"]["partition"]["tagsOrError"]["results"]}
     launchpad_run = client.submit_job_execution(
         "reconcile_orphans",
@@ -356,8 +334,8 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     runs = wait_until(everything_done, 300, "not every launch finished", log_dir)
 
     # The schedule: a tenant nobody launched gets orphans; the next tick (within a minute) sweeps it.
-    make_orphan(engine, "s1", "s1-m")
-    make_delivery(engine, "s1", "s1-m")
+    make_orphan(engine, tenant_id="s1", message_id="s1-m")
+    make_delivery(engine, tenant_id="s1", message_id="s1-m")
 
     def scheduled_done():
         scheduled = instance.get_runs(RunsFilter(tags={"dagster/schedule_name": "reconcile_every_minute"}))

@@ -3,15 +3,13 @@
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, DynamicPartitionsDefinition
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
+from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.devtools.dev import psycopg2_url
 
@@ -41,6 +39,7 @@ def test_workspace_has_no_pyproject_shadow():
     assert "mailglass_pipeline.definitions" in (REPO / "workspace.yaml").read_text()
 
 
+@pytest.mark.process
 def test_dagster_definitions_validate_passes(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}  # an empty instance: validation needs no storage
     env.pop("MAILGLASS_DATABASE_URL", None)
@@ -54,16 +53,6 @@ def test_dagster_definitions_validate_passes(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "All code locations passed validation" in proc.stderr + proc.stdout
-
-
-@pytest.fixture
-def dagster_storage_url(admin_url, admin_engine):
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_repository_dagster_yaml_as_parsed_by_a_real_instance(monkeypatch, dagster_storage_url):

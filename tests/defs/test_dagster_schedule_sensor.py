@@ -4,7 +4,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_delivery, make_orphan
 from dagster import (
     DagsterRunStatus,
     SensorResult,
@@ -15,7 +14,7 @@ from dagster import (
 )
 
 from mailglass_pipeline import ledger
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     RegisteredCodeLocationOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
@@ -27,6 +26,7 @@ from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_mi
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import is_valid_tenant_key
 from mailglass_pipeline.defs.tenant_reconciliation.sensors import tenant_partitions
 from mailglass_pipeline.reconciliation.sweep import reconcile
+from tests.factories import make_delivery, make_orphan
 
 
 @pytest.fixture
@@ -58,26 +58,26 @@ def _run(instance, status, tags, job_name="reconcile_orphans"):
 
 
 def test_schedule_skips_with_a_reason_when_nothing_is_due(instance, engine, database_url):
-    make_orphan(engine, "t1", "m-young", age=timedelta(seconds=10))  # inside the grace window
+    make_orphan(engine, tenant_id="t1", message_id="m-young", age=timedelta(seconds=10))  # inside the grace window
     result = _tick(instance, database_url)
     assert result.run_requests == []
     assert "no orphan is due" in result.skip_message
 
 
 def test_schedule_skips_never_matching_orphans_in_backoff(instance, engine, database_url):
-    make_orphan(engine, "t1", "m-never")
+    make_orphan(engine, tenant_id="t1", message_id="m-never")
     assert len(_tick(instance, database_url).run_requests) == 1
     reconcile(database_url=database_url)  # examined, unmatched: next try in 1 minute
     result = _tick(instance, database_url, minute=1)
     assert result.run_requests == [] and "no orphan is due" in result.skip_message
-    make_delivery(engine, "t1", "m-never")  # its delivery commits: due again at once
+    make_delivery(engine, tenant_id="t1", message_id="m-never")  # its delivery commits: due again at once
     assert len(_tick(instance, database_url, minute=2).run_requests) == 1
 
 
 def test_schedule_requests_one_sweep_per_tick_for_many_due_tenants(instance, engine, database_url):
     for i in range(30):
-        make_orphan(engine, f"t{i}", f"m-{i}")
-    make_delivery(engine, "idle", "m-x")  # a tenant without orphans
+        make_orphan(engine, tenant_id=f"t{i}", message_id=f"m-{i}")
+    make_delivery(engine, tenant_id="idle", message_id="m-x")  # a tenant without orphans
     result = _tick(instance, database_url, minute=1)
     [request] = result.run_requests
     assert request.partition_key is None  # one run for every tenant, not a partition run
@@ -90,7 +90,7 @@ def test_schedule_requests_one_sweep_per_tick_for_many_due_tenants(instance, eng
 
 @pytest.mark.parametrize("status", [DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
 def test_schedule_skips_while_the_previous_sweep_is_in_flight(instance, engine, database_url, status):
-    make_orphan(engine, "t1", "m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
     _run(instance, DagsterRunStatus.SUCCESS, {}, job_name="reconcile_due_tenants")  # finished: does not count
     _run(instance, DagsterRunStatus.QUEUED, {"mailglass/tenant": "t1"})  # a per-tenant run: the pool's business
     assert len(_tick(instance, database_url).run_requests) == 1
@@ -152,11 +152,11 @@ def _sense(instance, database_url):
 
 
 def test_sensor_adds_partitions_and_skips_unfit_ids(instance, engine, database_url):
-    make_delivery(engine, "acme", "m-1")
-    make_orphan(engine, "globex.io", "m-2")
-    make_orphan(engine, "has space", "m-3")
-    make_orphan(engine, "x" * 65, "m-4")
-    make_delivery(engine, "a,b", "m-5")
+    make_delivery(engine, tenant_id="acme", message_id="m-1")
+    make_orphan(engine, tenant_id="globex.io", message_id="m-2")
+    make_orphan(engine, tenant_id="has space", message_id="m-3")
+    make_orphan(engine, tenant_id="x" * 65, message_id="m-4")
+    make_delivery(engine, tenant_id="a,b", message_id="m-5")
 
     logged, result = _sense(instance, database_url)
     assert isinstance(result, SensorResult)
@@ -172,7 +172,7 @@ def test_sensor_adds_partitions_and_skips_unfit_ids(instance, engine, database_u
     assert "3 unfit" in again.skip_message  # also visible on the tick without opening its logs
 
     # A new tenant appears within one tick.
-    make_orphan(engine, "initech", "m-6")
+    make_orphan(engine, tenant_id="initech", message_id="m-6")
     _, newer = _sense(instance, database_url)
     assert list(newer.dynamic_partitions_requests[0].partition_keys) == ["initech"]
 

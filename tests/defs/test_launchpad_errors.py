@@ -17,7 +17,7 @@ import pytest
 from dagster import DagsterInstance, instance_for_test
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,10 +15,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +24,12 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     class_from_code_pointer,
     dagster_instance_config,
     validate_config,
 )
+from tests.processes import mailglass
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -246,9 +244,7 @@ def test_cli_masks_passwords_in_printed_urls(database_url: str) -> None:
 
     secret = "Sup3rSecretPw"
     url = make_url(database_url).set(password=secret).render_as_string(hide_password=False)
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": url}
-    mailglass = str(Path(sys.executable).parent / "mailglass")
     # trust auth accepts any password here, so the command really connects and prints its database line.
-    proc = subprocess.run([mailglass, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    proc = mailglass("migrate", env={"MAILGLASS_DATABASE_URL": url})
     assert proc.returncode == 0, proc.stderr
     assert "***" in proc.stderr and secret not in proc.stderr + proc.stdout

@@ -43,14 +43,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import make_delivery, make_orphan
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
-from process_support import free_port, wait_until
 from sqlalchemy.engine import Engine, make_url
 
+from mailglass_pipeline.dagster_support.private import execute_graphql
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.devtools.dev import psycopg2_url
+from tests.factories import make_delivery, make_orphan
+from tests.processes import free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")]
 
@@ -182,7 +182,7 @@ class Stack:
 
 
 @pytest.fixture
-def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engine: Engine) -> Iterator[dict]:
+def topology(tmp_path: Path, blank_database_url: str, admin_engine: Engine, dagster_storage_url: str) -> Iterator[dict]:
     env_base = {k: v for k, v in os.environ.items() if not k.startswith(("MAILGLASS_", "DAGSTER_"))}
     mailglass = str(BIN / "mailglass")
     owner_env = {**env_base, "MAILGLASS_DATABASE_URL": blank_database_url}
@@ -197,10 +197,7 @@ def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engi
     assert granted.returncode == 0, granted.stderr
     restricted_url = make_url(blank_database_url).set(username=role, password=None).render_as_string(False)
 
-    storage_db = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{storage_db}"'))
-    storage_url = psycopg2_url(make_url(admin_url).set(database=storage_db).render_as_string(hide_password=False))
+    storage_url = dagster_storage_url
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -234,7 +231,6 @@ def topology(tmp_path: Path, blank_database_url: str, admin_url: str, admin_engi
         else:
             os.environ["DAGSTER_HOME"] = old_home
         with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{storage_db}" WITH (FORCE)'))
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{make_url(blank_database_url).database}" WITH (FORCE)'))
             conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
 
@@ -269,7 +265,7 @@ def _blocked_run(instance: DagsterInstance, owner: Engine, ctx: dict) -> str | N
 
 def _location_loaded(client: DagsterGraphQLClient) -> bool:
     try:
-        result = client._execute(WORKSPACE)
+        result = execute_graphql(client, WORKSPACE)
     except Exception:
         return False
     entries = result["workspaceOrError"].get("locationEntries") or []
@@ -299,8 +295,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
 
     orphans = {}
     for tenant in ("t1", "t2"):
-        orphans[tenant] = str(make_orphan(owner, tenant, f"{tenant}-m"))
-        make_delivery(owner, tenant, f"{tenant}-m")
+        orphans[tenant] = str(make_orphan(owner, tenant_id=tenant, message_id=f"{tenant}-m"))
+        make_delivery(owner, tenant_id=tenant, message_id=f"{tenant}-m")
     instance.add_dynamic_partitions("tenants", ["t1", "t2", "t3", "t4"])
 
     # 1. A backfill over GraphQL, as the UI launches it.
@@ -308,7 +304,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
         "repositorySelector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
         "partitionSetName": "reconcile_orphans_partition_set",
     }
-    launched = client._execute(
+    launched = execute_graphql(
+        client,
         LAUNCH_BACKFILL,
         {"backfillParams": {"selector": selector, "partitionNames": ["t1", "t2"], "fromFailure": False}},
     )["launchPartitionBackfill"]
@@ -323,9 +320,10 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     assert _reconciled_per_orphan(owner) == {orphans["t1"]: 1, orphans["t2"]: 1}
 
     # 2. The schedule on, over GraphQL; a due orphan whose delivery the test keeps locked.
-    orphans["t3"] = str(make_orphan(owner, "t3", "t3-m"))
-    held = _hold_lock(owner, make_delivery(owner, "t3", "t3-m"))
-    started = client._execute(
+    orphans["t3"] = str(make_orphan(owner, tenant_id="t3", message_id="t3-m"))
+    held = _hold_lock(owner, make_delivery(owner, tenant_id="t3", message_id="t3-m"))
+    started = execute_graphql(
+        client,
         START_SCHEDULE,
         {
             "scheduleSelector": {
@@ -370,8 +368,8 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     wait_until(lambda: _location_loaded(client), 90, "webserver did not show the code location again", log_dir)
 
     # 3b. The container dies: code server AND its run worker, mid-run.
-    orphans["t4"] = str(make_orphan(owner, "t4", "t4-m"))
-    held = _hold_lock(owner, make_delivery(owner, "t4", "t4-m"))
+    orphans["t4"] = str(make_orphan(owner, tenant_id="t4", message_id="t4-m"))
+    held = _hold_lock(owner, make_delivery(owner, tenant_id="t4", message_id="t4-m"))
     try:
         second = wait_until(
             lambda: (run_id := _blocked_run(instance, owner, topology)) != first and run_id, 100,

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from ingest_support import count_events, delivery, keys_fixture, make_delivery, settings_fixture, signing_fixture  # noqa: F401
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import create_engine, get_engine
@@ -28,6 +27,7 @@ from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.errors import TenantConflictError
 from mailglass_pipeline.ingest.grouped import MAX_GROUP, groupable, store_grouped
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from tests.factories import count_events, delivery, make_delivery
 
 
 def parsed(
@@ -53,7 +53,7 @@ def webhook_rows(engine: Engine) -> list[tuple[str, str]]:
 def test_each_request_of_a_group_is_stored_alone_or_not_at_all(
     database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
 ) -> None:
-    linked_id = make_delivery(engine, "t1", "postmark", "g-linked")
+    linked_id = make_delivery(engine, tenant_id="t1", provider="postmark", message_id="g-linked", dispatched=True)
     # Stored before the group: an event of t1 (redelivered in the group, and sent again to t2's URL),
     # and a Mailgun token (its replay with another body is in the group).
     dup_body, dup_headers = build_webhook("resend", "g-dup", keys=keys)

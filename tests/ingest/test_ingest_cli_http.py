@@ -1,37 +1,35 @@
-"""``mailglass ingest`` (through a click group, as the lead wires it) and the WSGI receiver over real HTTP."""
+"""``mailglass ingest`` (in process, through the real ``mailglass`` group) and the receiver's app over real HTTP."""
 
 from __future__ import annotations
 
 import base64
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import click
 import pytest
 from click.testing import CliRunner
-from ingest_support import count_events, events, fixture_bytes, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
-from mailglass_pipeline.ingest.cli import register
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
-from mailglass_pipeline.ingest.wsgi import make_app
+from mailglass_pipeline.ingest.server import Receiver
+from mailglass_pipeline.ingest.tenants import TenantSettings
+from tests.factories import count_events, events
+from tests.ingest.ingest_support import fixture_bytes
 
 
 @pytest.fixture
 def cli() -> click.Group:
-    @click.group()
-    def group() -> None:
-        pass
+    from mailglass_pipeline.cli import cli
 
-    register(group)
-    return group
+    return cli
 
 
 def cli_env(database_url: str, settings: IngestSettings) -> dict[str, str]:
@@ -103,41 +101,44 @@ def test_cli_bad_header_is_usage_error(cli: click.Group, tmp_path: Path) -> None
     assert result.exit_code == 2 and "Name: value" in result.output
 
 
-# -- WSGI over real HTTP ---------------------------------------------------------------------
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+# -- the receiver's app over real HTTP, served in this process ---------------------------------
 
 
 @pytest.fixture
 def server(database_url: str, settings: IngestSettings) -> Iterator[str]:
+    """``mailglass serve``'s application under uvicorn in a thread (no worker processes: quick to start)."""
     from dataclasses import replace
 
-    app = make_app(database_url=database_url, settings=replace(settings, max_body_bytes=64 * 1024))
-    httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    import uvicorn
+
+    tenants = TenantSettings(replace(settings, max_body_bytes=64 * 1024))
+    app = Receiver(tenants=tenants, database_url=database_url, threads=2)
+    httpd = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=httpd.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
+    while not httpd.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the receiver did not start"
+        time.sleep(0.02)
+    port = httpd.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        httpd.should_exit = True
+        thread.join(timeout=10)
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
+            return response.status, json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
+        return exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()}
 
 
 @pytest.mark.parametrize("provider", ["postmark", "sendgrid", "mailgun", "ses", "resend"])
-def test_wsgi_receiver_over_http(provider: str, server: str, engine: Engine, keys: SampleKeys) -> None:
+def test_receiver_over_http(provider: str, server: str, engine: Engine, keys: SampleKeys) -> None:
     body, headers = build_webhook(provider, f"{provider}-http-1", "delivered", keys=keys)
     status, payload, _ = post(f"{server}/{provider}/tenant-http", body, headers)
     assert status == 200, payload
@@ -146,12 +147,12 @@ def test_wsgi_receiver_over_http(provider: str, server: str, engine: Engine, key
     assert event.metadata["provider_message_id"] == f"{provider}-http-1"
 
 
-def test_wsgi_errors(server: str, engine: Engine, keys: SampleKeys) -> None:
+def test_receiver_errors(server: str, engine: Engine, keys: SampleKeys) -> None:
     body, headers = build_webhook("postmark", "pm-2", "delivered", keys=keys)
     bad_auth = {**headers, "Authorization": "Basic " + base64.b64encode(b"x:y").decode()}
     status, payload, response_headers = post(f"{server}/postmark/t1", body, bad_auth)
     assert status == 401 and "credentials" in payload["error"]
-    assert response_headers.get("WWW-Authenticate", "").startswith("Basic")
+    assert response_headers.get("www-authenticate", "").startswith("Basic")
     assert post(f"{server}/postmark/t1", b"{oops", headers)[0] == 400
     assert post(f"{server}/sparkpost/t1", body, headers)[0] == 404
     assert post(f"{server}/postmark", body, headers)[0] == 404

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from ingest_support import FOLDERS, fixture_bytes, fixture_json, sources_files
 
 from mailglass_pipeline.ingest import WebhookPayloadError, parse_webhook
+from tests.ingest.ingest_support import FOLDERS, fixture_bytes, fixture_json, sources_files
 
 PM_ID = "883953f4-6105-42a2-a16a-77a8eac79483"
 PM_ZERO = "00000000-0000-0000-0000-000000000000"

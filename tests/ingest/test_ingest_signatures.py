@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_support import fixture_bytes, fixture_json, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
 
 from mailglass_pipeline.errors import MailglassError
 from mailglass_pipeline.ingest import (
@@ -31,6 +30,7 @@ from mailglass_pipeline.ingest import resend as resend_mod
 from mailglass_pipeline.ingest import sendgrid as sendgrid_mod
 from mailglass_pipeline.ingest import ses as ses_mod
 from mailglass_pipeline.ingest.samples import SAMPLE_KINDS, SampleKeys, build_webhook, sign_sns
+from tests.ingest.ingest_support import fixture_bytes, fixture_json
 
 
 def test_error_hierarchy() -> None:

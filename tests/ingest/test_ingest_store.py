@@ -23,18 +23,6 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from ingest_support import (  # noqa: F401
-    count_events,
-    delivery,
-    events,
-    fixture_bytes,
-    fixture_json,
-    keys_fixture,
-    make_delivery,
-    settings_fixture,
-    signing_fixture,
-    store_one,
-)
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import get_engine
@@ -49,6 +37,8 @@ from mailglass_pipeline.ingest.errors import TenantConflictError
 from mailglass_pipeline.ingest.resend import sign as svix_sign
 from mailglass_pipeline.ingest.samples import SNS_TOPIC_ARN, SampleKeys, build_webhook, sign_sns
 from mailglass_pipeline.reconciliation.sweep import reconcile
+from tests.factories import count_events, delivery, events, make_delivery
+from tests.ingest.ingest_support import fixture_bytes, fixture_json, store_one
 
 Documented = tuple[bytes, dict[str, str], str, datetime]
 
@@ -168,7 +158,7 @@ def test_end_to_end_orphan_reconciles(
     assert count_events(engine) == 1
 
     # The delivery commits; a sweep links the orphan; the projection carries the provider's event.
-    delivery_id = make_delivery(engine, tenant, provider, message_id)
+    delivery_id = make_delivery(engine, tenant_id=tenant, provider=provider, message_id=message_id, dispatched=True)
     sweep = reconcile(tenant, database_url=database_url, grace_seconds=0)
     assert (sweep["scanned"], sweep["linked"]) == (1, 1)
     row = delivery(engine, delivery_id)
@@ -186,7 +176,7 @@ def test_end_to_end_orphan_reconciles(
 def test_event_for_existing_delivery_links_and_projects(
     provider: str, database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
 ) -> None:
-    delivery_id = make_delivery(engine, "t1", provider, "msg-linked")
+    delivery_id = make_delivery(engine, tenant_id="t1", provider=provider, message_id="msg-linked", dispatched=True)
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
     body, headers = build_webhook(provider, "msg-linked", "delivered", occurred_at=at, keys=keys)
     result = ingest(provider, body, headers, tenant_id="t1", database_url=database_url, settings=settings)
@@ -209,7 +199,7 @@ def test_event_for_existing_delivery_links_and_projects(
 def test_lookup_never_crosses_tenants(
     database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
 ) -> None:
-    other = make_delivery(engine, "tenant-a", "postmark", "shared-id")
+    other = make_delivery(engine, tenant_id="tenant-a", provider="postmark", message_id="shared-id", dispatched=True)
     body, headers = build_webhook("postmark", "shared-id", "bounced", keys=keys)
     result = ingest("postmark", body, headers, tenant_id="tenant-b", database_url=database_url, settings=settings)
     assert result["orphans"] == 1
@@ -221,7 +211,7 @@ def test_lookup_never_crosses_tenants(
 def test_sendgrid_batch_is_one_transaction(
     database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
 ) -> None:
-    make_delivery(engine, "t1", "sendgrid", "qNwBLgPQQjW6DJvKQwSAbw")
+    make_delivery(engine, tenant_id="t1", provider="sendgrid", message_id="qNwBLgPQQjW6DJvKQwSAbw", dispatched=True)
     body = fixture_json("sendgrid/signature_vector_multi.json")["body"].encode()
     result = ingest("sendgrid", body, {}, tenant_id="t1", database_url=database_url, verify=False)
     assert (result["received"], result["events"], result["linked"]) == (2, 2, 2)

@@ -13,20 +13,12 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from ingest_support import (  # noqa: F401
-    count_events,
-    delivery,
-    events,
-    keys_fixture,
-    make_delivery,
-    settings_fixture,
-    signing_fixture,
-)
-from serve_support import CuttableProxy, run_receiver, secrets_env, wait_for
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook, sign_sns
+from tests.factories import count_events, delivery, events, make_delivery
+from tests.processes import CuttableProxy, run_receiver, secrets_env, wait_until
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 #: An event id of 9,000 incompressible characters (a b-tree index entry holds at most about 2.7 kB).
@@ -140,7 +132,9 @@ def test_a_webhook_waiting_on_a_locked_delivery_holds_up_no_other(
 ) -> None:
     # A transaction elsewhere (a sweep, the sending application) holds a delivery's row. The webhook for
     # that delivery waits for it inside its group statement; the webhooks after it are stored beside it.
-    delivery_id = make_delivery(engine, "t-lock", "postmark", "lock-held")
+    delivery_id = make_delivery(
+        engine, tenant_id="t-lock", provider="postmark", message_id="lock-held", dispatched=True
+    )
     with run_receiver(database_url, secrets_env(settings), tmp_path, "--workers", "1") as receiver:
         holder = engine.connect()
         transaction = holder.begin()
@@ -149,7 +143,7 @@ def test_a_webhook_waiting_on_a_locked_delivery_holds_up_no_other(
             with ThreadPoolExecutor(max_workers=1) as pool:
                 body, headers = build_webhook("postmark", "lock-held", "delivered", keys=keys)
                 waiting = pool.submit(receiver.post, "/postmark/t-lock", body, headers)
-                wait_for(lambda: count_lock_waits(engine) == 1, 10, "the webhook never waited on the lock")
+                wait_until(lambda: count_lock_waits(engine) == 1, 10, "the webhook never waited on the lock")
                 for index in range(5):
                     body, headers = build_webhook("resend", f"lock-free-{index}", "delivered", keys=keys)
                     started = time.monotonic()
@@ -191,7 +185,7 @@ def test_503_with_retry_after_while_the_database_is_down(
             assert health.json()["status"] == "unavailable"
 
             proxy.restore()
-            wait_for(lambda: receiver.request("GET", "/healthz").status == 200, 30, "healthz did not recover")
+            wait_until(lambda: receiver.request("GET", "/healthz").status == 200, 30, "healthz did not recover")
             body, headers = build_webhook("postmark", "down-after", "delivered", keys=keys)
             assert receiver.post("/postmark/t-down", body, headers).status == 200
             assert "Traceback" not in receiver.log_text()
@@ -211,7 +205,9 @@ def test_terminated_backend_costs_no_webhook(
         assert receiver.post("/resend/t-term", body, headers).status == 200
         others = "datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         assert fetch_count(engine, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}")
-        wait_for(lambda: not fetch_count(engine, f"SELECT count(*) FROM pg_stat_activity WHERE {others}"), 10, "alive")
+        wait_until(
+            lambda: not fetch_count(engine, f"SELECT count(*) FROM pg_stat_activity WHERE {others}"), 10, "alive"
+        )
 
         body, headers = build_webhook("postmark", "term-1", "delivered", keys=keys)
         reply = receiver.post("/postmark/t-term", body, headers)

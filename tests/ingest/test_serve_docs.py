@@ -9,11 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ingest_support import FIXTURES, count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_support import run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
+from tests.factories import count_events
+from tests.ingest.ingest_support import FIXTURES
+from tests.processes import run_receiver, secrets_env
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = "127.0.0.1:8025"

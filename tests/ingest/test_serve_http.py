@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from ingest_support import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_support import run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from tests.factories import count_events
+from tests.processes import run_receiver, secrets_env
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from ingest_support import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_support import MAILGLASS, run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from tests.factories import count_events
+from tests.processes import mailglass, run_receiver, secrets_env
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
@@ -33,10 +31,7 @@ def webhook_rows(engine: Engine, tenant_id: str) -> list[sa.Row[Any]]:
 
 
 def replay_cli(database_url: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    done = subprocess.run(
-        [str(MAILGLASS), "ingest", "--replay", *args], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = mailglass("ingest", "--replay", *args, env={"MAILGLASS_DATABASE_URL": database_url})
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
 
 

@@ -11,29 +11,20 @@ grants too much, the refusals fail.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from database_support import login_role
-from ingest_support import (  # noqa: F401
-    count_events,
-    delivery,
-    keys_fixture,
-    make_delivery,
-    settings_fixture,
-    signing_fixture,
-)
-from serve_support import MAILGLASS, run_receiver, secrets_env
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import grants
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from tests.databases import login_role
+from tests.factories import count_events, delivery, make_delivery
+from tests.processes import mailglass, run_receiver, secrets_env
 
 PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 
@@ -41,9 +32,9 @@ PROVIDERS = ("postmark", "sendgrid", "mailgun", "ses", "resend")
 @pytest.fixture
 def receiver_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
     with login_role(database_url, admin_engine, "mg_receiver") as (role, url):
-        env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-        command = [str(MAILGLASS), "grants", "--for", "receiver", "--role", role, "--apply"]
-        applied = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        applied = mailglass(
+            "grants", "--for", "receiver", "--role", role, "--apply", env={"MAILGLASS_DATABASE_URL": database_url}
+        )
         assert applied.returncode == 0, applied.stderr
         assert json.loads(applied.stdout) == {
             "role": role,
@@ -67,7 +58,7 @@ def refused(url: str, sql: str) -> str:
 def test_serve_end_to_end_as_the_receiver_role(
     receiver_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
 ) -> None:
-    linked = make_delivery(engine, "role", "postmark", "role-linked")
+    linked = make_delivery(engine, tenant_id="role", provider="postmark", message_id="role-linked", dispatched=True)
     with run_receiver(receiver_url, secrets_env(settings), tmp_path, "--workers", "1") as receiver:
         assert receiver.request("GET", "/healthz").status == 200
         for provider in PROVIDERS:
@@ -128,11 +119,8 @@ def test_receiver_role_holds_exactly_the_documented_privileges(receiver_url: str
 
 
 def test_grants_cli_for_the_receiver(database_url: str) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    printed = subprocess.run(
-        [str(MAILGLASS), "grants", "--for", "receiver", "--role", "mailglass_receiver"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    env = {"MAILGLASS_DATABASE_URL": database_url}
+    printed = mailglass("grants", "--for", "receiver", "--role", "mailglass_receiver", env=env)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == grants.render_grants("mailglass_receiver", service="receiver").strip()
     statements = grants.statements("mailglass_receiver", service="receiver")

@@ -9,12 +9,12 @@ import re
 import time
 from pathlib import Path
 
-from ingest_support import count_events, events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_support import Receiver, run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SNS_TOPIC_ARN, SampleKeys, build_webhook, sign_sns
+from tests.factories import count_events, events
+from tests.processes import Receiver, run_receiver, secrets_env
 
 FOREIGN_TOPIC = "arn:aws:sns:us-east-1:999999999999:someone-elses-topic"
 

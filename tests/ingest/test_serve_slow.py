@@ -6,12 +6,12 @@ import socket
 import time
 from pathlib import Path
 
-from ingest_support import count_events, keys_fixture, settings_fixture, signing_fixture  # noqa: F401
-from serve_support import run_receiver, secrets_env
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from tests.factories import count_events
+from tests.processes import run_receiver, secrets_env
 
 BODY_TIMEOUT = 3.0
 

@@ -1,31 +1,33 @@
-"""The ingest's store statements stay cheap to send: one statement each, short enough for the driver's cache."""
+"""The receiver's store statements: one statement each, sent as PostgreSQL reads them, whatever their length."""
 
 from __future__ import annotations
 
-import importlib
+import sqlalchemy as sa
 
-import pytest
+from mailglass_pipeline.db import RawStatement
+from mailglass_pipeline.ingest.core import _STORE
+from mailglass_pipeline.ingest.grouped import _STORE_GROUP
+from mailglass_pipeline.queries import statement
 
-from mailglass_pipeline.db import DRIVER_CACHED_QUERY_BYTES, compact
-from mailglass_pipeline.ingest.core import store_statement
-from mailglass_pipeline.ingest.grouped import group_statement
 
-
-def test_store_statement_fits_the_driver_query_cache() -> None:
-    # Longer, psycopg would convert its placeholders again on every webhook (about 250 us of CPU).
+def test_store_statements_are_sent_whole_with_native_placeholders() -> None:
+    # psycopg's raw cursor sends $n placeholders untouched: no parse of the query per execution, so
+    # the statements keep their comments and layout (psycopg caches its own conversion only under 4 kB).
     # The transaction's statement leaves Mailgun's token to its own claim; the one-statement store claims it.
-    for driver_text, claims_token in ((store_statement(), False), (group_statement(), True)):
-        assert "%(rows)s" in driver_text and "%(webhooks)s" in driver_text
-        assert ("INSERT INTO mailglass_webhook_tokens" in driver_text) is claims_token
-        assert len(driver_text.encode("utf-8")) <= DRIVER_CACHED_QUERY_BYTES
-    # The limit is psycopg's own; a psycopg release that changes it should be noticed here.
-    queries = importlib.import_module("psycopg._queries")
-    assert getattr(queries, "MAX_CACHED_STATEMENT_LENGTH", DRIVER_CACHED_QUERY_BYTES) == DRIVER_CACHED_QUERY_BYTES
+    for raw, name, claims_token in ((_STORE, "store_webhook", False), (_STORE_GROUP, "store_webhooks_grouped", True)):
+        assert raw == RawStatement.of(statement(name))
+        assert {"rows", "webhooks", "webhooks_received_at"} <= set(raw.names)
+        assert len(raw.names) == len(set(raw.names))
+        for position, name_ in enumerate(raw.names, start=1):
+            assert f"${position}" in raw.text, name_
+        assert ":rows" not in raw.text and "%(" not in raw.text
+        assert ("INSERT INTO mailglass_webhook_tokens" in raw.text) is claims_token
+        assert raw.text.startswith("-- ") and "-- rule: projection" in raw.text
+        assert len(raw.text.encode("utf-8")) > 4096  # no byte-length limit to stay under any more
 
 
-def test_compact_refuses_comments() -> None:
-    assert compact("SELECT  1\n  FROM t") == "SELECT 1 FROM t"
-    # Spaces around commas and parentheses go, except inside literals.
-    assert compact("SELECT f( a , 'x, ( y' ) , 'it''s ( z'") == "SELECT f(a,'x, ( y'),'it''s ( z'"
-    with pytest.raises(ValueError):
-        compact("SELECT 1 -- a comment\nFROM t")
+def test_raw_statement_numbers_each_name_once_in_order() -> None:
+    raw = RawStatement.of(sa.text("SELECT :a, CAST(:b AS int), :a, '50%' -- a comment\n"))
+    assert raw.text == "SELECT $1, CAST($2 AS int), $1, '50%' -- a comment\n"
+    assert raw.names == ("a", "b")
+    assert raw.values({"b": 2, "a": 1, "unused": 3}) == (1, 2)

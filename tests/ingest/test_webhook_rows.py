@@ -14,13 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from ingest_support import count_events, store_one
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import get_engine
 from mailglass_pipeline.ingest import ingest
 from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.replay import replay
+from tests.factories import count_events
+from tests.ingest.ingest_support import store_one
 
 
 def element(tag: str, kind: str = "delivered", *, event_id: bool = True) -> dict[str, Any]:

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 
 from mailglass_pipeline import deliveries, ledger
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 TENANTS = [f"soak-{i}" for i in range(8)]
 #: Deliveries start before every event, so every event advances last_event_* by its own time.

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import fetch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
@@ -32,8 +31,9 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline import deliveries
 from mailglass_pipeline.ingest import ingest
 from mailglass_pipeline.projector import SET_ONCE_COLUMNS, TERMINAL_TYPES
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch
 
 MESSAGES = 2
 BASE = datetime(2026, 1, 1, tzinfo=UTC)

@@ -16,25 +16,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import bulk_support
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.databases import create_database, drop_database, with_database
+from tests.processes import MAILGLASS
+from tests.reliability import bulk_support
 
 pytestmark = pytest.mark.slow
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 TENANT = "crash"
 N = int(os.environ.get("MAILGLASS_CRASH_ROWS", "15000"))
 BATCH = N + N // 7 + 500  # every orphan in one batch, one transaction
@@ -49,14 +49,8 @@ def base_time() -> datetime:
 
 def _new_database(admin_url: str, admin_engine: Engine, template: str) -> tuple[str, str]:
     name = f"mg_crash_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
-    return name, make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop(admin_engine: Engine, name: str) -> None:
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    create_database(admin_engine, name, template=template)
+    return name, with_database(admin_url, name)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +65,7 @@ def expected(admin_url: str, admin_engine: Engine, template_database: str, base_
         yield bulk_support.snapshot(engine, TENANT)
     finally:
         engine.dispose()
-        _drop(admin_engine, name)
+        drop_database(admin_engine, name)
 
 
 @pytest.fixture
@@ -81,12 +75,12 @@ def crash_db(admin_url: str, admin_engine: Engine, template_database: str, base_
     bulk_support.seed(engine, TENANT, N, base_time)
     yield name, url, engine
     engine.dispose()
-    _drop(admin_engine, name)
+    drop_database(admin_engine, name)
 
 
 def _start_sweep(url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [MAILGLASS_BIN, "reconcile", "--tenant-id", TENANT, "--batch-size", str(BATCH), "--grace-seconds", "0"],
+        [MAILGLASS, "reconcile", "--tenant-id", TENANT, "--batch-size", str(BATCH), "--grace-seconds", "0"],
         env={**os.environ, "MAILGLASS_DATABASE_URL": url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -15,7 +15,6 @@ import itertools
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -23,8 +22,8 @@ import pytest
 
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.reconciliation.sweep import reconcile
+from tests.processes import MAILGLASS
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 CONNECT_TIMEOUT = 2
 #: Interpreter and import start-up of the CLI on a slow CI machine.
 STARTUP_MARGIN = 8
@@ -52,7 +51,7 @@ def _cli(port: int, *args: str) -> tuple[subprocess.CompletedProcess[str], float
         "MAILGLASS_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
     }
     started = time.monotonic()
-    proc = subprocess.run([MAILGLASS_BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([MAILGLASS, *args], env=env, capture_output=True, text=True, timeout=120)
     return proc, time.monotonic() - started
 
 
@@ -69,12 +68,14 @@ def _assert_one_line_failure(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.parametrize("command", [["reconcile", "--tenant-id", "t1"], ["reconcile"], ["migrate"]])
+@pytest.mark.process
 def test_cli_refused_connection_fails_fast_with_one_line(closed_port: int, command: list[str]) -> None:
     proc, elapsed = _cli(closed_port, *command)
     _assert_one_line_failure(proc)
     assert elapsed < STARTUP_MARGIN
 
 
+@pytest.mark.process
 def test_cli_blackhole_is_ended_by_the_connect_timeout(blackhole_port: int) -> None:
     proc, elapsed = _cli(blackhole_port, "reconcile", "--tenant-id", "t1", "--batch-size", "10")
     line = _assert_one_line_failure(proc)
@@ -90,6 +91,7 @@ def test_python_api_raises_database_unavailable(closed_port: int) -> None:
     assert "s3cret-pw" not in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_dagster_op_retries_with_exponential_backoff_then_fails(closed_port: int) -> None:
     dagster = pytest.importorskip("dagster")
     from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY

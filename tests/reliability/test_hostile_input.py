@@ -10,24 +10,21 @@ orphan's tenant, and counts what it could not use as ``malformed``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from dagster import SensorResult, build_sensor_context, instance_for_test
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import mailglass
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 SWEEP = SweepConfig(grace_seconds=0)
 
 HOSTILE_TENANTS = [
@@ -84,11 +81,13 @@ def _reconciled(engine: Engine) -> dict[str, tuple[str, uuid.UUID]]:
 def test_hostile_tenant_ids_sweep_normally_and_stay_isolated(engine: Engine, tenant: str) -> None:
     # A near-twin tenant holds a delivery with a message id the hostile tenant's orphan also uses.
     twin = tenant[:-1] if len(tenant) > 1 else tenant + "x"
-    mine = make_delivery(engine, tenant, "m-own")
-    make_delivery(engine, twin, "m-twin")
-    own_orphan = make_orphan(engine, tenant, "m-own")
-    make_orphan(engine, tenant, "m-twin")  # same provider and message id as the twin tenant's delivery
-    make_orphan(engine, tenant, None)  # malformed
+    mine = make_delivery(engine, tenant_id=tenant, message_id="m-own")
+    make_delivery(engine, tenant_id=twin, message_id="m-twin")
+    own_orphan = make_orphan(engine, tenant_id=tenant, message_id="m-own")
+    make_orphan(
+        engine, tenant_id=tenant, message_id="m-twin"
+    )  # same provider and message id as the twin tenant's delivery
+    make_orphan(engine, tenant_id=tenant, message_id=None)  # malformed
 
     result = sweep(engine, tenant, SWEEP)
     assert result.tenant_id == tenant
@@ -104,14 +103,11 @@ def test_hostile_tenant_ids_sweep_normally_and_stay_isolated(engine: Engine, ten
 
 
 def test_hostile_tenant_ids_through_the_cli(engine: Engine, database_url: str) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
+    env = {"MAILGLASS_DATABASE_URL": database_url}
     for tenant in HOSTILE_TENANTS[:7]:
-        make_orphan(engine, tenant, "m-1")
-        make_delivery(engine, tenant, f"m-{uuid.uuid4()}")
-        proc = subprocess.run(
-            [MAILGLASS_BIN, "reconcile", "--tenant-id", tenant, "--grace-seconds", "0"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        make_orphan(engine, tenant_id=tenant, message_id="m-1")
+        make_delivery(engine, tenant_id=tenant, message_id=f"m-{uuid.uuid4()}")
+        proc = mailglass("reconcile", "--tenant-id", tenant, "--grace-seconds", "0", env=env)
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         assert (out["tenant_id"], out["scanned"], out["unmatched"]) == (tenant, 1, 1)
@@ -145,7 +141,7 @@ MALFORMED_METADATA: list[tuple[str, str, dict[str, Any]]] = [
 
 def test_malformed_metadata_is_counted_never_linked_never_fatal(engine: Engine) -> None:
     tenant = "meta"
-    target = make_delivery(engine, tenant, "m-1")
+    target = make_delivery(engine, tenant_id=tenant, message_id="m-1")
     malformed_ids = [_ledger_row(engine, tenant, sql, **params) for _, sql, params in MALFORMED_METADATA]
     # normalized_payload of the wrong shape too (a JSON array), metadata empty
     malformed_ids.append(_ledger_row(engine, tenant, "'{}'::jsonb", payload='[{"provider_message_id": "m-1"}]'))
@@ -172,16 +168,25 @@ def test_malformed_metadata_is_counted_never_linked_never_fatal(engine: Engine) 
 def test_huge_strings_in_metadata(engine: Engine) -> None:
     tenant = "huge"
     megabyte = "m" * (1 << 20)
-    target = make_delivery(engine, tenant, "m-1")
+    target = make_delivery(engine, tenant_id=tenant, message_id="m-1")
     linked = make_orphan(
         engine,
-        tenant,
-        "m-1",
+        tenant_id=tenant,
+        message_id="m-1",
         metadata={"provider": "postmark", "provider_message_id": "m-1", "provider_event_id": "e" * (1 << 20)},
     )
-    make_orphan(engine, tenant, megabyte)  # a 1 MB message id: looked up, unmatched, no index error
-    make_orphan(engine, tenant, None, metadata={"provider": "p" * (1 << 20), "provider_message_id": "m-1"})
-    make_orphan(engine, tenant, None, metadata={"provider": "postmark", "blob": {"deep": ["x" * (1 << 20)]}})
+    make_orphan(
+        engine, tenant_id=tenant, message_id=megabyte
+    )  # a 1 MB message id: looked up, unmatched, no index error
+    make_orphan(
+        engine, tenant_id=tenant, message_id=None, metadata={"provider": "p" * (1 << 20), "provider_message_id": "m-1"}
+    )
+    make_orphan(
+        engine,
+        tenant_id=tenant,
+        message_id=None,
+        metadata={"provider": "postmark", "blob": {"deep": ["x" * (1 << 20)]}},
+    )
 
     result = sweep(engine, tenant, SWEEP)
     assert (result.scanned, result.linked, result.unmatched, result.malformed) == (4, 1, 2, 1)
@@ -192,14 +197,15 @@ def test_huge_strings_in_metadata(engine: Engine) -> None:
 
 def test_message_id_colliding_across_tenants_never_links_across(engine: Engine) -> None:
     """(provider, message id) is unique globally, so the id lives in one tenant; others must not get it."""
-    owner = make_delivery(engine, "acme", "shared-1")
-    make_delivery(engine, "acme", "sgid", provider="sendgrid")
+    owner = make_delivery(engine, tenant_id="acme", message_id="shared-1")
+    make_delivery(engine, tenant_id="acme", message_id="sgid", provider="sendgrid")
     foreign = [
-        make_orphan(engine, tenant, "shared-1") for tenant in ("globex", "ACME", "acme ", "acme'", "acme;", "acme,")
+        make_orphan(engine, tenant_id=tenant, message_id="shared-1")
+        for tenant in ("globex", "ACME", "acme ", "acme'", "acme;", "acme,")
     ]
-    sendgrid_foreign = make_orphan(engine, "globex", "sgid.filterdrecv-1", provider="sendgrid")
-    own = make_orphan(engine, "acme", "shared-1", age=timedelta(minutes=4))
-    own_sendgrid = make_orphan(engine, "acme", "sgid.filterdrecv-1", provider="sendgrid")
+    sendgrid_foreign = make_orphan(engine, tenant_id="globex", message_id="sgid.filterdrecv-1", provider="sendgrid")
+    own = make_orphan(engine, tenant_id="acme", message_id="shared-1", age=timedelta(minutes=4))
+    own_sendgrid = make_orphan(engine, tenant_id="acme", message_id="sgid.filterdrecv-1", provider="sendgrid")
 
     everyone = sweep(engine, None, SWEEP)
     assert everyone.linked == 2
@@ -218,7 +224,7 @@ def test_hostile_tenants_as_partition_keys_are_reported_not_fatal(engine: Engine
     from mailglass_pipeline.defs.tenant_reconciliation.sensors import tenant_partitions
 
     for tenant in [*HOSTILE_TENANTS, "acme"]:
-        make_orphan(engine, tenant, "m-1", age=timedelta(minutes=1))
+        make_orphan(engine, tenant_id=tenant, message_id="m-1", age=timedelta(minutes=1))
     with (
         instance_for_test() as instance,
         build_sensor_context(
@@ -234,10 +240,10 @@ def test_hostile_tenants_as_partition_keys_are_reported_not_fatal(engine: Engine
 def test_orphan_timestamps_at_the_edges(engine: Engine) -> None:
     """occurred_at far in the past/future or 'infinity' from a foreign writer: never fatal."""
     tenant = "edges"
-    make_delivery(engine, tenant, "m-1")
-    make_delivery(engine, tenant, "m-2")
-    make_orphan(engine, tenant, "m-1", occurred_at=datetime(1970, 1, 1, tzinfo=UTC))
-    make_orphan(engine, tenant, "m-2", occurred_at=datetime(9999, 12, 31, tzinfo=UTC))
+    make_delivery(engine, tenant_id=tenant, message_id="m-1")
+    make_delivery(engine, tenant_id=tenant, message_id="m-2")
+    make_orphan(engine, tenant_id=tenant, message_id="m-1", occurred_at=datetime(1970, 1, 1, tzinfo=UTC))
+    make_orphan(engine, tenant_id=tenant, message_id="m-2", occurred_at=datetime(9999, 12, 31, tzinfo=UTC))
     _ledger_row(engine, tenant, """'{"provider": "postmark", "provider_message_id": "m-1"}'::jsonb""")
     with engine.begin() as conn:
         conn.execute(
@@ -257,10 +263,10 @@ def test_orphan_timestamps_at_the_edges(engine: Engine) -> None:
 
 def test_orphan_without_provider_event_id_links_and_does_not_poison_the_batch(engine: Engine) -> None:
     """Plain-SQL and Mailglass-written orphans may lack provider_event_id: legal, must link."""
-    first = make_delivery(engine, "bare", "m-1")
-    second = make_delivery(engine, "bare", "m-2")
+    first = make_delivery(engine, tenant_id="bare", message_id="m-1")
+    second = make_delivery(engine, tenant_id="bare", message_id="m-2")
     bare = _ledger_row(engine, "bare", """'{"provider": "postmark", "message_id": "m-1"}'::jsonb""")
-    make_orphan(engine, "bare", "m-2")
+    make_orphan(engine, tenant_id="bare", message_id="m-2")
     result = sweep(engine, None, SWEEP)
     assert (result.scanned, result.linked) == (2, 2)
     links = _reconciled(engine)

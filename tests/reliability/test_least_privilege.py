@@ -10,26 +10,22 @@ the refusal assertions fail.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
-from database_support import login_role
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import grants
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import reconcile, sweep
-
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
+from mailglass_pipeline.settings import SweepConfig
+from tests.databases import login_role
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import mailglass
 
 
 @pytest.fixture
@@ -91,11 +87,11 @@ def test_table_privileges_are_exactly_the_documented_ones(restricted_url: str, e
 
 def test_core_reconciler_scenario_as_restricted_role(engine: Engine, restricted: Engine) -> None:
     # Data written by the owner/application; the sweeps run as the restricted role.
-    linked_orphan = make_orphan(engine, "t1", "m-1", event_type="delivered")
-    delivery = make_delivery(engine, "t1", "m-1")
-    make_orphan(engine, "t1", "m-unknown")
-    make_orphan(engine, "t1", None, metadata={"provider": 7, "provider_message_id": ["x"]})
-    make_orphan(engine, "t1", "m-old", age=timedelta(days=8))
+    linked_orphan = make_orphan(engine, tenant_id="t1", message_id="m-1", event_type="delivered")
+    delivery = make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-unknown")
+    make_orphan(engine, tenant_id="t1", message_id=None, metadata={"provider": 7, "provider_message_id": ["x"]})
+    make_orphan(engine, tenant_id="t1", message_id="m-old", age=timedelta(days=8))
 
     result = sweep(restricted, "t1", SweepConfig(grace_seconds=0))
     assert (result.scanned, result.linked, result.unmatched, result.malformed) == (3, 1, 1, 1)
@@ -112,28 +108,25 @@ def test_core_reconciler_scenario_as_restricted_role(engine: Engine, restricted:
     assert fetch(engine, "SELECT count(*) AS n FROM mailglass_events WHERE type = 'reconciled'")[0].n == 1
 
     # A delivery committing later is picked up by the restricted role too.
-    make_delivery(engine, "t1", "m-unknown")
+    make_delivery(engine, tenant_id="t1", message_id="m-unknown")
     assert sweep(restricted, "t1", SweepConfig(grace_seconds=0)).linked == 1
 
 
 def test_public_api_and_cli_run_as_restricted_role(engine: Engine, restricted_url: str) -> None:
-    make_orphan(engine, "t2", "m-1")
-    make_delivery(engine, "t2", "m-1")
-    make_orphan(engine, "t2", "m-2")
-    make_delivery(engine, "t2", "m-2")
+    make_orphan(engine, tenant_id="t2", message_id="m-1")
+    make_delivery(engine, tenant_id="t2", message_id="m-1")
+    make_orphan(engine, tenant_id="t2", message_id="m-2")
+    make_delivery(engine, tenant_id="t2", message_id="m-2")
     assert reconcile("t2", limit=1, database_url=restricted_url)["linked"] == 1
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": restricted_url}
-    proc = subprocess.run(
-        [MAILGLASS_BIN, "reconcile", "--tenant-id", "t2", "--grace-seconds", "0"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    env = {"MAILGLASS_DATABASE_URL": restricted_url}
+    proc = mailglass("reconcile", "--tenant-id", "t2", "--grace-seconds", "0", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["linked"] == 1
 
 
 def test_restricted_role_cannot_rewrite_history_or_change_schema(engine: Engine, restricted: Engine) -> None:
-    make_orphan(engine, "t3", "m-1")
-    make_delivery(engine, "t3", "m-1")
+    make_orphan(engine, tenant_id="t3", message_id="m-1")
+    make_delivery(engine, tenant_id="t3", message_id="m-1")
     refused = {
         "UPDATE mailglass_events SET type = 'bounced'": "42501",
         "DELETE FROM mailglass_events": "42501",
@@ -159,17 +152,12 @@ def test_restricted_role_cannot_rewrite_history_or_change_schema(engine: Engine,
 
 
 def test_grants_cli_prints_and_applies(database_url: str, admin_engine: Engine, engine: Engine) -> None:
-    env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url}
-    printed = subprocess.run(
-        [MAILGLASS_BIN, "grants", "--role", "o'reilly"], env=env, capture_output=True, text=True, timeout=60
-    )
+    env = {"MAILGLASS_DATABASE_URL": database_url}
+    printed = mailglass("grants", "--role", "o'reilly", env=env)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == grants.render_grants("o'reilly").strip()
 
-    missing = subprocess.run(
-        [MAILGLASS_BIN, "grants", "--role", "mg_no_such_role", "--apply"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    missing = mailglass("grants", "--role", "mg_no_such_role", "--apply", env=env)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "mg_no_such_role" in missing.stderr.strip().splitlines()[-1]
 
@@ -177,9 +165,7 @@ def test_grants_cli_prints_and_applies(database_url: str, admin_engine: Engine, 
     with admin_engine.connect() as conn:
         conn.execute(sa.text(f'CREATE ROLE "{role}" NOLOGIN'))
     try:
-        applied = subprocess.run(
-            [MAILGLASS_BIN, "grants", "--role", role, "--apply"], env=env, capture_output=True, text=True, timeout=60
-        )
+        applied = mailglass("grants", "--role", role, "--apply", env=env)
         assert applied.returncode == 0, applied.stderr
         assert json.loads(applied.stdout)["role"] == role
         privileges = fetch(
@@ -213,7 +199,7 @@ def test_orphans_written_by_the_restricted_role_are_queued_through_the_trigger(
         ].provider_message_id
         == "m-4"
     )
-    make_delivery(engine, "t4", "m-4")
+    make_delivery(engine, tenant_id="t4", message_id="m-4")
     assert sweep(restricted, "t4", SweepConfig()).linked == 1
     assert fetch(engine, "SELECT count(*) AS n FROM mailglass_reconciliation_queue")[0].n == 0
 
@@ -237,8 +223,8 @@ def sender_url(database_url: str, admin_engine: Engine) -> Iterator[str]:
 
 
 def test_a_sender_with_no_queue_grant_wakes_orphans(engine: Engine, sender_url: str) -> None:
-    inserted = make_orphan(engine, "t5", "m-ins")
-    rekeyed = make_orphan(engine, "t5", "m-upd")
+    inserted = make_orphan(engine, tenant_id="t5", message_id="m-ins")
+    rekeyed = make_orphan(engine, tenant_id="t5", message_id="m-upd")
     with engine.begin() as conn:  # both examined once, unmatched: backing off
         conn.execute(sa.text("UPDATE mailglass_reconciliation_queue SET attempts = 3, last_attempted_at = now(),"
                              " next_attempt_at = now() + interval '4 minutes'"))  # fmt: skip

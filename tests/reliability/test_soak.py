@@ -26,11 +26,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch
+from tests.reliability._soak_worker import DELIVERY_EPOCH
 
 pytestmark = pytest.mark.slow
 
@@ -92,9 +93,6 @@ SELECT d.id, d.last_event_type, e.last_event_type AS want_type, d.last_event_at,
 def test_concurrent_sweeps_and_optimistic_writer_lose_nothing(
     engine: Engine, database_url: str, tmp_path: Path
 ) -> None:
-    sys.path.insert(0, str(WORKER.parent))
-    from _soak_worker import DELIVERY_EPOCH
-
     workers = [_start("sweeper", i, database_url, tmp_path) for i in range(SWEEPERS)]
     workers += [_start("feeder", 0, database_url, tmp_path), _start("writer", 0, database_url, tmp_path)]
     try:

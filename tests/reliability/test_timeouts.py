@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,14 +19,14 @@ from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline.db import sqlstate_of
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import MAILGLASS
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 #: Past this a sweep counts as hung: the lock is released so the test ends (and fails).
 HANG_LIMIT_S = 10
 
@@ -54,9 +53,9 @@ def _state(engine: Engine) -> tuple[int, list[tuple[object, ...]], list[tuple[ob
 def _seed(engine: Engine, n: int = 5) -> list[object]:
     ids = []
     for i in range(n):
-        make_orphan(engine, "t1", f"m-{i}")
-        ids.append(make_delivery(engine, "t1", f"m-{i}"))
-    make_orphan(engine, "t1", "m-nobody")  # unmatched: its attempt bookkeeping must roll back too
+        make_orphan(engine, tenant_id="t1", message_id=f"m-{i}")
+        ids.append(make_delivery(engine, tenant_id="t1", message_id=f"m-{i}"))
+    make_orphan(engine, tenant_id="t1", message_id="m-nobody")  # unmatched: its attempt bookkeeping must roll back too
     return ids
 
 
@@ -134,7 +133,7 @@ def test_cli_gives_up_on_a_stuck_lock_with_one_line(engine: Engine, database_url
     with holding(engine, "SELECT 1 FROM mailglass_deliveries WHERE id = :id FOR UPDATE", id=ids[0]):
         started = time.monotonic()
         proc = subprocess.run(
-            [MAILGLASS_BIN, "reconcile", "--tenant-id", "t1", "--grace-seconds", "0"],
+            [MAILGLASS, "reconcile", "--tenant-id", "t1", "--grace-seconds", "0"],
             env={**os.environ, "MAILGLASS_DATABASE_URL": database_url},
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

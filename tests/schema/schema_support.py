@@ -9,15 +9,13 @@ migrator (``Mailglass.Migrations.Postgres.up/1``): read the stamp, run every lat
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 FIXTURES = Path(__file__).with_name("fixtures")
 MAILGLASS_CURRENT_VERSION = 7
@@ -42,25 +40,6 @@ O_MESSAGE_ID = uuid.UUID("00000000-0000-7000-8000-0000000e0003")
 O_SG_MESSAGE_ID = uuid.UUID("00000000-0000-7000-8000-0000000e0004")
 O_NEVER = uuid.UUID("00000000-0000-7000-8000-0000000e0005")
 O_ALREADY_RECONCILED = uuid.UUID("00000000-0000-7000-8000-0000000e0006")
-
-
-def with_database(url: str, name: str, user: str | None = None) -> str:
-    parsed = make_url(url).set(database=name)
-    if user is not None:
-        parsed = parsed.set(username=user, password=None)
-    return parsed.render_as_string(hide_password=False)
-
-
-@contextmanager
-def fresh_database(admin_url: str, admin_engine: Engine) -> Iterator[str]:
-    name = f"mg_s_{uuid.uuid4().hex[:12]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def raw_engine(url: str) -> Engine:

@@ -7,15 +7,20 @@ owner and as a role holding only the grants a Mailglass app has.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from schema_support import (
+from sqlalchemy.engine import Engine, make_url
+
+from mailglass_pipeline import grants, schema
+from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.databases import fresh_database, with_database
+from tests.processes import CommandResult, mailglass
+from tests.schema.schema_support import (
     D_PM1,
     D_SG2,
     MAILGLASS_TABLES,
@@ -23,28 +28,17 @@ from schema_support import (
     O_MESSAGE_ID,
     O_NEVER,
     O_SG_MESSAGE_ID,
-    fresh_database,
     load_mailglass,
     mailglass_versions_to_run,
     mailglass_writes,
     raw_engine,
     sections_between,
     snapshot,
-    with_database,
 )
-from sqlalchemy.engine import Engine, make_url
-
-from mailglass_pipeline import grants, schema
-from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
-from mailglass_pipeline.reconciliation.sweep import sweep
-
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 
 
-def migrate_cli(url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "MAILGLASS_DATABASE_URL": url, **env}
-    return subprocess.run([MAILGLASS_BIN, "migrate"], env=environment, capture_output=True, text=True, timeout=120)
+def migrate_cli(url: str, **env: str) -> CommandResult:
+    return mailglass("migrate", env={"MAILGLASS_DATABASE_URL": url, **env})
 
 
 @pytest.fixture

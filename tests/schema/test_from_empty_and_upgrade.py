@@ -15,20 +15,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from schema_support import (
-    fresh_database,
+from sqlalchemy.engine import Engine
+
+from mailglass_pipeline import schema
+from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.databases import fresh_database
+from tests.schema.schema_support import (
     load_mailglass,
     mailglass_versions_to_run,
     mailglass_writes,
     raw_engine,
     snapshot,
 )
-from sqlalchemy.engine import Engine
-
-from mailglass_pipeline import schema
-from mailglass_pipeline.db import create_engine
-from mailglass_pipeline.reconciliation.settings import SweepConfig
-from mailglass_pipeline.reconciliation.sweep import sweep
 
 
 @pytest.fixture

@@ -8,9 +8,6 @@ writer's New York session) converts naming UTC, and grace and max age hold to th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,24 +15,24 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from schema_support import (
-    O_MESSAGE_ID,
-    O_SG_MESSAGE_ID,
-    fresh_database,
-    load_mailglass,
-    mailglass_versions_to_run,
-    raw_engine,
-    snapshot,
-)
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.ingest.samples import build_webhook
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.databases import fresh_database
+from tests.processes import CommandResult, mailglass
+from tests.schema.schema_support import (
+    O_MESSAGE_ID,
+    O_SG_MESSAGE_ID,
+    load_mailglass,
+    mailglass_versions_to_run,
+    raw_engine,
+    snapshot,
+)
 
-MAILGLASS_BIN = os.path.join(os.path.dirname(sys.executable), "mailglass")
 NEW_YORK = "America/New_York"
 
 
@@ -45,9 +42,8 @@ def blank(admin_url: str, admin_engine: Engine) -> Iterator[str]:
         yield url
 
 
-def _cli(url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
-    environment = {**os.environ, "MAILGLASS_DATABASE_URL": url, **env}
-    return subprocess.run([MAILGLASS_BIN, *args], env=environment, capture_output=True, input=stdin, timeout=180)
+def _cli(url: str, *args: str, **env: str) -> CommandResult:
+    return mailglass(*args, env={"MAILGLASS_DATABASE_URL": url, **env})
 
 
 def test_grace_and_max_age_hold_to_the_second_in_any_zone(

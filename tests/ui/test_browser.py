@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_support import free_port, run_checked, stop_process_group, webserver_up
+
+from tests.processes import mailglass_dev, run_checked
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -81,16 +82,7 @@ def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         # Last to run: the embedded server outlives `mailglass dev` and `mailglass demo` by design.
         cleanup.callback(subprocess.run, [mailglass, "stop"], env=env, cwd=REPO, capture_output=True, timeout=60)
         run_checked([mailglass, "demo"], env=env, cwd=REPO, timeout=300)
-        port = free_port()
-        log = cleanup.enter_context(open(tmp_path / "dev.log", "w"))
-        process = subprocess.Popen(
-            [mailglass, "dev", "--port", str(port)],
-            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        cleanup.callback(stop_process_group, process)
-        wait_for(
-            lambda: webserver_up(port), f"mailglass dev did not come up:\n{(tmp_path / 'dev.log').read_text()[-3000:]}"
-        )
+        port = cleanup.enter_context(mailglass_dev(env, tmp_path, cwd=REPO, timeout=TIMEOUT))
         yield port, env
 
 

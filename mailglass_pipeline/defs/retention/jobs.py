@@ -42,7 +42,6 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     Config,
-    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
@@ -54,9 +53,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from mailglass_pipeline import orphans
+from mailglass_pipeline import orphans, settings
 from mailglass_pipeline.dagster_support.database import database_errors
-from mailglass_pipeline.dagster_support.private import delete_check_executions
+from mailglass_pipeline.dagster_support.private import delete_check_executions, latest_materialization_ids_by_partition
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 
@@ -82,9 +81,7 @@ def protected_run_ids(instance: DagsterInstance, asset_keys: list[AssetKey]) -> 
         latest = instance.get_latest_materialization_event(key)
         if latest is not None:
             protected.add(latest.run_id)
-        storage_ids = list(
-            instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION).values()
-        )
+        storage_ids = list(latest_materialization_ids_by_partition(instance, key).values())
         for start in range(0, len(storage_ids), 500):
             chunk = storage_ids[start : start + 500]
             records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=500)
@@ -215,9 +212,7 @@ def prune_runs(context: OpExecutionContext, config: PruneConfig) -> None:
 class ParkedRetentionConfig(Config):
     """Launchpad config of the parked-row retention."""
 
-    retention_days: int | None = Field(
-        default=None, ge=1, le=3650, description=f"Default {orphans.PARKED_RETENTION_ENV}, else 30."
-    )
+    retention_days: int | None = Field(**settings.PARKED_RETENTION_DAYS.field_kwargs(unset_reads_env=True))
     batch_size: int = Field(default=1000, ge=1, le=100_000, description="Queue rows deleted per transaction.")
     max_rows: int = Field(default=1_000_000, ge=1, description="Most rows one retention run deletes.")
 

@@ -1,4 +1,9 @@
-"""The scheduled all-tenant sweep: asset ``mailglass/reconciliation_sweep`` and job ``reconcile_due_tenants``.
+"""The scheduled all-tenant sweep: asset ``mailglass/reconciliation_sweep`` and its op ``sweep_due_tenants``.
+
+One action from the job down to the core: job ``reconcile_due_tenants`` (``jobs.py``) materializes
+this asset, whose one op ``sweep_due_tenants`` calls ``reconciliation.drain.sweep_due_tenants``, a
+loop of ``reconciliation.sweep.sweep`` transactions. (The op cannot share the job's name: Dagster
+wants op and job names unique in a code location.)
 
 Why this shape. The minute schedule must cover 10,000 tenants with ONE run per
 tick (a Dagster run costs seconds of queueing and process start-up: one run per
@@ -12,7 +17,7 @@ offers, and why each was or was not used:
   idle tenants: storage would grow with the number of tenants.
 * So the run materializes an unpartitioned asset, ``mailglass/reconciliation_sweep``,
   whose compute drains every due tenant for up to a time budget
-  (``sweep_until``: short all-tenant sweep transactions of at most
+  (``drain.sweep_due_tenants``: short all-tenant sweep transactions of at most
   ``max_total`` orphans each, linkable orphans first across tenants, at most
   ``limit`` per tenant per run; budget from the config's ``budget_seconds``,
   else ``MAILGLASS_SWEEP_BUDGET_SECONDS``, else 30 s of the 60 s tick) and then
@@ -62,13 +67,12 @@ from dagster import (
     OpExecutionContext,
     Out,
     config_mapping,
-    define_asset_job,
     graph_asset,
     op,
 )
 from pydantic import Field
 
-from mailglass_pipeline import db, orphans
+from mailglass_pipeline import db, orphans, settings
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
@@ -76,33 +80,23 @@ from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_poo
 from mailglass_pipeline.dagster_support.private import log_materializations_in_batches
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
-from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
-    RECONCILE_TAGS,
-    TENANT_TAG,
-    TENANTS_PARTITIONS_NAME,
-    is_valid_tenant_key,
-)
+from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation import settings
-from mailglass_pipeline.reconciliation.drain import sweep_until, tenant_changed
+from mailglass_pipeline.reconciliation import drain
 from mailglass_pipeline.reconciliation.results import DrainResult
-from mailglass_pipeline.reconciliation.settings import SweepConfig, budget_from_env, validate_budget
+from mailglass_pipeline.settings import SweepConfig
 
 SWEEP_KEY = AssetKey(["mailglass", "reconciliation_sweep"])
-SWEEP_JOB_NAME = "reconcile_due_tenants"
-#: The tenant tag of a run covering every tenant ("*" is never a valid partition key).
-ALL_TENANTS = "*"
-SWEEP_RUN_TAGS = {**RECONCILE_TAGS, TENANT_TAG: ALL_TENANTS}
 
 UNFIT_SAMPLE = 20
 
 
 class SweepDueConfig(Config):
-    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``reconciliation.settings``."""
+    """Launchpad config of the all-tenant sweep: defaults, bounds and descriptions from ``settings``."""
 
     limit: int = Field(**settings.LIMIT.field_kwargs())
-    max_total: int = Field(**settings.TRANSACTION_CAP.field_kwargs())
-    budget_seconds: float | None = Field(default=None, description=settings.BUDGET_DESCRIPTION)
+    max_total: int = Field(**settings.MAX_TOTAL.field_kwargs())
+    budget_seconds: float | None = Field(**settings.BUDGET_SECONDS.field_kwargs(unset_reads_env=True))
     max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
     grace_seconds: int = Field(**settings.GRACE_SECONDS.field_kwargs())
     retry_all: bool = Field(**settings.RETRY_ALL.field_kwargs())
@@ -110,8 +104,8 @@ class SweepDueConfig(Config):
     def budget(self) -> float:
         """The run's time budget: this config's, else the environment's, else the default (validated)."""
         if self.budget_seconds is None:
-            return budget_from_env()
-        return validate_budget(self.budget_seconds)
+            return settings.read(settings.BUDGET_SECONDS)
+        return settings.BUDGET_SECONDS.check(self.budget_seconds)
 
     def sweep_config(self) -> SweepConfig:
         return SweepConfig(
@@ -183,10 +177,6 @@ def sweep_metadata(result: DrainResult, unfit: list[str], recorded: int) -> dict
     return metadata
 
 
-#: The sweep's one op: the node Dagster names the step after inside the asset.
-SWEEP_OP_NAME = "sweep_due_orphans"
-
-
 @config_mapping(config_schema=SweepDueConfig.to_config_schema())
 def sweep_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
     """Validate the Launchpad config before any run exists (one line: ``dagster_support.config_errors``)."""
@@ -196,20 +186,20 @@ def sweep_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
         config.budget()
     except ConfigurationError as exc:
         raise LaunchpadConfigError(f"invalid sweep config: {exc}") from None
-    return {SWEEP_OP_NAME: {"config": config.model_dump()}}
+    return {"sweep_due_tenants": {"config": config.model_dump()}}
 
 
-@op(name=SWEEP_OP_NAME, out=Out(Nothing), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
-def sweep_due_orphans(context: OpExecutionContext, config: SweepDueConfig, mailglass_db: MailglassDatabase) -> None:
+@op(out=Out(Nothing), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)
+def sweep_due_tenants(context: OpExecutionContext, config: SweepDueConfig, mailglass_db: MailglassDatabase) -> None:
     """Drain every due tenant for the run's budget; record the tenants that changed; the totals as metadata."""
     # The config mapping validated these values at launch; a config error here would be a bug.
     sweep_config = config.sweep_config()
     budget = config.budget()
     wait_for_pool_turn(context)
     with database_errors():
-        result = sweep_until(mailglass_db.get_engine(), budget, sweep_config)
+        result = drain.sweep_due_tenants(mailglass_db.get_engine(), budget, sweep_config)
     # Only tenants where something happened get an event; re-examinations show in the totals below.
-    changed = {tenant: counts for tenant, counts in result.tenants.items() if tenant_changed(counts)}
+    changed = {tenant: counts for tenant, counts in result.tenants.items() if drain.tenant_changed(counts)}
     fit = {tenant: counts for tenant, counts in changed.items() if is_valid_tenant_key(tenant)}
     unfit = sorted(tenant for tenant in result.tenants if not is_valid_tenant_key(tenant))
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
@@ -241,13 +231,4 @@ def sweep_due_orphans(context: OpExecutionContext, config: SweepDueConfig, mailg
     ),
 )
 def reconciliation_sweep():
-    return sweep_due_orphans()
-
-
-reconcile_due_tenants = define_asset_job(
-    name=SWEEP_JOB_NAME,
-    selection=[SWEEP_KEY],
-    tags=SWEEP_RUN_TAGS,
-    run_tags=SWEEP_RUN_TAGS,
-    description="Sweep every tenant with due orphans in one run (the minute schedule's job).",
-)
+    return sweep_due_tenants()

@@ -9,29 +9,21 @@ partitioned check, a preview feature) or not at all.
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, Config, asset_check
 from pydantic import Field
 
-from mailglass_pipeline import db
+from mailglass_pipeline import db, settings
 from mailglass_pipeline.dagster_support.database import database_errors
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_KEY
-from mailglass_pipeline.reconciliation import monitoring, settings
+from mailglass_pipeline.reconciliation import monitoring
 from mailglass_pipeline.reconciliation.results import LagSummary
-
-#: Default threshold of ``reconciliation_lag``; the environment variable overrides it for the whole
-#: instance (the schedule runs the check with its defaults), the check's Launchpad config for one run.
-LAG_THRESHOLD_ENV = "MAILGLASS_LAG_THRESHOLD_SECONDS"
-DEFAULT_LAG_THRESHOLD_SECONDS = 300
 
 
 def default_lag_threshold() -> int:
-    return settings.whole_number_from_env(LAG_THRESHOLD_ENV, DEFAULT_LAG_THRESHOLD_SECONDS, 0, "seconds")
+    """The environment's threshold for the whole instance (the schedule runs the check with its defaults)."""
+    return settings.read(settings.LAG_THRESHOLD_SECONDS)
 
 
 class LagCheckConfig(Config):
-    threshold_seconds: int | None = Field(
-        default=None,
-        ge=0,
-        description=f"Seconds a linkable orphan may wait (default {LAG_THRESHOLD_ENV}, else 300).",
-    )
+    threshold_seconds: int | None = Field(**settings.LAG_THRESHOLD_SECONDS.field_kwargs(unset_reads_env=True))
 
 
 def reconciliation_lag_result(summary: LagSummary, threshold_seconds: int) -> AssetCheckResult:

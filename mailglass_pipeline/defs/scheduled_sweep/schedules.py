@@ -2,7 +2,7 @@
 
 ``build_schedule_from_partitioned_job`` refuses dynamic partitions, and a run per
 tenant per minute cannot keep up (seconds of queue and start-up per run), so the
-schedule targets the all-tenant job ``reconcile_due_tenants`` (``defs/scheduled_sweep/assets.py``).
+schedule targets the all-tenant job ``reconcile_due_tenants`` (``defs/scheduled_sweep/jobs.py``).
 Each tick costs two cheap reads and launches at most one run:
 
 1. one run-storage query: is a run of ``reconcile_due_tenants`` still queued or
@@ -35,9 +35,9 @@ from dagster import (
 
 from mailglass_pipeline import db
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME, SWEEP_RUN_TAGS, reconcile_due_tenants
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME, SWEEP_RUN_TAGS, reconcile_due_tenants
 from mailglass_pipeline.reconciliation.monitoring import due_summary
-from mailglass_pipeline.reconciliation.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
+from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 #: A run in any of these states still occupies (or will occupy) the sweep.
 IN_FLIGHT_STATUSES = [
@@ -51,8 +51,8 @@ IN_FLIGHT_STATUSES = [
 
 def sweep_in_flight(instance: DagsterInstance) -> tuple[str, str] | None:
     """(run id, status) of a queued or running ``reconcile_due_tenants`` run, if any: one storage query."""
-    runs = instance.get_runs(RunsFilter(job_name=SWEEP_JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1)
-    return (runs[0].run_id, runs[0].status.value) if runs else None
+    records = instance.get_run_records(RunsFilter(job_name=SWEEP_JOB_NAME, statuses=IN_FLIGHT_STATUSES), limit=1)
+    return (records[0].dagster_run.run_id, records[0].dagster_run.status.value) if records else None
 
 
 @schedule(

@@ -32,7 +32,7 @@ from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tenants_partitions
 from mailglass_pipeline.reconciliation.monitoring import stale_orphans
-from mailglass_pipeline.reconciliation.settings import DEFAULT_MAX_AGE_MINUTES, STALE_MESSAGE
+from mailglass_pipeline.settings import DEFAULT_MAX_AGE_MINUTES, stale_message
 
 #: Rows of the stale-orphan table in the check's metadata (the oldest first).
 STALE_TABLE_ROWS = 20
@@ -70,7 +70,7 @@ def stale_orphans_result(
     count: int, oldest_seconds: float | None, oldest: list[dict[str, object]] | None = None
 ) -> AssetCheckResult:
     """The check's result for ``count`` stale orphans, the oldest ``oldest_seconds`` old."""
-    metadata: dict[str, object] = {"stale_orphans": count, "message": STALE_MESSAGE}
+    metadata: dict[str, object] = {"stale_orphans": count, "message": stale_message()}
     if oldest_seconds is not None:
         metadata["oldest_orphan_age_seconds"] = round(oldest_seconds, 1)
         metadata["oldest_orphan_age_days"] = round(oldest_seconds / 86400, 2)
@@ -79,7 +79,7 @@ def stale_orphans_result(
     return AssetCheckResult(
         passed=count == 0,
         severity=AssetCheckSeverity.WARN,
-        description=f"{count} orphan(s) {STALE_MESSAGE}" if count else "no stale orphans",
+        description=f"{count} orphan(s) {stale_message()}" if count else "no stale orphans",
         metadata=metadata,
     )
 
@@ -119,5 +119,5 @@ with warnings.catch_warnings():
         name="no_stale_orphans",
         partitions_def=tenants_partitions,
         blocking=False,
-        description=f"Orphans past max age still unreconciled: {STALE_MESSAGE}.",
+        description=f"Orphans past max age still unreconciled: {stale_message()}.",
     )(_no_stale_orphans)

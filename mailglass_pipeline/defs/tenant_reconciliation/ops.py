@@ -43,17 +43,21 @@ from dagster import (
 )
 from pydantic import Field
 
-from mailglass_pipeline import db
+from mailglass_pipeline import db, settings
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError, parse_launchpad_config
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
-from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mailglass_pipeline.dagster_support.private import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    add_run_tags,
+)
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tags_for_tenant
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation import settings, sweep
-from mailglass_pipeline.reconciliation.settings import SweepConfig
+from mailglass_pipeline.reconciliation import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 BATCH_IO_MANAGER_KEY = "mailglass_batch_io"
 PREVIEW_ROWS = 10
@@ -64,7 +68,7 @@ COUNT_KEYS = ("scanned", "linked", "unmatched", "malformed", "already_reconciled
 
 
 class ReconcileConfig(Config):
-    """Launchpad config of a sweep: defaults, bounds and descriptions from ``reconciliation.settings``."""
+    """Launchpad config of a sweep: defaults, bounds and descriptions from ``settings``."""
 
     limit: int = Field(**settings.LIMIT.field_kwargs())
     max_age_minutes: int = Field(**settings.MAX_AGE_MINUTES.field_kwargs())
@@ -145,7 +149,7 @@ def name_the_tenant(context: OpExecutionContext, tenant: str) -> None:
     """
     missing = {k: v for k, v in tags_for_tenant(tenant).items() if k not in context.run.tags}
     if missing:
-        context.instance.add_run_tags(context.run_id, missing)
+        add_run_tags(context.instance, context.run_id, missing)
 
 
 @op(out=Out(pd.DataFrame, io_manager_key=BATCH_IO_MANAGER_KEY), retry_policy=DATABASE_RETRY_POLICY, pool=RECONCILE_POOL)

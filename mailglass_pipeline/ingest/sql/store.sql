@@ -1,6 +1,6 @@
--- The ingest transaction's own reads and writes (mailglass_pipeline/ingest/core.py), registered in
--- mailglass_pipeline.queries. The statement that stores a webhook is composed in core.py from the
--- homes of its parts (ledger, deliveries, projector, webhook_events), not here.
+-- The receiver's statements: storing a webhook (mailglass_pipeline/ingest/core.py) and a group of
+-- one-event webhooks (ingest/grouped.py). Each block is the complete statement; "rule: <name>"
+-- marks a copy of a rule of mailglass_pipeline/sql/rules.sql.
 
 -- name: other_tenant_key
 -- The first of the ledger keys the insert skipped that another tenant holds, if any (the 409 answer).
@@ -9,3 +9,296 @@ FROM mailglass_events
 WHERE idempotency_key = ANY(CAST(:keys AS text[])) AND tenant_id <> :tenant_id
 ORDER BY idempotency_key
 LIMIT 1;
+
+-- name: store_webhook
+-- The store inside the transaction, in ONE statement (one round trip): the raw records (rows, one
+-- JSON document; see ledger.py), each event's delivery by the lookup rule, the idempotent ledger
+-- insert, the projection of the events actually inserted (their deliveries locked in id order
+-- first: proj_locked is an InitPlan that runs to completion before won yields a row) and the raw
+-- provider events (webhooks, one row each; webhook_events.py). The cross-tenant check cannot join
+-- it: it must see what a concurrent insert committed while this statement waited on the key,
+-- which a later statement's snapshot does (other_tenant_key, only when something was skipped).
+WITH found AS (
+    SELECT
+        r.id, r.tenant_id, lk.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+        r.normalized_payload, r.metadata, r.trace_id,
+        lk.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation,
+        r.inserted_at, r.ord, r.provider
+    FROM json_to_recordset(CAST(:rows AS json)) AS r (
+        id uuid, tenant_id text, delivery_id uuid, type text, occurred_at timestamptz,
+        idempotency_key text, reject_reason text, normalized_payload jsonb, metadata jsonb,
+        trace_id text, needs_reconciliation boolean, inserted_at timestamptz,
+        provider text, message_id text, ord integer
+    )
+    -- rule: delivery_lookup k=r
+    LEFT JOIN LATERAL (
+        SELECT d.id
+        FROM mailglass_deliveries AS d
+        WHERE
+            d.provider = r.provider
+            -- rule: message_id_match k=r
+            AND d.provider_message_id IN (
+                r.message_id,
+                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.filter', 1) END,
+                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.', 1) END
+            )
+            -- end rule
+            AND d.tenant_id = r.tenant_id
+        ORDER BY d.provider_message_id = r.message_id DESC
+        LIMIT 1
+    ) AS lk ON TRUE
+    -- end rule
+),
+
+appended AS (
+    -- rule: ledger_insert
+    INSERT INTO mailglass_events (
+        id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
+        normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at
+    )
+    SELECT
+        r.id, r.tenant_id, r.delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+        r.normalized_payload, r.metadata, r.trace_id, r.needs_reconciliation,
+        COALESCE(r.inserted_at, now())
+    -- end rule
+    FROM found AS r
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+),
+
+linked AS (
+    SELECT
+        f.delivery_id,
+        f.type,
+        f.occurred_at,
+        f.ord
+    FROM found AS f INNER JOIN appended AS a ON f.id = a.id
+    WHERE f.delivery_id IS NOT NULL
+),
+
+-- rule: lock_linked
+proj_locked AS MATERIALIZED (
+    SELECT d.id
+    FROM mailglass_deliveries AS d
+    WHERE d.id IN (SELECT linked.delivery_id FROM linked)
+    ORDER BY d.id
+    FOR UPDATE OF d
+),
+
+won AS (
+    SELECT * FROM linked
+    WHERE (SELECT count(*) FROM proj_locked) >= 0
+),
+-- end rule
+
+-- rule: projection
+proj_agg AS (
+    SELECT
+        delivery_id,
+        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+        max(occurred_at) AS latest_at,
+        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
+        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
+        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
+        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
+        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
+        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
+    FROM won
+    GROUP BY delivery_id
+),
+
+proj_upd AS (
+    UPDATE mailglass_deliveries AS d SET
+        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+        last_event_at = GREATEST(d.last_event_at, a.latest_at),
+        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
+        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
+        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
+        complained_at = COALESCE(d.complained_at, a.complained_at),
+        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
+        terminal = d.terminal OR a.terminal,
+        lock_version = d.lock_version + 1,
+        updated_at = now()
+    FROM proj_agg AS a
+    WHERE d.id = a.delivery_id
+    RETURNING d.id
+),
+-- end rule
+
+webhook AS (
+    INSERT INTO mailglass_webhook_events (
+        id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
+        raw_payload, received_at, processed_at, inserted_at, updated_at
+    )
+    SELECT
+        w.id, :tenant_id, :provider, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
+        'succeeded', w.raw_payload, :webhooks_received_at,
+        now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+    FROM json_to_recordset(CAST(:webhooks AS json)) AS w (
+        id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb
+    )
+    ON CONFLICT (provider, provider_event_id) DO NOTHING
+)
+
+SELECT
+    f.id,
+    f.delivery_id,
+    f.needs_reconciliation,
+    a.id IS NOT NULL AS inserted
+FROM found AS f LEFT JOIN appended AS a ON f.id = a.id
+ORDER BY f.ord;
+
+-- name: store_webhooks_grouped
+-- Several one-event webhooks in ONE autocommitted statement (ingest/grouped.py), each request all
+-- or nothing: rows carries one ledger row per request (ord: its place in the group) with its
+-- Mailgun token (token, digest; null for other providers); webhooks the raw records, each with
+-- its request's ord, written only with that request's ledger event (stored).
+WITH found AS (
+    SELECT
+        r.id, r.tenant_id, lk.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+        r.normalized_payload, r.metadata, r.trace_id,
+        lk.id IS NULL AND r.message_id IS NOT NULL AS needs_reconciliation,
+        r.inserted_at, r.ord, r.provider, r.token, r.digest
+    FROM json_to_recordset(CAST(:rows AS json)) AS r (
+        id uuid, tenant_id text, delivery_id uuid, type text, occurred_at timestamptz,
+        idempotency_key text, reject_reason text, normalized_payload jsonb, metadata jsonb,
+        trace_id text, needs_reconciliation boolean, inserted_at timestamptz,
+        provider text, message_id text, ord integer, token text, digest text
+    )
+    -- rule: delivery_lookup k=r
+    LEFT JOIN LATERAL (
+        SELECT d.id
+        FROM mailglass_deliveries AS d
+        WHERE
+            d.provider = r.provider
+            -- rule: message_id_match k=r
+            AND d.provider_message_id IN (
+                r.message_id,
+                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.filter', 1) END,
+                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.', 1) END
+            )
+            -- end rule
+            AND d.tenant_id = r.tenant_id
+        ORDER BY d.provider_message_id = r.message_id DESC
+        LIMIT 1
+    ) AS lk ON TRUE
+    -- end rule
+    -- A request whose Mailgun token is already claimed stays out (the ordinary path refuses it).
+    WHERE NOT EXISTS (
+        SELECT 1 FROM mailglass_webhook_tokens AS t
+        WHERE t.provider = r.provider AND t.token = r.token
+    )
+),
+
+appended AS (
+    -- rule: ledger_insert
+    INSERT INTO mailglass_events (
+        id, tenant_id, delivery_id, type, occurred_at, idempotency_key, reject_reason,
+        normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at
+    )
+    SELECT
+        r.id, r.tenant_id, r.delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
+        r.normalized_payload, r.metadata, r.trace_id, r.needs_reconciliation,
+        COALESCE(r.inserted_at, now())
+    -- end rule
+    FROM found AS r
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+),
+
+stored AS (
+    SELECT f.* FROM found AS f INNER JOIN appended AS a ON f.id = a.id
+),
+
+linked AS (
+    SELECT
+        delivery_id,
+        type,
+        occurred_at,
+        ord
+    FROM stored
+    WHERE delivery_id IS NOT NULL
+),
+
+-- rule: lock_linked
+proj_locked AS MATERIALIZED (
+    SELECT d.id
+    FROM mailglass_deliveries AS d
+    WHERE d.id IN (SELECT linked.delivery_id FROM linked)
+    ORDER BY d.id
+    FOR UPDATE OF d
+),
+
+won AS (
+    SELECT * FROM linked
+    WHERE (SELECT count(*) FROM proj_locked) >= 0
+),
+-- end rule
+
+-- rule: projection
+proj_agg AS (
+    SELECT
+        delivery_id,
+        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+        max(occurred_at) AS latest_at,
+        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
+        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
+        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
+        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
+        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
+        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
+    FROM won
+    GROUP BY delivery_id
+),
+
+proj_upd AS (
+    UPDATE mailglass_deliveries AS d SET
+        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+        last_event_at = GREATEST(d.last_event_at, a.latest_at),
+        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
+        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
+        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
+        complained_at = COALESCE(d.complained_at, a.complained_at),
+        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
+        terminal = d.terminal OR a.terminal,
+        lock_version = d.lock_version + 1,
+        updated_at = now()
+    FROM proj_agg AS a
+    WHERE d.id = a.delivery_id
+    RETURNING d.id
+),
+-- end rule
+
+tok AS (
+    INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)
+    SELECT
+        provider,
+        token,
+        tenant_id,
+        digest
+    FROM stored
+    WHERE token IS NOT NULL
+),
+
+webhook AS (
+    INSERT INTO mailglass_webhook_events (
+        id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
+        raw_payload, received_at, processed_at, inserted_at, updated_at
+    )
+    SELECT
+        w.id, f.tenant_id, f.provider, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
+        'succeeded', w.raw_payload, :webhooks_received_at,
+        now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+    FROM json_to_recordset(CAST(:webhooks AS json)) AS w (
+        ord integer, id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb
+    )
+    INNER JOIN stored AS f ON w.ord = f.ord
+    ON CONFLICT (provider, provider_event_id) DO NOTHING
+)
+
+SELECT
+    ord,
+    id,
+    delivery_id,
+    needs_reconciliation
+FROM stored;

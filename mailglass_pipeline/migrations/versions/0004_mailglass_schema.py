@@ -47,10 +47,7 @@ written for the column type the ledger actually has.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
@@ -67,17 +64,89 @@ LOCK_TIMEOUT = online.LOCK_TIMEOUT
 BACKFILL_BATCH = 5000
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier revision's module (its SQL builders are the single home of the match rules)."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_mailglass_rev_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# -- 0003's match rules, frozen here: this revision's triggers are 0003's, written before it ---------
+# (a copy, not an import: editing 0003 must never change what this revision creates; the rule
+# message_id_match of sql/rules.sql is compared with both by tests/core/test_reconcile_sql.py).
+
+UUID_RE = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
 
 
-_due = _sibling("0003_due_orphans")
+def _text_at(alias: str, column: str, key: str) -> str:
+    return (
+        f"CASE WHEN jsonb_typeof({alias}.{column} -> '{key}') = 'string' "
+        f"THEN NULLIF({alias}.{column} ->> '{key}', '') END"
+    )
+
+
+def provider_sql(alias: str) -> str:
+    return f"COALESCE({_text_at(alias, 'metadata', 'provider')}, {_text_at(alias, 'normalized_payload', 'provider')})"
+
+
+def message_id_sql(alias: str) -> str:
+    keys = (_text_at(alias, c, k) for c in ("metadata", "normalized_payload") for k in _MESSAGE_ID_KEYS)
+    return "COALESCE(" + ", ".join(keys) + ")"
+
+
+def match_key_sql(provider: str, message_id: str) -> str:
+    """The indexed probe key: SendGrid ids up to the first dot (every id deliveries.lookup accepts shares it).
+
+    Hashed: an index row must stay small whatever a webhook sent (a 1 MB message id is stored, looked up
+    and never matches; it must not make the insert fail). The probe rechecks the ids exactly.
+    """
+    return f"md5(CASE WHEN {provider} = 'sendgrid' THEN split_part({message_id}, '.', 1) ELSE {message_id} END)"
+
+
+def matches_sql(delivery_id_col: str, provider: str, message_id: str) -> str:
+    """deliveries.lookup's rule: the delivery's id is the orphan's, or (SendGrid) its part before .filter / '.'."""
+    return (
+        f"{delivery_id_col} IN ({message_id}, "
+        f"CASE WHEN {provider} = 'sendgrid' THEN split_part({message_id}, '.filter', 1) END, "
+        f"CASE WHEN {provider} = 'sendgrid' THEN split_part({message_id}, '.', 1) END)"
+    )
+
+
+_QUEUE_KEY = match_key_sql("q.provider", "q.provider_message_id")
+
+# The orphans a delivery row `n` (or NEW) can link, through the match index; OFFSET 0 keeps it a
+# parameterised probe per delivery row whatever the planner guesses about the transition table.
+_WAKE_PROBE = """
+    SELECT q.event_id
+      FROM mailglass_reconciliation_queue q
+     WHERE q.parked_at IS NULL
+       AND q.tenant_id = {d}.tenant_id
+       AND {queue_key} = {delivery_key}
+       AND q.provider = {d}.provider
+       AND {matches}
+       AND (q.next_attempt_at IS NOT NULL OR q.linkable_at IS NULL)
+    OFFSET 0
+"""
+
+
+def _wake_probe(alias: str) -> str:
+    return _WAKE_PROBE.format(
+        d=alias,
+        queue_key=_QUEUE_KEY,
+        delivery_key=match_key_sql(f"{alias}.provider", f"{alias}.provider_message_id"),
+        matches=matches_sql(f"{alias}.provider_message_id", "q.provider", "q.provider_message_id"),
+    )
+
+
+def _delivery_probe(message_id: str) -> str:
+    # Equality on both columns of the delivery unique index: a one-row probe whatever the statistics say.
+    return (
+        "EXISTS (SELECT 1 FROM mailglass_deliveries d WHERE d.provider = x.provider"
+        f" AND d.provider_message_id = {message_id} AND d.tenant_id = n.tenant_id)"
+    )
+
+
+# deliveries.lookup's rule from the orphan's side: its own id, or (SendGrid) the part before .filter / '.'.
+_SG_FILTER = "split_part(x.provider_message_id, '.filter', 1)"
+_SG_DOT = "split_part(x.provider_message_id, '.', 1)"
+_DELIVERY_EXISTS = (
+    f"({_delivery_probe('x.provider_message_id')} OR (x.provider = 'sendgrid'"
+    f" AND ({_delivery_probe(_SG_FILTER)} OR {_delivery_probe(_SG_DOT)})))"
+)
 
 
 def mailglass_stamp(conn: sa.Connection, schema: str) -> int | None:
@@ -233,7 +302,7 @@ _QUEUE_INDEXES = {
         "(tenant_id, linkable_at) WHERE parked_at IS NULL AND linkable_at IS NOT NULL"
     ),
     "mailglass_reconciliation_queue_match_index": (
-        f"(tenant_id, {_due.match_key_sql('provider', 'provider_message_id')}) WHERE parked_at IS NULL"
+        f"(tenant_id, {match_key_sql('provider', 'provider_message_id')}) WHERE parked_at IS NULL"
     ),
 }
 
@@ -249,11 +318,11 @@ def _queue_insert_select(alias: str, ledger_type: str) -> str:
     SELECT {alias}.id, {alias}.tenant_id, {_utc_instant(alias + ".inserted_at", ledger_type)},
            x.provider, x.provider_message_id,
            CASE WHEN x.provider IS NOT NULL AND x.provider_message_id IS NOT NULL
-                     AND {_due._DELIVERY_EXISTS.replace("n.tenant_id", alias + ".tenant_id")}
+                     AND {_DELIVERY_EXISTS.replace("n.tenant_id", alias + ".tenant_id")}
                 THEN now() END
       FROM {{source}}
-     CROSS JOIN LATERAL (SELECT {_due.provider_sql(alias)} AS provider,
-                                {_due.message_id_sql(alias)} AS provider_message_id) x
+     CROSS JOIN LATERAL (SELECT {provider_sql(alias)} AS provider,
+                                {message_id_sql(alias)} AS provider_message_id) x
     """
 
 
@@ -271,7 +340,7 @@ BEGIN
 
     DELETE FROM mailglass_reconciliation_queue q
      WHERE q.event_id IN (
-        SELECT CASE WHEN n.metadata->>'reconciled_from_event_id' ~ '{_due.UUID_RE}'
+        SELECT CASE WHEN n.metadata->>'reconciled_from_event_id' ~ '{UUID_RE}'
                     THEN (n.metadata->>'reconciled_from_event_id')::uuid END
           FROM new_events n
          WHERE n.type = 'reconciled');
@@ -292,7 +361,7 @@ BEGIN
      WHERE q.event_id = ANY (ARRAY(
             SELECT w.event_id
               FROM new_deliveries n
-             CROSS JOIN LATERAL ({_due._wake_probe("n")}) w
+             CROSS JOIN LATERAL ({_wake_probe("n")}) w
              WHERE n.provider IS NOT NULL AND n.provider_message_id IS NOT NULL))
        AND q.parked_at IS NULL
        AND (q.next_attempt_at IS NOT NULL OR q.linkable_at IS NULL);
@@ -306,7 +375,7 @@ BEGIN
     IF NEW.provider IS NOT NULL AND NEW.provider_message_id IS NOT NULL THEN
         UPDATE mailglass_reconciliation_queue q
            SET next_attempt_at = NULL, linkable_at = COALESCE(q.linkable_at, now())
-         WHERE q.event_id IN ({_due._wake_probe("NEW")});
+         WHERE q.event_id IN ({_wake_probe("NEW")});
     END IF;
     RETURN NULL;
 END

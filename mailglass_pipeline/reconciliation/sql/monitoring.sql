@@ -10,17 +10,85 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', TRUE) AS plan_cache_mo
 
 -- name: due_summary
 -- Tenants and orphans due now, and how long the longest-waiting one has been due: the tick's
--- question before launching a run. Two partial-index range scans (fragment due_rows).
+-- question before launching a run. Two partial-index range scans (rule due_rows).
 SELECT
     count(DISTINCT d.tenant_id) AS tenants,
     count(*) AS orphans,
     EXTRACT(EPOCH FROM now() - min(d.due_since)) AS oldest
-FROM ({due_rows}) AS d;
+FROM (
+    -- rule: due_rows
+    SELECT
+        q.tenant_id,
+        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    UNION ALL
+    SELECT
+        q.tenant_id,
+        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        -- rule: retry
+        q.parked_at IS NULL
+        AND q.next_attempt_at
+        <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+        AND (
+            CAST(:run_started AS timestamptz) IS NULL
+            OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+        )
+        -- end rule
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    -- end rule
+) AS d;
 
 -- name: due_tenants
 -- Tenants with at least one orphan a sweep would examine now.
 SELECT DISTINCT d.tenant_id
-FROM ({due_rows}) AS d
+FROM (
+    -- rule: due_rows
+    SELECT
+        q.tenant_id,
+        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    UNION ALL
+    SELECT
+        q.tenant_id,
+        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        -- rule: retry
+        q.parked_at IS NULL
+        AND q.next_attempt_at
+        <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+        AND (
+            CAST(:run_started AS timestamptz) IS NULL
+            OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+        )
+        -- end rule
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    -- end rule
+) AS d
 ORDER BY d.tenant_id;
 
 -- name: reconciliation_lag
@@ -29,7 +97,21 @@ ORDER BY d.tenant_id;
 SELECT
     count(*) AS n,
     EXTRACT(EPOCH FROM max(l.waited)) AS longest
-FROM ({linkable_waits}) AS l
+FROM (
+    -- rule: linkable_waits
+    SELECT
+        q.tenant_id,
+        now() - GREATEST(q.linkable_at, q.orphan_inserted_at + make_interval(secs => :grace_seconds)) AS waited
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        q.parked_at IS NULL AND q.linkable_at IS NOT NULL
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    -- end rule
+) AS l
 WHERE l.waited > make_interval(secs => :threshold_seconds);
 
 -- name: backlog
@@ -39,7 +121,7 @@ SELECT
     count(*) FILTER (WHERE q.parked_at IS NULL) AS remaining_orphans,
     count(*) FILTER (WHERE q.parked_reason = 'stale') AS stale_orphans
 FROM mailglass_reconciliation_queue AS q
-WHERE {in_scope}
+WHERE (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
 GROUP BY q.tenant_id;
 
 -- name: stale_orphans
@@ -50,7 +132,7 @@ SELECT
     EXTRACT(EPOCH FROM now() - min(q.orphan_inserted_at)) AS oldest
 FROM mailglass_reconciliation_queue AS q
 WHERE
-    {in_scope}
+    (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
     AND (
         q.parked_reason = 'stale'
         OR (q.parked_at IS NULL AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes))

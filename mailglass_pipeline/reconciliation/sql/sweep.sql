@@ -1,6 +1,8 @@
 -- The sweep: find the due batch, link it, write the outcome, count what is left
 -- (mailglass_pipeline/reconciliation/sweep.py). A batch costs these statements whatever its size
--- (decision D5). Fragments in braces come from fragments.sql.
+-- (decision D5). Each block is the complete statement PostgreSQL receives; the lines between
+-- "rule: <name>" and "end rule" are a copy of a shared rule whose one home is
+-- mailglass_pipeline/sql/rules.sql (tests/core/test_reconcile_sql.py compares every copy with it).
 
 -- name: set_timeouts
 -- The transaction's timeouts, and one plan per execution: psycopg prepares a statement after 5
@@ -13,7 +15,8 @@ SELECT
     set_config('plan_cache_mode', 'force_custom_plan', TRUE);
 
 -- name: run_started
--- The database's clock at the start of a run, as the examinations record it.
+-- The database's clock: at the start of a run, as the examinations record it (and the orphan
+-- listing's now).
 SELECT now() AS started;
 
 -- name: find_tenant
@@ -26,15 +29,131 @@ WITH alloc AS (
         LEAST(:limit, :max_total) AS take
 ),
 
-picked AS ({pick(alloc)})
+picked AS (
+    -- rule: pick
+    SELECT p.*
+    FROM alloc AS a
+    CROSS JOIN LATERAL (
+        SELECT * FROM (
+            SELECT
+                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
+                0 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.tenant_id = a.tenant_id AND q.linkable_at IS NOT NULL
+                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                -- rule: due_window
+                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            ORDER BY q.orphan_inserted_at, q.event_id
+            LIMIT a.take
+            FOR UPDATE OF q SKIP LOCKED
+        ) AS linkable
+        UNION ALL
+        SELECT * FROM (
+            SELECT
+                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
+                1 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.tenant_id = a.tenant_id AND q.linkable_at IS NULL
+                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                -- rule: due_window
+                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            ORDER BY q.orphan_inserted_at, q.event_id
+            LIMIT a.take
+            FOR UPDATE OF q SKIP LOCKED
+        ) AS fresh
+        UNION ALL
+        SELECT * FROM (
+            SELECT
+                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
+                2 AS cls, q.last_attempted_at AS k1, q.orphan_inserted_at AS k2
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.tenant_id = a.tenant_id
+                -- rule: retry
+                AND q.parked_at IS NULL
+                AND q.next_attempt_at
+                <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+                AND (
+                    CAST(:run_started AS timestamptz) IS NULL
+                    OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+                )
+                -- end rule
+                -- rule: due_window
+                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            ORDER BY q.last_attempted_at, q.orphan_inserted_at, q.event_id
+            LIMIT a.take
+            FOR UPDATE OF q SKIP LOCKED
+        ) AS retry
+        LIMIT a.take
+    ) AS p
+    WHERE a.take > 0
+    -- end rule
+)
 
-{batch_columns(picked)};
+-- rule: batch
+SELECT
+    e.id, e.tenant_id, e.type,
+    CASE WHEN isfinite(e.occurred_at) THEN e.occurred_at END AS occurred_at,
+    e.inserted_at, p.attempts, p.provider, p.provider_message_id,
+    COALESCE(
+        CASE
+            WHEN jsonb_typeof(e.metadata -> 'provider_event_id') = 'string'
+                THEN NULLIF(e.metadata ->> 'provider_event_id', '')
+        END,
+        CASE
+            WHEN jsonb_typeof(e.normalized_payload -> 'provider_event_id') = 'string'
+                THEN NULLIF(e.normalized_payload ->> 'provider_event_id', '')
+        END
+    ) AS provider_event_id,
+    lk.id AS delivery_id
+FROM picked AS p
+INNER JOIN mailglass_events AS e ON p.event_id = e.id
+LEFT JOIN LATERAL (
+    SELECT p.tenant_id, p.provider, p.provider_message_id AS message_id
+    WHERE
+        CAST(:link AS boolean)
+        AND p.provider IS NOT NULL AND p.provider_message_id IS NOT NULL AND isfinite(e.occurred_at)
+) AS k ON TRUE
+-- rule: delivery_lookup
+LEFT JOIN LATERAL (
+    SELECT d.id
+    FROM mailglass_deliveries AS d
+    WHERE
+        d.provider = k.provider
+        -- rule: message_id_match
+        AND d.provider_message_id IN (
+            k.message_id,
+            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
+            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END
+        )
+        -- end rule
+        AND d.tenant_id = k.tenant_id
+    ORDER BY d.provider_message_id = k.message_id DESC
+    LIMIT 1
+) AS lk ON TRUE
+-- end rule
+ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
+-- end rule
 
 -- name: find_all
 -- Every tenant's due batch: at most limit per tenant (less what used, the run's earlier
 -- transactions, already took) and max_total in all, in two rounds of water filling: first the
 -- orphans whose delivery is known to be there (linkable_at) across all tenants, then the other
 -- due orphans in what the cap leaves. Each tenant's share is then taken with index range scans.
+--
+-- Water filling (first_* and rest_*, the same steps over each round's want and cap): sorted by
+-- take, a tenant is served whole when, were every larger tenant cut to its take, the total still
+-- fits the cap. The others share what is left equally: quota each, and the extra left over goes
+-- one each to the tenants waiting longest. So each tenant's first k orphans are taken before any
+-- tenant's (k+1)-th, in one statement whatever the number of tenants.
 WITH used AS (
     SELECT
         key AS tenant_id,
@@ -47,7 +166,41 @@ due_n AS (
         tenant_id,
         count(*) AS n,
         min(due_since) AS since
-    FROM ({due_rows}) AS d
+    FROM (
+        -- rule: due_rows
+        SELECT
+            q.tenant_id,
+            GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
+        FROM mailglass_reconciliation_queue AS q
+        WHERE
+            q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+            -- rule: due_window
+            AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+            -- end rule
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+        UNION ALL
+        SELECT
+            q.tenant_id,
+            GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
+        FROM mailglass_reconciliation_queue AS q
+        WHERE
+            -- rule: retry
+            q.parked_at IS NULL
+            AND q.next_attempt_at
+            <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+            AND (
+                CAST(:run_started AS timestamptz) IS NULL
+                OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+            )
+            -- end rule
+            -- rule: due_window
+            AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+            -- end rule
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+        -- end rule
+    ) AS d
     GROUP BY tenant_id
 ),
 
@@ -63,9 +216,15 @@ linkable_n AS (
     SELECT
         q.tenant_id,
         count(*) AS n,
-        min({fresh_since}) AS since
+        min(GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at)) AS since
     FROM mailglass_reconciliation_queue AS q
-    WHERE q.linkable_at IS NOT NULL AND {fresh} AND {due_window}
+    WHERE
+        q.linkable_at IS NOT NULL
+        AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
     GROUP BY q.tenant_id
 ),
 
@@ -79,7 +238,46 @@ first_want AS (
 
 first_cap AS (SELECT CAST(:max_total AS bigint) AS cap),
 
-{water_fill(first_alloc, first_want, first_cap)},
+first_sized AS (
+    SELECT
+        tenant_id, take, since,
+        CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
+        row_number() OVER (ORDER BY take, tenant_id) AS pos,
+        count(*) OVER () AS tenants
+    FROM first_want
+    WHERE take > 0
+),
+
+first_flagged AS (
+    SELECT
+        s.*,
+        s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole
+    FROM first_sized AS s CROSS JOIN first_cap AS c
+),
+
+first_fill AS (
+    SELECT
+        count(*) FILTER (WHERE whole) AS whole_n,
+        CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
+        count(*) AS tenants
+    FROM first_flagged
+),
+
+first_alloc AS (
+    SELECT
+        f.tenant_id,
+        CASE
+            WHEN f.whole THEN f.take
+            ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
+                + CASE
+                    WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
+                        <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
+                        THEN 1
+                    ELSE 0
+                END
+        END AS take
+    FROM first_flagged AS f CROSS JOIN first_fill AS x CROSS JOIN first_cap AS c
+),
 
 rest_want AS (
     SELECT
@@ -94,7 +292,46 @@ rest_cap AS (
     FROM first_alloc
 ),
 
-{water_fill(rest_alloc, rest_want, rest_cap)},
+rest_sized AS (
+    SELECT
+        tenant_id, take, since,
+        CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
+        row_number() OVER (ORDER BY take, tenant_id) AS pos,
+        count(*) OVER () AS tenants
+    FROM rest_want
+    WHERE take > 0
+),
+
+rest_flagged AS (
+    SELECT
+        s.*,
+        s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole
+    FROM rest_sized AS s CROSS JOIN rest_cap AS c
+),
+
+rest_fill AS (
+    SELECT
+        count(*) FILTER (WHERE whole) AS whole_n,
+        CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
+        count(*) AS tenants
+    FROM rest_flagged
+),
+
+rest_alloc AS (
+    SELECT
+        f.tenant_id,
+        CASE
+            WHEN f.whole THEN f.take
+            ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
+                + CASE
+                    WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
+                        <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
+                        THEN 1
+                    ELSE 0
+                END
+        END AS take
+    FROM rest_flagged AS f CROSS JOIN rest_fill AS x CROSS JOIN rest_cap AS c
+),
 
 alloc AS (
     SELECT
@@ -108,9 +345,119 @@ alloc AS (
     GROUP BY tenant_id
 ),
 
-picked AS ({pick(alloc)})
+picked AS (
+    -- rule: pick
+    SELECT p.*
+    FROM alloc AS a
+    CROSS JOIN LATERAL (
+        SELECT * FROM (
+            SELECT
+                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
+                0 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.tenant_id = a.tenant_id AND q.linkable_at IS NOT NULL
+                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                -- rule: due_window
+                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            ORDER BY q.orphan_inserted_at, q.event_id
+            LIMIT a.take
+            FOR UPDATE OF q SKIP LOCKED
+        ) AS linkable
+        UNION ALL
+        SELECT * FROM (
+            SELECT
+                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
+                1 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.tenant_id = a.tenant_id AND q.linkable_at IS NULL
+                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+                -- rule: due_window
+                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            ORDER BY q.orphan_inserted_at, q.event_id
+            LIMIT a.take
+            FOR UPDATE OF q SKIP LOCKED
+        ) AS fresh
+        UNION ALL
+        SELECT * FROM (
+            SELECT
+                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
+                2 AS cls, q.last_attempted_at AS k1, q.orphan_inserted_at AS k2
+            FROM mailglass_reconciliation_queue AS q
+            WHERE
+                q.tenant_id = a.tenant_id
+                -- rule: retry
+                AND q.parked_at IS NULL
+                AND q.next_attempt_at
+                <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+                AND (
+                    CAST(:run_started AS timestamptz) IS NULL
+                    OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+                )
+                -- end rule
+                -- rule: due_window
+                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+                -- end rule
+            ORDER BY q.last_attempted_at, q.orphan_inserted_at, q.event_id
+            LIMIT a.take
+            FOR UPDATE OF q SKIP LOCKED
+        ) AS retry
+        LIMIT a.take
+    ) AS p
+    WHERE a.take > 0
+    -- end rule
+)
 
-{batch_columns(picked)};
+-- rule: batch
+SELECT
+    e.id, e.tenant_id, e.type,
+    CASE WHEN isfinite(e.occurred_at) THEN e.occurred_at END AS occurred_at,
+    e.inserted_at, p.attempts, p.provider, p.provider_message_id,
+    COALESCE(
+        CASE
+            WHEN jsonb_typeof(e.metadata -> 'provider_event_id') = 'string'
+                THEN NULLIF(e.metadata ->> 'provider_event_id', '')
+        END,
+        CASE
+            WHEN jsonb_typeof(e.normalized_payload -> 'provider_event_id') = 'string'
+                THEN NULLIF(e.normalized_payload ->> 'provider_event_id', '')
+        END
+    ) AS provider_event_id,
+    lk.id AS delivery_id
+FROM picked AS p
+INNER JOIN mailglass_events AS e ON p.event_id = e.id
+LEFT JOIN LATERAL (
+    SELECT p.tenant_id, p.provider, p.provider_message_id AS message_id
+    WHERE
+        CAST(:link AS boolean)
+        AND p.provider IS NOT NULL AND p.provider_message_id IS NOT NULL AND isfinite(e.occurred_at)
+) AS k ON TRUE
+-- rule: delivery_lookup
+LEFT JOIN LATERAL (
+    SELECT d.id
+    FROM mailglass_deliveries AS d
+    WHERE
+        d.provider = k.provider
+        -- rule: message_id_match
+        AND d.provider_message_id IN (
+            k.message_id,
+            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
+            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END
+        )
+        -- end rule
+        AND d.tenant_id = k.tenant_id
+    ORDER BY d.provider_message_id = k.message_id DESC
+    LIMIT 1
+) AS lk ON TRUE
+-- end rule
+ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
+-- end rule
 
 -- name: write
 -- The write step of a sweep as ONE statement (data-modifying CTEs), so a batch costs one round
@@ -194,7 +541,39 @@ won AS (
     FROM ins AS i INNER JOIN matched AS m ON i.idempotency_key = 'reconciled:' || CAST(m.id AS text)
 ),
 
-{projection},
+-- rule: projection
+proj_agg AS (
+    SELECT
+        delivery_id,
+        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+        max(occurred_at) AS latest_at,
+        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
+        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
+        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
+        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
+        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
+        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
+    FROM won
+    GROUP BY delivery_id
+),
+
+proj_upd AS (
+    UPDATE mailglass_deliveries AS d SET
+        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+        last_event_at = GREATEST(d.last_event_at, a.latest_at),
+        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
+        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
+        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
+        complained_at = COALESCE(d.complained_at, a.complained_at),
+        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
+        terminal = d.terminal OR a.terminal,
+        lock_version = d.lock_version + 1,
+        updated_at = now()
+    FROM proj_agg AS a
+    WHERE d.id = a.delivery_id
+    RETURNING d.id
+),
+-- end rule
 
 latest AS (
     SELECT DISTINCT ON (w.delivery_id)
@@ -207,7 +586,19 @@ latest AS (
     ORDER BY w.delivery_id ASC, w.ord DESC
 ),
 
-notified AS ({notify}),
+notified AS (
+    -- rule: notify
+    SELECT
+        pg_notify('mailglass_delivery_updated', CAST(json_build_object(
+            'tenant_id', CASE
+                WHEN octet_length(CAST(to_json(n.tenant_id) AS text)) > 7000 THEN NULL ELSE n.tenant_id
+            END,
+            'delivery_id', n.delivery_id, 'event_type', n.event_type,
+            'event_id', n.event_id, 'reconciled_from_event_id', n.from_id
+        ) AS text)) AS notified
+    FROM latest AS n
+    -- end rule
+),
 
 cutoff AS (SELECT now() - make_interval(mins => :max_age_minutes) AS stale_before),
 
@@ -218,7 +609,8 @@ attempted AS (
         last_attempted_at = now(),
         -- From the minute the sweep belongs to, not from now(): a sweep starts seconds after its
         -- tick, so now() + 1 minute would miss the next tick ("retry in 1 minute" = next tick).
-        next_attempt_at = date_trunc('minute', now()) + {backoff},
+        next_attempt_at = date_trunc('minute', now())
+            + make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.attempts + 1], CAST(:backoff_cap AS int))),
         linkable_at = NULL,
         parked_at = CASE WHEN b.malformed OR q.orphan_inserted_at <= c.stale_before THEN now() END,
         parked_reason = CASE
@@ -237,7 +629,7 @@ parked AS (
     WHERE
         q.parked_at IS NULL
         AND q.orphan_inserted_at <= c.stale_before
-        AND {in_scope}
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
         AND NOT EXISTS (SELECT 1 FROM batch AS b WHERE b.id = q.event_id AND b.delivery_id IS NULL)
     RETURNING q.event_id, q.tenant_id
 ),
@@ -284,9 +676,57 @@ WITH per_tenant AS (
     GROUP BY tenant_id
 ),
 
-due AS ({due_rows}),
+due AS (
+    -- rule: due_rows
+    SELECT
+        q.tenant_id,
+        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    UNION ALL
+    SELECT
+        q.tenant_id,
+        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        -- rule: retry
+        q.parked_at IS NULL
+        AND q.next_attempt_at
+        <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
+        AND (
+            CAST(:run_started AS timestamptz) IS NULL
+            OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+        )
+        -- end rule
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    -- end rule
+),
 
-linkable AS ({linkable_waits})
+linkable AS (
+    -- rule: linkable_waits
+    SELECT
+        q.tenant_id,
+        now() - GREATEST(q.linkable_at, q.orphan_inserted_at + make_interval(secs => :grace_seconds)) AS waited
+    FROM mailglass_reconciliation_queue AS q
+    WHERE
+        q.parked_at IS NULL AND q.linkable_at IS NOT NULL
+        -- rule: due_window
+        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
+        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
+        -- end rule
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    -- end rule
+)
 
 SELECT
     (
@@ -295,11 +735,15 @@ SELECT
     ) AS per_tenant,
     (
         SELECT count(*) FROM mailglass_reconciliation_queue AS q
-        WHERE q.parked_at IS NULL AND {in_scope}
+        WHERE
+            q.parked_at IS NULL
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
     ) AS remaining_orphans,
     (
         SELECT count(*) FROM mailglass_reconciliation_queue AS q
-        WHERE q.parked_at IS NOT NULL AND q.parked_reason = 'stale' AND {in_scope}
+        WHERE
+            q.parked_at IS NOT NULL AND q.parked_reason = 'stale'
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
     ) AS stale_orphans,
     (SELECT count(*) FROM due) AS due_remaining,
     (SELECT EXTRACT(EPOCH FROM now() - min(due_since)) FROM due) AS oldest_due_age,

@@ -7,26 +7,27 @@ retention filter reads). The retention job itself runs as a real run of the code
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import make_delivery, make_orphan
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
-from sqlalchemy.engine import Engine, make_url
+from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus
+from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.dagster_support.testing_internals import (
+from mailglass_pipeline.dagster_support.private import (
     GrpcServerCodeLocationOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
+    latest_materialization_ids_by_partition,
 )
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
-from mailglass_pipeline.devtools.dev import psycopg2_url
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
+from tests.factories import fetch, make_delivery, make_orphan
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])
 
@@ -41,11 +42,8 @@ def run_tenant(database_url: str, instance: DagsterInstance, tenant: str):
 
 
 @pytest.fixture
-def storage(tmp_path: Path, admin_url: str, admin_engine: Engine) -> Iterator[tuple[DagsterInstance, Engine]]:
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+def storage(tmp_path: Path, dagster_storage_url: str) -> Iterator[tuple[DagsterInstance, Engine]]:
+    url = dagster_storage_url
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": url}}}))
     instance = DagsterInstance.from_config(str(tmp_path))
     dagster_engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -54,8 +52,6 @@ def storage(tmp_path: Path, admin_url: str, admin_engine: Engine) -> Iterator[tu
     finally:
         instance.dispose()
         dagster_engine.dispose()
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _age(dagster_engine: Engine, run_ids: list[str], days: int) -> None:
@@ -89,11 +85,11 @@ def _other_location_run(instance: DagsterInstance, job_name: str) -> str:
 def test_prunes_old_runs_with_their_events_and_keeps_latest_per_tenant(storage, database_url, engine) -> None:
     instance, dagster_engine = storage
     for tenant in ("t1", "t2"):
-        make_orphan(engine, tenant, f"{tenant}-a")
-        make_delivery(engine, tenant, f"{tenant}-a")
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-a")
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-a")
     t1_first = run_tenant(database_url, instance, "t1").run_id
-    make_orphan(engine, "t1", "t1-b")
-    make_delivery(engine, "t1", "t1-b")
+    make_orphan(engine, tenant_id="t1", message_id="t1-b")
+    make_delivery(engine, tenant_id="t1", message_id="t1-b")
     t1_latest = run_tenant(database_url, instance, "t1").run_id
     t2_only = run_tenant(database_url, instance, "t2").run_id
     recent = run_tenant(database_url, instance, "t1").run_id  # newer than 14 days: kept, and now t1's latest
@@ -133,7 +129,7 @@ def test_prunes_old_runs_with_their_events_and_keeps_latest_per_tenant(storage, 
         ).scalar()
     assert kept_checks == 1 and counts["deleted_check_executions"] == 2
     # Every tenant keeps its current state on the asset page.
-    latest = instance.get_latest_storage_id_by_partition(KEY, DagsterEventType.ASSET_MATERIALIZATION)
+    latest = latest_materialization_ids_by_partition(instance, KEY)
     assert set(latest) == {"t1", "t2"}
     records = instance.fetch_materializations(KEY, limit=10).records
     assert {r.run_id for r in records} == {t2_only, recent}
@@ -141,8 +137,8 @@ def test_prunes_old_runs_with_their_events_and_keeps_latest_per_tenant(storage, 
 
 def test_keep_days_and_dry_run_are_honoured(storage, database_url, engine) -> None:
     instance, dagster_engine = storage
-    make_orphan(engine, "t1", "a")
-    make_delivery(engine, "t1", "a")
+    make_orphan(engine, tenant_id="t1", message_id="a")
+    make_delivery(engine, tenant_id="t1", message_id="a")
     first = run_tenant(database_url, instance, "t1").run_id
     second = run_tenant(database_url, instance, "t1").run_id
     _age(dagster_engine, [first], days=5)
@@ -164,8 +160,8 @@ def test_keep_days_and_dry_run_are_honoured(storage, database_url, engine) -> No
 
 def test_batches_are_bounded(storage, database_url, engine) -> None:
     instance, dagster_engine = storage
-    make_orphan(engine, "t1", "a")
-    make_delivery(engine, "t1", "a")
+    make_orphan(engine, tenant_id="t1", message_id="a")
+    make_delivery(engine, tenant_id="t1", message_id="a")
     runs = [run_tenant(database_url, instance, "t1").run_id for _ in range(6)]
     _age(dagster_engine, runs, days=30)
     job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(PRUNE_JOB_NAME)
@@ -182,14 +178,10 @@ def test_batches_are_bounded(storage, database_url, engine) -> None:
 
 def test_the_daily_job_prunes_parked_queue_rows_and_keeps_the_ledger(storage, database_url, engine) -> None:
     """The retention run deletes queue rows parked past the period, nothing else; the ledger keeps them."""
-    from datetime import timedelta
-
-    from conftest import fetch
-
     instance, _ = storage
-    old_stale = make_orphan(engine, "t1", "gone", age=timedelta(days=8))
-    malformed = make_orphan(engine, "t1", None)
-    pending = make_orphan(engine, "t1", "pending")
+    old_stale = make_orphan(engine, tenant_id="t1", message_id="gone", age=timedelta(days=8))
+    malformed = make_orphan(engine, tenant_id="t1", message_id=None)
+    pending = make_orphan(engine, tenant_id="t1", message_id="pending")
     sweep(engine, None, SweepConfig())
     with engine.begin() as conn:
         conn.execute(

@@ -1,36 +1,27 @@
 """The scheduled all-tenant sweep (job ``reconcile_due_tenants``) on a real PostgreSQL-backed Dagster instance."""
 
-import uuid
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, build_asset_check_context, instance_for_test
-from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.scheduled_sweep.checks import LagCheckConfig, reconciliation_lag
-from mailglass_pipeline.devtools.dev import psycopg2_url
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
+from tests.factories import fetch, make_delivery, make_orphan
 
 TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])
 SWEEP_ASSET = AssetKey(["mailglass", "reconciliation_sweep"])
 
 
 @pytest.fixture
-def pg_instance(admin_url, admin_engine):
+def pg_instance(dagster_storage_url):
     """A Dagster instance whose storage is dagster-postgres (what the daemon's run workers write to)."""
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+    with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": dagster_storage_url}}}) as instance:
         yield instance
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _sweep(database_url, instance, run_config=None):
@@ -52,13 +43,13 @@ def test_one_run_materializes_exactly_the_tenants_with_work(pg_instance, engine,
     # 50 tenants: 5 with due orphans, the rest idle (deliveries only) or with orphans still in grace.
     for i in range(5):
         tenant = f"busy-{i}"
-        make_delivery(engine, tenant, f"{tenant}-m1")
-        make_orphan(engine, tenant, f"{tenant}-m1")  # linkable
-        make_orphan(engine, tenant, f"{tenant}-never")  # never matches
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m1")
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-m1")  # linkable
+        make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-never")  # never matches
     for i in range(40):
-        make_delivery(engine, f"idle-{i}", f"idle-{i}-m")
+        make_delivery(engine, tenant_id=f"idle-{i}", message_id=f"idle-{i}-m")
     for i in range(5):
-        make_orphan(engine, f"young-{i}", f"young-{i}-m", age=timedelta(seconds=5))
+        make_orphan(engine, tenant_id=f"young-{i}", message_id=f"young-{i}-m", age=timedelta(seconds=5))
 
     # Spy on the storage: the partition materializations must go in one batch, not one write each.
     batches = []
@@ -101,10 +92,10 @@ def test_one_run_materializes_exactly_the_tenants_with_work(pg_instance, engine,
 
 
 def test_tenant_ids_unfit_as_keys_are_swept_and_counted(pg_instance, engine, database_url):
-    make_delivery(engine, "bad tenant", "m-1")
-    make_orphan(engine, "bad tenant", "m-1")
-    make_delivery(engine, "good", "m-2")
-    make_orphan(engine, "good", "m-2")
+    make_delivery(engine, tenant_id="bad tenant", message_id="m-1")
+    make_orphan(engine, tenant_id="bad tenant", message_id="m-1")
+    make_delivery(engine, tenant_id="good", message_id="m-2")
+    make_orphan(engine, tenant_id="good", message_id="m-2")
     result = _sweep(database_url, pg_instance)
     assert sorted(_partition_materializations(pg_instance, result.run_id)) == ["good"]
     [sweep_event] = [e for e in result.get_asset_materialization_events() if e.asset_key == SWEEP_ASSET]
@@ -131,7 +122,7 @@ def _attempts_by_tenant(engine):
 def test_per_tenant_quota_and_total_cap_from_the_launchpad(pg_instance, engine, database_url):
     for i in range(3):
         for j in range(4):
-            make_orphan(engine, f"t{i}", f"t{i}-m{j}")
+            make_orphan(engine, tenant_id=f"t{i}", message_id=f"t{i}-m{j}")
     # A quota per tenant per run, however many transactions (max_total 2: at least 3 of them).
     result = _sweep(database_url, pg_instance, _config(limit=2, max_total=2))
     assert _attempts_by_tenant(engine) == {"t0": 2, "t1": 2, "t2": 2}
@@ -143,11 +134,13 @@ def test_per_tenant_quota_and_total_cap_from_the_launchpad(pg_instance, engine, 
 
 
 def test_only_tenants_where_something_happened_get_a_materialization(pg_instance, engine, database_url):
-    make_delivery(engine, "linked", "m-1")
-    make_orphan(engine, "linked", "m-1")
-    make_orphan(engine, "broken", None)  # malformed: parked at its first examination
-    make_orphan(engine, "aged", "m-old", age=timedelta(minutes=30))  # past max age below: parked stale
-    make_orphan(engine, "hopeless", "never")  # first examination, stays unmatched
+    make_delivery(engine, tenant_id="linked", message_id="m-1")
+    make_orphan(engine, tenant_id="linked", message_id="m-1")
+    make_orphan(engine, tenant_id="broken", message_id=None)  # malformed: parked at its first examination
+    make_orphan(
+        engine, tenant_id="aged", message_id="m-old", age=timedelta(minutes=30)
+    )  # past max age below: parked stale
+    make_orphan(engine, tenant_id="hopeless", message_id="never")  # first examination, stays unmatched
     first = _sweep(database_url, pg_instance, _config(max_age_minutes=20))
     found = _partition_materializations(pg_instance, first.run_id)
     assert sorted(found) == ["aged", "broken", "linked"]
@@ -164,14 +157,14 @@ def test_only_tenants_where_something_happened_get_a_materialization(pg_instance
     assert _partition_materializations(pg_instance, again.run_id) == {}
     assert _attempts_by_tenant(engine)["hopeless"] == 2
     # Its delivery commits: linked by the next run, and now the tenant's partition records it.
-    make_delivery(engine, "hopeless", "never")
+    make_delivery(engine, tenant_id="hopeless", message_id="never")
     last = _sweep(database_url, pg_instance)
     assert sorted(_partition_materializations(pg_instance, last.run_id)) == ["hopeless"]
 
 
 def test_time_budget_from_config_and_environment(pg_instance, engine, database_url, monkeypatch):
     for i in range(30):
-        make_orphan(engine, f"t{i:02d}", f"never-{i}")
+        make_orphan(engine, tenant_id=f"t{i:02d}", message_id=f"never-{i}")
     # A budget far shorter than one transaction: the run does one bounded transaction and stops.
     result = _sweep(database_url, pg_instance, _config(max_total=10, budget_seconds=0.001))
     totals = _totals(result)
@@ -189,7 +182,7 @@ def test_a_bad_budget_is_refused_at_launch_before_any_write(
     pg_instance, engine, database_url, monkeypatch, config, env
 ):
     """The config's budget or, when it names none, the environment's: checked by the job's config mapping."""
-    make_orphan(engine, "t", "never")
+    make_orphan(engine, tenant_id="t", message_id="never")
     if env is not None:
         monkeypatch.setenv("MAILGLASS_SWEEP_BUDGET_SECONDS", env)
     job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(SWEEP_JOB_NAME)
@@ -201,8 +194,8 @@ def test_a_bad_budget_is_refused_at_launch_before_any_write(
 
 
 def test_reconciliation_lag_warns_with_count_and_longest_wait(engine, database_url):
-    make_delivery(engine, "t1", "m-late")
-    make_orphan(engine, "t1", "m-late", age=timedelta(minutes=20))
+    make_delivery(engine, tenant_id="t1", message_id="m-late")
+    make_orphan(engine, tenant_id="t1", message_id="m-late", age=timedelta(minutes=20))
     with engine.begin() as conn:  # its delivery committed 10 minutes ago and nothing linked it since
         conn.execute(sa.text("UPDATE mailglass_reconciliation_queue SET linkable_at = now() - interval '10 minutes'"))
     database = MailglassDatabase(database_url=database_url)

@@ -21,11 +21,9 @@ still in backoff (skip, "no orphan is due"), finds the first run still in flight
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -34,15 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
-from process_support import free_port, log_tail, wait_until, webserver_up
-from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.dagster_support.testing_internals import InstigatorType, TickStatus
-from mailglass_pipeline.devtools.dev import psycopg2_url
+from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus, execute_graphql
+from tests.factories import fetch, make_delivery, make_orphan
+from tests.processes import log_tail, mailglass_dev, wait_until, webserver_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gql.*")
 
@@ -65,43 +60,22 @@ query { repositoryOrError(repositorySelector: {repositoryLocationName: "mailglas
 
 
 @pytest.fixture
-def stack(tmp_path, admin_url, admin_engine, database_url, monkeypatch):
+def stack(tmp_path, database_url, dagster_storage_url, monkeypatch):
     """``mailglass dev`` on a fresh app database and its own Dagster storage database; stopped by process group."""
-    name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    storage_url = psycopg2_url(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
     env = {"DAGSTER_HOME": str(home), "MAILGLASS_DATABASE_URL": database_url}
-    env["MAILGLASS_DAGSTER_DATABASE_URL"] = storage_url
+    env["MAILGLASS_DAGSTER_DATABASE_URL"] = dagster_storage_url
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    port = free_port()
-    log = open(tmp_path / "dev.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(BIN / "mailglass"), "dev", "--port", str(port)],
-        env={**os.environ, **env}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with mailglass_dev({**os.environ, **env}, tmp_path, cwd=REPO) as port:
         yield port, tmp_path
-    finally:
-        try:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            process.wait()
-        log.close()
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _location_loaded(client: DagsterGraphQLClient) -> bool:
     try:
-        return client._execute(LOCATION_QUERY)["repositoryOrError"]["__typename"] == "Repository"
+        return execute_graphql(client, LOCATION_QUERY)["repositoryOrError"]["__typename"] == "Repository"
     except Exception:
         return False
 
@@ -143,18 +117,22 @@ def test_two_ticks_at_200_tenants_one_run_each_and_only_tenants_with_work(stack,
     for n, tenant in enumerate(linkable):
         for k in range(1 + n % 3):  # 1 to 3 orphans each, inserted 3 minutes ago: past the 60 s grace
             message = f"{tenant}-m{k}"
-            linkable_orphans[make_orphan(engine, tenant, message, age=timedelta(minutes=3))] = tenant
-            make_delivery(engine, tenant, message)
-    hopeless_orphans = {make_orphan(engine, t, f"{t}-never", age=timedelta(minutes=3)): t for t in hopeless}
+            linkable_orphans[make_orphan(engine, tenant_id=tenant, message_id=message, age=timedelta(minutes=3))] = (
+                tenant
+            )
+            make_delivery(engine, tenant_id=tenant, message_id=message)
+    hopeless_orphans = {
+        make_orphan(engine, tenant_id=t, message_id=f"{t}-never", age=timedelta(minutes=3)): t for t in hopeless
+    }
     for tenant in idle:
-        make_delivery(engine, tenant, f"{tenant}-sent")
+        make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-sent")
 
     wait_until(lambda: webserver_up(port), 120, "webserver did not come up", log_dir)
     instance = DagsterInstance.get()  # the storage the processes use
     instance.add_dynamic_partitions("tenants", linkable + hopeless + idle)
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
     wait_until(lambda: _location_loaded(client), 90, "code location did not load", log_dir)
-    result = client._execute(START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}})
+    result = execute_graphql(client, START_SCHEDULE, {"scheduleSelector": {**REPOSITORY, "scheduleName": SCHEDULE}})
     assert result["startSchedule"]["__typename"] == "ScheduleStateResult", result
     schedule_on = time.time()
 

@@ -1,7 +1,4 @@
-"""Helpers of the per-tenant job tests: build the job on a test database, run one tenant, read its counts.
-
-Imported by name (tests/ has no packages), so the name is unique: ``<concern>_support``.
-"""
+"""Helpers of the per-tenant job tests: build the job on a test database, run one tenant, read its counts."""
 
 from __future__ import annotations
 

@@ -3,9 +3,7 @@
 from datetime import timedelta
 
 import pytest
-from conftest import fetch, make_delivery, make_orphan
 from dagster import AssetCheckSeverity, Backoff, DagsterRunStatus, instance_for_test
-from defs_support import graph_config, materialization_counts, reconcile_job, run_tenant
 
 from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigError
 from mailglass_pipeline.dagster_support.database import database_errors
@@ -19,6 +17,13 @@ from mailglass_pipeline.defs.tenant_reconciliation.ops import (
     markdown_preview,
 )
 from mailglass_pipeline.errors import DatabaseUnavailableError
+from tests.defs.tenant_reconciliation.defs_support import (
+    graph_config,
+    materialization_counts,
+    reconcile_job,
+    run_tenant,
+)
+from tests.factories import fetch, make_delivery, make_orphan
 
 INTEGER_KEYS = ("scanned", "linked", "unmatched", "malformed", "remaining_orphans", "stale_orphans")
 
@@ -28,13 +33,13 @@ def _ledger(engine):
 
 
 def test_t1_run_links_t1_only_and_records_integer_metadata(engine, database_url):
-    t1_matched = make_orphan(engine, "t1", "m-1")
-    t1_delivery = make_delivery(engine, "t1", "m-1")
-    make_orphan(engine, "t1", "m-unmatched")
-    make_orphan(engine, "t1", None)  # malformed: no message id
-    make_orphan(engine, "t1", "m-old", age=timedelta(days=8))  # past max age: stale
-    make_orphan(engine, "t2", "m-2")
-    make_delivery(engine, "t2", "m-2")
+    t1_matched = make_orphan(engine, tenant_id="t1", message_id="m-1")
+    t1_delivery = make_delivery(engine, tenant_id="t1", message_id="m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-unmatched")
+    make_orphan(engine, tenant_id="t1", message_id=None)  # malformed: no message id
+    make_orphan(engine, tenant_id="t1", message_id="m-old", age=timedelta(days=8))  # past max age: stale
+    make_orphan(engine, tenant_id="t2", message_id="m-2")
+    make_delivery(engine, tenant_id="t2", message_id="m-2")
     t2_before = [r for r in _ledger(engine) if r.tenant_id == "t2"]
     t2_deliveries_before = fetch(engine, "SELECT * FROM mailglass_deliveries WHERE tenant_id = 't2'")
 
@@ -98,15 +103,15 @@ def test_runs_carry_concurrency_tags(database_url):
     [
         {"limit": 0},
         {"limit": -5},
-        {"limit": 100_001},  # the setting's bound (reconciliation/settings.py), in pydantic and the core alike
+        {"limit": 100_001},  # the setting's bound (mailglass_pipeline/settings.py), in pydantic and the core alike
         {"max_age_minutes": 0},
         {"grace_seconds": -1},
         {"grace_seconds": 600, "max_age_minutes": 5},  # grace longer than max age: the core refuses
     ],
 )
 def test_bad_launchpad_config_is_refused_before_any_op(engine, database_url, bad):
-    make_orphan(engine, "t1", "m-1")
-    make_delivery(engine, "t1", "m-1")
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
+    make_delivery(engine, tenant_id="t1", message_id="m-1")
     with instance_for_test() as instance:
         with pytest.raises(LaunchpadConfigError, match=r"^invalid reconcile config: [^\n]+$"):
             run_tenant(database_url, instance, "t1", graph_config(**bad))
@@ -126,8 +131,8 @@ def test_wrong_type_is_refused_by_the_schema(database_url):
 
 def test_launchpad_config_reaches_the_ops(engine, database_url):
     for i in range(3):
-        make_orphan(engine, "t1", f"m-{i}", age=timedelta(minutes=10 - i))
-    make_orphan(engine, "t1", "m-young", age=timedelta(seconds=90))
+        make_orphan(engine, tenant_id="t1", message_id=f"m-{i}", age=timedelta(minutes=10 - i))
+    make_orphan(engine, tenant_id="t1", message_id="m-young", age=timedelta(seconds=90))
     with instance_for_test() as instance:
         counts = materialization_counts(run_tenant(database_url, instance, "t1", graph_config(limit=2)))
         assert counts["scanned"] == 2
@@ -139,9 +144,9 @@ def test_launchpad_config_reaches_the_ops(engine, database_url):
 
 
 def test_stale_orphan_check_warns_with_count_and_age(engine, database_url):
-    make_orphan(engine, "t1", "m-old", age=timedelta(days=9))
-    make_orphan(engine, "t1", "m-older", age=timedelta(days=10))
-    make_orphan(engine, "t2", "m-fresh")
+    make_orphan(engine, tenant_id="t1", message_id="m-old", age=timedelta(days=9))
+    make_orphan(engine, tenant_id="t1", message_id="m-older", age=timedelta(days=10))
+    make_orphan(engine, tenant_id="t2", message_id="m-fresh")
     with instance_for_test() as instance:
         result = run_tenant(database_url, instance, "t1")
         [evaluation] = result.get_asset_check_evaluations()

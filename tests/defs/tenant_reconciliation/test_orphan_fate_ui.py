@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conftest import make_delivery, make_orphan
 from dagster import AssetKey, instance_for_test
 
 from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
-from mailglass_pipeline.defs.scheduled_sweep.assets import SWEEP_JOB_NAME
+from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANT_TAG, TENANTS_PARTITIONS_NAME
+from tests.factories import make_delivery, make_orphan
 
 TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])
 
@@ -36,9 +36,15 @@ def _backfill_run(database_url: str, instance, tenant: str):
 def test_backfill_run_checks_its_own_tenant_with_the_stale_table(engine, database_url) -> None:
     for tenant in ("t1", "t2", "t3"):
         for days in (8, 9, 10):
-            make_orphan(engine, tenant, f"{tenant}-old-{days}", age=timedelta(days=days), event_type="bounced")
-    make_orphan(engine, "t1", "t1-m")
-    make_delivery(engine, "t1", "t1-m")
+            make_orphan(
+                engine,
+                tenant_id=tenant,
+                message_id=f"{tenant}-old-{days}",
+                age=timedelta(days=days),
+                event_type="bounced",
+            )
+    make_orphan(engine, tenant_id="t1", message_id="t1-m")
+    make_delivery(engine, tenant_id="t1", message_id="t1-m")
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(TENANTS_PARTITIONS_NAME, ["t1", "t2", "t3"])
         result = _backfill_run(database_url, instance, "t1")
@@ -69,10 +75,10 @@ def test_backfill_run_checks_its_own_tenant_with_the_stale_table(engine, databas
 
 
 def test_scheduled_sweep_plots_the_queue_by_state(engine, database_url) -> None:
-    make_orphan(engine, "a", "never")  # examined, then waiting
-    make_orphan(engine, "a", None)  # malformed
-    make_orphan(engine, "b", "old", age=timedelta(days=8))  # stale
-    make_orphan(engine, "b", "young", age=timedelta(seconds=5))  # waiting (grace)
+    make_orphan(engine, tenant_id="a", message_id="never")  # examined, then waiting
+    make_orphan(engine, tenant_id="a", message_id=None)  # malformed
+    make_orphan(engine, tenant_id="b", message_id="old", age=timedelta(days=8))  # stale
+    make_orphan(engine, tenant_id="b", message_id="young", age=timedelta(seconds=5))  # waiting (grace)
     with instance_for_test() as instance:
         job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_job_def(SWEEP_JOB_NAME)
         result = job.execute_in_process(instance=instance)

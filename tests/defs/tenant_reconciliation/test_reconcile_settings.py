@@ -1,14 +1,17 @@
-"""Each sweep setting is defined once: the Launchpad configs and the CLI read it from reconciliation.settings."""
+"""Each sweep setting is defined once: the Launchpad configs and the CLI read it from mailglass_pipeline.settings."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 from click.testing import CliRunner
 
+from mailglass_pipeline import settings
 from mailglass_pipeline.cli import cli
 from mailglass_pipeline.defs.scheduled_sweep.assets import SweepDueConfig
 from mailglass_pipeline.defs.tenant_reconciliation.ops import ReconcileConfig
-from mailglass_pipeline.reconciliation import settings
+from mailglass_pipeline.reconciliation.sweep import reconcile as reconcile_api
 
 
 def _bounds(model: type, name: str) -> tuple[object, object | None, object | None]:
@@ -25,14 +28,17 @@ def test_dagster_configs_take_default_and_bounds_from_the_setting(model: type, s
     assert model.model_fields[setting.name].description == setting.description
 
 
-def test_the_sweep_job_caps_transactions_by_its_own_setting() -> None:
-    cap = settings.TRANSACTION_CAP
+def test_one_max_total_on_every_path() -> None:
+    """The CLI, the API, the core and the scheduled job's Launchpad share max_total's one default and bounds."""
+    cap = settings.MAX_TOTAL
     assert _bounds(SweepDueConfig, "max_total") == (cap.default, cap.minimum, cap.maximum)
+    assert settings.SweepConfig().max_total == cap.default
+    assert inspect.signature(reconcile_api).parameters["max_total"].default == cap.default
 
 
 def test_core_and_launchpad_refuse_the_same_values() -> None:
     too_big = settings.LIMIT.maximum + 1
-    with pytest.raises(ValueError, match=f"limit must be <= {settings.LIMIT.maximum}"):
+    with pytest.raises(ValueError, match=f"limit must be a whole number from 1 to {settings.LIMIT.maximum}, got"):
         settings.SweepConfig(limit=too_big)
     with pytest.raises(ValueError):
         ReconcileConfig(limit=too_big)

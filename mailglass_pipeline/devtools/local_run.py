@@ -4,7 +4,7 @@ This is what the README's quick start and ``mailglass run`` call: the same job,
 ops and metadata as the UI and the schedule, without a webserver or daemon.
 
 ``mailglass run`` first prepares the instance ``mailglass dev`` uses
-(``devtools.dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
+(``dev.prepare_dev_environment``: ``$DAGSTER_HOME``, else ``.dagster_home/``
 with its storage in a ``dagster`` database beside the application database), so
 its runs and materializations are in the UI afterwards. Called as a library with
 no ``DAGSTER_HOME``, ``materialize_tenants`` uses an ephemeral instance: the
@@ -65,9 +65,8 @@ def wait_for_free_pool(instance: DagsterInstance, timeout: float = POOL_WAIT_TIM
     started = time.monotonic()
     announced = False
     while True:
-        busy = [
-            run.run_id for run in instance.get_runs(RunsFilter(statuses=SWEEPING_STATUSES)) if holds_reconcile_pool(run)
-        ]
+        records = instance.get_run_records(RunsFilter(statuses=SWEEPING_STATUSES))
+        busy = [r.dagster_run.run_id for r in records if holds_reconcile_pool(r.dagster_run)]
         if not busy:
             return time.monotonic() - started
         if not announced:

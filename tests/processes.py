@@ -1,10 +1,13 @@
-"""A real ``mailglass serve`` process for the receiver tests, and a cuttable TCP path to PostgreSQL.
+"""Helpers for the tests that start real processes (``mailglass serve``, ``mailglass dev``, Dagster servers).
 
-Imported by name like ``ingest_support`` (tests/ has no packages).
+A fixture that starts servers registers each one's stop (``contextlib.ExitStack``) before the
+command that may start it, and runs commands through ``run_checked``: a failing set-up then shows
+the command's stderr and still stops everything it started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -14,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +28,137 @@ from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.ingest import IngestSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from process_support import free_port, wait_until
-
+#: The installed ``mailglass`` command beside this interpreter.
 MAILGLASS = Path(sys.executable).with_name("mailglass")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def webserver_up(port: int) -> bool:
+    """Whether a Dagster webserver answers on ``port``."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def log_tail(log_dir: Path | None, chars: int = 4000) -> str:
+    """The end of every ``*.log`` in ``log_dir``: what a failing wait prints."""
+    if log_dir is None:
+        return ""
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(Path(log_dir).glob("*.log")))
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, message: str, log_dir: Path | None = None, every: float = 0.5
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); fail with ``message`` and the logs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{message}\n{log_tail(log_dir)}")
+
+
+def run_checked(command: Sequence[str], *, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on a non-zero exit fail with the command, its exit code and the end of its stderr/stdout.
+
+    ``subprocess.run(check=True, capture_output=True)`` keeps the output inside the exception,
+    where pytest does not print it: a fixture's failing ``mailglass demo`` then says only "exit status 1".
+    """
+    result = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(map(str, command))}` exited with {result.returncode}\n"
+            f"--- stderr\n{result.stderr[-4000:]}\n--- stdout\n{result.stdout[-2000:]}"
+        )
+    return result
+
+
+def stop_process_group(process: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """SIGTERM the process group of ``process`` (started with ``start_new_session=True``), SIGKILL after ``timeout``."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def start_process(
+    command: Sequence[str | Path], *, env: Mapping[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """``command`` in its own process group (stopped with its children by ``stop_process_group``), output
+    appended to ``log``; ``env`` is its whole environment."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(part) for part in command],
+            env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+@contextmanager
+def mailglass_dev(env: Mapping[str, str], log_dir: Path, *, cwd: Path, timeout: float = 180) -> Iterator[int]:
+    """``mailglass dev`` (webserver and daemon) on a free port, answering when the block starts: the port.
+
+    Stopped afterwards by SIGTERM to its process group, SIGKILL if it outlives 20 s. Its output is
+    ``log_dir/dev.log``, printed by a failing wait.
+    """
+    port = free_port()
+    process = start_process([MAILGLASS, "dev", "--port", str(port)], env=env, cwd=cwd, log=log_dir / "dev.log")
+    try:
+        wait_until(lambda: webserver_up(port) or process.poll() is not None, timeout, "no webserver", log_dir)
+        assert process.poll() is None, f"mailglass dev exited with {process.returncode}\n{log_tail(log_dir)}"
+        yield port
+    finally:
+        stop_process_group(process)
+
+
+# -- the mailglass command, in this process -------------------------------------------------
+
+
+@dataclass
+class CommandResult:
+    """What ``subprocess.run(..., capture_output=True, text=True)`` of the command returns, in short."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def mailglass(*args: str, env: Mapping[str, str | None] | None = None, stdin: str | None = None) -> CommandResult:
+    """``mailglass ARGS`` run in this process through the console script's own entry point (``cli.main``).
+
+    The same exit code, stdout and stderr as the installed command, without a new interpreter paying
+    its imports: for tests of what a command does. ``env`` overrides this process's environment for
+    the call (``None`` unsets a variable). A test of the process boundary itself (start-up time,
+    signals, exit of the interpreter) runs ``MAILGLASS`` as a real process instead.
+    """
+    from click.testing import CliRunner
+
+    from mailglass_pipeline import cli
+
+    with CliRunner().isolation(input=stdin, env=dict(env or {})) as (out, err, _):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # a command that exits by itself
+            code = exc.code if isinstance(exc.code, int) else 1
+        return CommandResult(code, out.getvalue().decode(), err.getvalue().decode())
+
+
+# -- mailglass serve, and a path to PostgreSQL the test can cut ------------------------------
 
 
 def secrets_env(settings: IngestSettings) -> dict[str, str]:
@@ -215,13 +346,3 @@ class CuttableProxy:
 
     def close(self) -> None:
         self.cut()
-
-
-def wait_for(predicate: Any, timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(message)

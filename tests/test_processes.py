@@ -12,14 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from process_support import free_port
+import pytest
 
-TESTS = Path(__file__).resolve().parent
+from tests.processes import free_port
+
+pytestmark = pytest.mark.process  # every test here starts a child process
+
+REPO = Path(__file__).resolve().parents[1]
 
 INNER = """
 import contextlib, subprocess, sys
 import pytest
-from process_support import run_checked, stop_process_group, wait_until
+from tests.processes import run_checked, stop_process_group, wait_until
 
 PORT = {port}
 
@@ -53,7 +57,7 @@ def test_never_reached(servers):
 def test_failing_setup_shows_stderr_and_stops_its_server(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "test_inner.py").write_text(INNER.format(port=port))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     inner = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "."],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,

@@ -1,0 +1,356 @@
+"""Every setting of mailglass, each defined once: name, type, default, bounds and one line of help.
+
+Two kinds share the one :class:`Setting` class:
+
+* the environment variables (``env`` set), read with :func:`read` and nowhere with ``os.environ``;
+  the README's configuration table lists every one of them, and a test keeps it complete;
+* the sweep's settings (``limit``, ``max_age_minutes``, ...): the core's :class:`SweepConfig`, the
+  Launchpad configs of both Dagster jobs (``Field(**setting.field_kwargs())``) and the options of
+  ``mailglass reconcile`` (:meth:`Setting.option`) take their default, bounds and help from here.
+
+A bad value is refused with one line naming the setting and what it accepts
+(:class:`ConfigurationError`, a ``ValueError``); the CLI prints it and exits 2.
+
+The retry backoff (decision D4) lives here too. The sweep binds it into its write statement;
+migration ``0003_due_orphans`` is frozen and keeps its own copy, which a test holds equal to this one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from mailglass_pipeline.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its keyword, default, inclusive bounds, help, and its environment variable if it has one."""
+
+    name: str
+    default: Any
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    description: str = ""
+    env: str = ""
+    #: The value's type when the default (``None``: unset means "not configured") does not show it.
+    kind: type = str
+    unit: str = ""
+    #: The README's default column, where the default is not a plain value.
+    default_text: str = ""
+
+    @property
+    def type(self) -> type:
+        return self.kind if self.default is None else type(self.default)
+
+    def accepts(self) -> str:
+        """What a valid value is, in words: ``a whole number of seconds >= 1``."""
+        if self.type is bool:
+            return "true or false"
+        if self.type is str:
+            return "text"
+        noun = ("a whole number" if self.type is int else "a number") + (f" of {self.unit}" if self.unit else "")
+        low, high = (_number(bound) if bound is not None else None for bound in (self.minimum, self.maximum))
+        if low is not None and high is not None:
+            return f"{noun} from {low} to {high}"
+        return f"{noun} >= {low}" if low is not None else f"{noun} <= {high}" if high is not None else noun
+
+    def check(self, value: object) -> Any:
+        """``value`` if it has this setting's type and bounds; else ``ConfigurationError`` (a ``ValueError``)."""
+        if self.type in (bool, str):
+            valid = isinstance(value, self.type)
+        else:
+            # bool is an int subclass; True as a limit is a bug, not a 1.
+            numeric = int if self.type is int else (int, float)
+            valid = isinstance(value, numeric) and not isinstance(value, bool) and math.isfinite(value)
+            valid = valid and (self.minimum is None or value >= self.minimum)  # type: ignore[operator]
+            valid = valid and (self.maximum is None or value <= self.maximum)  # type: ignore[operator]
+        if not valid:
+            raise ConfigurationError(f"{self.name} must be {self.accepts()}, got {value!r}")
+        return float(value) if self.type is float else value  # type: ignore[arg-type]
+
+    def parse(self, text: str) -> Any:
+        """``text`` (from the environment or the command line) as a checked value."""
+        try:
+            return self.check(text if self.type is str else self.type(text.strip()))
+        except ValueError:
+            raise ConfigurationError(f"{self.env or self.name} must be {self.accepts()}, got {text!r}") from None
+
+    def shown_default(self) -> str:
+        if self.default_text:
+            return self.default_text
+        return _number(self.default)
+
+    def field_kwargs(self, *, unset_reads_env: bool = False) -> dict[str, Any]:
+        """A pydantic ``Field``'s arguments (bounds only where set); ``unset_reads_env``: None means the variable."""
+        kwargs: dict[str, Any] = {"default": self.default, "description": self.description}
+        if unset_reads_env:
+            help = f"{self.description[:1].upper()}{self.description[1:]}"
+            kwargs = {"default": None, "description": f"{help}; unset: ${self.env}, else {self.shown_default()}."}
+        if self.minimum is not None:
+            kwargs["ge"] = self.minimum
+        if self.maximum is not None:
+            kwargs["le"] = self.maximum
+        return kwargs
+
+    def option(self, *flags: str, **extra: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A click option whose default, bounds and help come from this definition (refusals say what it takes)."""
+        kwargs: dict[str, Any] = {"default": self.default, "help": self.description, **extra}
+        if self.type is bool:
+            return click.option(*flags, self.name, is_flag=True, **kwargs)
+        kind = _IntSetting if self.type is int else _FloatSetting
+        return click.option(*flags, self.name, type=kind(self), show_default=True, **kwargs)
+
+
+def _number(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)  # 30.0 -> 30, 1000000 stays 1000000
+
+
+class _Refused(click.BadParameter):
+    """``--limit must be a whole number from 1 to 10000, got 'abc'``: the option, what it takes, what it got."""
+
+    def format_message(self) -> str:
+        return f"{' / '.join(self.param.opts) if self.param else 'value'} {self.message}"
+
+
+class _SettingType:
+    """Click's range type (its help shows the range) refusing with the setting's one-line message."""
+
+    def __init__(self, setting: Setting) -> None:
+        super().__init__(setting.minimum, setting.maximum)  # type: ignore[call-arg]
+        self.setting = setting
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.setting.check(super().convert(value, param, ctx))  # type: ignore[misc]
+        except (click.BadParameter, ValueError):
+            raise _Refused(f"must be {self.setting.accepts()}, got {value!r}", ctx=ctx, param=param) from None
+
+
+class _IntSetting(_SettingType, click.IntRange):
+    pass
+
+
+class _FloatSetting(_SettingType, click.FloatRange):
+    pass
+
+
+def read(setting: Setting, environ: Mapping[str, str] | None = None) -> Any:
+    """The value of ``setting``'s environment variable: its default when unset or blank, else parsed and checked."""
+    assert setting.env, f"{setting.name} is not read from the environment"
+    raw = (os.environ if environ is None else environ).get(setting.env, "")
+    return setting.default if not raw.strip() else setting.parse(raw)
+
+
+# -- the sweep ---------------------------------------------------------------------------------------------
+
+LIMIT = Setting("limit", 1000, 1, 100_000, "At most this many due orphans are examined per tenant per run.")
+MAX_AGE_MINUTES = Setting(
+    "max_age_minutes",
+    7 * 24 * 60,
+    1,
+    366 * 24 * 60,
+    "Orphans older than this many minutes fall out of the scan and are reported as stale.",
+)
+GRACE_SECONDS = Setting(
+    "grace_seconds",
+    60,
+    0,
+    24 * 60 * 60,
+    "Orphans younger than this many seconds are left for a later sweep (their delivery may still commit).",
+)
+#: One default for every path (CLI, API, both jobs): about 1 to 2 s of row locks per transaction (docs/scale.md).
+MAX_TOTAL = Setting(
+    "max_total",
+    10_000,
+    1,
+    1_000_000,
+    "At most this many orphans are examined in one sweep transaction (which holds their locks), "
+    "fairly shared among the tenants, linkable ones first; a scheduled run loops over such transactions.",
+)
+RETRY_ALL = Setting("retry_all", False, description="Retry every pending orphan now, ignoring the backoff.")
+#: A delivery row locked elsewhere must not hang a minute-scheduled job.
+LOCK_TIMEOUT_MS = Setting("lock_timeout_ms", 5_000, 1, None, "Longest wait for a row lock, in milliseconds.")
+STATEMENT_TIMEOUT_MS = Setting("statement_timeout_ms", 120_000, 1, None, "Longest statement, in milliseconds.")
+#: Of a 60 s tick: start-up and event writes need the rest; never much past the statement timeout.
+BUDGET_SECONDS = Setting(
+    "budget_seconds",
+    30.0,
+    0.001,
+    3600.0,
+    "seconds of sweeping per scheduled run (the job's `budget_seconds` overrides it for one run)",
+    env="MAILGLASS_SWEEP_BUDGET_SECONDS",
+    unit="seconds",
+)
+
+#: The settings of one sweep, in :class:`SweepConfig`'s field order.
+SWEEP_SETTINGS = (LIMIT, MAX_AGE_MINUTES, GRACE_SECONDS, LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, MAX_TOTAL, RETRY_ALL)
+
+DEFAULT_LIMIT: int = LIMIT.default
+DEFAULT_MAX_AGE_MINUTES: int = MAX_AGE_MINUTES.default
+DEFAULT_GRACE_SECONDS: int = GRACE_SECONDS.default
+DEFAULT_MAX_TOTAL: int = MAX_TOTAL.default
+DEFAULT_BUDGET_SECONDS: float = BUDGET_SECONDS.default
+
+#: Minutes an orphan waits after its n-th unmatched examination (n = 1..5), then BACKOFF_CAP_MINUTES.
+BACKOFF_MINUTES = (1, 2, 4, 8, 16)
+BACKOFF_CAP_MINUTES = 30
+
+
+def stale_message(max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES) -> str:
+    """Mailglass's words for an orphan past max age: ``older than 7 days, unlikely to reconcile`` by default."""
+    unit, size = next((u, s) for u, s in (("day", 24 * 60), ("hour", 60), ("minute", 1)) if max_age_minutes % s == 0)
+    count = max_age_minutes // size
+    return f"older than {count} {unit}{'s' if count != 1 else ''}, unlikely to reconcile"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What one sweep may do (fields and defaults: :data:`SWEEP_SETTINGS`). Invalid values raise ``ValueError``.
+
+    ``limit``: most due orphans per tenant per sweep. ``max_total``: most
+    orphans one sweep transaction examines in all. ``retry_all``: ignore the
+    backoff and retry every pending orphan (an operator's manual sweep).
+    """
+
+    limit: int = LIMIT.default
+    max_age_minutes: int = MAX_AGE_MINUTES.default
+    grace_seconds: int = GRACE_SECONDS.default
+    lock_timeout_ms: int = LOCK_TIMEOUT_MS.default
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS.default
+    max_total: int = MAX_TOTAL.default
+    retry_all: bool = RETRY_ALL.default
+
+    def __post_init__(self) -> None:
+        for setting in SWEEP_SETTINGS:
+            setting.check(getattr(self, setting.name))
+        if self.grace_seconds >= self.max_age_minutes * 60:
+            raise ConfigurationError("grace_seconds must be shorter than max_age_minutes")
+
+
+def validate_tenant_id(tenant_id: object) -> str | None:
+    """``None`` (every tenant) or a non-empty tenant id PostgreSQL can store; else ``ConfigurationError``."""
+    if tenant_id is None:
+        return None
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise ConfigurationError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
+    if "\x00" in tenant_id:
+        # PostgreSQL text cannot hold NUL: refuse it as a bad argument, not a database error.
+        raise ConfigurationError("tenant_id must not contain NUL characters")
+    return tenant_id
+
+
+# -- the environment: every MAILGLASS_* variable the product reads -----------------------------------------
+
+DATABASE_URL = Setting(
+    "database_url",
+    None,
+    description="application database (SQLAlchemy URL; psycopg 3 is used)",
+    env="MAILGLASS_DATABASE_URL",
+    default_text="embedded PostgreSQL under `MAILGLASS_HOME`",
+)
+HOME = Setting(
+    "home",
+    ".mailglass",
+    description="where the embedded server keeps its data",
+    env="MAILGLASS_HOME",
+    default_text="`.mailglass` in the working directory",
+)
+DB_SCHEMA = Setting(
+    "db_schema",
+    "public",
+    description="PostgreSQL schema of Mailglass's tables (its `prefix:`), a plain lower-case identifier",
+    env="MAILGLASS_DB_SCHEMA",
+)
+CONNECT_TIMEOUT = Setting(
+    "connect_timeout",
+    10,
+    1,
+    None,
+    "seconds before an unreachable database fails the command",
+    env="MAILGLASS_CONNECT_TIMEOUT",
+    unit="seconds",
+)
+DAGSTER_DATABASE_URL = Setting(
+    "dagster_database_url",
+    None,
+    description="Dagster's storage (`dagster.yaml`; name `+psycopg2`), also for `mailglass dev` and `run`",
+    env="MAILGLASS_DAGSTER_DATABASE_URL",
+    default_text="a `dagster` database beside the application database",
+)
+LAG_THRESHOLD_SECONDS = Setting(
+    "threshold_seconds",
+    300,
+    0,
+    None,
+    "seconds a linkable orphan may wait before the `reconciliation_lag` check warns",
+    env="MAILGLASS_LAG_THRESHOLD_SECONDS",
+    unit="seconds",
+)
+PARKED_RETENTION_DAYS = Setting(
+    "retention_days",
+    30,
+    1,
+    3650,
+    "days a parked queue row (stale, malformed) is kept before the daily retention job deletes it "
+    "(the ledger keeps the event)",
+    env="MAILGLASS_PARKED_RETENTION_DAYS",
+    unit="days",
+)
+
+
+def _secret(variable: str, what: str) -> Setting:
+    # Provider secrets: a tenant's own entry in MAILGLASS_WEBHOOK_SECRETS overrides them (lower-case key).
+    name = variable.removeprefix("MAILGLASS_").lower()
+    return Setting(name, None, description=what, env=variable, default_text="unset: its webhooks are refused")
+
+
+POSTMARK_WEBHOOK_AUTH = _secret("MAILGLASS_POSTMARK_WEBHOOK_AUTH", "Postmark webhooks' basic auth, `user:password`")
+SENDGRID_VERIFICATION_KEY = _secret(
+    "MAILGLASS_SENDGRID_VERIFICATION_KEY", "SendGrid's signed-webhook public key (base64 DER)"
+)
+MAILGUN_SIGNING_KEY = _secret("MAILGLASS_MAILGUN_SIGNING_KEY", "Mailgun's webhook signing key")
+RESEND_WEBHOOK_SECRET = _secret("MAILGLASS_RESEND_WEBHOOK_SECRET", "Resend's webhook secret (`whsec_...`)")
+SES_TOPIC_ARNS = _secret("MAILGLASS_SES_TOPIC_ARNS", "SNS topics whose SES messages are accepted (comma-separated)")
+SNS_CERT_DIR = _secret("MAILGLASS_SNS_CERT_DIR", "folder of trusted SNS signing certificates (PEM), for SES")
+WEBHOOK_SECRETS = Setting(
+    "webhook_secrets",
+    None,
+    description="TOML file of per-tenant provider secrets (docs/ingest.md)",
+    env="MAILGLASS_WEBHOOK_SECRETS",
+    default_text="unset: the variables above for every tenant",
+)
+INGEST_MAX_BODY_BYTES = Setting(
+    "max_body_bytes",
+    1024 * 1024,
+    1,
+    None,
+    "largest webhook body accepted, in bytes (larger: refused before parsing)",
+    env="MAILGLASS_INGEST_MAX_BODY_BYTES",
+    unit="bytes",
+)
+SERVE_THREADS = Setting(
+    "threads",
+    8,
+    1,
+    256,
+    "ingest threads per `mailglass serve` worker (set from its `--threads`)",
+    env="MAILGLASS_SERVE_THREADS",
+)
+SERVE_BODY_TIMEOUT = Setting(
+    "body_timeout",
+    10.0,
+    0.1,
+    600.0,
+    "seconds a client has to send the whole body to `mailglass serve` (set from its `--body-timeout`)",
+    env="MAILGLASS_SERVE_BODY_TIMEOUT",
+    unit="seconds",
+)
+
+#: Every environment variable, in the order defined here (the README's table: tests/test_settings.py).
+ENVIRONMENT = tuple(value for value in list(globals().values()) if isinstance(value, Setting) and value.env)
