@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from mailglass_pipeline import ids
 from mailglass_pipeline.ledger import to_json
 from mailglass_pipeline.queries import statement
 
@@ -65,7 +66,7 @@ def create(
     delivery_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """Insert a delivery as a sending application would (used by demo, tests, benchmarks)."""
-    new_id = delivery_id or uuid.uuid4()
+    new_id = delivery_id or ids.new_id()
     conn.execute(
         statement("create_delivery"),
         {

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from mailglass_pipeline.ids import new_id
 from mailglass_pipeline.queries import statement
 
 #: The Anymail taxonomy, as Mailglass v1.0.0 stores it.
@@ -52,7 +53,7 @@ class NewEvent:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     trace_id: str | None = None
     needs_reconciliation: bool = False
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=new_id)
     inserted_at: datetime | None = None
 
     def __post_init__(self) -> None:

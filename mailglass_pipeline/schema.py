@@ -9,6 +9,7 @@ reason (no alembic.ini to find on disk).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from alembic import command
@@ -28,7 +29,47 @@ OWNED_TABLES = (
     "mailglass_webhook_events",
     "mailglass_outbound_payloads",
     "mailglass_reconciliation_queue",
+    "mailglass_reconciliation_wakes",
     "mailglass_webhook_tokens",
+)
+
+
+@dataclass(frozen=True)
+class ProjectObjects:
+    """The project's own objects in Mailglass's schema, as the migrations leave them at head."""
+
+    #: Tables of the project's own.
+    tables: tuple[str, ...]
+    #: Functions (name and argument types), owned by the migrating role: the trigger and maintenance ones
+    #: ``SECURITY DEFINER`` with EXECUTE revoked from PUBLIC; ``mailglass_reconciliation_uuidv7()`` plain.
+    functions: tuple[str, ...]
+    #: Trigger name -> the Mailglass table it is on.
+    triggers: dict[str, str]
+
+
+#: Everything the product adds to a Mailglass database (decision D16): what ``mailglass doctor`` checks.
+PROJECT_OBJECTS = ProjectObjects(
+    tables=(
+        "mailglass_reconciliation_queue",
+        "mailglass_reconciliation_wakes",
+        "mailglass_webhook_tokens",
+        VERSION_TABLE,
+    ),
+    functions=(
+        "mailglass_track_orphans()",
+        "mailglass_wake_orphans()",
+        "mailglass_wake_orphans_on_rekey()",
+        "mailglass_reconciliation_absorb()",
+        "mailglass_reconciliation_forget()",
+        "mailglass_reconciliation_uuidv7()",
+        "mailglass_prune_parked_orphans(text, timestamp with time zone, integer)",
+    ),
+    triggers={
+        "mailglass_events_track_orphans": "mailglass_events",
+        "mailglass_events_forget_on_truncate": "mailglass_events",
+        "mailglass_deliveries_wake_orphans": "mailglass_deliveries",
+        "mailglass_deliveries_wake_orphans_on_rekey": "mailglass_deliveries",
+    },
 )
 
 #: Alembic's ``context``/``op`` proxies are module globals, so two ``command.upgrade`` calls running

@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from mailglass_pipeline.ids import new_id
 from mailglass_pipeline.ingest.base import NormalizedEvent, ParsedWebhook
 from mailglass_pipeline.ingest.storable import bounded_key, needs_sanitizing, storable
 
@@ -120,7 +120,7 @@ def rows(
     """The rows of the store statements' ``webhooks`` document, one per provider event (before JSON encoding)."""
     return [
         {
-            "id": str(uuid.uuid4()),
+            "id": str(new_id()),
             "provider_event_id": row_key,
             "event_type_raw": storable(_joined([event.provider_event for event in members])),
             "event_type_normalized": _joined([event.type for event in members]),

@@ -80,10 +80,28 @@ def find_params(
     }
 
 
+def absorb_wakes(conn: Connection) -> tuple[int, int]:
+    """Apply the triggers' signals in the caller's transaction (decision D16): ``(woken, removed)``.
+
+    Orphans whose delivery appeared become due and linkable; orphans reconciled by another writer while a
+    sweep held them leave the queue. Every sweep runs it before its find; the schedule's tick too.
+    """
+    row = conn.execute(statement("absorb_wakes")).one()
+    return int(row.woken), int(row.removed)
+
+
 def _find(
-    conn: Connection, tenant_id: str | None, config: SweepConfig, run: RunProgress | None, *, link: bool
+    conn: Connection,
+    tenant_id: str | None,
+    config: SweepConfig,
+    run: RunProgress | None,
+    *,
+    link: bool,
+    absorb: bool = True,
 ) -> pd.DataFrame:
     set_timeouts(conn, config)
+    if absorb:
+        absorb_wakes(conn)
     find = statement("find_tenant" if tenant_id is not None else "find_all")
     rows = conn.execute(find, find_params(tenant_id, config, run, link=link)).all()
     return _batch_frame(rows)
@@ -121,10 +139,13 @@ def find_orphans(
     tenant_id = validate_tenant_id(tenant_id)
     if lock:
         return _find(conn, tenant_id, config, None, link=False)[ORPHAN_COLUMNS]
+    # The signals are applied outside the savepoint: they stay applied if the caller commits.
+    set_timeouts(conn, config)
+    absorb_wakes(conn)
     # FOR UPDATE cannot be a bind parameter: the locks are taken in a savepoint and released with it.
     savepoint = conn.begin_nested()
     try:
-        return _find(conn, tenant_id, config, None, link=False)[ORPHAN_COLUMNS]
+        return _find(conn, tenant_id, config, None, link=False, absorb=False)[ORPHAN_COLUMNS]
     finally:
         savepoint.rollback()
 

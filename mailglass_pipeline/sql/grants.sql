@@ -17,7 +17,7 @@
 --   project   SELECT ... FOR UPDATE, UPDATE on deliveries
 --   notify    pg_notify needs no privilege
 --   bookkeep  UPDATE on the queue (examinations, retry times, parking)
--- The queue's rows are added and removed by triggers, never by the role itself:
+-- The queue's rows are added and removed by triggers (and the absorb below), never by the role itself:
 -- mailglass_track_orphans on the ledger queues each new orphan and, for each
 -- appended `reconciled` event, deletes the orphan's row; mailglass_wake_orphans
 -- (and its on-rekey twin) on mailglass_deliveries marks orphans due when their
@@ -45,3 +45,8 @@ GRANT SELECT, UPDATE ON TABLE :"schema".mailglass_reconciliation_queue TO :"role
 -- The daily parked-row retention deletes through this SECURITY DEFINER function (migration 0005),
 -- never with a DELETE of its own.
 GRANT EXECUTE ON FUNCTION :"schema".mailglass_prune_parked_orphans(text, timestamptz, integer) TO :"role";
+-- Each sweep (and each schedule tick) first applies the signals the triggers on Mailglass's tables left
+-- in mailglass_reconciliation_wakes through this SECURITY DEFINER function (migration 0006, decision
+-- D16): it marks orphans due and removes the rows of orphans reconciled elsewhere, so the role needs
+-- nothing on the signals' table and no DELETE on the queue.
+GRANT EXECUTE ON FUNCTION :"schema".mailglass_reconciliation_absorb() TO :"role";

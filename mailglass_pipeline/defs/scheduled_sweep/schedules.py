@@ -8,7 +8,8 @@ Each tick costs two cheap reads and launches at most one run:
 1. one run-storage query: is a run of ``reconcile_due_tenants`` still queued or
    running? Then skip, naming it: a slow sweep delays the next, it never piles
    runs up behind itself;
-2. one statement on the application database, ``due_summary``
+2. two statements on the application database: ``absorb_wakes`` (the triggers' signals, decision D16)
+   then ``due_summary``
    (two partial indexes holding only due-able rows): no orphan due, skip.
    Never-matching orphans in backoff are not due, so a quiet tenant costs no run;
 3. otherwise one ``RunRequest`` (run key = the tick time). That run drains for
@@ -37,6 +38,7 @@ from mailglass_pipeline import db
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME, SWEEP_RUN_TAGS, reconcile_due_tenants
 from mailglass_pipeline.reconciliation.monitoring import due_summary
+from mailglass_pipeline.reconciliation.sweep import absorb_wakes
 from mailglass_pipeline.settings import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES
 
 #: A run in any of these states still occupies (or will occupy) the sweep.
@@ -74,6 +76,10 @@ def reconcile_every_minute(
         run_id, status = in_flight
         return SkipReason(f"previous sweep {run_id} is still {status.lower()}: this tick waits for it")
     with db.connect(mailglass_db.get_engine()) as conn:
+        # The signals of deliveries that appeared since the last sweep first (decision D16): an orphan they
+        # make due counts now, not after its backoff.
+        absorb_wakes(conn)
+        conn.commit()
         due = due_summary(conn, DEFAULT_GRACE_SECONDS, DEFAULT_MAX_AGE_MINUTES)
     if due.orphans == 0:
         return SkipReason("no orphan is due (none past the grace window, linkable or at its retry time)")

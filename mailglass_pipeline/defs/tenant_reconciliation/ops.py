@@ -158,6 +158,9 @@ def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass
     tenant = tenant_of(context)
     name_the_tenant(context, tenant)
     wait_for_pool_turn(context)
+    with database_errors():
+        # The triggers' signals, committed (the find below runs in a transaction that is not): decision D16.
+        db.run_transaction(mailglass_db.get_engine(), sweep.absorb_wakes)
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
         batch = sweep.find_orphans(conn, tenant, config.sweep_config(), lock=False)
     context.add_output_metadata({"orphans": len(batch), "preview": MetadataValue.md(markdown_preview(batch))})

@@ -19,6 +19,17 @@ SELECT
 -- listing's now).
 SELECT now() AS started;
 
+-- name: absorb_wakes
+-- The signals the triggers on Mailglass's tables left since the last sweep (decision D16), applied
+-- in the sweep's transaction before its find: orphans whose delivery appeared become due and
+-- linkable, orphans another writer reconciled while a sweep held them leave the queue. A SECURITY
+-- DEFINER function of migration 0006 (whose body holds the statement), so the reconciler's role
+-- needs no DELETE on the queue; it skips rows another sweep holds and keeps their signals.
+SELECT
+    a.woken,
+    a.removed
+FROM mailglass_reconciliation_absorb() AS a;
+
 -- name: find_tenant
 -- One tenant's due batch: at most LEAST(limit, max_total) orphans, in fair order, locked
 -- SKIP LOCKED. A statement apart from find_all because the all-tenant allocation counts and
@@ -465,8 +476,9 @@ ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
 --   batch      that document (orphan id, delivery id, provider, provider event id, malformed, pos);
 --   matched    the linked orphans with type, times and tenant read from their own ledger rows
 --              (append-only, so exactly what find read);
---   ins        the reconciled events (occurred_at = sweep time); ON CONFLICT DO NOTHING admits one
---              per orphan (decision D2), RETURNING says which this sweep appended;
+--   ins        the reconciled events (occurred_at = sweep time, UUIDv7 ids as Mailglass's: decision
+--              D16); ON CONFLICT DO NOTHING admits one per orphan (decision D2), RETURNING says which
+--              this sweep appended;
 --   won        those orphans in batch order (occurred_at, inserted_at, find order);
 --   proj_agg/proj_upd  the projection rules from projector.py (decision D6), over won only;
 --   notified   one notification per linked delivery (decision D7); a SELECT CTE runs only when
@@ -506,7 +518,7 @@ ins AS (
         normalized_payload, metadata, trace_id, needs_reconciliation, inserted_at
     )
     SELECT
-        gen_random_uuid(),
+        mailglass_reconciliation_uuidv7(),
         m.tenant_id,
         m.delivery_id,
         'reconciled',
