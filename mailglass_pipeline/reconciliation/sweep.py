@@ -81,10 +81,12 @@ def find_params(
 
 
 def absorb_wakes(conn: Connection) -> tuple[int, int]:
-    """Apply the triggers' signals in the caller's transaction (decision D16): ``(woken, removed)``.
+    """Apply the triggers' signals (decision D16): ``(woken, removed)``. Commit it apart, before a find.
 
     Orphans whose delivery appeared become due and linkable; orphans reconciled by another writer while a
-    sweep held them leave the queue. Every sweep runs it before its find; the schedule's tick too.
+    sweep held them leave the queue. It locks the rows it changes, so it runs in a short transaction of its
+    own (the rows it woke are then free for any sweep): :func:`sweep` does, and so do the schedule's tick
+    and the tenant graph's find op.
     """
     row = conn.execute(statement("absorb_wakes")).one()
     return int(row.woken), int(row.removed)
@@ -97,11 +99,8 @@ def _find(
     run: RunProgress | None,
     *,
     link: bool,
-    absorb: bool = True,
 ) -> pd.DataFrame:
     set_timeouts(conn, config)
-    if absorb:
-        absorb_wakes(conn)
     find = statement("find_tenant" if tenant_id is not None else "find_all")
     rows = conn.execute(find, find_params(tenant_id, config, run, link=link)).all()
     return _batch_frame(rows)
@@ -139,13 +138,10 @@ def find_orphans(
     tenant_id = validate_tenant_id(tenant_id)
     if lock:
         return _find(conn, tenant_id, config, None, link=False)[ORPHAN_COLUMNS]
-    # The signals are applied outside the savepoint: they stay applied if the caller commits.
-    set_timeouts(conn, config)
-    absorb_wakes(conn)
     # FOR UPDATE cannot be a bind parameter: the locks are taken in a savepoint and released with it.
     savepoint = conn.begin_nested()
     try:
-        return _find(conn, tenant_id, config, None, link=False, absorb=False)[ORPHAN_COLUMNS]
+        return _find(conn, tenant_id, config, None, link=False)[ORPHAN_COLUMNS]
     finally:
         savepoint.rollback()
 
@@ -296,7 +292,8 @@ def sweep(
     *,
     run: RunProgress | None = None,
 ) -> SweepResult:
-    """One sweep in one transaction: find (locking) and link in one statement, then write. Retries deadlocks.
+    """One sweep: the triggers' signals applied (:func:`absorb_wakes`, a short transaction of its own), then one
+    transaction: find (locking) and link in one statement, then write. Retries deadlocks.
 
     All tenants when ``tenant_id`` is None: the same statements, never one per tenant. ``run``: the
     progress of a run this transaction belongs to (``drain.sweep_due_tenants``).
@@ -308,6 +305,7 @@ def sweep(
         linked = _find(conn, tenant_id, config, run, link=True)  # sets the timeouts for the transaction
         return _write(conn, linked, tenant_id, config)
 
+    run_transaction(engine, absorb_wakes)
     return run_transaction(engine, work)
 
 

@@ -17,10 +17,10 @@ from alembic import command
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import schema
-from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.db import create_engine, run_transaction
 from mailglass_pipeline.reconciliation.monitoring import due_summary, reconciliation_lag
 from mailglass_pipeline.reconciliation.results import DueSummary, LagSummary
-from mailglass_pipeline.reconciliation.sweep import find_orphans, sweep
+from mailglass_pipeline.reconciliation.sweep import absorb_wakes, find_orphans, sweep
 from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES, SweepConfig
 from tests.core.core_support import statements_sent
 from tests.databases import libpq_url
@@ -73,7 +73,14 @@ def _db_now(engine: Engine):
         return conn.execute(sa.text("SELECT now()")).scalar_one()
 
 
+def _absorb(engine: Engine) -> None:
+    """What a sweep does first: apply the delivery triggers' signals (decision D16)."""
+    run_transaction(engine, absorb_wakes)
+
+
 def _is_due_and_linkable(engine: Engine, orphan: uuid.UUID) -> bool:
+    """Due and linkable as the next sweep sees it: once the signals are absorbed."""
+    _absorb(engine)
     state = _state(engine, orphan)
     return state.next_attempt_at is None and state.linkable_at is not None
 
@@ -143,6 +150,7 @@ def test_bulk_insert_and_copy_wake_every_matching_orphan(database_url: str, engi
                 "   FROM generate_series(1, 1000) AS g"
             )
         )
+    _absorb(engine)
     assert scalar(engine, f"SELECT count(*) FROM {QUEUE} WHERE next_attempt_at IS NULL") == 400
     import psycopg
 
@@ -157,6 +165,7 @@ def test_bulk_insert_and_copy_wake_every_matching_orphan(database_url: str, engi
             " provider_message_id, last_event_type, last_event_at, inserted_at, updated_at) FROM STDIN"
         ) as copy:
             copy.write(io.StringIO(lines).read())
+    _absorb(engine)
     assert scalar(engine, f"SELECT count(*) FROM {QUEUE} WHERE next_attempt_at IS NULL") == 450
     assert scalar(engine, f"SELECT count(*) FROM {QUEUE} WHERE linkable_at IS NOT NULL") == 450
     result = sweep(engine, "t1", SweepConfig())
@@ -360,6 +369,7 @@ def test_due_summary_and_reconciliation_lag(engine: Engine) -> None:
         assert reconciliation_lag(conn, threshold_seconds=0) == LagSummary(0, None)
     make_delivery(engine, tenant_id="t1", message_id="m-1")
     make_delivery(engine, tenant_id="t2", message_id="m-3")
+    _absorb(engine)  # as the schedule's tick does before it reads (decision D16)
     with engine.begin() as conn:  # t1's delivery committed 400 s ago, t2's just now
         conn.execute(sa.text(f"UPDATE {QUEUE} SET linkable_at = now() - interval '400 seconds' WHERE tenant_id = 't1'"
                              " AND linkable_at IS NOT NULL"))  # fmt: skip

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from mailglass_pipeline import grants
-from mailglass_pipeline.db import create_engine
+from mailglass_pipeline.db import create_engine, run_transaction
 from mailglass_pipeline.errors import ConfigurationError
-from mailglass_pipeline.reconciliation.sweep import reconcile, sweep
+from mailglass_pipeline.reconciliation.sweep import absorb_wakes, reconcile, sweep
 from mailglass_pipeline.settings import SweepConfig
 from tests.databases import login_role
 from tests.factories import fetch, make_delivery, make_orphan
@@ -254,6 +254,7 @@ def test_a_sender_with_no_queue_grant_wakes_orphans(engine: Engine, sender_url: 
             conn.execute(sa.text("SELECT * FROM mailglass_reconciliation_queue"))
     finally:
         sender.dispose()
+    run_transaction(engine, absorb_wakes)  # what the next sweep does first (decision D16)
     due = fetch(engine, "SELECT event_id FROM mailglass_reconciliation_queue"
                 " WHERE next_attempt_at IS NULL AND linkable_at IS NOT NULL")  # fmt: skip
     assert {r.event_id for r in due} == {inserted, rekeyed}

@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from mailglass_pipeline.schema import PROJECT_OBJECTS
+
 FIXTURES = Path(__file__).with_name("fixtures")
 MAILGLASS_CURRENT_VERSION = 7
 MAILGLASS_TABLES = (
@@ -26,12 +28,8 @@ MAILGLASS_TABLES = (
     "mailglass_webhook_events",
     "mailglass_outbound_payloads",
 )
-PROJECT_TRIGGERS = {
-    "mailglass_events_track_orphans",
-    "mailglass_events_no_truncate",
-    "mailglass_deliveries_wake_orphans",
-    "mailglass_deliveries_wake_orphans_on_rekey",
-}
+#: The project's triggers at head, and 0001's TRUNCATE guard that revisions before 0006 still have.
+PROJECT_TRIGGERS = {*PROJECT_OBJECTS.triggers, "mailglass_events_no_truncate"}
 
 # The fixture's ids (fixtures/mailglass_data.sql).
 D_PM1 = uuid.UUID("00000000-0000-7000-8000-000000000d01")

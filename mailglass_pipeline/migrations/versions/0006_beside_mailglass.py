@@ -16,8 +16,8 @@ on it, or failed under the application's ``lock_timeout``. From here (decision D
   the key changes to one with a message id: Mailglass's dispatch) copies the new key. No probe of the
   queue on the sender's path: matching keys to orphans is the sweep's work. An insert into a table
   without indexes never waits on a row lock.
-* **A sweep absorbs the signals first** (``mailglass_reconciliation_absorb()``, in the sweep's
-  transaction and at each schedule tick): it takes the signals, marks the orphans they match due and
+* **A sweep absorbs the signals first** (``mailglass_reconciliation_absorb()``, in a short transaction
+  before each sweep's, and at each schedule tick): it takes the signals, marks the orphans they match due and
   linkable (``next_attempt_at = NULL``, ``linkable_at`` = the signal's time) and removes the rows of
   orphans reconciled elsewhere. A signal committed after a sweep took its own stays for the next one,
   and one whose orphan another sweep holds is put back: no wake-up is lost.
@@ -286,13 +286,17 @@ $$"""
 #: a configuration save and restore); their bodies name every relation with its schema and use no operator
 #: but IS NOT NULL, so the caller's search_path cannot redirect them.
 HOT_FUNCTIONS = ("mailglass_wake_orphans()", "mailglass_wake_orphans_on_rekey()")
-#: The others keep a pinned search_path, and plans that probe indexes whatever the statistics said when
-#: a session first planned them (an empty queue must not leave a scan cached for the session).
+#: The others keep a pinned search_path.
 PINNED_FUNCTIONS = (
     "mailglass_track_orphans()",
     "mailglass_reconciliation_absorb()",
     "mailglass_reconciliation_forget()",
 )
+#: The ledger trigger's plans are cached for the writer's session, planned on whatever the tables held at
+#: its first call: index probes whatever the statistics said then (an empty queue must not leave a scan
+#: cached), and no JIT (a disabled scan's cost would otherwise buy every event append a compilation).
+#: The absorb is an SQL function, planned at each call on the statistics of the moment.
+PROBING_FUNCTIONS = ("mailglass_track_orphans()",)
 
 
 def _ledger_time_type(conn: sa.Connection, schema: str) -> str:
@@ -320,8 +324,11 @@ def converge(conn: sa.Connection, schema: str) -> None:
         for fn in HOT_FUNCTIONS:
             online.ddl(conn, f"ALTER FUNCTION {q}.{fn} RESET ALL")
         for fn in PINNED_FUNCTIONS:
+            online.ddl(conn, f"ALTER FUNCTION {q}.{fn} RESET ALL")
             online.ddl(conn, f"ALTER FUNCTION {q}.{fn} SET search_path = pg_catalog, {q}, pg_temp")
+        for fn in PROBING_FUNCTIONS:
             online.ddl(conn, f"ALTER FUNCTION {q}.{fn} SET enable_seqscan = off")
+            online.ddl(conn, f"ALTER FUNCTION {q}.{fn} SET jit = off")
         for fn in (*HOT_FUNCTIONS, *PINNED_FUNCTIONS):
             online.ddl(conn, f"REVOKE ALL ON FUNCTION {q}.{fn} FROM PUBLIC")
         for sql in (

@@ -21,8 +21,9 @@ SELECT now() AS started;
 
 -- name: absorb_wakes
 -- The signals the triggers on Mailglass's tables left since the last sweep (decision D16), applied
--- in the sweep's transaction before its find: orphans whose delivery appeared become due and
--- linkable, orphans another writer reconciled while a sweep held them leave the queue. A SECURITY
+-- in a short transaction of its own before a sweep's (the rows it changes are then free for any
+-- sweep): orphans whose delivery appeared become due and linkable, orphans another writer
+-- reconciled while a sweep held them leave the queue. A SECURITY
 -- DEFINER function of migration 0006 (whose body holds the statement), so the reconciler's role
 -- needs no DELETE on the queue; it skips rows another sweep holds and keeps their signals.
 SELECT
