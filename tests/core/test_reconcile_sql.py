@@ -184,14 +184,14 @@ def test_the_migrations_triggers_use_the_lookups_message_id_match() -> None:
     # 0004's frozen copy builds 0003's triggers exactly (its probes and the ledger trigger's SendGrid rule).
     assert due._wake_probe("n") == schema._wake_probe("n") and due._DELIVERY_EXISTS == schema._DELIVERY_EXISTS
     # 0006 (decision D16) moves the match into the sweep's absorb: its frozen copy is 0004's rules, and the
-    # absorb's probe (a signal's key s against a pending orphan o) is the lookup's match.
+    # absorb's probe (a key k of a signal against a pending orphan o) is the lookup's match.
     head = _migration("0006")
     assert head._MESSAGE_ID_KEYS == schema._MESSAGE_ID_KEYS
     assert head.message_id_sql("n") == schema.message_id_sql("n") and head.provider_sql("n") == schema.provider_sql("n")
     assert (
         head._delivery_exists("q").replace("q.mailglass_deliveries", "mailglass_deliveries") == schema._DELIVERY_EXISTS
     )
-    renames = {"d": "s", "k.message_id": "o.provider_message_id", "k.provider": "o.provider"}
+    renames = {"d": "k", "k.message_id": "o.provider_message_id", "k.provider": "o.provider"}
     assert _renamed(CANONICAL["message_id_match"], renames) in _normal(head._absorb("public"))
 
 

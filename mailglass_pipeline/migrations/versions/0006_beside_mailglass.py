@@ -12,8 +12,9 @@ on it, or failed under the application's ``lock_timeout``. From here (decision D
 
 * **The application's path only inserts.** ``mailglass_wake_orphans`` (statement level, per INSERT)
   copies the ``(tenant_id, provider, provider_message_id)`` of the new deliveries that carry a message
-  id into ``mailglass_reconciliation_wakes``; ``mailglass_wake_orphans_on_rekey`` (row level, only when
-  the key changes to one with a message id: Mailglass's dispatch) copies the new key. No probe of the
+  id into one row of ``mailglass_reconciliation_wakes`` (arrays); ``mailglass_wake_orphans_on_rekey``
+  (row level, only when the key changes to one with a message id: Mailglass's dispatch) copies the new
+  key. No probe of the
   queue on the sender's path: matching keys to orphans is the sweep's work. An insert into a table
   without indexes never waits on a row lock.
 * **A sweep absorbs the signals first** (``mailglass_reconciliation_absorb()``, in a short transaction
@@ -113,15 +114,16 @@ def _utc_instant(expr: str, ledger_type: str) -> str:
 
 WAKES = "mailglass_reconciliation_wakes"
 
-# A signal: a delivery key that appeared (tenant_id, provider, provider_message_id), or an orphan a
-# reconciled event was appended for while a sweep held its row (reconciled_event_id). No index and no
-# key: an insert costs one heap tuple, and a sweep reads and deletes them all. REPLICA IDENTITY FULL so
+# A signal: the keys of the deliveries one statement made or re-keyed (three parallel arrays:
+# tenant_ids, providers, message_ids), or an orphan a reconciled event was appended for while a sweep
+# held its row (reconciled_event_id). One row per statement, not per delivery, and no index or key: a
+# bulk load of deliveries costs one row, a sweep reads and deletes them all. REPLICA IDENTITY FULL so
 # that a publication FOR ALL TABLES still lets the sweep delete them.
 _WAKES_TABLE = """
 CREATE TABLE IF NOT EXISTS {q}.mailglass_reconciliation_wakes (
-    tenant_id           text,
-    provider            text,
-    provider_message_id text,
+    tenant_ids          text[],
+    providers           text[],
+    message_ids         text[],
     reconciled_event_id uuid,
     signalled_at        timestamptz NOT NULL DEFAULT now()
 )"""
@@ -186,10 +188,11 @@ def _wake(q: str) -> list[str]:
 CREATE OR REPLACE FUNCTION {q}.mailglass_wake_orphans() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-    INSERT INTO {q}.mailglass_reconciliation_wakes (tenant_id, provider, provider_message_id)
-    SELECT n.tenant_id, n.provider, n.provider_message_id
+    INSERT INTO {q}.mailglass_reconciliation_wakes (tenant_ids, providers, message_ids)
+    SELECT array_agg(n.tenant_id), array_agg(n.provider), array_agg(n.provider_message_id)
       FROM new_deliveries n
-     WHERE n.provider IS NOT NULL AND n.provider_message_id IS NOT NULL;
+     WHERE n.provider IS NOT NULL AND n.provider_message_id IS NOT NULL
+    HAVING count(*) > 0;
     RETURN NULL;
 END
 $$""",
@@ -197,8 +200,8 @@ $$""",
 CREATE OR REPLACE FUNCTION {q}.mailglass_wake_orphans_on_rekey() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
-    INSERT INTO {q}.mailglass_reconciliation_wakes (tenant_id, provider, provider_message_id)
-    VALUES (NEW.tenant_id, NEW.provider, NEW.provider_message_id);
+    INSERT INTO {q}.mailglass_reconciliation_wakes (tenant_ids, providers, message_ids)
+    VALUES (ARRAY[NEW.tenant_id], ARRAY[NEW.provider], ARRAY[NEW.provider_message_id]);
     RETURN NULL;
 END
 $$""",
@@ -208,8 +211,8 @@ $$""",
 def _absorb(q: str) -> str:
     """The signals into the queue, in the caller's transaction (see the module's docstring)."""
     queue_key = match_key_sql("o.provider", "o.provider_message_id")
-    signal_key = match_key_sql("s.provider", "s.provider_message_id")
-    matches = matches_sql("s.provider_message_id", "o.provider", "o.provider_message_id")
+    signal_key = match_key_sql("k.provider", "k.provider_message_id")
+    matches = matches_sql("k.provider_message_id", "o.provider", "o.provider_message_id")
     return f"""
 CREATE OR REPLACE FUNCTION {q}.mailglass_reconciliation_absorb() RETURNS TABLE (woken bigint, removed bigint)
 LANGUAGE sql SECURITY DEFINER AS $$
@@ -229,13 +232,14 @@ WITH taken AS (
     UNION ALL
     SELECT s.n, o.event_id, s.signalled_at, false
       FROM signal s
+     CROSS JOIN LATERAL unnest(s.tenant_ids, s.providers, s.message_ids) AS k (tenant_id, provider, provider_message_id)
      CROSS JOIN LATERAL (
         SELECT o.event_id
           FROM {q}.mailglass_reconciliation_queue o
          WHERE o.parked_at IS NULL
-           AND o.tenant_id = s.tenant_id
+           AND o.tenant_id = k.tenant_id
            AND {queue_key} = {signal_key}
-           AND o.provider = s.provider
+           AND o.provider = k.provider
            AND {matches}
            AND (o.next_attempt_at IS NOT NULL OR o.linkable_at IS NULL)
         OFFSET 0) o
@@ -261,8 +265,8 @@ WITH taken AS (
 ), kept AS (
     -- A signal whose orphan another sweep holds goes back for the next sweep.
     INSERT INTO {q}.mailglass_reconciliation_wakes
-        (tenant_id, provider, provider_message_id, reconciled_event_id, signalled_at)
-    SELECT s.tenant_id, s.provider, s.provider_message_id, s.reconciled_event_id, s.signalled_at
+        (tenant_ids, providers, message_ids, reconciled_event_id, signalled_at)
+    SELECT s.tenant_ids, s.providers, s.message_ids, s.reconciled_event_id, s.signalled_at
       FROM signal s
      WHERE EXISTS (SELECT 1 FROM hit h JOIN {q}.mailglass_reconciliation_queue o ON o.event_id = h.event_id
                     WHERE h.n = s.n AND h.event_id NOT IN (SELECT mine.event_id FROM mine))
