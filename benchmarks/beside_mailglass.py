@@ -15,21 +15,23 @@ sweeps, the ratio, and the writes that failed (lock timeout). Target: head's p99
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from mailglass_pipeline.reconciliation.settings import SweepConfig
 from sqlalchemy.engine import Engine
 
 from benchmarks.scratch import ScratchServer, engine_for
 from benchmarks.trigger_cost import REFERENCE_SQL, REFERENCE_TRIGGERS
-from mailglass_pipeline.db import resolve_database_url
+from mailglass_pipeline.db import create_engine, resolve_database_url
 from mailglass_pipeline.reconciliation.sweep import sweep
+from mailglass_pipeline.settings import SweepConfig
 
 WRITERS = 8
 PER_WRITER = 1500  # backlog orphans per writer: more than a phase dispatches
@@ -94,10 +96,25 @@ def _writer(engine: Engine, w: int, stop: threading.Event, out: list[float], fai
             i += 1
 
 
-def _sweeper(engine: Engine, stop: threading.Event, counts: list[int]) -> None:
+def _sweeper(url: str, stop: threading.Event, counts: list[int], niced: list[bool]) -> None:
+    """Back-to-back all-tenant sweeps on one connection, whose backend runs at the lowest CPU priority when
+    the server is on this machine: what is measured is then the writes' waits on the product's locks, not
+    two cores shared by nine busy backends."""
     config = SweepConfig(retry_all=True, max_total=20_000, limit=20_000)
-    while not stop.is_set():
-        counts.append(sweep(engine, None, config).scanned)
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+        try:
+            if b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.setpriority(os.PRIO_PROCESS, pid, 19)
+                niced.append(True)
+        except OSError:
+            pass
+        while not stop.is_set():
+            counts.append(sweep(engine, None, config).scanned)
+    finally:
+        engine.dispose()
 
 
 def _phase(url: str, seconds: float, with_sweeps: bool) -> dict[str, Any]:
@@ -107,8 +124,9 @@ def _phase(url: str, seconds: float, with_sweeps: bool) -> dict[str, Any]:
         sweeps: list[int] = []
         stop = threading.Event()
         threads = [threading.Thread(target=_writer, args=(engine, w, stop, latencies, failed)) for w in range(WRITERS)]
+        niced: list[bool] = []
         if with_sweeps:
-            threads.append(threading.Thread(target=_sweeper, args=(engine, stop, sweeps)))
+            threads.append(threading.Thread(target=_sweeper, args=(url, stop, sweeps, niced)))
         for t in threads:
             t.start()
         time.sleep(seconds)
@@ -123,6 +141,7 @@ def _phase(url: str, seconds: float, with_sweeps: bool) -> dict[str, Any]:
         "failed": len(failed),
         "sweeps": len(sweeps),
         "swept": sum(sweeps),
+        "niced": bool(niced),
     }
 
 
@@ -156,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             _seed(seeded, reference=side == "0004")
             results[side] = {
                 phase: _phase(
-                    server.clone(f"{phase}_{side.replace('0', 'r')}", seeded), args.seconds, phase == "beside"
+                    server.clone(f"{phase}_{side.replace('0', 'r')}", server.name_of(seeded)),
+                    args.seconds,
+                    phase == "beside",
                 )
                 for phase in ("alone", "beside")
             }
@@ -176,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" {r['sweeps']:>7}"
             )
         ratio = phases["beside"]["p99_ms"] / phases["alone"]["p99_ms"]
-        print(f"  {side:<8} write p99 beside sweeps / alone: {ratio:.2f}x")
+        niced = "sweeper's backend at nice 19" if phases["beside"]["niced"] else "sweeper at normal priority"
+        print(f"  {side:<8} write p99 beside sweeps / alone: {ratio:.2f}x ({niced})")
         if side == "head":
             ok = phases["beside"]["failed"] == 0 and phases["beside"]["sweeps"] > 0
     return 0 if ok else 1
