@@ -152,8 +152,9 @@ def test_mailglass_writes_never_wait_on_a_held_sweep_and_the_next_sweep_links(en
                 ),
             ),
         }
-        # None failed under the 100 ms lock_timeout; none waited anywhere near the sweep's hold.
-        assert all(seconds < 1.0 for seconds in waited.values()), waited
+        # None failed under the 100 ms lock_timeout (a wait on the held rows would have); the held sweep has
+        # not ended, so none waited for it (the bound is loose for a loaded machine, not a lock's measure).
+        assert all(seconds < 5.0 for seconds in waited.values()), waited
         # The sweep writes what it saw (no delivery) and commits: its three orphans back off again.
         result = append_reconciled_events(held, linked, "t1", retry_all)
         held.commit()
