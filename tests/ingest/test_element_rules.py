@@ -18,6 +18,7 @@ from mailglass_pipeline.ingest.base import event_time, stable_id
 from mailglass_pipeline.ingest.core import parse_webhook
 from mailglass_pipeline.ingest.errors import WebhookPayloadError
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
+from mailglass_pipeline.ingest.storable import needs_sanitizing, storable
 from tests.ingest.ingest_support import signed_sendgrid
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -83,3 +84,9 @@ def test_unverified_input_of_which_nothing_is_an_event_is_still_refused() -> Non
 
 def test_a_lone_surrogate_does_not_break_an_element_id() -> None:
     assert stable_id("sendgrid", {"email": "\ud800"}).startswith("sha256-")
+
+
+def test_a_lone_surrogate_is_made_storable_and_an_emoji_is_left_alone() -> None:
+    assert not needs_sanitizing({"useragent": "Mozilla \U0001f600"})
+    assert needs_sanitizing({"email": "a\ud800"}) and needs_sanitizing({"\udc00": 1})
+    assert storable({"email": "a\ud800\U0001f600"}) == {"email": "a\ufffd\U0001f600"}

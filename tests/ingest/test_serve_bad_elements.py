@@ -32,6 +32,8 @@ SPOILERS: dict[str, tuple[Callable[[dict[str, Any]], Any], bool]] = {
     "42": (lambda element: 42, True),
     "no-event": (lambda element: {k: v for k, v in element.items() if k != "event"}, True),
     "event-5": (lambda element: {**element, "event": 5}, True),
+    # Valid JSON ("\ud800" without its pair) that PostgreSQL cannot hold as text: stored as U+FFFD.
+    "surrogate": (lambda element: {**element, "email": "a\ud800@example.com"}, False),
 }
 
 
@@ -93,6 +95,10 @@ def test_one_bad_element_never_costs_an_authentic_batch(
         if not malformed:
             assert failed == []
             (spoiled,) = [row for row in events(engine, name) if row.metadata["provider_event_id"] == f"{name}-50"]
+            if name == "surrogate":
+                assert spoiled.normalized_payload["email"] == "a\ufffd@example.com"
+                assert spoiled.metadata["payload_sanitized"] is True
+                continue
             # An unreadable time is no time: stored at its received time, marked estimated, the value kept.
             assert spoiled.metadata["occurred_at_estimated"] is True
             assert abs(spoiled.occurred_at - datetime.now(UTC)) < timedelta(minutes=5)
