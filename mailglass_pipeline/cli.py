@@ -195,6 +195,34 @@ def grants(role: str, service: str, apply_now: bool) -> None:
 
 
 @cli.command()
+@click.option("--repair", is_flag=True, help="Rebuild what can be rebuilt: the queue rows of orphans no trigger saw.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+@click.option("--role", default=None, help="Role whose grants to check (default: the connected role).")
+@click.option(
+    "--for",
+    "service",
+    type=click.Choice(["reconciler", "receiver"]),
+    default="reconciler",
+    show_default=True,
+    help="Which grants file the role is checked against.",
+)
+def doctor(repair: bool, as_json: bool, role: str | None, service: str) -> None:
+    """Check the database against what the product relies on: one line per problem with its fix; exit 1 if any."""
+    from mailglass_pipeline import doctor as doctor_module
+
+    url = db.resolve_database_url()
+    _say_database(url)
+    report = doctor_module.diagnose(db.get_engine(url), role=role, service=service, repair=repair)
+    if as_json:
+        _emit(report.as_dict())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
 @click.option("--tenant-id", "tenant_ids", multiple=True, help="Tenant partition to run (default: every tenant).")
 @click.option("--no-demo", is_flag=True, help="Do not seed the demo tenants into an empty database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")

@@ -264,7 +264,7 @@ HOME = Setting(
 DB_SCHEMA = Setting(
     "db_schema",
     "public",
-    description="PostgreSQL schema of Mailglass's tables (its `prefix:`), a plain lower-case identifier",
+    description="PostgreSQL schema of Mailglass's tables (its `prefix:`): any name Mailglass accepts, case-sensitive",
     env="MAILGLASS_DB_SCHEMA",
 )
 CONNECT_TIMEOUT = Setting(
