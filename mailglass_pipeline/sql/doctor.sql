@@ -102,6 +102,7 @@ WHERE
 -- of now (a zone east of UTC writing local time through the column default), or far from the
 -- instant in the orphan's own UUIDv7 id (Mailglass's ids: the client's UTC clock at the write).
 -- The queue holds each orphan's id and stored instant (the trigger reads the timestamp as UTC).
+-- Zones span UTC-12 to UTC+14: an id further off than 15 hours (54000 s) says nothing of a zone.
 -- kind, how many, one example, and the median offset in seconds.
 WITH stored AS (
     SELECT
@@ -130,7 +131,7 @@ SELECT
     min(tenant_id) AS example_tenant,
     percentile_disc(0.5) WITHIN GROUP (ORDER BY off_id_seconds) AS offset_seconds
 FROM stored
-WHERE abs(off_id_seconds) > :tolerance_seconds AND ahead_seconds <= :tolerance_seconds;
+WHERE abs(off_id_seconds) BETWEEN :tolerance_seconds AND 54000 AND ahead_seconds <= :tolerance_seconds;
 
 -- name: doctor_unqueued_orphans
 -- Pending orphans without their queue row (rule unqueued_orphans): how many, and one of them.
@@ -164,6 +165,7 @@ unqueued AS (
         WHERE
             o.tenant_id = t.tenant_id AND o.needs_reconciliation AND o.delivery_id IS NULL
             AND o.inserted_at > CAST(now() AT TIME ZONE 'UTC' AS timestamp) - make_interval(days => :retention_days)
+        ORDER BY o.inserted_at
         OFFSET 0
     ) AS e
     WHERE
@@ -172,6 +174,7 @@ unqueued AS (
             SELECT 1 FROM mailglass_events AS r WHERE r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
         )
 )
+
 -- end rule
 SELECT count(*) AS orphans, min(CAST(u.id AS text)) AS example_id
 FROM unqueued AS u;
@@ -224,6 +227,7 @@ unqueued AS (
         WHERE
             o.tenant_id = t.tenant_id AND o.needs_reconciliation AND o.delivery_id IS NULL
             AND o.inserted_at > CAST(now() AT TIME ZONE 'UTC' AS timestamp) - make_interval(days => :retention_days)
+        ORDER BY o.inserted_at
         OFFSET 0
     ) AS e
     WHERE
@@ -232,6 +236,7 @@ unqueued AS (
             SELECT 1 FROM mailglass_events AS r WHERE r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
         )
 )
+
 -- end rule
 INSERT INTO mailglass_reconciliation_queue (
     event_id, tenant_id, orphan_inserted_at, provider, provider_message_id, linkable_at

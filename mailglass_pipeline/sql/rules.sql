@@ -404,6 +404,7 @@ unqueued AS (
         WHERE
             o.tenant_id = t.tenant_id AND o.needs_reconciliation AND o.delivery_id IS NULL
             AND o.inserted_at > CAST(now() AT TIME ZONE 'UTC' AS timestamp) - make_interval(days => :retention_days)
+        ORDER BY o.inserted_at
         OFFSET 0
     ) AS e
     WHERE
@@ -412,4 +413,5 @@ unqueued AS (
             SELECT 1 FROM mailglass_events AS r WHERE r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
         )
 )
+
 -- end rule
