@@ -63,7 +63,13 @@ def _one_line(exc: BaseException) -> CommandFailed:
         return CommandFailed(f"{type(exc).__name__}: {db.first_line(exc)}", 1)
     if isinstance(exc, MailglassError):
         return CommandFailed(db.first_line(exc), 1)
-    return CommandFailed(f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}", 1)
+    said = f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}"
+    if db.sqlstate_of(exc) == "42P01":  # undefined table: most often the wrong schema, or never migrated
+        said += (
+            f" in schema {db.quote_ident(db.db_schema())} ({settings.DB_SCHEMA.env}): `mailglass doctor` says where"
+            " Mailglass's tables are; `mailglass migrate` creates them"
+        )
+    return CommandFailed(said, 1)
 
 
 @contextmanager

@@ -243,6 +243,20 @@ def test_a_prefix_named_in_another_case_is_refused_in_one_line_and_builds_nothin
     ]
     assert _namespaces(blank) == namespaces
     assert snapshot(blank, "MgUpper") == before
+    # Any other command with the wrong case: one line that points at the schema and at doctor.
+    done = _cli(blank, "reconcile", MAILGLASS_DB_SCHEMA="mgupper")
+    assert done.returncode == 1
+    [line] = [line for line in done.stderr.splitlines() if not line.startswith("mailglass: database postgres")]
+    assert 'does not exist in schema "mgupper" (MAILGLASS_DB_SCHEMA): `mailglass doctor` says where' in line
+    done = _cli(blank, "doctor", MAILGLASS_DB_SCHEMA="mgupper")
+    assert (done.returncode, done.stdout.splitlines()) == (
+        1,
+        [
+            'schema: schema "mgupper" (MAILGLASS_DB_SCHEMA) holds no mailglass_events; Mailglass\'s tables are in'
+            ' "MgUpper"; fix: set MAILGLASS_DB_SCHEMA=MgUpper (schema names are case-sensitive)'
+        ],
+    )
+    assert _namespaces(blank) == namespaces
     done = _cli(blank, "migrate", MAILGLASS_DB_SCHEMA="Mg-Upper")
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith("mailglass: MAILGLASS_DB_SCHEMA must be")
