@@ -63,7 +63,13 @@ def _one_line(exc: BaseException) -> CommandFailed:
         return CommandFailed(f"{type(exc).__name__}: {db.first_line(exc)}", 1)
     if isinstance(exc, MailglassError):
         return CommandFailed(db.first_line(exc), 1)
-    return CommandFailed(f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}", 1)
+    said = f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}"
+    if db.sqlstate_of(exc) == "42P01":  # undefined table: most often the wrong schema, or never migrated
+        said += (
+            f" in schema {db.quote_ident(db.db_schema())} ({settings.DB_SCHEMA.env}): `mailglass doctor` says where"
+            " Mailglass's tables are; `mailglass migrate` creates them"
+        )
+    return CommandFailed(said, 1)
 
 
 @contextmanager
@@ -192,6 +198,34 @@ def grants(role: str, service: str, apply_now: bool) -> None:
     _say_database(url)
     applied = grants_module.apply_grants(url, role, service=service)
     _emit({"role": role, "service": service, "statements": len(applied)})
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Rebuild what can be rebuilt: the queue rows of orphans no trigger saw.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+@click.option("--role", default=None, help="Role whose grants to check (default: the connected role).")
+@click.option(
+    "--for",
+    "service",
+    type=click.Choice(["reconciler", "receiver"]),
+    default="reconciler",
+    show_default=True,
+    help="Which grants file the role is checked against.",
+)
+def doctor(repair: bool, as_json: bool, role: str | None, service: str) -> None:
+    """Check the database against what the product relies on: one line per problem with its fix; exit 1 if any."""
+    from mailglass_pipeline import doctor as doctor_module
+
+    url = db.resolve_database_url()
+    _say_database(url)
+    report = doctor_module.diagnose(db.get_engine(url), role=role, service=service, repair=repair)
+    if as_json:
+        _emit(report.as_dict())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()

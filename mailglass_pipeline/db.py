@@ -10,7 +10,7 @@ process happened to start it. pgserver serialises start-up with an
 inter-process lock, so concurrent first calls are safe.
 
 Every connection made here works in UTC and on the Mailglass schema: the
-server options ``-c TimeZone=UTC -c search_path=<MAILGLASS_DB_SCHEMA>`` are
+server options ``-c TimeZone=UTC -c search_path="<MAILGLASS_DB_SCHEMA>"`` are
 sent at connect time (over any ``PGOPTIONS``, database or role default), and
 ``SET TimeZone`` is repeated once connected because libpq applies ``PGTZ``
 after the startup options (Mailglass's ``timestamp`` columns
@@ -52,8 +52,6 @@ from mailglass_pipeline.errors import (
     EventLedgerImmutableError,
 )
 
-#: Mailglass's own identifier rule for its prefix: a plain lower-case identifier, never quoted.
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 EMBEDDED_DATABASE = "mailglass"
 
 #: SQLSTATEs worth retrying the whole transaction for: deadlock detected and
@@ -67,16 +65,25 @@ _engines_lock = threading.Lock()
 
 
 def db_schema() -> str:
-    """The PostgreSQL schema holding Mailglass's tables (its ``prefix:``), ``public`` by default."""
-    name = settings.read(settings.DB_SCHEMA)
-    if not _SCHEMA_NAME.match(name):
-        raise ConfigurationError(f"{settings.DB_SCHEMA.env} must be a plain lower-case identifier, got {name!r}")
-    return name
+    """The PostgreSQL schema holding Mailglass's tables (its ``prefix:``), ``public`` by default.
+
+    Any name Mailglass accepts (``settings.DB_SCHEMA``'s pattern, ``Mailglass.Identifier``'s rule),
+    used quoted everywhere (decision D19).
+    """
+    return str(settings.read(settings.DB_SCHEMA))
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (Mailglass quotes its prefix: ``MgUpper`` is not ``mgupper``)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def session_options(schema: str | None = None) -> str:
-    """libpq ``options``: UTC and the Mailglass schema for every session, whatever the client environment."""
-    return f"-c TimeZone=UTC -c search_path={schema or db_schema()}"
+    """libpq ``options``: UTC and the Mailglass schema for every session, whatever the client environment.
+
+    The schema is quoted: a prefix keeps its case (a name of ``db_schema``'s rule holds no space to escape).
+    """
+    return f"-c TimeZone=UTC -c search_path={quote_ident(schema or db_schema())}"
 
 
 class _UtcTimestampLoader(TimestampLoader):

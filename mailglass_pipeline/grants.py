@@ -20,6 +20,8 @@ the very text an operator reads. Nothing here creates a role: the operator owns 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from importlib import resources
 
 import sqlalchemy as sa
@@ -93,3 +95,46 @@ def apply_grants(url: str, role: str, *, service: str = "reconciler") -> list[st
     finally:
         engine.dispose()
     return todo
+
+
+@dataclass(frozen=True)
+class ExpectedPrivileges:
+    """What a service's grants file leaves its role with (``mailglass doctor`` checks a live role against it)."""
+
+    #: (kind, object, privilege): kind is table, column (object ``table#column``), schema or function.
+    privileges: list[tuple[str, str, str]]
+    #: The tables the file revokes everything on first, each with the table privileges it grants back.
+    revoked: dict[str, set[str]]
+
+
+_REVOKE = re.compile(r"REVOKE ALL ON TABLE (?P<targets>.+?) FROM ", re.S)
+_GRANT = re.compile(r"GRANT (?P<privileges>.+?) ON (?P<kind>TABLE|SCHEMA|FUNCTION) (?P<target>.+?) TO ", re.S)
+_COLUMNS = re.compile(r"(?P<privilege>\w+)\s*\((?P<columns>[^)]*)\)", re.S)
+
+
+def _table(target: str) -> str:
+    return target.strip().rsplit(".", 1)[-1]
+
+
+def expected_privileges(role: str, schema: str | None = None, *, service: str = "reconciler") -> ExpectedPrivileges:
+    """The privileges ``service``'s grants file gives ``role``, read from the very statements it runs."""
+    privileges: list[tuple[str, str, str]] = []
+    revoked: list[str] = []
+    granted: dict[str, set[str]] = {}
+    for statement in statements(role, schema, service=service):
+        if found := _REVOKE.match(statement):
+            revoked += [_table(t) for t in found["targets"].split(",")]
+        elif found := _GRANT.match(statement):
+            kind, target = found["kind"].lower(), found["target"].strip()
+            if kind == "schema":  # has_schema_privilege takes the name itself, not an identifier
+                target = target[1:-1].replace('""', '"')
+            if columns := _COLUMNS.fullmatch(found["privileges"].strip()):
+                privileges += [
+                    ("column", f"{target}#{c.strip()}", columns["privilege"]) for c in columns["columns"].split(",")
+                ]
+                continue
+            for privilege in (p.strip() for p in found["privileges"].split(",")):
+                privileges.append((kind, target, privilege))
+                if kind == "table":
+                    granted.setdefault(_table(target), set()).add(privilege)
+    return ExpectedPrivileges(privileges, {table: granted.get(table, set()) for table in revoked})

@@ -17,7 +17,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from mailglass_pipeline.db import connect, create_engine, db_schema
+from mailglass_pipeline import settings
+from mailglass_pipeline.db import connect, create_engine, db_schema, quote_ident
 from mailglass_pipeline.errors import ConfigurationError
 
 VERSION_TABLE = "mailglass_alembic_version"
@@ -35,41 +36,47 @@ OWNED_TABLES = (
 
 
 @dataclass(frozen=True)
-class ProjectObjects:
-    """The project's own objects in Mailglass's schema, as the migrations leave them at head."""
+class ProjectFunction:
+    """A function the project's migrations create in the Mailglass schema, as they create it."""
 
-    #: Tables of the project's own.
-    tables: tuple[str, ...]
-    #: Functions (name and argument types), owned by the migrating role: the trigger and maintenance ones
-    #: ``SECURITY DEFINER`` with EXECUTE revoked from PUBLIC; ``mailglass_reconciliation_uuidv7()`` plain.
-    functions: tuple[str, ...]
-    #: Trigger name -> the Mailglass table it is on.
-    triggers: dict[str, str]
+    name: str
+    #: Its argument types, as ``ALTER FUNCTION`` names them.
+    arguments: str = ""
+    #: Runs with its owner's (the migrating role's) rights, so writers need no privilege on the queue.
+    security_definer: bool = True
+    #: ``pinned``: ``search_path = pg_catalog, <schema>, pg_temp``; ``empty``: ``search_path = ''``;
+    #: ``none``: no SET clause (the sender's hot path, relations schema-qualified: decision D21).
+    search_path: str = "pinned"
 
 
-#: Everything the product adds to a Mailglass database (decision D16): what ``mailglass doctor`` checks.
-PROJECT_OBJECTS = ProjectObjects(
-    tables=(
-        "mailglass_reconciliation_queue",
-        "mailglass_reconciliation_wakes",
-        "mailglass_webhook_tokens",
-        VERSION_TABLE,
+@dataclass(frozen=True)
+class ProjectTrigger:
+    """A trigger the project's migrations create on a Mailglass table, and the function it calls."""
+
+    name: str
+    table: str
+    function: str
+
+
+#: The project's functions and triggers on Mailglass's tables (migrations 0001 to 0006): the one list
+#: ``mailglass doctor`` checks a live database against. A migration that adds, drops or changes one
+#: updates it.
+PROJECT_FUNCTIONS = (
+    ProjectFunction("mailglass_track_orphans"),
+    ProjectFunction("mailglass_wake_orphans", search_path="none"),
+    ProjectFunction("mailglass_wake_orphans_on_rekey", search_path="none"),
+    ProjectFunction("mailglass_prune_parked_orphans", "text, timestamptz, integer"),
+    ProjectFunction("mailglass_reconciliation_absorb"),
+    ProjectFunction("mailglass_reconciliation_forget"),
+    ProjectFunction("mailglass_reconciliation_uuidv7", security_definer=False, search_path="none"),
+)
+PROJECT_TRIGGERS = (
+    ProjectTrigger("mailglass_events_track_orphans", "mailglass_events", "mailglass_track_orphans"),
+    ProjectTrigger("mailglass_events_forget_on_truncate", "mailglass_events", "mailglass_reconciliation_forget"),
+    ProjectTrigger("mailglass_deliveries_wake_orphans", "mailglass_deliveries", "mailglass_wake_orphans"),
+    ProjectTrigger(
+        "mailglass_deliveries_wake_orphans_on_rekey", "mailglass_deliveries", "mailglass_wake_orphans_on_rekey"
     ),
-    functions=(
-        "mailglass_track_orphans()",
-        "mailglass_wake_orphans()",
-        "mailglass_wake_orphans_on_rekey()",
-        "mailglass_reconciliation_absorb()",
-        "mailglass_reconciliation_forget()",
-        "mailglass_reconciliation_uuidv7()",
-        "mailglass_prune_parked_orphans(text, timestamp with time zone, integer)",
-    ),
-    triggers={
-        "mailglass_events_track_orphans": "mailglass_events",
-        "mailglass_events_forget_on_truncate": "mailglass_events",
-        "mailglass_deliveries_wake_orphans": "mailglass_deliveries",
-        "mailglass_deliveries_wake_orphans_on_rekey": "mailglass_deliveries",
-    },
 )
 
 #: Alembic's ``context``/``op`` proxies are module globals, so two ``command.upgrade`` calls running
@@ -90,6 +97,12 @@ def head_revision() -> str:
     head = script.get_current_head()
     assert head is not None
     return head
+
+
+def known_revisions() -> set[str]:
+    """Every revision this release ships (a database at another one was migrated by a newer release)."""
+    script = ScriptDirectory.from_config(alembic_config("postgresql+psycopg://"))
+    return {revision.revision for revision in script.walk_revisions()}
 
 
 def current_revision(url: str) -> str | None:
@@ -121,11 +134,35 @@ def check_owner(conn: sa.Connection, schema: str) -> None:
             )
 
 
+def refuse_other_install(conn: sa.Connection, schema: str) -> None:
+    """Refuse, before any change, a schema without Mailglass's tables while another schema has them.
+
+    A wrong case (``mgupper`` for ``"MgUpper"``) or a missing ``MAILGLASS_DB_SCHEMA`` would otherwise
+    build a second, empty Mailglass schema beside the app's (decision D19).
+    """
+    found = [
+        str(name)
+        for (name,) in conn.execute(
+            sa.text(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relname = 'mailglass_events' AND c.relkind IN ('r', 'p') ORDER BY n.nspname"
+            )
+        )
+    ]
+    if found and schema not in found:
+        env = settings.DB_SCHEMA.env
+        hint = f"set {env}={found[0]}" if len(found) == 1 else f"set {env} to one of them"
+        raise ConfigurationError(
+            f"{env}={quote_ident(schema)} holds no Mailglass tables, but {', '.join(map(quote_ident, found))}"
+            f" {'does' if len(found) == 1 else 'do'}: {hint} (schema names are case-sensitive); nothing was changed"
+        )
+
+
 def ensure_schema(conn: sa.Connection, schema: str) -> None:
     """Create the Mailglass schema when missing (Mailglass's migrator does the same for a prefix)."""
     exists = conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).scalar()
     if not exists:
-        conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
         conn.commit()
 
 
@@ -140,6 +177,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
         engine = create_engine(url, poolclass=sa.pool.NullPool)
         try:
             with connect(engine) as conn:
+                refuse_other_install(conn, schema)
                 check_owner(conn, schema)
                 ensure_schema(conn, schema)
                 conn.rollback()

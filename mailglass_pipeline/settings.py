@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ class Setting:
     unit: str = ""
     #: The README's default column, where the default is not a plain value.
     default_text: str = ""
+    #: A text setting's whole value must match this regular expression.
+    pattern: str = ""
 
     @property
     def type(self) -> type:
@@ -53,7 +56,7 @@ class Setting:
         if self.type is bool:
             return "true or false"
         if self.type is str:
-            return "text"
+            return f"text matching {self.pattern}" if self.pattern else "text"
         noun = ("a whole number" if self.type is int else "a number") + (f" of {self.unit}" if self.unit else "")
         low, high = (_number(bound) if bound is not None else None for bound in (self.minimum, self.maximum))
         if low is not None and high is not None:
@@ -64,6 +67,7 @@ class Setting:
         """``value`` if it has this setting's type and bounds; else ``ConfigurationError`` (a ``ValueError``)."""
         if self.type in (bool, str):
             valid = isinstance(value, self.type)
+            valid = valid and not (self.pattern and re.fullmatch(self.pattern, value) is None)  # type: ignore[arg-type]
         else:
             # bool is an int subclass; True as a limit is a bug, not a 1.
             numeric = int if self.type is int else (int, float)
@@ -264,8 +268,10 @@ HOME = Setting(
 DB_SCHEMA = Setting(
     "db_schema",
     "public",
-    description="PostgreSQL schema of Mailglass's tables (its `prefix:`), a plain lower-case identifier",
+    description="PostgreSQL schema of Mailglass's tables (its `prefix:`): any name Mailglass accepts, case-sensitive",
     env="MAILGLASS_DB_SCHEMA",
+    # Mailglass.Identifier's rule for its prefix (decision D19); used quoted, so case counts.
+    pattern="[a-zA-Z_][a-zA-Z0-9_]{0,62}",
 )
 CONNECT_TIMEOUT = Setting(
     "connect_timeout",
@@ -350,6 +356,24 @@ SERVE_BODY_TIMEOUT = Setting(
     "seconds a client has to send the whole body to `mailglass serve` (set from its `--body-timeout`)",
     env="MAILGLASS_SERVE_BODY_TIMEOUT",
     unit="seconds",
+)
+SERVE_LOCK_WAIT = Setting(
+    "lock_wait",
+    2.0,
+    0.0,
+    60.0,
+    "seconds `mailglass serve` retries a webhook whose delivery row another transaction holds locked, "
+    "before answering 503 with Retry-After",
+    env="MAILGLASS_SERVE_LOCK_WAIT",
+    unit="seconds",
+)
+SERVE_STATE_DIR = Setting(
+    "state_dir",
+    None,
+    description="set by `mailglass serve` for its workers, not by hand: where they share the last good "
+    "`MAILGLASS_WEBHOOK_SECRETS`",
+    env="MAILGLASS_SERVE_STATE_DIR",
+    default_text="a fresh temporary folder per `mailglass serve`",
 )
 
 #: Every environment variable, in the order defined here (the README's table: tests/test_settings.py).

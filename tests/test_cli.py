@@ -43,6 +43,7 @@ BAD_ARGUMENTS = [
     (["serve", "--port", "http"], "--port must be a whole number from 1 to 65535, got 'http'"),
     (["serve", "--workers", "0"], "--workers must be a whole number from 1 to 64, got '0'"),
     (["serve", "--body-timeout", "nan"], "--body-timeout must be a number of seconds from 0.1 to 600, got 'nan'"),
+    (["doctor", "--for", "everyone"], "'everyone' is not one of 'reconciler', 'receiver'"),
     (["nosuch"], "No such command 'nosuch'"),
 ]
 
@@ -55,6 +56,7 @@ NEEDS_THE_DATABASE = [
     ["run", "--no-demo"],
     ["orphans"],
     ["orphans", "explain", EVENT_ID],
+    ["doctor"],
     ["ingest", "--provider", "postmark", "--tenant-id", "t", "--no-verify", "-"],
     ["ingest", "--replay", "--tenant-id", "t", "--since", "2026-01-01", "--until", "2026-01-02"],
 ]
@@ -100,6 +102,14 @@ def test_a_bad_setting_is_refused_by_every_command_before_it_starts(command: str
     assert result.exit_code == 2, result.output
     (line,) = error_lines(result)
     assert line == "mailglass: MAILGLASS_CONNECT_TIMEOUT must be a whole number of seconds >= 1, got 'ten'"
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_a_prefix_mailglass_would_refuse_is_refused_by_every_command_before_it_starts(command: str) -> None:
+    result = invoke([command], **{settings.DB_SCHEMA.env: "Mg-Upper"})
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line == "mailglass: MAILGLASS_DB_SCHEMA must be text matching [a-zA-Z_][a-zA-Z0-9_]{0,62}, got 'Mg-Upper'"
 
 
 def test_every_command_is_in_this_contract() -> None:

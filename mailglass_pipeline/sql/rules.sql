@@ -367,3 +367,51 @@ SELECT * FROM (
 ORDER BY orphan_inserted_at
 LIMIT :limit
 -- end rule
+
+-- rule: unqueued_orphans
+-- Pending orphans (needs_reconciliation, no delivery, no reconciled event) younger than the parked
+-- retention (retention_days: an older one's row may have been parked and pruned on purpose) that
+-- have no queue row: no trigger saw them (mailglass doctor's queue check and its --repair). Walks
+-- the tenants of Mailglass's needs-reconciliation index, one probe each, then each tenant's recent
+-- orphans along it (OFFSET 0: a probe per tenant, never a join over the ledger): the cost follows
+-- the recent orphans, not the ledger.
+WITH RECURSIVE tenants AS (
+    (
+        SELECT e.tenant_id
+        FROM mailglass_events AS e
+        WHERE e.needs_reconciliation
+        ORDER BY e.tenant_id
+        LIMIT 1
+    )
+    UNION ALL
+    SELECT (
+        SELECT e.tenant_id
+        FROM mailglass_events AS e
+        WHERE e.needs_reconciliation AND e.tenant_id > t.tenant_id
+        ORDER BY e.tenant_id
+        LIMIT 1
+    )
+    FROM tenants AS t
+    WHERE t.tenant_id IS NOT NULL
+),
+
+unqueued AS (
+    SELECT e.id
+    FROM tenants AS t
+    CROSS JOIN LATERAL (
+        SELECT o.id
+        FROM mailglass_events AS o
+        WHERE
+            o.tenant_id = t.tenant_id AND o.needs_reconciliation AND o.delivery_id IS NULL
+            AND o.inserted_at > CAST(now() AT TIME ZONE 'UTC' AS timestamp) - make_interval(days => :retention_days)
+        ORDER BY o.inserted_at
+        OFFSET 0
+    ) AS e
+    WHERE
+        NOT EXISTS (SELECT 1 FROM mailglass_reconciliation_queue AS q WHERE q.event_id = e.id)
+        AND NOT EXISTS (
+            SELECT 1 FROM mailglass_events AS r WHERE r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
+        )
+)
+
+-- end rule

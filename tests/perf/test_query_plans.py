@@ -175,6 +175,17 @@ def _every_statement_params(tenant_id: str | None) -> dict[str, Any]:
         "k": "demo:t0:x",
         "at": "2026-01-01T00:00:00Z",
         "key": "demo:t0:y",
+        # `mailglass doctor`'s (sql/doctor.sql).
+        "schema_name": "public",
+        "names": ["mailglass_track_orphans"],
+        "role": "postgres",
+        "kinds": ["table"],
+        "objects": ["public.mailglass_events"],
+        "privileges": ["SELECT"],
+        "tables": ["mailglass_events"],
+        "tolerance_seconds": 1200,
+        "retention_days": 30,
+        "path": '"$user", public',
     }
 
 

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.schema import PROJECT_OBJECTS
+from mailglass_pipeline.schema import PROJECT_TRIGGERS as _PROJECT_TRIGGERS
 
 FIXTURES = Path(__file__).with_name("fixtures")
 MAILGLASS_CURRENT_VERSION = 7
@@ -29,7 +29,7 @@ MAILGLASS_TABLES = (
     "mailglass_outbound_payloads",
 )
 #: The project's triggers at head, and 0001's TRUNCATE guard that revisions before 0006 still have.
-PROJECT_TRIGGERS = {*PROJECT_OBJECTS.triggers, "mailglass_events_no_truncate"}
+PROJECT_TRIGGERS = {*(t.name for t in _PROJECT_TRIGGERS), "mailglass_events_no_truncate"}
 
 # The fixture's ids (fixtures/mailglass_data.sql).
 D_PM1 = uuid.UUID("00000000-0000-7000-8000-000000000d01")

@@ -127,13 +127,16 @@ def _public_objects(url: str) -> list[tuple[str, str]]:
         engine.dispose()
 
 
-def test_prefix_from_empty_creates_everything_in_the_schema_and_nothing_in_public(
+def test_prefix_from_empty_creates_everything_in_the_schema_and_only_citext_in_public(
     blank: str, admin_url: str, admin_engine: Engine
 ) -> None:
-    public_before = _public_objects(blank)
     done = _cli(blank, "migrate", MAILGLASS_DB_SCHEMA="mg")
     assert done.returncode == 0, done.stderr
-    assert _public_objects(blank) == public_before
+    with fresh_database(admin_url, admin_engine) as reference:
+        # What Mailglass's migrator leaves in public: its unqualified CREATE EXTENSION citext, nothing else.
+        with raw_engine(reference).begin() as conn:
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS citext")
+        assert _public_objects(blank) == _public_objects(reference)
     with fresh_database(admin_url, admin_engine) as reference:
         load_mailglass(reference, 7, schema="mg", data=False)
         ours, theirs = snapshot(blank, "mg", rows=False), snapshot(reference, "mg", rows=False)
@@ -148,14 +151,16 @@ def test_prefix_from_empty_creates_everything_in_the_schema_and_nothing_in_publi
         engine.dispose()
 
 
-def test_prefix_adoption_migrate_reconcile_ingest_grants(blank: str, admin_engine: Engine) -> None:
-    load_mailglass(blank, 7, schema="mg")
+@pytest.mark.parametrize("prefix", ["mg", "MgUpper"])
+def test_prefix_adoption_migrate_reconcile_ingest_grants(blank: str, admin_engine: Engine, prefix: str) -> None:
+    """Any prefix Mailglass accepts, mixed case too: quoted everywhere (search_path, DDL, grants)."""
+    load_mailglass(blank, 7, schema=prefix)
     public_before = _public_objects(blank)
-    before = snapshot(blank, "mg")
-    env = {"MAILGLASS_DB_SCHEMA": "mg"}
+    before = snapshot(blank, prefix)
+    env = {"MAILGLASS_DB_SCHEMA": prefix}
     done = _cli(blank, "migrate", **env)
     assert done.returncode == 0, done.stderr
-    assert snapshot(blank, "mg") == before
+    assert snapshot(blank, prefix) == before
     done = _cli(blank, "reconcile", **env)
     assert done.returncode == 0, done.stderr
     # Ingest: a Postmark webhook for a message nobody sent yet becomes an orphan, in mg.
@@ -177,6 +182,9 @@ def test_prefix_adoption_migrate_reconcile_ingest_grants(blank: str, admin_engin
         restricted = make_url(blank).set(username=role, password=None).render_as_string(hide_password=False)
         done = _cli(restricted, "reconcile", "--grace-seconds", "0", **env)
         assert done.returncode == 0, done.stderr
+        done = _cli(blank, "doctor", "--role", role, **env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"grants of role {role!r} as the reconciler's" in done.stdout
     finally:
         with raw_engine(blank).begin() as conn:
             conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
@@ -190,16 +198,119 @@ def test_prefix_adoption_migrate_reconcile_ingest_grants(blank: str, admin_engin
                 r[0]
                 for r in conn.execute(
                     sa.text(
-                        "SELECT (metadata->>'reconciled_from_event_id')::uuid FROM mg.mailglass_events"
+                        "SELECT (metadata->>'reconciled_from_event_id')::uuid"
+                        f' FROM "{prefix}".mailglass_events'
                         " WHERE type = 'reconciled'"
                     )
                 )
             }
-            queued = conn.execute(sa.text("SELECT count(*) FROM mg.mailglass_reconciliation_queue")).scalar()
+            queued = conn.execute(sa.text(f'SELECT count(*) FROM "{prefix}".mailglass_reconciliation_queue')).scalar()
     finally:
         engine.dispose()
     assert {O_MESSAGE_ID, O_SG_MESSAGE_ID} <= reconciled
     assert queued == 2  # the orphan that never matches, and the ingested one
+
+
+def _namespaces(url: str) -> list[tuple[str, str]]:
+    """Every schema and relation outside the system's: what a refused migrate must leave as it was."""
+    engine = raw_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [
+                (str(schema_name), str(relation))
+                for schema_name, relation in conn.execute(
+                    sa.text(
+                        "SELECT n.nspname, coalesce(c.relname, '') FROM pg_namespace n"
+                        " LEFT JOIN pg_class c ON c.relnamespace = n.oid"
+                        " WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' ORDER BY 1, 2"
+                    )
+                )
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_a_prefix_named_in_another_case_is_refused_in_one_line_and_builds_nothing(blank: str) -> None:
+    load_mailglass(blank, 7, schema="MgUpper")
+    before = snapshot(blank, "MgUpper")
+    namespaces = _namespaces(blank)
+    done = _cli(blank, "migrate", MAILGLASS_DB_SCHEMA="mgupper")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("mailglass: database ")]
+    assert errors == [
+        'mailglass: MAILGLASS_DB_SCHEMA="mgupper" holds no Mailglass tables, but "MgUpper" does: set'
+        " MAILGLASS_DB_SCHEMA=MgUpper (schema names are case-sensitive); nothing was changed"
+    ]
+    assert _namespaces(blank) == namespaces
+    assert snapshot(blank, "MgUpper") == before
+    # Any other command with the wrong case: one line that points at the schema and at doctor.
+    done = _cli(blank, "reconcile", MAILGLASS_DB_SCHEMA="mgupper")
+    assert done.returncode == 1
+    [line] = [line for line in done.stderr.splitlines() if not line.startswith("mailglass: database postgres")]
+    assert 'does not exist in schema "mgupper" (MAILGLASS_DB_SCHEMA): `mailglass doctor` says where' in line
+    done = _cli(blank, "doctor", MAILGLASS_DB_SCHEMA="mgupper")
+    assert (done.returncode, done.stdout.splitlines()) == (
+        1,
+        [
+            'schema: schema "mgupper" (MAILGLASS_DB_SCHEMA) holds no mailglass_events; Mailglass\'s tables are in'
+            ' "MgUpper"; fix: set MAILGLASS_DB_SCHEMA=MgUpper (schema names are case-sensitive)'
+        ],
+    )
+    assert _namespaces(blank) == namespaces
+    done = _cli(blank, "migrate", MAILGLASS_DB_SCHEMA="Mg-Upper")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("mailglass: MAILGLASS_DB_SCHEMA must be")
+    assert _namespaces(blank) == namespaces
+
+
+def test_citext_goes_where_mailglass_puts_it_and_lookups_stay_case_insensitive(blank: str) -> None:
+    done = _cli(blank, "migrate", MAILGLASS_DB_SCHEMA="mg")
+    assert done.returncode == 0, done.stderr
+    app = raw_engine(blank)  # a Mailglass app's session: the default search_path
+    try:
+        with app.begin() as conn:
+            assert (
+                conn.exec_driver_sql(
+                    "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'"
+                ).scalar()
+                == "public"
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO mg.mailglass_suppressions (id, tenant_id, address, scope, reason, source)"
+                    " VALUES (gen_random_uuid(), 'acme', 'Dee@Example.COM', 'address', 'hard_bounce', 'test')"
+                )
+            )
+
+        def lookups() -> int:
+            with app.connect() as conn:
+                # Mailglass's Suppression check: address = $1 with the address as the app has it.
+                return int(
+                    conn.execute(
+                        sa.text("SELECT count(*) FROM mg.mailglass_suppressions WHERE address = :a"),
+                        {"a": "dee@example.com"},
+                    ).scalar_one()
+                )
+
+        assert lookups() == 1
+        done = _cli(blank, "doctor", MAILGLASS_DB_SCHEMA="mg")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert 'citext in "public"' in done.stdout
+        # What an earlier release left: citext inside the prefix, where an app session does not look.
+        with app.begin() as conn:
+            conn.exec_driver_sql("ALTER EXTENSION citext SET SCHEMA mg")
+        assert lookups() == 0
+        done = _cli(blank, "doctor", MAILGLASS_DB_SCHEMA="mg")
+        assert done.returncode == 1
+        [line] = done.stdout.splitlines()
+        assert line.startswith('citext: the citext extension is in schema "mg", outside the default search_path')
+        assert line.endswith('fix: ALTER EXTENSION citext SET SCHEMA "public" (where Mailglass\'s migrator creates it)')
+        with app.begin() as conn:
+            conn.exec_driver_sql('ALTER EXTENSION citext SET SCHEMA "public"')
+        assert lookups() == 1
+        assert _cli(blank, "doctor", MAILGLASS_DB_SCHEMA="mg").returncode == 0
+    finally:
+        app.dispose()
 
 
 def test_every_entry_point_connects_in_utc_on_the_mailglass_schema(blank: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +328,8 @@ def test_every_entry_point_connects_in_utc_on_the_mailglass_schema(blank: str, m
         for engine in engines:
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
-                assert conn.exec_driver_sql("SHOW search_path").scalar() == "mg"
+                assert conn.exec_driver_sql("SHOW search_path").scalar() == '"mg"'  # quoted: a prefix keeps its case
+                assert conn.exec_driver_sql("SELECT current_schemas(false)").scalar() == ["mg"]
                 stamp = conn.exec_driver_sql("SELECT localtimestamp(0) = (now() AT TIME ZONE 'UTC')::timestamp(0)")
                 assert stamp.scalar() is True
     finally:

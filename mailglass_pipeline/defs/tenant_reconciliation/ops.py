@@ -159,7 +159,7 @@ def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass
     name_the_tenant(context, tenant)
     wait_for_pool_turn(context)
     with database_errors():
-        # The triggers' signals, committed (the find below runs in a transaction that is not): decision D16.
+        # The triggers' signals, committed (the find below runs in a transaction that is not): decision D21.
         db.run_transaction(mailglass_db.get_engine(), sweep.absorb_wakes)
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
         batch = sweep.find_orphans(conn, tenant, config.sweep_config(), lock=False)

@@ -163,13 +163,58 @@ def mailglass_stamp(conn: sa.Connection, schema: str) -> int | None:
 # -- Mailglass's objects, where nobody manages them yet -------------------------------------------
 
 
+# The search_path a session that sets none starts with (ALTER ROLE ... IN DATABASE, ALTER ROLE, ALTER
+# DATABASE, else the built-in default): the path of the session Mailglass's migrator runs in.
+_DEFAULT_SEARCH_PATH = """
+SELECT COALESCE(
+    (SELECT substr(c.setting, 13)
+       FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) AS c (setting)
+      WHERE c.setting LIKE 'search\\_path=%'
+        AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = current_user))
+        AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+      ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC
+      LIMIT 1),
+    (SELECT boot_val FROM pg_settings WHERE name = 'search_path'))
+"""
+
+
+def _extension_creation_schema(conn: sa.Connection) -> str | None:
+    """Where Mailglass's unqualified ``CREATE EXTENSION IF NOT EXISTS citext`` lands: the first existing
+    schema of the default search_path (usually public), when this role may create there."""
+    path = online.scalar(conn, _DEFAULT_SEARCH_PATH)
+    ours = online.scalar(conn, "SELECT current_setting('search_path')")
+    # PostgreSQL resolves the path itself ("$user", missing schemas); ours is put back at once.
+    online.scalar(conn, "SELECT set_config('search_path', :p, false)", p=path)
+    try:
+        first = online.scalar(conn, "SELECT current_schema()")
+    finally:
+        online.scalar(conn, "SELECT set_config('search_path', :p, false)", p=ours)
+    if first is None or not online.scalar(conn, "SELECT has_schema_privilege(:s, 'CREATE')", s=first):
+        return None
+    return str(first)
+
+
 def _citext_type(conn: sa.Connection, schema: str) -> str:
-    # Mailglass leaves the extension unqualified (it lands in the first schema of the path) and
-    # names the type unqualified; here the path is the Mailglass schema alone, so qualify it.
+    # Mailglass creates the extension unqualified, so it lands in the first schema of the default
+    # path (an app session finds citext's operators there), never inside the prefix; our session's
+    # path is the Mailglass schema alone, so the place is named, and so is the column's type.
     if not online.scalar(conn, "SELECT count(*) FROM pg_available_extensions WHERE name = 'citext'"):
         return _citext_stand_in(conn, schema)
-    online.ddl(conn, "CREATE EXTENSION IF NOT EXISTS citext")
     where = online.scalar(conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'")
+    if where is None:
+        target = _extension_creation_schema(conn)
+        if target is None:
+            print(
+                "mailglass: citext goes into the Mailglass schema: this role may not create in the first schema of"
+                " the default search_path; `mailglass doctor` says how to move it",
+                file=sys.stderr,
+            )
+        online.ddl(
+            conn, "CREATE EXTENSION IF NOT EXISTS citext" + (f" SCHEMA {mg.quote_ident(target)}" if target else "")
+        )
+        where = online.scalar(
+            conn, "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'"
+        )
     return f"{where}.citext"
 
 
