@@ -64,7 +64,9 @@ def _one_line(exc: BaseException) -> CommandFailed:
     if isinstance(exc, MailglassError):
         return CommandFailed(db.first_line(exc), 1)
     said = f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}"
-    if db.sqlstate_of(exc) == "42P01":  # undefined table: most often the wrong schema, or never migrated
+    # Undefined table, or function (a sweep's first call is the project's absorb, migration 0006): most often
+    # the wrong schema, or never migrated.
+    if db.sqlstate_of(exc) in ("42P01", "42883"):
         said += (
             f" in schema {db.quote_ident(db.db_schema())} ({settings.DB_SCHEMA.env}): `mailglass doctor` says where"
             " Mailglass's tables are; `mailglass migrate` creates them"
