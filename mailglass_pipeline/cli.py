@@ -217,6 +217,11 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     if not no_demo and demo_module.is_empty(engine):
         demo_module.seed(engine)
         click.echo("mailglass: empty database, seeded the demo tenants", err=True)
+    if tenant_ids:
+        # Same hint as `reconcile`; the tenant gets no run and no partition (materialize_tenants skips it).
+        with db.connect(engine) as conn:
+            for tenant in dict.fromkeys(tenant_ids):
+                _hint_unknown_tenant(conn, tenant)
     results = materialize_tenants(list(tenant_ids) or None, database_url=url)
     if embedded:
         click.echo(f"mailglass: {dev_module.embedded_server_note()}", err=True)
@@ -329,17 +334,18 @@ def explain(event_id: str, as_json: bool) -> None:
     )
 
 
-def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> None:
-    """A typo in --tenant-id answers zeros: say on stderr when no delivery or orphan knows the tenant."""
+def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> bool:
+    """A typo in --tenant-id answers zeros: say on stderr when no delivery or orphan knows the tenant (True)."""
     from mailglass_pipeline import orphans as orphans_module
     from mailglass_pipeline.reconciliation.monitoring import known_tenants
 
     if orphans_module.tenant_known(conn, tenant_id):
-        return
+        return False
     known = known_tenants(conn)
     close = difflib.get_close_matches(tenant_id, known, n=3)
     suggestion = f"; did you mean {', '.join(repr(t) for t in close)}?" if close else ""
     click.echo(f"mailglass: hint: no delivery or orphan has tenant {tenant_id!r}{suggestion}", err=True)
+    return True
 
 
 cli.add_command(ingest_command)
