@@ -209,6 +209,8 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     from mailglass_pipeline.devtools.local_run import materialize_tenants
 
     embedded = dev_module.uses_embedded_server()
+    if embedded and _embedded_server_down():
+        click.echo(f"mailglass: starting the embedded PostgreSQL ({db.mailglass_home()})", err=True)
     env = dev_module.prepare_dev_environment(quiet=True)  # same instance and databases as `mailglass dev`
     url = env[settings.DATABASE_URL.env]
     _say_database(url)
@@ -319,9 +321,13 @@ def explain(event_id: str, as_json: bool) -> None:
 
     event_uuid = orphans_module.parse_event_id(event_id)  # a bad argument before any connection
     url = db.resolve_database_url()
-    _say_database(url)
     with db.connect(db.get_engine(url)) as conn:
-        result = orphans_module.explain(conn, event_uuid)
+        try:
+            result = orphans_module.explain(conn, event_uuid)
+        except orphans_module.OrphanNotFoundError as exc:
+            # One line for an unknown id, naming the database it was looked up in.
+            raise orphans_module.OrphanNotFoundError(f"{exc} of database {db.describe_url(url)}") from None
+    _say_database(url)
     if as_json:
         _emit(result)
         return
