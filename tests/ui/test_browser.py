@@ -233,11 +233,21 @@ def test_asset_page_materialize_backfill_and_launchpad(
     statuses = check_partition_statuses(port, "no_stale_orphans")
     assert sorted(statuses["failedPartitions"]) == ["acme", "globex", "initech"], statuses
     assert statuses["skippedPartitions"] == [] and statuses["succeededPartitions"] == [], statuses
+    # On the screen: the check reads "Failed" with its latest execution's partition, never "Skipped"; its own
+    # Partitions tab counts "Failed (3)".
+    wait_for(lambda: browser.find_elements(By.XPATH, "//*[normalize-space(text())='Failed']"), "no 'Failed' status")
+    assert browser.find_elements(By.XPATH, "//*[normalize-space(text())='Partition']")
+    assert not browser.find_elements(By.XPATH, "//*[starts-with(normalize-space(text()), 'Skipped')]")
     wait_for(
-        lambda: browser.find_elements(By.XPATH, "//*[contains(normalize-space(text()), 'Failed (3)')]"),
-        "the Checks tab does not count 3 failed partitions",
+        lambda: [e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Partitions']")
+                 if e.is_displayed()][-1],
+        "no Partitions tab in the check's pane",
+    ).click()  # fmt: skip
+    wait_for(
+        lambda: browser.find_elements(By.XPATH, "//*[contains(normalize-space(), 'Failed (3)')]"),
+        "the check's Partitions tab does not count 3 failed partitions",
     )
-    assert not browser.find_elements(By.XPATH, "//*[contains(normalize-space(text()), 'Skipped (3)')]")
+    assert not browser.find_elements(By.XPATH, "//*[contains(normalize-space(), 'Skipped (3)')]")
     # A skipped tick's row (the partition sensor's here; the schedule's look the same): "0 runs requested".
     open_page(browser, f"{base}/locations/mailglass_pipeline/sensors/tenant_partitions", "tenant_partitions")
     wait_for(
