@@ -394,7 +394,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     assert_no_overlap({r.dagster_run.run_id: (r.start_time, r.end_time) for r in queued})
     # With the two `mailglass run` runs (no queue), no two sweeps overlap: each sweeps only while it holds the pool.
     assert_no_overlap({r.dagster_run.run_id: sweep_window(instance, r) for r in everything})
-    # The asset backfill's runs each carried one partition key (no backfill policy: decision D16).
+    # The asset backfill's runs each carried one partition key (no backfill policy: decision D19).
     asset_runs = backfill_runs(asset_backfill, 3)
     assert sorted(r.tags["dagster/partition"] for r in asset_runs) == ["p1", "p3", "p6"]
     # Each names its tenant in the Runs list: the run tags itself when the asset backfill did not.

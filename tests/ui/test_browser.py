@@ -229,7 +229,7 @@ def test_asset_page_materialize_backfill_and_launchpad(
     assert not browser.find_elements(By.XPATH, "//*[contains(normalize-space(), '9 orphan(s) older than 7 days')]")
     snapshot(browser, "checks-tab")
     # Its status per partition, as the page asks for it: each tenant's 3 stale orphans are a failed (WARN)
-    # check, none reads "Skipped" (the asset backfill's runs now carry their partition key: decision D16).
+    # check, none reads "Skipped" (the asset backfill's runs now carry their partition key: decision D19).
     statuses = check_partition_statuses(port, "no_stale_orphans")
     assert sorted(statuses["failedPartitions"]) == ["acme", "globex", "initech"], statuses
     assert statuses["skippedPartitions"] == [] and statuses["succeededPartitions"] == [], statuses

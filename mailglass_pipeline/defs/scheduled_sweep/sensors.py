@@ -5,7 +5,7 @@ runs, and a tick with nothing due launches none: the Plots then drew a straight 
 values to the next sweep's, a fall that never happened (issue 24). So each minute this sensor reads the
 current state (``due_summary``, ``reconciliation_lag`` and the queue totals: index reads) and records an
 ``AssetObservation`` of that asset with the same metadata keys, which its Plots draw beside the sweeps'
-(decision D17).
+(decision D20).
 
 What it writes: one event when something is due or waiting, or when a value changed since its last
 record (its cursor); an idle instance writes nothing. Never one per tenant.

@@ -11,7 +11,7 @@ partition with that partition KEY (``build_run_requests_with_backfill_policies``
 launch path. A policy (even ``multi_run(1)``) gives each run a partition RANGE instead, and Dagster
 then records the partitioned check's evaluation without a partition while it planned one for it
 (``AssetCheckResult.to_asset_check_evaluation`` reads only ``has_partition_key``): the check read
-"Skipped" for every tenant of such a backfill (issue 24, decision D16).
+"Skipped" for every tenant of such a backfill (issue 24, decision D19).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def stale_orphans_result(
 
 
 def _no_stale_orphans(context: AssetCheckExecutionContext, mailglass_db: MailglassDatabase) -> AssetCheckResult:
-    # The run's partition key is the tenant (every launch path gives one: decision D16); a run without
+    # The run's partition key is the tenant (every launch path gives one: decision D19); a run without
     # one (the check launched alone, unpartitioned) covers every tenant.
     tenant = context.partition_key if context.has_partition_key else None
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:

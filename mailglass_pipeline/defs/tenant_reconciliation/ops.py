@@ -98,7 +98,7 @@ def reconcile_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def tenant_of(context: OpExecutionContext) -> str:
-    """The run's tenant: its partition key (every launch path gives one: decision D16)."""
+    """The run's tenant: its partition key (every launch path gives one: decision D19)."""
     if context.has_partition_key:
         return context.partition_key
     # A run without one key (no partition, or a range from a hand-written run config) is refused.

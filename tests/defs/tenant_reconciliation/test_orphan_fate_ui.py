@@ -2,7 +2,7 @@
 
 An asset backfill launched from the asset page (``launchPartitionBackfill`` with an asset selection)
 gives each run of the implicit asset job one partition key (the asset has no backfill policy: decision
-D16) and no job tags. The run here has exactly that shape, so the check and the tenant tag are tested on
+D19) and no job tags. The run here has exactly that shape, so the check and the tenant tag are tested on
 the route an operator takes; the slow end-to-end test (tests/defs/test_dagster_e2e.py) launches it
 through the real webserver and daemon and reads the check's status per partition as the UI does.
 """
