@@ -35,7 +35,7 @@ import click
 
 from mailglass_pipeline.ingest.base import IngestSettings
 from mailglass_pipeline.ingest.tenants import TenantSettings
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_THREADS, Setting
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_STATE_DIR, SERVE_THREADS, Setting
 
 # No import of .server or prometheus_client here: prometheus-client picks its
 # multiprocess storage when first imported, so this module sets the variable first.
@@ -71,6 +71,9 @@ def serve_command(
     # Refuse a broken configuration (bad limit, unreadable secrets file) before listening.
     TenantSettings.from_env()
     IngestSettings.from_env()
+    # The workers share their last good webhook secrets here (ingest/tenants.py).
+    state_dir = tempfile.mkdtemp(prefix="mailglass-serve-")
+    os.environ[SERVE_STATE_DIR.env] = state_dir
     os.environ[SERVE_BODY_TIMEOUT.env] = repr(body_timeout)
     os.environ[SERVE_THREADS.env] = str(threads)
     own_dir = None
@@ -96,5 +99,6 @@ def serve_command(
             proxy_headers=False,
         )
     finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)

@@ -35,12 +35,12 @@ from mailglass_pipeline.ingest import metrics
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
 from mailglass_pipeline.ingest.core import joins_group, parse_webhook, prunes_tokens, result_of, store_parsed
-from mailglass_pipeline.ingest.errors import RETRY_AFTER, http_answer
-from mailglass_pipeline.ingest.grouped import MAX_GROUP, store_grouped
+from mailglass_pipeline.ingest.errors import RETRY_AFTER, DeliveryLockedError, http_answer
+from mailglass_pipeline.ingest.grouped import BUSY, MAX_GROUP, Outcome, store_grouped
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_THREADS, read
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_THREADS, read
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ Send = Callable[[Message], Awaitable[None]]
 INLINE_PARSE_BYTES = 16 * 1024
 #: Seconds a group statement runs before another may start beside it (a statement takes a few ms).
 GROUP_PATIENCE = 0.05
+#: Seconds one attempt of the ordinary path may wait for a row lock (then the thread is let go).
+LOCK_PROBE = 0.2
+#: First pause before a webhook whose delivery is locked is tried again (doubling, at most 0.5 s).
+LOCK_RETRY_PAUSE = 0.05
 
 
 class Receiver:
@@ -66,18 +70,20 @@ class Receiver:
         database_url: str | None = None,
         body_timeout: float = SERVE_BODY_TIMEOUT.default,
         threads: int = SERVE_THREADS.default,
+        lock_wait: float = SERVE_LOCK_WAIT.default,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
         self.database_url = database_url
         self.body_timeout = body_timeout
         self.max_body = self.tenants.base.max_body_bytes
         self.threads = threads
+        self.lock_wait = lock_wait
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         # One group statement at a time, more only while one is slow (see .coalescer); half the
         # threads at most, so that batches and the ordinary path always find a thread.
-        self.groups: Coalescer[GroupRequest, dict[str, Any] | None] = Coalescer(
+        self.groups: Coalescer[GroupRequest, Outcome] = Coalescer(
             self._store_group, max_group=MAX_GROUP, max_in_flight=max(1, threads // 2), patience=GROUP_PATIENCE
         )
 
@@ -207,15 +213,44 @@ class Receiver:
         return status, payload, extra
 
     async def _store(self, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
-        """:func:`.core.store_parsed`, with the one-event webhooks of this worker stored together."""
+        """:func:`.core.store_parsed`, with the one-event webhooks of this worker stored together.
+
+        A webhook whose delivery another transaction holds locked is tried
+        again by itself, after 50, 100, 200 ... ms, for ``lock_wait`` seconds,
+        then refused with :class:`DeliveryLockedError` (503, nothing stored).
+        The pauses cost no thread and no connection; an attempt waits for a
+        lock at most ``LOCK_PROBE``. So one locked row delays only its own webhooks.
+        """
         prune = prunes_tokens(parsed)
+        deadline = time.monotonic() + self.lock_wait
+        pause = LOCK_RETRY_PAUSE
+        while True:
+            counts = await self._store_once(parsed, tenant_id, prune)
+            if isinstance(counts, dict):
+                return counts
+            if time.monotonic() + pause > deadline:
+                raise DeliveryLockedError(
+                    f"a delivery this {parsed.provider} webhook updates stayed locked by another transaction "
+                    f"for {self.lock_wait:g} s; nothing stored"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _store_once(self, parsed: ParsedWebhook, tenant_id: str, prune: bool) -> Outcome:
         if joins_group(parsed, prune=prune):
             counts = await self.groups.submit((parsed, tenant_id))
             if counts is not None:
                 return counts
-        return await self._run(lambda: store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False))
+        try:
+            return await self._run(
+                lambda: store_parsed(
+                    self.engine(), parsed, tenant_id, prune=prune, try_group=False, lock_timeout=LOCK_PROBE
+                )
+            )
+        except DeliveryLockedError:
+            return BUSY
 
-    async def _store_group(self, requests: Sequence[GroupRequest]) -> list[dict[str, Any] | None]:
+    async def _store_group(self, requests: Sequence[GroupRequest]) -> list[Outcome]:
         metrics.GROUP_SIZE.observe(len(requests))
         return await self._run(lambda: store_grouped(self.engine(), requests))
 
@@ -244,4 +279,5 @@ def create_app() -> Receiver:
     return Receiver(
         body_timeout=read(SERVE_BODY_TIMEOUT),
         threads=read(SERVE_THREADS),
+        lock_wait=read(SERVE_LOCK_WAIT),
     )
