@@ -289,6 +289,12 @@ DAGSTER_DATABASE_URL = Setting(
     env="MAILGLASS_DAGSTER_DATABASE_URL",
     default_text="a `dagster` database beside the application database",
 )
+DEV_LOG_LEVEL = Setting(
+    "dev_log_level",
+    "INFO",
+    description="lowest level of the Dagster lines `mailglass dev` writes to a log file (`DEBUG`: every run event)",
+    env="MAILGLASS_DEV_LOG_LEVEL",
+)
 LAG_THRESHOLD_SECONDS = Setting(
     "threshold_seconds",
     300,
