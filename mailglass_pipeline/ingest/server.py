@@ -28,10 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline.db import create_engine, resolve_database_url
-from mailglass_pipeline.ingest import metrics
+from mailglass_pipeline.errors import DatabaseUnavailableError
+from mailglass_pipeline.ingest import metrics, ses
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
 from mailglass_pipeline.ingest.core import joins_group, parse_webhook, prunes_tokens, result_of, store_parsed
@@ -40,7 +42,7 @@ from mailglass_pipeline.ingest.grouped import MAX_GROUP, store_grouped
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_THREADS, read
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_METRICS_PORT, SERVE_THREADS, read
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: The providers' own published limits, where tighter than ``MAILGLASS_INGEST_MAX_BODY_BYTES`` (413 beyond).
+PROVIDER_MAX_BODY = {"ses": ses.MAX_BODY_BYTES}
 #: Bodies up to this size are verified and parsed on the event loop (tens of microseconds: cheaper
 #: than a hand-off to a thread); larger ones (SendGrid batches) in the ingest threads.
 INLINE_PARSE_BYTES = 16 * 1024
@@ -66,12 +70,15 @@ class Receiver:
         database_url: str | None = None,
         body_timeout: float = SERVE_BODY_TIMEOUT.default,
         threads: int = SERVE_THREADS.default,
+        public_metrics: bool = True,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
         self.database_url = database_url
         self.body_timeout = body_timeout
         self.max_body = self.tenants.base.max_body_bytes
         self.threads = threads
+        #: False when ``mailglass serve --metrics-port`` serves them on a port of their own.
+        self.public_metrics = public_metrics
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
@@ -108,8 +115,8 @@ class Receiver:
         try:
             provider, status = await self._route(scope, receive, send)
         finally:
-            metrics.REQUESTS.labels(provider, str(status)).inc()
-            if provider != "none":
+            if provider != "none":  # health, metrics and unknown routes are not webhooks
+                metrics.REQUESTS.labels(provider, str(status)).inc()
                 metrics.LATENCY.labels(provider).observe(time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -131,9 +138,11 @@ class Receiver:
         if segments in ([b"healthz"], [b"metrics"]):
             if method not in ("GET", "HEAD"):
                 return "none", await answer(send, 405, {"error": "use GET"}, {"allow": "GET, HEAD"})
-            if segments == [b"metrics"]:
+            if segments == [b"metrics"] and self.public_metrics:
                 body = await self._run(metrics.render)
                 return "none", await answer_raw(send, 200, body, metrics.CONTENT_TYPE)
+            if segments == [b"metrics"]:
+                return "none", await answer(send, 404, {"error": "no such route; metrics are on their own port"})
             healthy, payload = await self._run(check_health, self.database_url)
             extra = {} if healthy else {"retry-after": RETRY_AFTER}
             return "none", await answer(send, 200 if healthy else 503, payload, extra)
@@ -151,21 +160,25 @@ class Receiver:
         if problem:
             return provider, await answer(send, 400, {"error": problem})
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        body, refusal = await self._read_body(headers, receive)
+        body, refusal = await self._read_body(
+            headers, receive, min(self.max_body, PROVIDER_MAX_BODY.get(provider, self.max_body))
+        )
         if refusal is not None:
             status, message = refusal
             return provider, await answer(send, status, {"error": message}, {"connection": "close"})
         status, payload, extra = await self._ingest(provider, tenant_id, body, headers)
         return provider, await answer(send, status, payload, extra)
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> tuple[bytes, tuple[int, str] | None]:
+    async def _read_body(
+        self, headers: dict[str, str], receive: Receive, limit: int
+    ) -> tuple[bytes, tuple[int, str] | None]:
         """The body, or ``(status, message)``: 413 from Content-Length before reading, 408 on the deadline."""
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 return b"", (400, "Content-Length is not a number")
-            if int(declared) > self.max_body:
-                return b"", (413, f"body of {declared} bytes is over the {self.max_body}-byte limit")
+            if int(declared) > limit:
+                return b"", (413, f"body of {declared} bytes is over the {limit}-byte limit")
         chunks: list[bytes] = []
         size = 0
         deadline = time.monotonic() + self.body_timeout
@@ -180,8 +193,8 @@ class Receiver:
                 return b"", (400, "client disconnected before sending the whole body")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:  # no Content-Length (chunked): capped while streaming
-                return b"", (413, f"body is over the {self.max_body}-byte limit")
+            if size > limit:  # no Content-Length (chunked): capped while streaming
+                return b"", (413, f"body is over the {limit}-byte limit")
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks), None
@@ -213,7 +226,24 @@ class Receiver:
             counts = await self.groups.submit((parsed, tenant_id))
             if counts is not None:
                 return counts
-        return await self._run(lambda: store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False))
+        return await self._run(self._store_alone, parsed, tenant_id, prune)
+
+    def _store_alone(self, parsed: ParsedWebhook, tenant_id: str, prune: bool) -> dict[str, Any]:
+        """:func:`.core.store_parsed` in its own transaction, once more after a connection the server dropped.
+
+        A terminated backend (``pg_terminate_backend``, a failover, a restart)
+        fails its statement, which wrote nothing; SQLAlchemy then discards every
+        pooled connection as old as it, so one retry runs on a fresh one. A
+        database that is really gone fails that retry too, at once: 503.
+        """
+        try:
+            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False)
+        except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
+            dropped = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+            if not getattr(dropped, "connection_invalidated", False):  # SQLAlchemy saw a disconnect
+                raise
+            log.info("a database connection was dropped; storing the %s webhook on a fresh one", parsed.provider)
+            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False)
 
     async def _store_group(self, requests: Sequence[GroupRequest]) -> list[dict[str, Any] | None]:
         metrics.GROUP_SIZE.observe(len(requests))
@@ -244,4 +274,5 @@ def create_app() -> Receiver:
     return Receiver(
         body_timeout=read(SERVE_BODY_TIMEOUT),
         threads=read(SERVE_THREADS),
+        public_metrics=read(SERVE_METRICS_PORT) is None,
     )
