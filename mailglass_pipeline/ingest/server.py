@@ -31,7 +31,7 @@ from urllib.parse import unquote_to_bytes
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.db import create_engine, resolve_database_url
+from mailglass_pipeline.db import create_engine, resolve_database_url, sqlstate_of
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import metrics, ses
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
@@ -232,17 +232,18 @@ class Receiver:
         """:func:`.core.store_parsed` in its own transaction, once more after a connection the server dropped.
 
         A terminated backend (``pg_terminate_backend``, a failover, a restart)
-        fails its statement, which wrote nothing; SQLAlchemy then discards every
-        pooled connection as old as it, so one retry runs on a fresh one. A
-        database that is really gone fails that retry too, at once: 503.
+        fails its statement, which wrote nothing, and the pool's other
+        connections are as dead: the pool is replaced (connections other
+        threads hold are left to them) and the webhook stored on a fresh
+        connection. A database that is really gone fails that retry too: 503.
         """
         try:
             return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False)
         except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
-            dropped = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
-            if not getattr(dropped, "connection_invalidated", False):  # SQLAlchemy saw a disconnect
+            if not dropped_connection(exc):
                 raise
             log.info("a database connection was dropped; storing the %s webhook on a fresh one", parsed.provider)
+            self.engine().dispose(close=False)
             return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False)
 
     async def _store_group(self, requests: Sequence[GroupRequest]) -> list[dict[str, Any] | None]:
@@ -252,6 +253,16 @@ class Receiver:
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: func(*args, **kwargs))
+
+
+#: The server ended the session (pg_terminate_backend, a shutdown): the connection was established, then dropped.
+DROPPED_SQLSTATES = frozenset({"57P01", "57P02"})
+
+
+def dropped_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is an established connection lost (worth one retry), not a database out of reach."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+    return bool(getattr(cause, "connection_invalidated", False)) or sqlstate_of(cause) in DROPPED_SQLSTATES
 
 
 async def answer(send: Send, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> int:

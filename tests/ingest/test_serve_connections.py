@@ -8,6 +8,7 @@ must still be answered.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -69,10 +70,8 @@ def flood_header(port: int, head: bytes, chunk: bytes, chunks: int) -> tuple[byt
     sender.start()
     sock.settimeout(10)
     answer = b""
-    try:
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
         answer = sock.recv(65536)
-    except (TimeoutError, ConnectionResetError):
-        pass
     seconds = time.monotonic() - started
     sock.close()
     sender.join(10)
