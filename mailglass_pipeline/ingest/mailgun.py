@@ -97,7 +97,7 @@ def verify_before_parse(body: bytes, settings: IngestSettings, now: datetime) ->
     """Refuse a body none of whose ``"signature": {...}`` blocks verifies, without parsing the body.
 
     Mailgun's signature sits inside the JSON, and a general parse of a forged
-    megabyte costs up to a second of CPU for some shapes (decision D17). The
+    megabyte costs up to a second of CPU for some shapes (decision D20). The
     blocks are found by a byte search and only they are decoded; the HMAC and
     the time tolerance are checked on them. The body is then parsed and
     :func:`verify` checks the top-level block as before: a block that verifies

@@ -6,7 +6,7 @@ pieces quadratically), never closes a connection that connects and sends
 nothing, and its ``limit_concurrency`` counts *connections*: a few thousand
 idle sockets make it refuse everyone, ``/healthz`` included, with a plain-text
 503. This subclass keeps uvicorn's parsing and request cycle and adds, per
-worker (decision D16):
+worker (decision D19):
 
 - **header bytes**: more than ``max_header_bytes`` received before the headers
   end -> 431 (JSON), the rest of the upload discarded, the connection closed;

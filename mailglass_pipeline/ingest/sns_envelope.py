@@ -4,7 +4,7 @@ SNS signs fields *inside* the JSON envelope, so some of the body must be read
 before the signature can be checked. A general JSON parse costs far more
 than the bytes for some shapes (half a megabyte of tiny arrays: hundreds of
 milliseconds), and a forged body must cost no more than its authentication
-(decision D17). An envelope is a flat object of about a dozen strings, so it
+(decision D20). An envelope is a flat object of about a dozen strings, so it
 is scanned at its top level only, each string by the standard library's C
 scanner, and any other nested value refuses it at once. The SES message
 inside is parsed only once the envelope is authentic (:mod:`.ses`).

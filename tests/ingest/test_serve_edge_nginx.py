@@ -92,7 +92,7 @@ def exchange(port: int, raw: bytes, timeout: float = 10) -> bytes:
 
 
 @pytest.mark.skipif(
-    NGINX is None, reason="Debian's nginx is not installed (.ci/run installs it: apt-get install nginx)"
+    NGINX is None, reason="Debian's nginx is not installed (.ci/run installs it: apt-get install nginx-light)"
 )
 def test_shipped_nginx_edge_in_front_of_the_receiver(
     database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings, tmp_path: Path
