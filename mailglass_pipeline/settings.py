@@ -351,6 +351,24 @@ SERVE_BODY_TIMEOUT = Setting(
     env="MAILGLASS_SERVE_BODY_TIMEOUT",
     unit="seconds",
 )
+SERVE_LOCK_WAIT = Setting(
+    "lock_wait",
+    2.0,
+    0.0,
+    60.0,
+    "seconds `mailglass serve` retries a webhook whose delivery row another transaction holds locked, "
+    "before answering 503 with Retry-After",
+    env="MAILGLASS_SERVE_LOCK_WAIT",
+    unit="seconds",
+)
+SERVE_STATE_DIR = Setting(
+    "state_dir",
+    None,
+    description="set by `mailglass serve` for its workers, not by hand: where they share the last good "
+    "`MAILGLASS_WEBHOOK_SECRETS`",
+    env="MAILGLASS_SERVE_STATE_DIR",
+    default_text="a fresh temporary folder per `mailglass serve`",
+)
 
 SERVE_HEADER_TIMEOUT = Setting(
     "header_timeout",

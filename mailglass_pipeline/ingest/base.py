@@ -148,6 +148,21 @@ class ReplayToken:
 
 
 @dataclass(frozen=True)
+class MalformedElement:
+    """An element of an authentic batch that is not an event we can read (``42``, no ``event``...).
+
+    Kept, not refused: its raw record is stored with status ``failed`` and the
+    answer counts it as ``malformed`` (the rest of the batch is stored as usual).
+    """
+
+    index: int
+    reason: str
+    payload: Any
+    #: The provider's kind of event when it is a string (``event_type_raw``), else None.
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
 class ParsedWebhook:
     """The verified, normalized content of one webhook request."""
 
@@ -159,6 +174,8 @@ class ParsedWebhook:
     notice: Mapping[str, Any] = field(default_factory=dict)
     #: The request body as received (kept in ``mailglass_webhook_events``).
     body: bytes = b""
+    #: Elements of the batch that are not events (kept as raw records, counted as ``malformed``).
+    malformed: tuple[MalformedElement, ...] = ()
 
 
 def check_size(body: bytes, settings: IngestSettings) -> None:
@@ -257,6 +274,21 @@ def parse_time(value: Any, what: str) -> datetime | None:
         raise WebhookPayloadError(f"{what} is not a timestamp: {value!r:.80} ({exc})") from None
 
 
+def event_time(value: Any) -> datetime | None:
+    """An event's own time (not a signed one): :func:`parse_time`, but None for a value it cannot read.
+
+    A provider's event time is data, not proof: an unreadable one ("yesterday",
+    ``true``, ``1e20``) must not cost the event, let alone its batch (the
+    provider would retry the same bytes until it gives up). Like NaN, it leaves
+    the event at its received time, marked ``occurred_at_estimated``
+    (:func:`normalized_event`); the payload keeps the value as sent.
+    """
+    try:
+        return parse_time(value, "event time")
+    except WebhookPayloadError:
+        return None
+
+
 def now_utc(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
 
@@ -281,7 +313,8 @@ def check_tolerance(signed: str | int | float | None, now: datetime, settings: I
 def stable_id(*parts: Any) -> str:
     """A deterministic id for providers without one: SHA-256 over canonical JSON of ``parts``."""
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
-    return "sha256-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+    # surrogatepass: a lone surrogate (JSON "\ud800") must not make the id fail; valid text encodes the same.
+    return "sha256-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def body_digest(body: bytes) -> str:

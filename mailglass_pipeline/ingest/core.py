@@ -44,10 +44,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import ledger
-from mailglass_pipeline.db import RawStatement, driver_cursor, get_engine, run_transaction
+from mailglass_pipeline.db import RawStatement, driver_cursor, get_engine, run_transaction, sqlstate_of
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
     PROVIDERS,
@@ -58,7 +59,7 @@ from mailglass_pipeline.ingest.base import (
     check_size,
     now_utc,
 )
-from mailglass_pipeline.ingest.errors import IngestConfigurationError, TenantConflictError
+from mailglass_pipeline.ingest.errors import DeliveryLockedError, IngestConfigurationError, TenantConflictError
 from mailglass_pipeline.ingest.grouped import groupable, store_grouped
 from mailglass_pipeline.ingest.rows import counts_of, ledger_rows
 from mailglass_pipeline.ingest.storable import storable_events
@@ -166,7 +167,7 @@ def store(
     if parsed.replay_token is not None:
         claim_token(conn, parsed.replay_token, tenant_id, prune=prune_tokens)
     events = storable_events(parsed.events)
-    if not events:
+    if not events and not parsed.malformed:
         return counts_of([])
     params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
@@ -190,10 +191,12 @@ def ingest(
 ) -> dict[str, Any]:
     """Verify, normalize and store one provider webhook for ``tenant_id``.
 
-    Returns ``{"provider", "tenant_id", "verified", "received", "events",
+    Returns ``{"provider", "tenant_id", "verified", "received", "malformed", "events",
     "linked", "orphans", "unlinkable", "duplicates", "event_ids"}``:
-    ``received`` provider events in the request, ``events`` new ledger rows
-    (``linked`` + ``orphans`` + ``unlinkable``), ``duplicates`` already stored.
+    ``received`` provider events in the request, ``malformed`` those of them
+    that are not events (batch elements kept as raw records with status
+    ``failed``), ``events`` new ledger rows (``linked`` + ``orphans`` +
+    ``unlinkable``), ``duplicates`` already stored.
     SNS confirmations add ``sns_type``, ``topic_arn`` and ``subscribe_url``.
 
     Raises :class:`WebhookSignatureError` / :class:`WebhookPayloadError`
@@ -218,7 +221,13 @@ def ingest(
 
 
 def store_parsed(
-    engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool | None = None, try_group: bool = True
+    engine: Engine,
+    parsed: ParsedWebhook,
+    tenant_id: str,
+    *,
+    prune: bool | None = None,
+    try_group: bool = True,
+    lock_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Store a verified webhook; returns the counts.
 
@@ -226,16 +235,18 @@ def store_parsed(
     autocommitted statement); a batch, a Mailgun claim due to prune the expired
     tokens, or a webhook the group left out in :func:`store_alone`. ``prune``:
     the caller's draw of :func:`prunes_tokens` (else drawn here); ``try_group=False``:
-    the caller already offered it to a group (``mailglass serve`` groups requests).
+    the caller already offered it to a group (``mailglass serve`` groups requests);
+    ``lock_timeout``: see :func:`store_alone`.
     """
     if not needs_storing(parsed):
         return counts_of([])
     prune = prunes_tokens(parsed) if prune is None else prune
     if try_group and joins_group(parsed, prune=prune):
         counts = store_grouped(engine, [(parsed, tenant_id)])[0]
-        if counts is not None:
+        # Not stored by the group (left out, or its delivery locked: BUSY): its own transaction.
+        if isinstance(counts, dict):
             return counts
-    return store_alone(engine, parsed, tenant_id, prune=prune)
+    return store_alone(engine, parsed, tenant_id, prune=prune, lock_timeout=lock_timeout)
 
 
 def joins_group(parsed: ParsedWebhook, *, prune: bool) -> bool:
@@ -244,8 +255,8 @@ def joins_group(parsed: ParsedWebhook, *, prune: bool) -> bool:
 
 
 def needs_storing(parsed: ParsedWebhook) -> bool:
-    """Whether ``parsed`` has anything to store: events, or a Mailgun token to claim."""
-    return bool(parsed.events) or parsed.replay_token is not None
+    """Whether ``parsed`` has anything to store: events, malformed elements to keep, or a Mailgun token to claim."""
+    return bool(parsed.events) or bool(parsed.malformed) or parsed.replay_token is not None
 
 
 def prunes_tokens(parsed: ParsedWebhook) -> bool:
@@ -253,9 +264,35 @@ def prunes_tokens(parsed: ParsedWebhook) -> bool:
     return parsed.replay_token is not None and prune_due()
 
 
-def store_alone(engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool) -> dict[str, Any]:
-    """Store ``parsed`` in its own transaction (:func:`store`), retried on a deadlock; returns the counts."""
-    return run_transaction(engine, lambda conn: store(conn, parsed, tenant_id, prune_tokens=prune))
+#: SQLSTATE lock_not_available: a lock wait ran past ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def store_alone(
+    engine: Engine, parsed: ParsedWebhook, tenant_id: str, *, prune: bool, lock_timeout: float | None = None
+) -> dict[str, Any]:
+    """Store ``parsed`` in its own transaction (:func:`store`), retried on a deadlock; returns the counts.
+
+    ``lock_timeout``: seconds the transaction may wait for a row lock (a
+    delivery held by an application's long transaction); past it, nothing is
+    stored and :class:`DeliveryLockedError` is raised, so the receiver never
+    parks a thread behind one locked row. None (the command line, the API):
+    wait as long as it takes.
+    """
+
+    def work(conn: Connection) -> dict[str, Any]:
+        if lock_timeout is not None:  # an integer of milliseconds, so formatting it in is safe
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout * 1000))}")
+        return store(conn, parsed, tenant_id, prune_tokens=prune)
+
+    try:
+        return run_transaction(engine, work)
+    except sa.exc.DBAPIError as exc:
+        if sqlstate_of(exc) == LOCK_NOT_AVAILABLE:
+            raise DeliveryLockedError(
+                f"a row this {parsed.provider} webhook updates is locked by another transaction; nothing stored"
+            ) from exc
+        raise
 
 
 def result_of(parsed: ParsedWebhook, tenant_id: str, counts: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +301,9 @@ def result_of(parsed: ParsedWebhook, tenant_id: str, counts: dict[str, Any]) -> 
         "provider": parsed.provider,
         "tenant_id": tenant_id,
         "verified": parsed.verified,
-        "received": len(parsed.events),
+        "received": len(parsed.events) + len(parsed.malformed),
+        # Elements of an authentic batch that are not events: kept as raw records (status failed), not refused.
+        "malformed": len(parsed.malformed),
     }
     result.update(counts)
     result.update(parsed.notice)

@@ -6,7 +6,8 @@ not trust (401: signature, auth, stale timestamp, replayed token, unexpected SNS
 topic), a request we cannot read (400: malformed JSON, another provider's shape,
 oversize body, unfit tenant id), a key already stored for another tenant (409),
 our own misconfiguration (503 with Retry-After: a missing secret, so the provider
-retries once it is fixed) and an unavailable database (503 with Retry-After). Every
+retries once it is fixed), an unavailable database and a delivery row another
+transaction keeps locked past the receiver's wait (503 with Retry-After). Every
 one of them is raised before anything is written, or rolls its transaction back.
 """
 
@@ -49,6 +50,15 @@ class TenantConflictError(IngestError):
     """
 
 
+class DeliveryLockedError(IngestError):
+    """A row the store must lock (a delivery) stayed locked by another transaction past the wait.
+
+    An application's long transaction holding its delivery row, say. Nothing
+    is written; the request is answered 503 with ``Retry-After`` so that the
+    provider sends it again (a transient state, never a refusal).
+    """
+
+
 class InvalidTenantIdError(IngestError, ValueError):
     """A tenant id unfit to store: empty, control characters, surrounding whitespace, over 255 characters."""
 
@@ -67,6 +77,9 @@ def http_answer(provider: str, outcome: dict[str, Any] | BaseException) -> tuple
         return 400, {"error": str(outcome)}, {}
     if isinstance(outcome, TenantConflictError):
         return 409, {"error": str(outcome)}, {}
+    if isinstance(outcome, DeliveryLockedError):  # transient: the provider's retry stores it
+        log.warning("%s; answered 503", outcome)
+        return 503, {"error": f"{outcome}; retry later"}, {"retry-after": RETRY_AFTER}
     # Any ConfigurationError (a bad MAILGLASS_* value included): fixed by the operator, then retried.
     if isinstance(outcome, ConfigurationError):
         log.error("receiver misconfigured for %s: %s", provider, outcome)

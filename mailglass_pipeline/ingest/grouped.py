@@ -24,6 +24,16 @@ nothing on its own inside the group:
   connection the server dropped) writes nothing at all, and every request of
   the group takes the ordinary path on its own; a database that cannot be
   reached at all answers the whole group 503 at once.
+
+**One locked delivery never holds up the group.** The statement locks the
+group's deliveries first, ``FOR NO KEY UPDATE SKIP LOCKED``: a delivery that
+another transaction holds (an application's long transaction, say) is not
+waited for; the requests whose event belongs to it stay out of the statement
+and come back :data:`BUSY`, to be tried again by themselves a little later
+(``mailglass serve`` does, within its lock wait, then answers 503 with
+``Retry-After``). ``NO KEY``: the projection's UPDATE needs no more, and
+the key-share locks of concurrent inserts that reference the delivery do not
+conflict with it.
 """
 
 from __future__ import annotations
@@ -57,9 +67,22 @@ MAX_GROUP = 100
 Request = tuple[ParsedWebhook, str]
 
 
+class Busy:
+    """The answer for a request whose delivery another transaction holds locked: not stored, try again later."""
+
+    def __repr__(self) -> str:
+        return "BUSY"
+
+
+BUSY = Busy()
+
+#: What :func:`store_grouped` answers per request: its counts, None (take the ordinary path) or BUSY.
+Outcome = dict[str, Any] | Busy | None
+
+
 def groupable(parsed: ParsedWebhook) -> bool:
     """Whether ``parsed`` can be stored in a group: exactly one event (any batch takes its own transaction)."""
-    return len(parsed.events) == 1
+    return len(parsed.events) == 1 and not parsed.malformed
 
 
 #: The statement storing a group (``sql/store.sql``), sent as is by psycopg's raw cursor.
@@ -88,10 +111,11 @@ def parameters(requests: Sequence[Request]) -> dict[str, Any]:
     }
 
 
-def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[dict[str, Any] | None]:
-    """Store ``requests`` in one autocommitted statement; per request its counts, or None: not stored.
+def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
+    """Store ``requests`` in one autocommitted statement; per request its counts, None or BUSY: not stored.
 
-    None sends that request down :func:`.core.store_alone`. If the statement
+    None sends that request down :func:`.core.store_alone`; :data:`BUSY`: its
+    delivery is locked by another transaction (see the module doc). If the statement
     fails, nothing is stored and every answer is None (the error is not
     raised: each request meets it again, if it persists, on its own path).
     A database that cannot be reached at all raises
@@ -102,11 +126,16 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[dict[str,
         return []
     params = parameters(requests)
     try:
-        stored = {row[0]: row[1:] for row in execute_autocommitted(engine, _STORE_GROUP, params)}
+        results = execute_autocommitted(engine, _STORE_GROUP, params)
     except DatabaseUnavailableError:
         raise
     except Exception as exc:  # nothing was written; each request retries on its own path
         if sqlstate_of(exc) not in _EXPECTED:
             log.warning("storing %d webhooks together failed; storing them one by one: %s", len(requests), exc)
         return [None] * len(requests)
-    return [counts_of([(*stored[ord_], True)]) if ord_ in stored else None for ord_ in range(len(requests))]
+    stored = {row[0]: row[1:4] for row in results if not row[4]}
+    busy = {row[0] for row in results if row[4]}
+    return [
+        counts_of([(*stored[ord_], True)]) if ord_ in stored else BUSY if ord_ in busy else None
+        for ord_ in range(len(requests))
+    ]

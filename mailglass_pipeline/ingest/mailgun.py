@@ -40,10 +40,10 @@ from mailglass_pipeline.ingest.base import (
     ReplayToken,
     body_digest,
     check_tolerance,
+    event_time,
     expect_object,
     load_json,
     normalized_event,
-    parse_time,
     require_secret,
     stable_id,
     text_or_none,
@@ -173,7 +173,7 @@ def message_id_of(data: dict[str, Any]) -> str | None:
 
 def normalize(data: dict[str, Any], received_at: datetime) -> NormalizedEvent:
     event_type, reason = classify(data)
-    occurred_at = parse_time(data.get("timestamp"), "mailgun event-data.timestamp")
+    occurred_at = event_time(data.get("timestamp"))
     event_id = text_or_none(data.get("id"))
     provider_event_id = event_id or stable_id(PROVIDER, data)
     idempotency_key = None

@@ -7,7 +7,8 @@ the scraped process sums every file, so any worker answers for all of them.
 ``mailglass serve`` points that variable at a fresh directory before the
 workers start (a left-over directory would add a previous run's counts). The
 metric families hold only counters and histograms, which sum across
-processes without a mode to choose.
+processes without a mode to choose, and one gauge whose samples are per worker
+(``pid`` label): whether that worker runs on its last good secrets.
 
 Labels are bounded: ``provider`` is one of the five names and ``status`` an
 HTTP code, never a tenant id (a label per tenant would grow without limit;
@@ -20,7 +21,9 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from mailglass_pipeline.ingest import tenants
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -31,7 +34,8 @@ REQUESTS = Counter(
 )
 EVENTS = Counter(
     "mailglass_webhook_events",
-    "Provider events received, by outcome: linked, orphan, unlinkable (new ledger rows) or duplicate.",
+    "Provider events received, by outcome: linked, orphan, unlinkable (new ledger rows), duplicate, or "
+    "malformed (a batch element that is not an event: kept as a raw record with status failed).",
     ["provider", "outcome"],
 )
 TENANT_CONFLICTS = Counter(
@@ -58,6 +62,13 @@ REFUSED = Counter(
     "by reason: headers_too_large, header_timeout, idle, evicted, connections, busy, not_http.",
     ["reason"],
 )
+SECRETS_FALLBACK = Gauge(
+    "mailglass_webhook_secrets_fallback",
+    "1 while MAILGLASS_WEBHOOK_SECRETS is missing or broken and this worker runs on the last good version "
+    "(the same in every worker), 0 while the file is in force; one sample per worker (pid).",
+    multiprocess_mode="all",
+)
+tenants.watch_fallback(lambda fallback: SECRETS_FALLBACK.set(1 if fallback else 0))
 
 __all__ = [
     "CONTENT_TYPE",
@@ -66,6 +77,7 @@ __all__ = [
     "LATENCY",
     "REFUSED",
     "REQUESTS",
+    "SECRETS_FALLBACK",
     "TENANT_CONFLICTS",
     "render",
     "serve_metrics",
@@ -95,7 +107,13 @@ def serve_metrics(host: str, port: int) -> None:
 
 
 #: Event outcome label -> key of the ingest result.
-OUTCOMES = (("linked", "linked"), ("orphan", "orphans"), ("unlinkable", "unlinkable"), ("duplicate", "duplicates"))
+OUTCOMES = (
+    ("linked", "linked"),
+    ("orphan", "orphans"),
+    ("unlinkable", "unlinkable"),
+    ("duplicate", "duplicates"),
+    ("malformed", "malformed"),
+)
 
 
 def count_result(provider: str, result: dict[str, object]) -> None:

@@ -32,10 +32,10 @@ from mailglass_pipeline.ingest.base import (
     IngestSettings,
     NormalizedEvent,
     ParsedWebhook,
+    event_time,
     expect_object,
     load_json,
     normalized_event,
-    parse_time,
     require_secret,
     stable_id,
     text_or_none,
@@ -118,7 +118,7 @@ def classify(event: dict[str, Any]) -> tuple[str, str | None]:
 def normalize(event: dict[str, Any], received_at: datetime) -> NormalizedEvent:
     event_type, reason = classify(event)
     time_field = next((name for name in TIME_FIELDS if event.get(name)), None)
-    occurred_at = parse_time(event.get(time_field), time_field) if time_field else None
+    occurred_at = event_time(event.get(time_field)) if time_field else None
     recipient = text_or_none(event.get("Recipient")) or text_or_none(event.get("Email"))
     message_id = text_or_none(event.get("MessageID"))
     event_id = stable_id(

@@ -30,10 +30,10 @@ from mailglass_pipeline.ingest.base import (
     NormalizedEvent,
     ParsedWebhook,
     check_tolerance,
+    event_time,
     expect_object,
     load_json,
     normalized_event,
-    parse_time,
     require_secret,
     stable_id,
     text_or_none,
@@ -109,7 +109,7 @@ def normalize(event: dict[str, Any], svix_id: str | None, received_at: datetime)
     event_type, reason = EVENT_TYPES.get(kind or "", ("unknown", None))
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
     email_id = text_or_none(data.get("email_id"))
-    occurred_at = parse_time(event.get("created_at"), "resend created_at")
+    occurred_at = event_time(event.get("created_at"))
     extra: dict[str, Any] = {}
     rfc_message_id = text_or_none(data.get("message_id"))
     if rfc_message_id:

@@ -28,6 +28,16 @@ and then it is a SHA-256 of the event object (stable across redelivery).
 Each element of a batch is one provider event with its own raw record
 (``source_key``, see :mod:`.webhook_events`): its ``sg_event_id``, or else the
 first 32 hex digits of SHA-256 over the element's canonical JSON.
+
+**One bad element never costs the batch.** SendGrid retries a refused batch
+with the same bytes until it gives up, so refusing it for one element would
+lose every event in it. An element whose ``timestamp`` cannot be read
+(``"yesterday"``, ``true``, ``1e20``) is stored at its received time, marked
+``occurred_at_estimated``; an element that is not an event at all (``42``, no
+``event`` string, none of SendGrid's keys) is kept as a raw record with status
+``failed`` and counted as ``malformed`` in the answer and the metrics
+(:class:`~.base.MalformedElement`). Only unverified input of which no element
+is an event (a wrong file fed by hand) is refused.
 """
 
 from __future__ import annotations
@@ -48,12 +58,13 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from mailglass_pipeline.ingest.base import (
     Headers,
     IngestSettings,
+    MalformedElement,
     NormalizedEvent,
     ParsedWebhook,
     check_tolerance,
+    event_time,
     load_json,
     normalized_event,
-    parse_time,
     require_secret,
     stable_id,
     text_or_none,
@@ -156,13 +167,17 @@ def element_key(event: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
+def element_problem(event: Any, index: int) -> str | None:
+    """Why batch element ``index`` is not a SendGrid event we can read, or None when it is one."""
     if not isinstance(event, dict):
-        raise WebhookPayloadError(f"sendgrid batch element {index} is not a JSON object")
+        return f"sendgrid batch element {index} is not a JSON object"
     if not isinstance(event.get("event"), str) or not SENDGRID_KEYS.intersection(event):
-        raise WebhookPayloadError(
-            f"not a sendgrid event: batch element {index} needs 'event' and one of {sorted(SENDGRID_KEYS)}"
-        )
+        return f"not a sendgrid event: batch element {index} needs 'event' and one of {sorted(SENDGRID_KEYS)}"
+    return None
+
+
+def normalize(event: dict[str, Any], index: int, received_at: datetime) -> NormalizedEvent:
+    """Batch element ``index`` (one that :func:`element_problem` accepts) as a normalized event."""
     kind = text_or_none(event.get("event"))
     event_type = EVENT_TYPES.get(kind or "", "unknown")
     reason: str | None = None
@@ -175,7 +190,7 @@ def normalize(event: Any, index: int, received_at: datetime) -> NormalizedEvent:
         reason = "spam"
     elif event_type == "unsubscribed":
         reason = "unsubscribed"
-    occurred_at = parse_time(event.get("timestamp"), f"sendgrid event {index} timestamp")
+    occurred_at = event_time(event.get("timestamp"))
     sg_message_id = text_or_none(event.get("sg_message_id"))
     smtp_id = text_or_none(event.get("smtp-id"))
     extra: dict[str, Any] = {}
@@ -206,5 +221,17 @@ def parse(
         batch = [batch]
     if not isinstance(batch, list):
         raise WebhookPayloadError("sendgrid webhook body must be a JSON array of events")
-    events = [normalize(event, index, now) for index, event in enumerate(batch)]
-    return ParsedWebhook(PROVIDER, events, verified=verify_signature)
+    events: list[NormalizedEvent] = []
+    malformed: list[MalformedElement] = []
+    for index, element in enumerate(batch):
+        problem = element_problem(element, index)
+        if problem is None:
+            events.append(normalize(element, index, now))
+        else:
+            kind = element.get("event") if isinstance(element, dict) else None
+            malformed.append(MalformedElement(index, problem, element, kind if isinstance(kind, str) else None))
+    if malformed and not events and not verify_signature:
+        # Unverified input (a capture fed by hand) none of which is a SendGrid event: the wrong file or
+        # provider, said so. An authentic batch is never refused for its content: its elements are kept.
+        raise WebhookPayloadError(malformed[0].reason)
+    return ParsedWebhook(PROVIDER, events, verified=verify_signature, malformed=tuple(malformed))

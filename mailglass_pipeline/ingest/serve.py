@@ -49,6 +49,7 @@ from mailglass_pipeline.settings import (
     SERVE_MAX_CONNECTIONS,
     SERVE_MAX_HEADER_BYTES,
     SERVE_METRICS_PORT,
+    SERVE_STATE_DIR,
     SERVE_THREADS,
     Setting,
 )
@@ -111,6 +112,9 @@ def serve_command(
         (SERVE_METRICS_PORT, str(metrics_port or "")),
     ):
         os.environ[setting.env] = value
+    # The workers share their last good webhook secrets here (ingest/tenants.py).
+    state_dir = tempfile.mkdtemp(prefix="mailglass-serve-")
+    os.environ[SERVE_STATE_DIR.env] = state_dir
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = tempfile.mkdtemp(prefix="mailglass-metrics-")
@@ -141,6 +145,7 @@ def serve_command(
             proxy_headers=False,
         )
     finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
 

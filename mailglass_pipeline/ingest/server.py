@@ -37,12 +37,12 @@ from mailglass_pipeline.ingest import metrics, ses
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
 from mailglass_pipeline.ingest.core import joins_group, parse_webhook, prunes_tokens, result_of, store_parsed
-from mailglass_pipeline.ingest.errors import RETRY_AFTER, http_answer
-from mailglass_pipeline.ingest.grouped import MAX_GROUP, store_grouped
+from mailglass_pipeline.ingest.errors import RETRY_AFTER, DeliveryLockedError, http_answer
+from mailglass_pipeline.ingest.grouped import BUSY, MAX_GROUP, Outcome, store_grouped
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_METRICS_PORT, SERVE_THREADS, read
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_METRICS_PORT, SERVE_THREADS, read
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ PROVIDER_MAX_BODY = {"ses": ses.MAX_BODY_BYTES}
 INLINE_PARSE_BYTES = 16 * 1024
 #: Seconds a group statement runs before another may start beside it (a statement takes a few ms).
 GROUP_PATIENCE = 0.05
+#: Seconds one attempt of the ordinary path may wait for a row lock (then the thread is let go).
+LOCK_PROBE = 0.2
+#: First pause before a webhook whose delivery is locked is tried again (doubling, at most 0.5 s).
+LOCK_RETRY_PAUSE = 0.05
 
 
 class Receiver:
@@ -70,6 +74,7 @@ class Receiver:
         database_url: str | None = None,
         body_timeout: float = SERVE_BODY_TIMEOUT.default,
         threads: int = SERVE_THREADS.default,
+        lock_wait: float = SERVE_LOCK_WAIT.default,
         public_metrics: bool = True,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
@@ -77,6 +82,7 @@ class Receiver:
         self.body_timeout = body_timeout
         self.max_body = self.tenants.base.max_body_bytes
         self.threads = threads
+        self.lock_wait = lock_wait
         #: False when ``mailglass serve --metrics-port`` serves them on a port of their own.
         self.public_metrics = public_metrics
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
@@ -84,7 +90,7 @@ class Receiver:
         self._engine_lock = threading.Lock()
         # One group statement at a time, more only while one is slow (see .coalescer); half the
         # threads at most, so that batches and the ordinary path always find a thread.
-        self.groups: Coalescer[GroupRequest, dict[str, Any] | None] = Coalescer(
+        self.groups: Coalescer[GroupRequest, Outcome] = Coalescer(
             self._store_group, max_group=MAX_GROUP, max_in_flight=max(1, threads // 2), patience=GROUP_PATIENCE
         )
 
@@ -220,13 +226,38 @@ class Receiver:
         return status, payload, extra
 
     async def _store(self, parsed: ParsedWebhook, tenant_id: str) -> dict[str, Any]:
-        """:func:`.core.store_parsed`, with the one-event webhooks of this worker stored together."""
+        """:func:`.core.store_parsed`, with the one-event webhooks of this worker stored together.
+
+        A webhook whose delivery another transaction holds locked is tried
+        again by itself, after 50, 100, 200 ... ms, for ``lock_wait`` seconds,
+        then refused with :class:`DeliveryLockedError` (503, nothing stored).
+        The pauses cost no thread and no connection; an attempt waits for a
+        lock at most ``LOCK_PROBE``. So one locked row delays only its own webhooks.
+        """
         prune = prunes_tokens(parsed)
+        deadline = time.monotonic() + self.lock_wait
+        pause = LOCK_RETRY_PAUSE
+        while True:
+            counts = await self._store_once(parsed, tenant_id, prune)
+            if isinstance(counts, dict):
+                return counts
+            if time.monotonic() + pause > deadline:
+                raise DeliveryLockedError(
+                    f"a delivery this {parsed.provider} webhook updates stayed locked by another transaction "
+                    f"for {self.lock_wait:g} s; nothing stored"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _store_once(self, parsed: ParsedWebhook, tenant_id: str, prune: bool) -> Outcome:
         if joins_group(parsed, prune=prune):
             counts = await self.groups.submit((parsed, tenant_id))
             if counts is not None:
                 return counts
-        return await self._run(self._store_alone, parsed, tenant_id, prune)
+        try:
+            return await self._run(self._store_alone, parsed, tenant_id, prune)
+        except DeliveryLockedError:
+            return BUSY
 
     def _store_alone(self, parsed: ParsedWebhook, tenant_id: str, prune: bool) -> dict[str, Any]:
         """:func:`.core.store_parsed` in its own transaction, once more after a connection the server dropped.
@@ -238,15 +269,15 @@ class Receiver:
         connection. A database that is really gone fails that retry too: 503.
         """
         try:
-            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False)
+            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False, lock_timeout=LOCK_PROBE)
         except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
             if not dropped_connection(exc):
                 raise
             log.info("a database connection was dropped; storing the %s webhook on a fresh one", parsed.provider)
             self.engine().dispose(close=False)
-            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False)
+            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False, lock_timeout=LOCK_PROBE)
 
-    async def _store_group(self, requests: Sequence[GroupRequest]) -> list[dict[str, Any] | None]:
+    async def _store_group(self, requests: Sequence[GroupRequest]) -> list[Outcome]:
         metrics.GROUP_SIZE.observe(len(requests))
         return await self._run(lambda: store_grouped(self.engine(), requests))
 
@@ -285,5 +316,6 @@ def create_app() -> Receiver:
     return Receiver(
         body_timeout=read(SERVE_BODY_TIMEOUT),
         threads=read(SERVE_THREADS),
+        lock_wait=read(SERVE_LOCK_WAIT),
         public_metrics=read(SERVE_METRICS_PORT) is None,
     )

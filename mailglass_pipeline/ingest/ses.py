@@ -69,6 +69,7 @@ from mailglass_pipeline.ingest.base import (
     NormalizedEvent,
     ParsedWebhook,
     check_tolerance,
+    event_time,
     expect_object,
     load_json,
     normalized_event,
@@ -288,11 +289,7 @@ def ses_events(
     message_id = text_or_none(mail.get("messageId"))
     holder = ses.get(EVENT_OBJECTS.get(ses_type, ""))
     own_time = holder.get("timestamp") if isinstance(holder, dict) else None
-    occurred_at = (
-        parse_time(own_time, f"SES {ses_type} timestamp")
-        or parse_time(mail.get("timestamp"), "SES mail.timestamp")
-        or sns_timestamp
-    )
+    occurred_at = event_time(own_time) or event_time(mail.get("timestamp")) or sns_timestamp
     events = []
     for index, recipient in enumerate(recipients_of(ses_type, ses, mail)):
         if sns_message_id:
@@ -355,7 +352,8 @@ def parse(
     if sns_type != NOTIFICATION:
         raise WebhookPayloadError(f"unknown SNS message Type {sns_type!r}")
     sns_id = text_or_none(document.get("MessageId"))
-    sns_time = parse_time(document.get("Timestamp"), "SNS Timestamp")
+    # Checked by verify() when verifying; otherwise, like any event time, unreadable is no time.
+    sns_time = event_time(document.get("Timestamp"))
     inner = document.get("Message")
     if isinstance(inner, str) and inner.strip() == SES_VALIDATION_MESSAGE:
         return ParsedWebhook(PROVIDER, [], verified=verify_signature, notice={"sns_type": sns_type, "note": inner})

@@ -8,7 +8,9 @@ retries the same bytes until it gives up. So, after the signature has been
 checked on the exact bytes, and only for the values that need it:
 
 - every U+0000 in a string (object keys included, and the text columns such
-  as ids and the idempotency key) becomes U+FFFD (REPLACEMENT CHARACTER);
+  as ids and the idempotency key) becomes U+FFFD (REPLACEMENT CHARACTER), and
+  so does a lone UTF-16 surrogate (JSON ``"\ud800"`` without its pair: valid
+  JSON, but not text PostgreSQL can hold);
 - a float that is ``NaN``, ``Infinity`` or ``-Infinity`` (from the JSON
   literals, or a number too large for a double such as ``1e999``) becomes
   the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``;
@@ -27,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +40,10 @@ NUL = "\x00"
 MAX_KEY_BYTES = 512
 REPLACEMENT = "\ufffd"
 NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+#: A surrogate code point in a Python string is always a lone one (json.loads joins a valid pair).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: The same in json.dumps's ASCII output: a \uXXXX surrogate escape that is not half of a valid pair.
+_LONE_ESCAPE = re.compile(r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
 
 
 def bounded_key(key: str, provider: str) -> str:
@@ -48,20 +55,22 @@ def bounded_key(key: str, provider: str) -> str:
 
 
 def needs_sanitizing(value: Any) -> bool:
-    """Whether ``value`` holds a NUL character or a non-finite float anywhere."""
+    """Whether ``value`` holds a NUL character, a lone surrogate or a non-finite float anywhere."""
     try:
         text = json.dumps(value, allow_nan=False, default=str)
     except ValueError:
         return True
     # json.dumps writes NUL as the escape \u0000 (a real backslash-u0000 is written \\u0000,
     # which also matches: a harmless false positive costing one walk).
-    return "\\u0000" in text
+    return "\\u0000" in text or ("\\ud" in text and _LONE_ESCAPE.search(text) is not None)
 
 
 def storable(value: Any) -> Any:
     """``value`` with the transformation of the module doc applied (a new structure)."""
     if isinstance(value, str):
-        return value.replace(NUL, REPLACEMENT) if NUL in value else value
+        if NUL in value:
+            value = value.replace(NUL, REPLACEMENT)
+        return _SURROGATE.sub(REPLACEMENT, value) if _SURROGATE.search(value) else value
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"

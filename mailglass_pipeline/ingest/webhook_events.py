@@ -30,7 +30,9 @@ NOTHING``, so a redelivered event adds nothing):
   (Mailgun's with its timestamp, as in the ledger key: its ids repeat
   across days);
 - SES: the SNS ``MessageId`` (one notification is one provider event, even
-  when it becomes one ledger event per recipient).
+  when it becomes one ledger event per recipient);
+- a batch element that is not an event (:class:`~.base.MalformedElement`):
+  ``malformed:<batch digest>:<index>``, status ``failed``, no ledger event.
 
 ``raw_payload``: a SendGrid element as ``{"_batch": [element]}``; for the
 other providers the request body: a JSON object as is, anything else as
@@ -117,8 +119,11 @@ def provider_events(
 def rows(
     parsed: ParsedWebhook, events: list[NormalizedEvent], body: bytes, key: str | None = None
 ) -> list[dict[str, Any]]:
-    """The rows of the store statements' ``webhooks`` document, one per provider event (before JSON encoding)."""
-    return [
+    """The rows of the store statements' ``webhooks`` document, one per provider event (before JSON encoding).
+
+    Then one per malformed batch element (:func:`malformed_rows`), with status ``failed``.
+    """
+    found = [
         {
             "id": str(uuid.uuid4()),
             "provider_event_id": row_key,
@@ -127,6 +132,33 @@ def rows(
             "raw_payload": payload,
         }
         for row_key, payload, members in provider_events(parsed, events, body, key)
+    ]
+    return found + malformed_rows(parsed, body)
+
+
+def malformed_rows(parsed: ParsedWebhook, body: bytes) -> list[dict[str, Any]]:
+    """The raw records of ``parsed``'s malformed batch elements: kept, with status ``failed``.
+
+    Mailglass's own status for a webhook event it could not process (its
+    index ``(tenant_id, status) WHERE status IN ('failed', 'dead')`` finds them);
+    no taxonomy type (``event_type_normalized`` NULL, as Mailglass leaves it
+    until classified). Keyed by the batch's digest and the element's place, so
+    the provider's retry of the same bytes adds nothing, and a malformed
+    element never takes the key of a real event.
+    """
+    if not parsed.malformed:
+        return []
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "provider_event_id": f"malformed:{digest}:{element.index}",
+            "event_type_raw": storable(element.kind) if element.kind else "malformed",
+            "event_type_normalized": None,
+            "status": "failed",
+            "raw_payload": {"_batch": [storable(element.payload)]},
+        }
+        for element in parsed.malformed
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import timedelta
 
@@ -298,8 +299,18 @@ def test_thousands_of_unmatchable_orphans_do_not_starve_a_matchable_one(engine: 
     assert reconciled_from(engine) == {matchable: target}
 
 
+def _start_early_in_a_minute(engine: Engine) -> None:
+    """Backoff counts minute ticks: a retry set just before a boundary is due just after it. Start well
+    inside a minute (by the database's clock), so the sweeps that follow see the backoff, not the boundary."""
+    with engine.connect() as conn:
+        second = float(conn.execute(sa.text("SELECT EXTRACT(SECOND FROM now())")).scalar_one())
+    if second > 40:
+        time.sleep(60.2 - second)
+
+
 def test_unmatched_backlog_waits_for_its_retry_time_and_a_delivery_wakes_its_orphan(engine: Engine) -> None:
     orphans = [make_orphan(engine, tenant_id="t1", message_id=f"m-{i}", age=timedelta(minutes=5 + i)) for i in range(5)]
+    _start_early_in_a_minute(engine)
     result = sweep(engine, "t1", SweepConfig())
     assert (result.scanned, result.linked, result.unmatched, result.remaining_orphans) == (5, 0, 5, 5)
     for _ in range(2):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +24,9 @@ from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import IngestSettings, ingest
 from mailglass_pipeline.ingest.base import ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
-from mailglass_pipeline.ingest.core import parse_webhook
-from mailglass_pipeline.ingest.errors import TenantConflictError
-from mailglass_pipeline.ingest.grouped import MAX_GROUP, groupable, store_grouped
+from mailglass_pipeline.ingest.core import parse_webhook, store_alone
+from mailglass_pipeline.ingest.errors import DeliveryLockedError, TenantConflictError
+from mailglass_pipeline.ingest.grouped import BUSY, MAX_GROUP, groupable, store_grouped
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
 from tests.factories import count_events, delivery, make_delivery
 
@@ -201,3 +202,33 @@ def test_an_unreachable_database_fails_the_whole_group_at_once(keys: SampleKeys,
     group = [(parsed("postmark", f"g-down-{index}", keys, settings), "t1") for index in range(3)]
     with pytest.raises(DatabaseUnavailableError, match="unreachable"):
         store_grouped(nowhere, group)
+
+
+def test_a_group_leaves_out_a_request_whose_delivery_is_locked(
+    database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
+) -> None:
+    held = make_delivery(engine, tenant_id="t1", provider="postmark", message_id="g-held", dispatched=True)
+    make_delivery(engine, tenant_id="t1", provider="postmark", message_id="g-free", dispatched=True)
+    requests = [
+        (parsed("postmark", "g-held", keys, settings), "t1"),
+        (parsed("postmark", "g-free", keys, settings), "t1"),
+        (parsed("resend", "g-orphan", keys, settings), "t1"),
+    ]
+    before = delivery(engine, held).lock_version
+    with engine.connect() as holder:  # an application's long transaction holding the delivery
+        holder.execute(sa.text("SELECT 1 FROM mailglass_deliveries WHERE id = :i FOR UPDATE"), {"i": held})
+        started = time.monotonic()
+        outcomes = store_grouped(engine, requests)
+        assert time.monotonic() - started < 2  # not waited for
+        assert outcomes[0] is BUSY
+        assert isinstance(outcomes[1], dict) and outcomes[1]["linked"] == 1
+        assert isinstance(outcomes[2], dict) and outcomes[2]["orphans"] == 1
+        assert count_events(engine, "t1") == 2 and delivery(engine, held).lock_version == before
+        # Its own transaction, with a lock timeout: refused at once, nothing stored.
+        with pytest.raises(DeliveryLockedError):
+            store_alone(engine, requests[0][0], "t1", prune=False, lock_timeout=0.1)
+        holder.rollback()
+    # Released: the same request is stored, in a group as alone.
+    (counts,) = store_grouped(engine, requests[:1])
+    assert isinstance(counts, dict) and counts["linked"] == 1
+    assert delivery(engine, held).last_event_type == "delivered"

@@ -306,10 +306,13 @@ def test_oversize_body_is_refused_before_anything(provider: str) -> None:
         )
 
 
-def test_bad_timestamp_value_is_a_payload_error() -> None:
-    with pytest.raises(WebhookPayloadError, match="timestamp"):
-        body = b'[{"event": "delivered", "email": "a@example.com", "timestamp": "yesterday"}]'
-        parse_webhook("sendgrid", body, {}, verify=False)
+def test_bad_timestamp_value_is_an_estimated_time() -> None:
+    # Issue 25: an unreadable event time no longer refuses the batch (which the provider would retry until
+    # it gives up); the event is kept at its received time, marked estimated, as with NaN.
+    body = b'[{"event": "delivered", "email": "a@example.com", "timestamp": "yesterday"}]'
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    (event,) = parse_webhook("sendgrid", body, {}, verify=False, now=now).events
+    assert (event.occurred_at, event.extra_metadata["occurred_at_estimated"]) == (now, True)
 
 
 ODD_TIMES: list[Any] = [

@@ -219,11 +219,23 @@ def test_sendgrid_batch_is_one_transaction(
     rows = events(engine, "t1")
     assert {r.type for r in rows} == {"queued", "bounced"}
     assert all(r.metadata["verified"] is False for r in rows)
-    # One element that is not an event: the whole batch is refused, nothing written.
+    # One element that is not an event (issue 25): the rest of the batch is stored, in the same transaction,
+    # and the element is kept as a raw record with status failed, counted as malformed.
     bad = json.dumps([{"event": "delivered", "timestamp": 1, "sg_event_id": "new", "sg_message_id": "x"}, 7]).encode()
+    result = ingest("sendgrid", bad, {}, tenant_id="t1", database_url=database_url, verify=False)
+    assert (result["received"], result["events"], result["malformed"]) == (2, 1, 1)
+    assert count_events(engine) == 3
+    with engine.connect() as conn:
+        failed = (
+            conn.execute(sa.text("SELECT raw_payload FROM mailglass_webhook_events WHERE status = 'failed'"))
+            .scalars()
+            .all()
+        )
+    assert failed == [{"_batch": [7]}]
+    # Unverified input of which no element is an event is the wrong file: refused, nothing written.
     with pytest.raises(WebhookPayloadError):
-        ingest("sendgrid", bad, {}, tenant_id="t1", database_url=database_url, verify=False)
-    assert count_events(engine) == 2
+        ingest("sendgrid", b"[7, 8]", {}, tenant_id="t1", database_url=database_url, verify=False)
+    assert count_events(engine) == 3
 
 
 def test_mailgun_token_replay_refused(

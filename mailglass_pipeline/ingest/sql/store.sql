@@ -15,7 +15,8 @@ LIMIT 1;
 -- JSON document; see ledger.py), each event's delivery by the lookup rule, the idempotent ledger
 -- insert, the projection of the events actually inserted (their deliveries locked in id order
 -- first: proj_locked is an InitPlan that runs to completion before won yields a row) and the raw
--- provider events (webhooks, one row each; webhook_events.py). The cross-tenant check cannot join
+-- provider events (webhooks, one row each, status failed for a malformed batch element, which has
+-- no ledger row; webhook_events.py). The cross-tenant check cannot join
 -- it: it must see what a concurrent insert committed while this statement waited on the key,
 -- which a later statement's snapshot does (other_tenant_key, only when something was skipped).
 WITH found AS (
@@ -132,10 +133,11 @@ webhook AS (
     )
     SELECT
         w.id, :tenant_id, :provider, w.provider_event_id, w.event_type_raw, w.event_type_normalized,
-        'succeeded', w.raw_payload, :webhooks_received_at,
+        COALESCE(w.status, 'succeeded'), w.raw_payload, :webhooks_received_at,
         now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
     FROM json_to_recordset(CAST(:webhooks AS json)) AS w (
-        id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb
+        id uuid, provider_event_id text, event_type_raw text, event_type_normalized text, raw_payload jsonb,
+        status text
     )
     ON CONFLICT (provider, provider_event_id) DO NOTHING
 )
@@ -152,7 +154,9 @@ ORDER BY f.ord;
 -- Several one-event webhooks in ONE autocommitted statement (ingest/grouped.py), each request all
 -- or nothing: rows carries one ledger row per request (ord: its place in the group) with its
 -- Mailgun token (token, digest; null for other providers); webhooks the raw records, each with
--- its request's ord, written only with that request's ledger event (stored).
+-- its request's ord, written only with that request's ledger event (stored). The group's deliveries
+-- are locked first, without waiting (locked): a request whose delivery another transaction holds
+-- stays out and comes back busy, so one locked row never holds up the group (ingest/grouped.py).
 WITH found AS (
     SELECT
         r.id, r.tenant_id, lk.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
@@ -190,6 +194,26 @@ WITH found AS (
     )
 ),
 
+locked AS MATERIALIZED (
+    SELECT d.id
+    FROM mailglass_deliveries AS d
+    WHERE d.id IN (SELECT f.delivery_id FROM found AS f)
+    ORDER BY d.id
+    FOR NO KEY UPDATE OF d SKIP LOCKED
+),
+
+-- The deliveries another transaction holds: their requests stay out (busy).
+held AS (
+    SELECT delivery_id FROM found WHERE delivery_id IS NOT NULL
+    EXCEPT
+    SELECT id FROM locked
+),
+
+ready AS (
+    SELECT f.* FROM found AS f
+    WHERE NOT EXISTS (SELECT 1 FROM held AS h WHERE h.delivery_id = f.delivery_id)
+),
+
 appended AS (
     -- rule: ledger_insert
     INSERT INTO mailglass_events (
@@ -201,13 +225,13 @@ appended AS (
         r.normalized_payload, r.metadata, r.trace_id, r.needs_reconciliation,
         COALESCE(r.inserted_at, now())
     -- end rule
-    FROM found AS r
+    FROM ready AS r
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ),
 
 stored AS (
-    SELECT f.* FROM found AS f INNER JOIN appended AS a ON f.id = a.id
+    SELECT f.* FROM ready AS f INNER JOIN appended AS a ON f.id = a.id
 ),
 
 linked AS (
@@ -220,20 +244,10 @@ linked AS (
     WHERE delivery_id IS NOT NULL
 ),
 
--- rule: lock_linked
-proj_locked AS MATERIALIZED (
-    SELECT d.id
-    FROM mailglass_deliveries AS d
-    WHERE d.id IN (SELECT linked.delivery_id FROM linked)
-    ORDER BY d.id
-    FOR UPDATE OF d
-),
-
+-- Every delivery of linked is locked already (ready lets no held one through).
 won AS (
     SELECT * FROM linked
-    WHERE (SELECT count(*) FROM proj_locked) >= 0
 ),
--- end rule
 
 -- rule: projection
 proj_agg AS (
@@ -300,5 +314,14 @@ SELECT
     ord,
     id,
     delivery_id,
-    needs_reconciliation
-FROM stored;
+    needs_reconciliation,
+    FALSE AS busy
+FROM stored
+UNION ALL
+SELECT
+    f.ord,
+    NULL,
+    NULL,
+    NULL,
+    TRUE
+FROM found AS f INNER JOIN held AS h ON f.delivery_id = h.delivery_id;
