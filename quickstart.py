@@ -38,11 +38,36 @@ def ensure_environment() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     if STAMP.exists() and STAMP.read_text() == _install_key():
         return
-    print("quickstart: installing mailglass-pipeline and its test tools into .venv", file=sys.stderr)
-    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[test,bench]"], check=True)
+    print("quickstart: installing mailglass-pipeline and its test tools into .venv (about a minute)", file=sys.stderr)
+    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-q", "install", "--upgrade", "pip"], check=True)
+    _install_with_progress([*pip, "install", "--progress-bar", "off", "-e", f"{ROOT}[test,bench]"])
     STAMP.write_text(_install_key())
+    print("quickstart: installed", file=sys.stderr)
+
+
+def progress_line(pip_line: str) -> str | None:
+    """The line to show for one line of pip's output: each package as pip collects it, and the final steps."""
+    line = pip_line.strip()
+    if line.startswith("Collecting "):
+        return f"quickstart: collecting {line.split()[1]}"
+    if line.startswith(("Building ", "Installing collected packages")):
+        return f"quickstart: {line[:100]}{'...' if len(line) > 100 else ''}"
+    return None
+
+
+def _install_with_progress(command: list[str]) -> None:
+    """Run pip showing one line per package collected (pip's full output only if it fails)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    for line in process.stdout or []:
+        seen.append(line)
+        shown = progress_line(line)
+        if shown:
+            print(shown, file=sys.stderr, flush=True)
+    if process.wait() != 0:
+        sys.stderr.write("".join(seen[-60:]))
+        raise subprocess.CalledProcessError(process.returncode, command)
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,6 @@
 """A Mailglass app's writes beside a busy reconciler: ``python -m benchmarks.beside_mailglass``.
 
-Why it exists: the product shares Mailglass's tables with the sending application (decision D21). Eight
+Why it exists: the product shares Mailglass's tables with the sending application (decision D27). Eight
 connections write as a Mailglass app does, each send three transactions under the application's
 ``lock_timeout``: the delivery INSERT (no provider id yet), the dispatch UPDATE that sets
 ``provider``/``provider_message_id``, and an event append. They run for ``--seconds`` alone, then as

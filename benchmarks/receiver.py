@@ -9,9 +9,15 @@ Against a real ``mailglass serve`` at its default settings on a fresh database:
    no verification, no lookup, no projection, no raw record), 8 connections;
 3. a 1,000-event SendGrid batch, signed, one request at a time;
 4. load 1 again with 20 clients held open mid-body the whole time (each
-   re-opened when the receiver cuts it off with 408).
+   re-opened when the receiver cuts it off with 408);
+5. the probe's bound (issue 25): the same events as bare single-row INSERTs
+   into a copy of ``mailglass_events`` (no trigger), 8 connections;
+6. load 1 again beside hostile clients (:mod:`benchmarks.hostile`): 2,000
+   idle sockets, 200 sockets stalled in their headers, and 4 clients posting
+   forged ~0.94 MiB Mailgun bodies at full speed, one kind per step.
 
-1, 2 and 4 run in rounds (``--rounds``, default 3): 2, 1, 4, then 4, 1, 2, and
+All but 3 run in rounds (``--rounds``, default 3), in one order and then the
+reverse, and
 so on, so that each ratio compares figures taken seconds apart, with the
 machine's drift on either side in turn; the median round is the result. The receiver
 stores concurrent one-event webhooks together (``ingest/grouped.py``); the
@@ -37,18 +43,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import make_url
 
+from benchmarks import hostile, receiver_bounds
 from mailglass_pipeline import schema
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook, generate_keys
 
@@ -148,73 +153,32 @@ async def run_load(port: int, requests: list[Request], connections: int) -> dict
     }
 
 
-async def hold_slow_clients(port: int, count: int, stop: asyncio.Event) -> int:
-    """Keep ``count`` connections stalled mid-body until ``stop``; returns how many 408s came back."""
-    cut_off = 0
-
-    async def one(index: int) -> None:
-        nonlocal cut_off
-        while not stop.is_set():
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"POST /sendgrid/slow-{index} HTTP/1.1\r\nHost: b\r\nContent-Length: 9000\r\n\r\n[{{".encode())
-            await writer.drain()
-            read = asyncio.ensure_future(reader.read(100))
-            halt = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({read, halt}, return_when=asyncio.FIRST_COMPLETED)
-            if read in done and read.result().startswith(b"HTTP/1.1 408"):
-                cut_off += 1
-            read.cancel()
-            halt.cancel()
-            writer.close()
-
-    await asyncio.gather(*(one(i) for i in range(count)))
-    return cut_off
-
-
 async def load_with_slow_clients(port: int, requests: list[Request]) -> tuple[dict[str, Any], int]:
     stop = asyncio.Event()
-    slow = asyncio.ensure_future(hold_slow_clients(port, SLOW_CLIENTS, stop))
+    slow = asyncio.ensure_future(hostile.hold_slow_clients(port, SLOW_CLIENTS, stop))
     await asyncio.sleep(0.5)
     result = await run_load(port, requests, CONNECTIONS)
     stop.set()
     return result, await slow
 
 
-def bare_insert_bound(database_url: str, requests: list[Request], threads: int = 8) -> dict[str, Any]:
-    """The same number of events, one bare multi-row INSERT per request, ``threads`` connections."""
-    url = make_url(database_url).set(drivername="postgresql")
-    dsn = url.render_as_string(hide_password=False)
-    rows = []
-    for index, (path, body, _) in enumerate(requests):
-        tenant = path.split("/")[2]
-        payload = json.dumps({"body_bytes": len(body), "index": index})
-        rows.append([(str(uuid.uuid4()), tenant, "delivered", f"bare:{uuid.uuid4()}", payload)])
-    sql = (
-        "INSERT INTO mailglass_events (id, tenant_id, type, occurred_at, idempotency_key, normalized_payload, "
-        "metadata, needs_reconciliation, inserted_at) VALUES "
-    )
-    cursor = iter(rows)
-    lock = threading.Lock()
+async def load_beside(port: int, requests: list[Request], attack: Any) -> tuple[dict[str, Any], int]:
+    """:func:`run_load` while ``attack(port, stop, ready)`` runs; returns the load and the attack's own count."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(attack(port, stop, ready))
+    await asyncio.wait_for(ready.wait(), 120)
+    await asyncio.sleep(0.5)
+    result = await run_load(port, requests, CONNECTIONS)
+    stop.set()
+    return result, await task
 
-    def work() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SET TimeZone = 'UTC'")
-            while True:
-                with lock:
-                    batch = next(cursor, None)
-                if batch is None:
-                    return
-                values = ", ".join(["(%s, %s, %s, now(), %s, %s::jsonb, '{}'::jsonb, true, now())"] * len(batch))
-                conn.execute(sql + values, [v for row in batch for v in row])
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    return {"events": len(rows), "seconds": elapsed, "events_s": len(rows) / elapsed}
+ATTACK_NOTES = {
+    "idle": f"{hostile.IDLE_CLIENTS} idle sockets; closed by the receiver",
+    "headers": f"{hostile.HEADER_STALLED_CLIENTS} header-stalled sockets; closed by the receiver",
+    "forged": f"{hostile.FORGED_CLIENTS} clients posting forged 0.94 MiB bodies; refused 401",
+}
+ATTACKS = {"idle": hostile.hold_idle, "headers": hostile.hold_header_stalled, "forged": hostile.post_forged}
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
@@ -331,9 +295,9 @@ def main() -> None:
         # and the reverse, alternately. The machine's speed drifts (a shared VM, and autovacuum as the
         # tables grow): each of a round's ratios compares the receiver with what ran just before or
         # just after it, alternately, and the median round is reported.
+        kinds = ("plain", "bare", "slow", "probe", *ATTACKS)
         rounds = [
-            tuple(build_requests(keys, args.requests, f"{kind}{r}") for kind in ("plain", "bare", "slow"))
-            for r in range(args.rounds)
+            {kind: build_requests(keys, args.requests, f"{kind}{r}") for kind in kinds} for r in range(args.rounds)
         ]
         batches = [sendgrid_batch(keys, 1000, f"batch{b}") for b in range(args.batches)]
         process = start_receiver(url, env, port, workdir / "serve.log", args.serve_arg)
@@ -341,18 +305,23 @@ def main() -> None:
         print(f"mailglass serve: {settings_text}", flush=True)
 
         asyncio.run(run_load(port, warmup, CONNECTIONS))
-        plains, bounds, slows, cpu_notes = [], [], [], []
-        for index, (plain, bare, slowrun) in enumerate(rounds):
-            steps = ["bound", "plain", "slow"]
+        plains, bounds, slows, cpu_notes, probes = [], [], [], [], []
+        attacked: dict[str, list[tuple[dict[str, Any], int]]] = {kind: [] for kind in ATTACKS}
+        for index, batch_of in enumerate(rounds):
+            steps = ["bare", "plain", "slow", "probe", *ATTACKS]
             for step in steps if index % 2 == 0 else reversed(steps):
-                if step == "bound":
-                    bounds.append(bare_insert_bound(url, bare))
+                if step == "bare":
+                    bounds.append(receiver_bounds.bare_insert_bound(url, batch_of[step]))
+                elif step == "probe":
+                    probes.append(receiver_bounds.probe_bound(url, batch_of[step]))
                 elif step == "plain":
-                    result, note = measured_load(port, plain, process.pid, url)
+                    result, note = measured_load(port, batch_of[step], process.pid, url)
                     plains.append(result)
                     cpu_notes.append(note)
+                elif step == "slow":
+                    slows.append(asyncio.run(load_with_slow_clients(port, batch_of[step])))
                 else:
-                    slows.append(asyncio.run(load_with_slow_clients(port, slowrun)))
+                    attacked[step].append(asyncio.run(load_beside(port, batch_of[step], ATTACKS[step])))
         batch_times = []
         for batch in batches:
             result = asyncio.run(run_load(port, [batch], 1))
@@ -369,7 +338,8 @@ def main() -> None:
         print(
             f"single-event requests, 5 providers x {TENANTS} tenants, {CONNECTIONS} connections, {args.requests} each"
         )
-        ratios, slow_shares = [], []
+        ratios, slow_shares, probe_ratios = [], [], []
+        shares: dict[str, list[float]] = {kind: [] for kind in ATTACKS}
         for index, (plain_r, bound, (slow_r, cut), note) in enumerate(
             zip(plains, bounds, slows, cpu_notes, strict=True), 1
         ):
@@ -384,6 +354,17 @@ def main() -> None:
                 f"round {index}: per-event cost: receiver {1e6 / plain_r['events_s']:.0f} us, "
                 f"bare INSERT {1e6 / bound['events_s']:.0f} us, ratio {ratio:.2f}x; {note}"
             )
+            probe = probes[index - 1]
+            probe_ratios.append(probe["events_s"] / plain_r["events_s"])
+            print(
+                f"round {index}: probe bound (single-row INSERTs, copy of mailglass_events, 8 connections) "
+                f"{probe['events_s']:.0f} events/s, {1e6 / probe['events_s']:.0f} us per event: "
+                f"receiver/probe ratio {probe_ratios[-1]:.2f}x"
+            )
+            for kind, runs in attacked.items():
+                attacked_r, count = runs[index - 1]
+                shares[kind].append(attacked_r["req_s"] / plain_r["req_s"])
+                print(line(f"round {index}: + {kind}", attacked_r) + f"  ({ATTACK_NOTES[kind]}: {count})")
         middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
         print()
         print(
@@ -394,6 +375,15 @@ def main() -> None:
             f"slow clients: throughput {statistics.median(slow_shares):.0%} of the run without them, median round "
             "(goal >= 80%)"
         )
+        print(
+            f"probe-style bound, median: receiver costs {statistics.median(probe_ratios):.2f}x per event; "
+            f"all rounds: {', '.join(f'{r:.2f}x' for r in probe_ratios)}"
+        )
+        for kind, values in shares.items():
+            print(
+                f"beside {ATTACK_NOTES[kind].split(';')[0]}: throughput {statistics.median(values):.0%} of the run "
+                f"without them, median round; all: {', '.join(f'{v:.0%}' for v in values)}"
+            )
         print(
             f"1,000-event SendGrid batch: median {statistics.median(batch_times) * 1000:.0f} ms, "
             f"max {max(batch_times) * 1000:.0f} ms over {len(batch_times)} (goal < 500 ms)"

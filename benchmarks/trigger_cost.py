@@ -7,7 +7,7 @@ UPDATE, on its hot path. This measures, in one run and on a scratch database, th
 * ``0004``: the triggers as migrations 0003/0004 made them, kept below as a frozen copy
   (:data:`REFERENCE_SQL`): they probed the queue and UPDATEd the matching rows in the writer's
   transaction;
-* ``head``: the triggers the migrations make now (0006, decision D21): they copy the delivery's key
+* ``head``: the triggers the migrations make now (0006, decision D27): they copy the delivery's key
   into ``mailglass_reconciliation_wakes`` and nothing else; the sweep does the matching.
 
 Cases: a 10,000-row ``INSERT ... SELECT`` with no delivery matching a pending orphan (the common case),

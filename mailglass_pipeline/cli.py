@@ -245,6 +245,8 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     from mailglass_pipeline.devtools.local_run import materialize_tenants
 
     embedded = dev_module.uses_embedded_server()
+    if embedded and _embedded_server_down():
+        click.echo(f"mailglass: starting the embedded PostgreSQL ({db.mailglass_home()})", err=True)
     env = dev_module.prepare_dev_environment(quiet=True)  # same instance and databases as `mailglass dev`
     url = env[settings.DATABASE_URL.env]
     _say_database(url)
@@ -253,6 +255,11 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     if not no_demo and demo_module.is_empty(engine):
         demo_module.seed(engine)
         click.echo("mailglass: empty database, seeded the demo tenants", err=True)
+    if tenant_ids:
+        # Same hint as `reconcile`; the tenant gets no run and no partition (materialize_tenants skips it).
+        with db.connect(engine) as conn:
+            for tenant in dict.fromkeys(tenant_ids):
+                _hint_unknown_tenant(conn, tenant)
     results = materialize_tenants(list(tenant_ids) or None, database_url=url)
     if embedded:
         click.echo(f"mailglass: {dev_module.embedded_server_note()}", err=True)
@@ -350,9 +357,13 @@ def explain(event_id: str, as_json: bool) -> None:
 
     event_uuid = orphans_module.parse_event_id(event_id)  # a bad argument before any connection
     url = db.resolve_database_url()
-    _say_database(url)
     with db.connect(db.get_engine(url)) as conn:
-        result = orphans_module.explain(conn, event_uuid)
+        try:
+            result = orphans_module.explain(conn, event_uuid)
+        except orphans_module.OrphanNotFoundError as exc:
+            # One line for an unknown id, naming the database it was looked up in.
+            raise orphans_module.OrphanNotFoundError(f"{exc} of database {db.describe_url(url)}") from None
+    _say_database(url)
     if as_json:
         _emit(result)
         return
@@ -365,17 +376,18 @@ def explain(event_id: str, as_json: bool) -> None:
     )
 
 
-def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> None:
-    """A typo in --tenant-id answers zeros: say on stderr when no delivery or orphan knows the tenant."""
+def _hint_unknown_tenant(conn: sa.Connection, tenant_id: str) -> bool:
+    """A typo in --tenant-id answers zeros: say on stderr when no delivery or orphan knows the tenant (True)."""
     from mailglass_pipeline import orphans as orphans_module
     from mailglass_pipeline.reconciliation.monitoring import known_tenants
 
     if orphans_module.tenant_known(conn, tenant_id):
-        return
+        return False
     known = known_tenants(conn)
     close = difflib.get_close_matches(tenant_id, known, n=3)
     suggestion = f"; did you mean {', '.join(repr(t) for t in close)}?" if close else ""
     click.echo(f"mailglass: hint: no delivery or orphan has tenant {tenant_id!r}{suggestion}", err=True)
+    return True
 
 
 cli.add_command(ingest_command)

@@ -21,6 +21,7 @@ from mailglass_pipeline.defs.scheduled_sweep.assets import reconciliation_sweep
 from mailglass_pipeline.defs.scheduled_sweep.checks import reconciliation_lag
 from mailglass_pipeline.defs.scheduled_sweep.jobs import reconcile_due_tenants
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
+from mailglass_pipeline.defs.scheduled_sweep.sensors import check_reconciliation_lag, reconciliation_monitor
 from mailglass_pipeline.defs.tenant_reconciliation.assets import webhook_reconciliation
 from mailglass_pipeline.defs.tenant_reconciliation.checks import no_stale_orphans
 from mailglass_pipeline.defs.tenant_reconciliation.jobs import reconcile_orphans
@@ -34,9 +35,9 @@ def build_definitions(database: MailglassDatabase | None = None) -> Definitions:
     definitions = Definitions(
         assets=[webhook_reconciliation, reconciliation_sweep],
         asset_checks=[no_stale_orphans, reconciliation_lag],
-        jobs=[reconcile_orphans, reconcile_due_tenants, prune_dagster_history],
+        jobs=[reconcile_orphans, reconcile_due_tenants, prune_dagster_history, check_reconciliation_lag],
         schedules=[reconcile_every_minute, prune_dagster_history_daily],
-        sensors=[tenant_partitions],
+        sensors=[tenant_partitions, reconciliation_monitor],
         # The code location's default executor: the asset page's implicit asset job uses it too, and
         # the ops hand their batch along in memory (mem_io_manager), which needs a single process.
         executor=in_process_executor,

@@ -195,7 +195,7 @@ def _functions_and_triggers(conn: Connection, report: Report, state: sa.Row[Any]
             kind = "SECURITY DEFINER" if function.security_definer else "SECURITY INVOKER"
             yield Problem("functions", f"function {ref} is no longer {kind}", f"ALTER FUNCTION {ref} {kind}")
         if function.search_path == "none":
-            continue  # no SET clause on the sender's hot path, every relation qualified (decision D21)
+            continue  # no SET clause on the sender's hot path, every relation qualified (decision D27)
         expected = pinned if function.search_path == "pinned" else 'search_path=""'
         # PostgreSQL writes the schema as quote_ident does (quoted only when it must be): so is `quoted`.
         if row.search_path != expected:

@@ -45,7 +45,7 @@ class ProjectFunction:
     #: Runs with its owner's (the migrating role's) rights, so writers need no privilege on the queue.
     security_definer: bool = True
     #: ``pinned``: ``search_path = pg_catalog, <schema>, pg_temp``; ``empty``: ``search_path = ''``;
-    #: ``none``: no SET clause (the sender's hot path, relations schema-qualified: decision D21).
+    #: ``none``: no SET clause (the sender's hot path, relations schema-qualified: decision D27).
     search_path: str = "pinned"
 
 

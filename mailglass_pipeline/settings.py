@@ -289,6 +289,12 @@ DAGSTER_DATABASE_URL = Setting(
     env="MAILGLASS_DAGSTER_DATABASE_URL",
     default_text="a `dagster` database beside the application database",
 )
+DEV_LOG_LEVEL = Setting(
+    "dev_log_level",
+    "INFO",
+    description="lowest level of the Dagster lines `mailglass dev` writes to a log file (`DEBUG`: every run event)",
+    env="MAILGLASS_DEV_LOG_LEVEL",
+)
 LAG_THRESHOLD_SECONDS = Setting(
     "threshold_seconds",
     300,
@@ -374,6 +380,51 @@ SERVE_STATE_DIR = Setting(
     "`MAILGLASS_WEBHOOK_SECRETS`",
     env="MAILGLASS_SERVE_STATE_DIR",
     default_text="a fresh temporary folder per `mailglass serve`",
+)
+
+SERVE_HEADER_TIMEOUT = Setting(
+    "header_timeout",
+    10.0,
+    0.1,
+    600.0,
+    "seconds a client has to send a request's headers to `mailglass serve`, from connecting (408 or closed after)",
+    env="MAILGLASS_SERVE_HEADER_TIMEOUT",
+    unit="seconds",
+)
+SERVE_MAX_HEADER_BYTES = Setting(
+    "max_header_bytes",
+    16 * 1024,
+    1024,
+    1024 * 1024,
+    "largest request line and headers `mailglass serve` reads, in bytes (431 beyond)",
+    env="MAILGLASS_SERVE_MAX_HEADER_BYTES",
+    unit="bytes",
+)
+SERVE_MAX_CONNECTIONS = Setting(
+    "max_connections",
+    4096,
+    2,
+    1_000_000,
+    "open connections per `mailglass serve` worker; beyond, the longest-idle one is closed",
+    env="MAILGLASS_SERVE_MAX_CONNECTIONS",
+)
+SERVE_LIMIT_CONCURRENCY = Setting(
+    "limit_concurrency",
+    1000,
+    1,
+    1_000_000,
+    "requests in progress per `mailglass serve` worker; beyond, 503 JSON with Retry-After",
+    env="MAILGLASS_SERVE_LIMIT_CONCURRENCY",
+)
+SERVE_METRICS_PORT = Setting(
+    "metrics_port",
+    None,
+    1,
+    65535,
+    "port of a separate `/metrics` listener of `mailglass serve` (then not served on the webhook port)",
+    env="MAILGLASS_SERVE_METRICS_PORT",
+    kind=int,
+    default_text="unset: `/metrics` on the webhook port",
 )
 
 #: Every environment variable, in the order defined here (the README's table: tests/test_settings.py).

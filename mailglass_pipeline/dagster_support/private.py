@@ -8,8 +8,6 @@ tests and benchmarks).
 
 Used by the code location and ``mailglass dev``/``run``:
 
-* ``ASSET_PARTITION_RANGE_START_TAG`` / ``_END_TAG``: an asset backfill's run of
-  one partition carries its key only in these tags (no partition key).
 * ``log_materializations_in_batches``: many materializations of another asset's
   partitions from one step, stored in batches (``DAGSTER_EVENT_BATCH_SIZE`` and
   ``DagsterEventBatchMetadata``: Dagster's own path for a partition-range output).
@@ -45,15 +43,12 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._core.test_utils import create_run_for_test
 from dagster._daemon import controller as daemon_controller
 from dagster._grpc import server as grpc_server
 from dagster._serdes.config_class import class_from_code_pointer
 
 __all__ = [
-    "ASSET_PARTITION_RANGE_END_TAG",
-    "ASSET_PARTITION_RANGE_START_TAG",
     "EVENT_BATCH_SIZE",
     "EVENT_BATCH_SIZE_ENV",
     "NON_PUBLIC_ATTRIBUTES",

@@ -43,6 +43,7 @@ non-interactive shell ignores SIGINT, so SIGTERM is the signal there).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -237,11 +238,40 @@ def _alive(pid: int) -> bool:
 ANSI_ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def copy_without_colours(source: object, target: object) -> None:
-    """Copy ``source`` (a binary pipe) line by line to ``target`` (a binary stream) without ANSI codes."""
+#: A Dagster console line (run events, daemon): ``2026-12-07 11:52:00 +0000 - dagster - DEBUG - ...``.
+DAGSTER_LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)? [+-]\d{4} - \S+ - ([A-Z]+) - ")
+
+
+def copy_without_colours(source: object, target: object, min_level: int = logging.INFO) -> None:
+    """Copy ``source`` (a binary pipe) line by line to ``target`` (a binary stream) without ANSI codes.
+
+    Dagster lines below ``min_level`` are left out, with their indented continuation lines: a run
+    worker logs every event at DEBUG (its console logger's default, set per run, not per instance),
+    which made most of a dev log (``MAILGLASS_DEV_LOG_LEVEL`` brings them back). Other lines pass.
+    """
+    shown = True
     for line in iter(source.readline, b""):  # type: ignore[attr-defined]
-        target.write(ANSI_ESCAPE.sub(b"", line))  # type: ignore[attr-defined]
-        target.flush()  # type: ignore[attr-defined]
+        line = ANSI_ESCAPE.sub(b"", line)
+        header = DAGSTER_LINE.match(line)
+        if header:
+            level = logging.getLevelName(header.group(1).decode())
+            shown = not isinstance(level, int) or level >= min_level
+        elif not line[:1].isspace():
+            shown = True
+        if shown:
+            target.write(line)  # type: ignore[attr-defined]
+            target.flush()  # type: ignore[attr-defined]
+
+
+def dev_log_level() -> int:
+    """``MAILGLASS_DEV_LOG_LEVEL`` as a ``logging`` level (a one-line error for a name that is none)."""
+    name = settings.read(settings.DEV_LOG_LEVEL).strip().upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise ConfigurationError(
+            f"{settings.DEV_LOG_LEVEL.env} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {name!r}"
+        )
+    return level
 
 
 class Supervisor:
@@ -252,11 +282,18 @@ class Supervisor:
     """
 
     def __init__(
-        self, commands: Sequence[Sequence[str]], env: dict[str, str], cwd: Path, *, plain_output: bool = False
+        self,
+        commands: Sequence[Sequence[str]],
+        env: dict[str, str],
+        cwd: Path,
+        *,
+        plain_output: bool = False,
+        min_level: int = logging.INFO,
     ) -> None:
         self.commands = [list(c) for c in commands]
         self.env, self.cwd = env, cwd
         self.plain_output = plain_output
+        self.min_level = min_level  # of the Dagster lines copied to plain output
         self.processes: list[subprocess.Popen[bytes]] = []
         self.stop_requested = threading.Event()
         self.signal_name: str | None = None
@@ -271,7 +308,9 @@ class Supervisor:
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             )  # fmt: skip
             self.processes.append(process)
-            threading.Thread(target=copy_without_colours, args=(process.stdout, sys.stdout.buffer), daemon=True).start()
+            threading.Thread(
+                target=copy_without_colours, args=(process.stdout, sys.stdout.buffer, self.min_level), daemon=True
+            ).start()
 
     def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
         self.signal_name = signal.Signals(signum).name
@@ -334,12 +373,19 @@ def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
 def run_dev(host: str = "127.0.0.1", port: int = 3000) -> int:
     """Implement ``mailglass dev``: returns 0 after a requested stop, else the exit code of the child that died."""
     root = project_root()
+    min_level = dev_log_level()  # a bad MAILGLASS_DEV_LOG_LEVEL fails before anything starts
     embedded = uses_embedded_server()
     env = prepare_dev_environment(root)
     if embedded:
         print(embedded_server_note(), flush=True)
     plain = not sys.stdout.isatty()
-    supervisor = Supervisor(dev_commands(root, host, port), env, cwd=Path(env["DAGSTER_HOME"]), plain_output=plain)
+    supervisor = Supervisor(
+        dev_commands(root, host, port),
+        env,
+        cwd=Path(env["DAGSTER_HOME"]),
+        plain_output=plain,
+        min_level=min_level,
+    )
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, supervisor.request_stop)
     print(f"starting the Dagster UI and daemon on http://{host}:{port} (Ctrl-C or SIGTERM stops both)", flush=True)

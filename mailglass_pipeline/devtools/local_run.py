@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 from dagster import DagsterInstance, RunsFilter
 
-from mailglass_pipeline import db
+from mailglass_pipeline import db, orphans
 from mailglass_pipeline.dagster_support.pool import (
     POOL_POLL_SECONDS,
     POOL_WAIT_TIMEOUT_SECONDS,
@@ -102,6 +102,13 @@ def materialize_tenants(
         unfit = [t for t in tenant_ids if not is_valid_tenant_key(t)]
         if unfit:
             raise ConfigurationError(f"tenant id(s) cannot be partition keys: {unfit!r}")
+        # A typo must not become a permanent partition (every later "All" backfill would run it):
+        # a tenant no delivery or orphan has is skipped, no partition and no run.
+        with db.connect(db.get_engine(url)) as conn:
+            unknown = [t for t in tenant_ids if not orphans.tenant_known(conn, t)]
+        if unknown:
+            log.warning("skipping tenant id(s) no delivery or orphan has: %r", unknown)
+        tenant_ids = [t for t in tenant_ids if t not in unknown]
 
     job = build_definitions(MailglassDatabase(database_url=url)).resolve_job_def(RECONCILE_JOB_NAME)
     results: dict[str, dict[str, int]] = {}

@@ -2,12 +2,15 @@
 
 A receiver whose database is down, or migrated to another version, must be
 taken out of the load balancer (readiness) rather than answer providers with
-errors, so the check runs a real query on the same pool the ingest uses.
+errors, so the check runs a real query on the same pool the ingest uses. The
+public body says only ``unavailable``; why (the database's address, the
+driver's error) goes to the log.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +18,8 @@ import sqlalchemy as sa
 from mailglass_pipeline.db import first_line, get_engine
 from mailglass_pipeline.errors import MailglassError
 from mailglass_pipeline.queries import statement
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -31,8 +36,10 @@ def check_health(database_url: str | None = None) -> tuple[bool, dict[str, Any]]
         with get_engine(database_url).connect() as conn:
             revisions = [row[0] for row in conn.execute(statement("schema_revision"))]
     except (MailglassError, sa.exc.SQLAlchemyError) as exc:
+        # The database's address and the driver's words are for the operator's log, not the public body.
         orig = getattr(exc, "orig", None) or exc
-        return False, {"status": "unavailable", "database": "unreachable or unusable", "reason": first_line(orig)}
+        log.warning("health check: database unreachable or unusable: %s", first_line(orig))
+        return False, {"status": "unavailable", "database": "unavailable"}
     if revisions != [expected]:
         return False, {"status": "unavailable", "database": "ok", "schema": revisions, "expected_schema": expected}
     return True, {"status": "ok", "database": "ok", "schema": expected}

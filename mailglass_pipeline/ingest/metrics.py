@@ -10,9 +10,10 @@ metric families hold only counters and histograms, which sum across
 processes without a mode to choose, and one gauge whose samples are per worker
 (``pid`` label): whether that worker runs on its last good secrets.
 
-Labels are bounded: ``provider`` is one of the five names (or ``none`` for an
-unknown route) and ``status`` an HTTP code, never a tenant id (a label per
-tenant would grow without limit; tenants are in the ledger).
+Labels are bounded: ``provider`` is one of the five names and ``status`` an
+HTTP code, never a tenant id (a label per tenant would grow without limit;
+tenants are in the ledger). ``/healthz``, ``/metrics`` and unknown routes are
+not webhooks and are not counted (a probe every few seconds would drown them).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ GROUP_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 100),
 )
 
+REFUSED = Counter(
+    "mailglass_webhook_refused",
+    "Connections and requests the HTTP layer refused or closed before the application (ingest/protocol.py), "
+    "by reason: headers_too_large, header_timeout, idle, evicted, connections, busy, not_http.",
+    ["reason"],
+)
 SECRETS_FALLBACK = Gauge(
     "mailglass_webhook_secrets_fallback",
     "1 while MAILGLASS_WEBHOOK_SECRETS is missing or broken and this worker runs on the last good version "
@@ -68,10 +75,12 @@ __all__ = [
     "EVENTS",
     "GROUP_SIZE",
     "LATENCY",
+    "REFUSED",
     "REQUESTS",
     "SECRETS_FALLBACK",
     "TENANT_CONFLICTS",
     "render",
+    "serve_metrics",
 ]
 
 
@@ -82,6 +91,19 @@ def render() -> bytes:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Serve every worker's samples on ``host:port`` from this (the supervising) process, in a thread.
+
+    For ``mailglass serve --metrics-port``: the scrape stays off the public
+    webhook port, and a worker busy with webhooks is not the one answering it.
+    """
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
 
 
 #: Event outcome label -> key of the ingest result.

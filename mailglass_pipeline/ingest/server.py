@@ -28,10 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.db import create_engine, resolve_database_url
-from mailglass_pipeline.ingest import metrics
+from mailglass_pipeline.db import create_engine, resolve_database_url, sqlstate_of
+from mailglass_pipeline.errors import DatabaseUnavailableError
+from mailglass_pipeline.ingest import metrics, ses
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
 from mailglass_pipeline.ingest.core import joins_group, parse_webhook, prunes_tokens, result_of, store_parsed
@@ -40,7 +42,7 @@ from mailglass_pipeline.ingest.grouped import BUSY, MAX_GROUP, Outcome, store_gr
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_THREADS, read
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_METRICS_PORT, SERVE_THREADS, read
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: The providers' own published limits, where tighter than ``MAILGLASS_INGEST_MAX_BODY_BYTES`` (413 beyond).
+PROVIDER_MAX_BODY = {"ses": ses.MAX_BODY_BYTES}
 #: Bodies up to this size are verified and parsed on the event loop (tens of microseconds: cheaper
 #: than a hand-off to a thread); larger ones (SendGrid batches) in the ingest threads.
 INLINE_PARSE_BYTES = 16 * 1024
@@ -71,6 +75,7 @@ class Receiver:
         body_timeout: float = SERVE_BODY_TIMEOUT.default,
         threads: int = SERVE_THREADS.default,
         lock_wait: float = SERVE_LOCK_WAIT.default,
+        public_metrics: bool = True,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
         self.database_url = database_url
@@ -78,6 +83,8 @@ class Receiver:
         self.max_body = self.tenants.base.max_body_bytes
         self.threads = threads
         self.lock_wait = lock_wait
+        #: False when ``mailglass serve --metrics-port`` serves them on a port of their own.
+        self.public_metrics = public_metrics
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
@@ -114,8 +121,8 @@ class Receiver:
         try:
             provider, status = await self._route(scope, receive, send)
         finally:
-            metrics.REQUESTS.labels(provider, str(status)).inc()
-            if provider != "none":
+            if provider != "none":  # health, metrics and unknown routes are not webhooks
+                metrics.REQUESTS.labels(provider, str(status)).inc()
                 metrics.LATENCY.labels(provider).observe(time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -137,9 +144,11 @@ class Receiver:
         if segments in ([b"healthz"], [b"metrics"]):
             if method not in ("GET", "HEAD"):
                 return "none", await answer(send, 405, {"error": "use GET"}, {"allow": "GET, HEAD"})
-            if segments == [b"metrics"]:
+            if segments == [b"metrics"] and self.public_metrics:
                 body = await self._run(metrics.render)
                 return "none", await answer_raw(send, 200, body, metrics.CONTENT_TYPE)
+            if segments == [b"metrics"]:
+                return "none", await answer(send, 404, {"error": "no such route; metrics are on their own port"})
             healthy, payload = await self._run(check_health, self.database_url)
             extra = {} if healthy else {"retry-after": RETRY_AFTER}
             return "none", await answer(send, 200 if healthy else 503, payload, extra)
@@ -157,21 +166,25 @@ class Receiver:
         if problem:
             return provider, await answer(send, 400, {"error": problem})
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        body, refusal = await self._read_body(headers, receive)
+        body, refusal = await self._read_body(
+            headers, receive, min(self.max_body, PROVIDER_MAX_BODY.get(provider, self.max_body))
+        )
         if refusal is not None:
             status, message = refusal
             return provider, await answer(send, status, {"error": message}, {"connection": "close"})
         status, payload, extra = await self._ingest(provider, tenant_id, body, headers)
         return provider, await answer(send, status, payload, extra)
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> tuple[bytes, tuple[int, str] | None]:
+    async def _read_body(
+        self, headers: dict[str, str], receive: Receive, limit: int
+    ) -> tuple[bytes, tuple[int, str] | None]:
         """The body, or ``(status, message)``: 413 from Content-Length before reading, 408 on the deadline."""
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 return b"", (400, "Content-Length is not a number")
-            if int(declared) > self.max_body:
-                return b"", (413, f"body of {declared} bytes is over the {self.max_body}-byte limit")
+            if int(declared) > limit:
+                return b"", (413, f"body of {declared} bytes is over the {limit}-byte limit")
         chunks: list[bytes] = []
         size = 0
         deadline = time.monotonic() + self.body_timeout
@@ -186,8 +199,8 @@ class Receiver:
                 return b"", (400, "client disconnected before sending the whole body")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:  # no Content-Length (chunked): capped while streaming
-                return b"", (413, f"body is over the {self.max_body}-byte limit")
+            if size > limit:  # no Content-Length (chunked): capped while streaming
+                return b"", (413, f"body is over the {limit}-byte limit")
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks), None
@@ -242,13 +255,27 @@ class Receiver:
             if counts is not None:
                 return counts
         try:
-            return await self._run(
-                lambda: store_parsed(
-                    self.engine(), parsed, tenant_id, prune=prune, try_group=False, lock_timeout=LOCK_PROBE
-                )
-            )
+            return await self._run(self._store_alone, parsed, tenant_id, prune)
         except DeliveryLockedError:
             return BUSY
+
+    def _store_alone(self, parsed: ParsedWebhook, tenant_id: str, prune: bool) -> dict[str, Any]:
+        """:func:`.core.store_parsed` in its own transaction, once more after a connection the server dropped.
+
+        A terminated backend (``pg_terminate_backend``, a failover, a restart)
+        fails its statement, which wrote nothing, and the pool's other
+        connections are as dead: the pool is replaced (connections other
+        threads hold are left to them) and the webhook stored on a fresh
+        connection. A database that is really gone fails that retry too: 503.
+        """
+        try:
+            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False, lock_timeout=LOCK_PROBE)
+        except (DatabaseUnavailableError, sa.exc.DBAPIError) as exc:
+            if not dropped_connection(exc):
+                raise
+            log.info("a database connection was dropped; storing the %s webhook on a fresh one", parsed.provider)
+            self.engine().dispose(close=False)
+            return store_parsed(self.engine(), parsed, tenant_id, prune=prune, try_group=False, lock_timeout=LOCK_PROBE)
 
     async def _store_group(self, requests: Sequence[GroupRequest]) -> list[Outcome]:
         metrics.GROUP_SIZE.observe(len(requests))
@@ -257,6 +284,16 @@ class Receiver:
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: func(*args, **kwargs))
+
+
+#: The server ended the session (pg_terminate_backend, a shutdown): the connection was established, then dropped.
+DROPPED_SQLSTATES = frozenset({"57P01", "57P02"})
+
+
+def dropped_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is an established connection lost (worth one retry), not a database out of reach."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+    return bool(getattr(cause, "connection_invalidated", False)) or sqlstate_of(cause) in DROPPED_SQLSTATES
 
 
 async def answer(send: Send, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> int:
@@ -280,4 +317,5 @@ def create_app() -> Receiver:
         body_timeout=read(SERVE_BODY_TIMEOUT),
         threads=read(SERVE_THREADS),
         lock_wait=read(SERVE_LOCK_WAIT),
+        public_metrics=read(SERVE_METRICS_PORT) is None,
     )

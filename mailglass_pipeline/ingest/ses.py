@@ -79,6 +79,7 @@ from mailglass_pipeline.ingest.base import (
     text_or_none,
 )
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, WebhookPayloadError, WebhookSignatureError
+from mailglass_pipeline.ingest.sns_envelope import MAX_BODY_BYTES, NOT_ENVELOPE, load_envelope
 from mailglass_pipeline.settings import SES_TOPIC_ARNS, SNS_CERT_DIR
 
 PROVIDER = "ses"
@@ -327,12 +328,14 @@ def is_ses_document(document: dict[str, Any]) -> bool:
 def parse(
     body: bytes, headers: Headers, *, verify_signature: bool, settings: IngestSettings, now: datetime
 ) -> ParsedWebhook:
-    # SNS signs fields inside the JSON envelope, so the envelope is parsed first;
-    # nothing from the inner SES message is read before the signature is checked.
-    document = expect_object(load_json(body), "SNS message")
+    # SNS signs fields inside the JSON envelope, so the envelope is read first (flat: at the cost
+    # of its size); nothing from the inner SES message is read before the signature is checked.
+    if len(body) > MAX_BODY_BYTES:
+        raise WebhookPayloadError(f"body is {len(body)} bytes, over SNS's {MAX_BODY_BYTES}-byte bound")
+    document = load_envelope(body) if verify_signature else expect_object(load_json(body), "SNS message")
     if not is_envelope(document):
         if verify_signature:
-            raise WebhookSignatureError("body is not an SNS envelope, so it carries no signature to verify")
+            raise WebhookSignatureError(NOT_ENVELOPE)
         if not is_ses_document(document):
             raise WebhookPayloadError("body is neither an SNS envelope nor an SES event (eventType, mail)")
         return ParsedWebhook(PROVIDER, ses_events(document, None, None, now), verified=False)

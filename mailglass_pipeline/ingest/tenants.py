@@ -3,8 +3,11 @@
 **Tenant ids.** The id comes from the request URL, so it is checked before
 anything else: it must be a non-empty string of at most 255 characters,
 without control characters (NUL, CR, LF, TAB... anything in Unicode category
-``Cc``) and without surrounding whitespace. Otherwise ``"acme"`` and
-``"acme "`` would become two tenants, and a NUL would fail in the database.
+``Cc``), without invisible or bidirectional control characters (``Cf``:
+U+200B, U+202E...; line separators, private-use and unassigned code points),
+in Unicode NFC form, and without surrounding whitespace. Otherwise ``"acme"``
+and ``"acme "`` (or ``"acme\u200b"``, or an NFD ``"café"``) would become two
+tenants that look like one, and a NUL would fail in the database.
 
 **Per-tenant secrets.** ``MAILGLASS_WEBHOOK_SECRETS`` names a TOML file::
 
@@ -60,6 +63,9 @@ from mailglass_pipeline.settings import SERVE_STATE_DIR, WEBHOOK_SECRETS, read
 log = logging.getLogger(__name__)
 
 MAX_TENANT_ID_LENGTH = 255
+#: Format characters (zero-width spaces and joiners, bidirectional overrides and isolates, the BOM),
+#: line and paragraph separators, private-use and unassigned code points: invisible, or not yet text.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Zl", "Zp", "Co", "Cn", "Cs"})
 
 #: Provider -> {TOML key: IngestSettings field}.
 SECRET_KEYS: dict[str, dict[str, str]] = {
@@ -82,6 +88,11 @@ def tenant_id_problem(tenant_id: object) -> str | None:
         return "tenant id has surrounding whitespace"
     if any(unicodedata.category(char) == "Cc" for char in tenant_id):
         return "tenant id contains a control character"
+    unseen = next((char for char in tenant_id if unicodedata.category(char) in INVISIBLE_CATEGORIES), None)
+    if unseen is not None:
+        return f"tenant id contains an invisible or bidirectional control character (U+{ord(unseen):04X})"
+    if not unicodedata.is_normalized("NFC", tenant_id):
+        return "tenant id is not in Unicode NFC form (send the composed form of each character)"
     return None
 
 

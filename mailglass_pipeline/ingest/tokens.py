@@ -5,8 +5,10 @@ captured request be replayed within the timestamp tolerance. So each token is
 claimed once, in ``mailglass_webhook_tokens`` (primary key ``(provider,
 token)``), inside the transaction that stores the webhook: the database, not a
 worker's memory, decides, so the receiver scales horizontally. The row keeps
-the tenant and the body's digest, which tell a retry of the same webhook to
-another tenant (409) from a replay (refused as not authentic). The common
+the tenant and the body's digest: a token seen for another tenant is a 409
+(the same webhook, or its token re-signed with the other tenant's key), a
+token seen for this tenant with another body a replay (refused as not
+authentic). The common
 one-event path claims the token inside the store statement itself
 (:mod:`.grouped`) with :func:`token_parameters`.
 """
@@ -67,9 +69,11 @@ def claim_token(conn: Connection, token: ReplayToken, tenant_id: str, *, prune: 
             ) from exc
         raise
     seen = conn.execute(statement("seen_token"), params).first()
-    if seen is not None and seen.tenant_id != tenant_id and seen.body_sha256 == token.body_sha256:
+    if seen is not None and seen.tenant_id != tenant_id:
+        # The same webhook, or its token re-signed for this tenant: either way another tenant's (409, counted).
+        what = "webhook" if seen.body_sha256 == token.body_sha256 else "webhook's token"
         raise TenantConflictError(
-            f"this {token.provider} webhook was already stored for another tenant; refused for tenant {tenant_id!r}"
+            f"this {token.provider} {what} was already stored for another tenant; refused for tenant {tenant_id!r}"
         )
     if seen is None or (seen.tenant_id, seen.body_sha256) != (tenant_id, token.body_sha256):
         raise WebhookSignatureError(f"{token.provider} webhook token was already used: replay refused")

@@ -81,7 +81,7 @@ def find_params(
 
 
 def absorb_wakes(conn: Connection) -> tuple[int, int]:
-    """Apply the triggers' signals (decision D21): ``(woken, removed)``. Commit it apart, before a find.
+    """Apply the triggers' signals (decision D27): ``(woken, removed)``. Commit it apart, before a find.
 
     Orphans whose delivery appeared become due and linkable; orphans reconciled by another writer while a
     sweep held them leave the queue. It locks the rows it changes, so it runs in a short transaction of its

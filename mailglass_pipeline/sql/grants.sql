@@ -47,6 +47,6 @@ GRANT SELECT, UPDATE ON TABLE :"schema".mailglass_reconciliation_queue TO :"role
 GRANT EXECUTE ON FUNCTION :"schema".mailglass_prune_parked_orphans(text, timestamptz, integer) TO :"role";
 -- Each sweep (and each schedule tick) first applies the signals the triggers on Mailglass's tables left
 -- in mailglass_reconciliation_wakes through this SECURITY DEFINER function (migration 0006, decision
--- D21): it marks orphans due and removes the rows of orphans reconciled elsewhere, so the role needs
+-- D27): it marks orphans due and removes the rows of orphans reconciled elsewhere, so the role needs
 -- nothing on the signals' table and no DELETE on the queue.
 GRANT EXECUTE ON FUNCTION :"schema".mailglass_reconciliation_absorb() TO :"role";

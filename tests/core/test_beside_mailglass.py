@@ -1,4 +1,4 @@
-"""Invisible beside a Mailglass app (decision D21): its writes never wait on a sweep, its reset works, ids are v7.
+"""Invisible beside a Mailglass app (decision D27): its writes never wait on a sweep, its reset works, ids are v7.
 
 Real rows on a real PostgreSQL: a sweep's transaction is held open between its find (the product's own
 find statement, rows locked) and its write while Mailglass-shaped writes run under the application's

@@ -74,7 +74,7 @@ def _db_now(engine: Engine):
 
 
 def _absorb(engine: Engine) -> None:
-    """What a sweep does first: apply the delivery triggers' signals (decision D21)."""
+    """What a sweep does first: apply the delivery triggers' signals (decision D27)."""
     run_transaction(engine, absorb_wakes)
 
 
@@ -369,7 +369,7 @@ def test_due_summary_and_reconciliation_lag(engine: Engine) -> None:
         assert reconciliation_lag(conn, threshold_seconds=0) == LagSummary(0, None)
     make_delivery(engine, tenant_id="t1", message_id="m-1")
     make_delivery(engine, tenant_id="t2", message_id="m-3")
-    _absorb(engine)  # as the schedule's tick does before it reads (decision D21)
+    _absorb(engine)  # as the schedule's tick does before it reads (decision D27)
     with engine.begin() as conn:  # t1's delivery committed 400 s ago, t2's just now
         conn.execute(sa.text(f"UPDATE {QUEUE} SET linkable_at = now() - interval '400 seconds' WHERE tenant_id = 't1'"
                              " AND linkable_at IS NOT NULL"))  # fmt: skip

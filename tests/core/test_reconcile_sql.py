@@ -183,7 +183,7 @@ def test_the_migrations_triggers_use_the_lookups_message_id_match() -> None:
     assert due.message_id_sql("n") == schema.message_id_sql("n")
     # 0004's frozen copy builds 0003's triggers exactly (its probes and the ledger trigger's SendGrid rule).
     assert due._wake_probe("n") == schema._wake_probe("n") and due._DELIVERY_EXISTS == schema._DELIVERY_EXISTS
-    # 0006 (decision D21) moves the match into the sweep's absorb: its frozen copy is 0004's rules, and the
+    # 0006 (decision D27) moves the match into the sweep's absorb: its frozen copy is 0004's rules, and the
     # absorb's probe (a key k of a signal against a pending orphan o) is the lookup's match.
     head = _migration("0006")
     assert head._MESSAGE_ID_KEYS == schema._MESSAGE_ID_KEYS

@@ -20,7 +20,6 @@ from dagster import (
     DynamicPartitionsDefinition,
     MaterializeResult,
     PreviewWarning,
-    StaticPartitionsDefinition,
     asset,
     asset_check,
     instance_for_test,
@@ -36,24 +35,6 @@ PARTS = DynamicPartitionsDefinition(name="pin_parts")
 @asset(key=TARGET, partitions_def=PARTS)
 def target() -> None:
     """The asset whose partitions another step records (never computed here)."""
-
-
-def test_a_one_key_range_run_has_no_partition_key_but_the_range_tags() -> None:
-    """tenant_of and check_tenants: an asset backfill run of one partition carries it only in these tags."""
-    assert private.ASSET_PARTITION_RANGE_START_TAG == "dagster/asset_partition_range_start"
-    assert private.ASSET_PARTITION_RANGE_END_TAG == "dagster/asset_partition_range_end"
-    seen: dict[str, object] = {}
-
-    @asset(partitions_def=StaticPartitionsDefinition(["a", "b"]))
-    def ranged(context: AssetExecutionContext) -> None:
-        seen["has_key"] = context.has_partition_key
-        seen["range"] = (context.partition_key_range.start, context.partition_key_range.end)
-
-    job = Definitions(assets=[ranged]).resolve_implicit_global_asset_job_def()
-    tags = {private.ASSET_PARTITION_RANGE_START_TAG: "b", private.ASSET_PARTITION_RANGE_END_TAG: "b"}
-    with instance_for_test() as instance:
-        assert job.execute_in_process(instance=instance, tags=tags).success
-    assert seen == {"has_key": False, "range": ("b", "b")}
 
 
 def test_materializations_logged_in_batches_are_all_stored_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> None:

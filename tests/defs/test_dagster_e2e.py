@@ -18,10 +18,11 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from mailglass_pipeline.dagster_support.private import execute_graphql, pool_limits
@@ -50,6 +51,43 @@ query PartitionTags($repositorySelector: RepositorySelector!, $partitionSetName:
   }
 }
 """
+
+CHECK_STATUSES = """
+query CheckStatuses($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses {
+              ... on AssetCheckDefaultPartitionStatuses {
+                succeededPartitions failedPartitions inProgressPartitions skippedPartitions executionFailedPartitions
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def check_partition_statuses(client: DagsterGraphQLClient, check_name: str) -> dict[str, list[str]]:
+    """A check's partition keys by status, from the query the asset page's Checks and Partitions tabs send."""
+    data = execute_graphql(client, CHECK_STATUSES, {"assetKey": {"path": ASSET_PATH}})
+    [check] = [c for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"] if c["name"] == check_name]
+    return check["partitionStatuses"]
+
+
+def latest_materialization_job(instance: DagsterInstance, tenant: str) -> str:
+    """The job of the run that wrote ``tenant``'s latest materialization."""
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(ASSET_PATH), asset_partitions=[tenant]), limit=1
+    ).records
+    return instance.get_run_by_id(record.run_id).job_name
+
 
 LAUNCH_BACKFILL = """
 mutation Backfill($backfillParams: LaunchBackfillParams!) {
@@ -278,6 +316,7 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     for tenant in tenants:
         make_orphan(engine, tenant_id=tenant, message_id=f"{tenant}-m")
         make_delivery(engine, tenant_id=tenant, message_id=f"{tenant}-m")
+    make_orphan(engine, tenant_id="p3", message_id="p3-old", age=timedelta(days=8))  # stale: no_stale_orphans warns
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("tenants", tenants)
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
@@ -355,13 +394,24 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     assert_no_overlap({r.dagster_run.run_id: (r.start_time, r.end_time) for r in queued})
     # With the two `mailglass run` runs (no queue), no two sweeps overlap: each sweeps only while it holds the pool.
     assert_no_overlap({r.dagster_run.run_id: sweep_window(instance, r) for r in everything})
-    # The asset backfill's runs carried a one-key range, which is that tenant.
+    # The asset backfill's runs each carried one partition key (no backfill policy: decision D21).
     asset_runs = backfill_runs(asset_backfill, 3)
-    assert sorted(r.tags["dagster/asset_partition_range_start"] for r in asset_runs) == ["p1", "p3", "p6"]
+    assert sorted(r.tags["dagster/partition"] for r in asset_runs) == ["p1", "p3", "p6"]
     # Each names its tenant in the Runs list: the run tags itself when the asset backfill did not.
     for record in asset_runs:
         run = instance.get_run_by_id(record.run_id)
-        assert run.tags["mailglass/tenant"] == run.tags["dagster/asset_partition_range_start"]
+        assert run.tags["mailglass/tenant"] == run.tags["dagster/partition"]
+    # The stale-orphan check's status per partition, as the asset's Checks and Partitions tabs ask for it:
+    # p3's stale orphan fails it (a warning) on every path; none reads "Skipped" (issue 24).
+    # A tenant whose latest materialization is the scheduled sweep's has no evaluation of it (docs/operating.md).
+    statuses = check_partition_statuses(client, "no_stale_orphans")
+    assert statuses["skippedPartitions"] == [] and statuses["executionFailedPartitions"] == [], statuses
+    assert statuses["failedPartitions"] == ["p3"], statuses
+    by_sweep = {t for t in tenants if latest_materialization_job(instance, t) == "reconcile_due_tenants"}
+    assert sorted(statuses["succeededPartitions"]) == sorted({"p1", "p2", "p4", "p5", "p6"} - by_sweep), (
+        statuses,
+        by_sweep,
+    )
     # Every tenant reconciled exactly once, whatever ran it how often.
     reconciled = fetch(engine, "SELECT tenant_id FROM mailglass_events WHERE type = 'reconciled' ORDER BY 1")
     assert [r.tenant_id for r in reconciled] == [*tenants, "s1"]

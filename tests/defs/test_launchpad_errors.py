@@ -31,7 +31,7 @@ LAUNCH = """
 mutation($executionParams: ExecutionParams!) {
   launchPipelineExecution(executionParams: $executionParams) {
     __typename
-    ... on PythonError { message causes { message } }
+    ... on PythonError { message stack causes { message } }
     ... on RunConfigValidationInvalid { errors { message } }
     ... on LaunchRunSuccess { run { runId } }
   }
@@ -105,4 +105,15 @@ def test_the_sweep_budget_is_checked_at_launch_too(launchpad) -> None:
     assert answer["__typename"] == "PythonError", answer
     message = answer["message"].strip()
     assert "\n" not in message and "invalid sweep config" in message and "budget" in message, message
+    assert instance.get_runs() == []
+
+
+def test_only_a_wrong_type_is_refused_without_a_stack(launchpad) -> None:
+    """What docs/operating.md says Dagster decides: a type error is a plain list, a bound a PythonError with a stack."""
+    context, instance = launchpad
+    typed = launch(context, {"limit": "abc"})
+    assert typed["__typename"] == "RunConfigValidationInvalid" and len(typed["errors"]) == 1, typed
+    bounded = launch(context, {"limit": 0})
+    assert bounded["__typename"] == "PythonError" and bounded["stack"], bounded  # the code server's frames
+    assert "\n" not in bounded["message"].strip()  # the first line stays one line naming the field and bound
     assert instance.get_runs() == []

@@ -151,3 +151,34 @@ def test_project_root_requires_the_yaml_files(tmp_path, monkeypatch):
     # From an empty folder the source checkout is found next to the package.
     assert dev.project_root() == REPO
     assert dev.project_root(tmp_path) == REPO
+
+
+def test_run_for_an_unknown_tenant_hints_and_adds_no_partition(
+    engine, database_url, dagster_storage_url, project, monkeypatch
+):
+    """`mailglass run --tenant-id <typo>`: the same hint as `reconcile`, no run, no partition (issue 24)."""
+    from dagster import DagsterInstance
+
+    from mailglass_pipeline import settings
+    from tests.processes import mailglass
+
+    make_orphan(engine, tenant_id="acme", message_id="m-1")
+    env = {
+        "DAGSTER_HOME": str(project),
+        settings.DATABASE_URL.env: database_url,
+        settings.DAGSTER_DATABASE_URL.env: dagster_storage_url,
+    }
+    done = mailglass("run", "--json", "--tenant-id", "acmee", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "mailglass: hint: no delivery or orphan has tenant 'acmee'; did you mean 'acme'?" in done.stderr
+    assert done.stdout.strip() == "{}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions("tenants") == []
+        assert instance.get_runs() == []
+    # A known tenant next to the typo still runs, and only it gets a partition.
+    done = mailglass("run", "--json", "--tenant-id", "acmee", "--tenant-id", "acme", env=env)
+    assert done.returncode == 0 and "'acmee'" in done.stderr, done.stderr
+    with DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions("tenants") == ["acme"]

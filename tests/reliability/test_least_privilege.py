@@ -254,7 +254,7 @@ def test_a_sender_with_no_queue_grant_wakes_orphans(engine: Engine, sender_url: 
             conn.execute(sa.text("SELECT * FROM mailglass_reconciliation_queue"))
     finally:
         sender.dispose()
-    run_transaction(engine, absorb_wakes)  # what the next sweep does first (decision D21)
+    run_transaction(engine, absorb_wakes)  # what the next sweep does first (decision D27)
     due = fetch(engine, "SELECT event_id FROM mailglass_reconciliation_queue"
                 " WHERE next_attempt_at IS NULL AND linkable_at IS NOT NULL")  # fmt: skip
     assert {r.event_id for r in due} == {inserted, rekeyed}

@@ -228,6 +228,32 @@ def test_asset_page_materialize_backfill_and_launchpad(
     )
     assert not browser.find_elements(By.XPATH, "//*[contains(normalize-space(), '9 orphan(s) older than 7 days')]")
     snapshot(browser, "checks-tab")
+    # Its status per partition, as the page asks for it: each tenant's 3 stale orphans are a failed (WARN)
+    # check, none reads "Skipped" (the asset backfill's runs now carry their partition key: decision D21).
+    statuses = check_partition_statuses(port, "no_stale_orphans")
+    assert sorted(statuses["failedPartitions"]) == ["acme", "globex", "initech"], statuses
+    assert statuses["skippedPartitions"] == [] and statuses["succeededPartitions"] == [], statuses
+    # On the screen: the check reads "Failed" with its latest execution's partition, never "Skipped"; its own
+    # Partitions tab counts "Failed (3)".
+    wait_for(lambda: browser.find_elements(By.XPATH, "//*[normalize-space(text())='Failed']"), "no 'Failed' status")
+    assert browser.find_elements(By.XPATH, "//*[normalize-space(text())='Partition']")
+    assert not browser.find_elements(By.XPATH, "//*[starts-with(normalize-space(text()), 'Skipped')]")
+    wait_for(
+        lambda: [e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Partitions']")
+                 if e.is_displayed()][-1],
+        "no Partitions tab in the check's pane",
+    ).click()  # fmt: skip
+    wait_for(
+        lambda: browser.find_elements(By.XPATH, "//*[contains(normalize-space(), 'Failed (3)')]"),
+        "the check's Partitions tab does not count 3 failed partitions",
+    )
+    assert not browser.find_elements(By.XPATH, "//*[contains(normalize-space(), 'Skipped (3)')]")
+    # A skipped tick's row (the partition sensor's here; the schedule's look the same): "0 runs requested".
+    open_page(browser, f"{base}/locations/mailglass_pipeline/sensors/tenant_partitions", "tenant_partitions")
+    wait_for(
+        lambda: browser.find_elements(By.XPATH, "//*[contains(normalize-space(text()), '0 runs requested')]"),
+        "a skipped tick does not read '0 runs requested' (README, docs/operating.md)",
+    )
     partitions_page = f"{base}/assets/mailglass/webhook_reconciliation?view=partitions&partition=globex"
     readme_screenshot(browser, partitions_page, "ui-asset-partitions.png")
 
@@ -317,6 +343,38 @@ def test_asset_page_materialize_backfill_and_launchpad(
     # reloads its workspace every minute; this test ran several).
     log = (tmp_path / "dev.log").read_text()
     assert "\x1b[" not in log and "No heartbeat received" not in log, log[-2000:]
+
+
+CHECK_STATUSES = """
+query CheckStatuses($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses {
+              ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions skippedPartitions }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def check_partition_statuses(port: int, check_name: str) -> dict[str, list[str]]:
+    """A check's partition keys by status: the query behind the asset page's Checks and Partitions tabs."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    from mailglass_pipeline.dagster_support.private import execute_graphql
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+    data = execute_graphql(client, CHECK_STATUSES, {"assetKey": {"path": ["mailglass", "webhook_reconciliation"]}})
+    [check] = [c for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"] if c["name"] == check_name]
+    return check["partitionStatuses"]
 
 
 def _no_overlap(records: list[Any]) -> None:

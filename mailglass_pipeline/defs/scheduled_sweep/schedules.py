@@ -8,7 +8,7 @@ Each tick costs two cheap reads and launches at most one run:
 1. one run-storage query: is a run of ``reconcile_due_tenants`` still queued or
    running? Then skip, naming it: a slow sweep delays the next, it never piles
    runs up behind itself;
-2. two statements on the application database: ``absorb_wakes`` (the triggers' signals, decision D21)
+2. two statements on the application database: ``absorb_wakes`` (the triggers' signals, decision D27)
    then ``due_summary``
    (two partial indexes holding only due-able rows): no orphan due, skip.
    Never-matching orphans in backoff are not due, so a quiet tenant costs no run;
@@ -76,7 +76,7 @@ def reconcile_every_minute(
         run_id, status = in_flight
         return SkipReason(f"previous sweep {run_id} is still {status.lower()}: this tick waits for it")
     with db.connect(mailglass_db.get_engine()) as conn:
-        # The signals of deliveries that appeared since the last sweep first (decision D21): an orphan they
+        # The signals of deliveries that appeared since the last sweep first (decision D27): an orphan they
         # make due counts now, not after its backoff.
         absorb_wakes(conn)
         conn.commit()

@@ -4,14 +4,19 @@ What it "materializes" is the reconciled state of a tenant's ledger: a run
 appends the ``reconciled`` events due now, and its materialization records how
 many orphans were scanned and linked and how many are left. It stores no value
 (its last op's output is ``Nothing``): the data is the ledger itself, and the
-batch DataFrames never leave the run. Backfills use one
-run per tenant (``BackfillPolicy.multi_run(1)``) so the per-tenant run tags and
-concurrency limits apply to each of them.
+batch DataFrames never leave the run.
+
+No backfill policy, on purpose: without one Dagster's asset backfill launches one run per
+partition with that partition KEY (``build_run_requests_with_backfill_policies``), like every other
+launch path. A policy (even ``multi_run(1)``) gives each run a partition RANGE instead, and Dagster
+then records the partitioned check's evaluation without a partition while it planned one for it
+(``AssetCheckResult.to_asset_check_evaluation`` reads only ``has_partition_key``): the check read
+"Skipped" for every tenant of such a backfill (issue 24, decision D21).
 """
 
 from __future__ import annotations
 
-from dagster import AssetKey, BackfillPolicy, graph_asset
+from dagster import AssetKey, graph_asset
 
 from mailglass_pipeline.defs.tenant_reconciliation.ops import (
     append_reconciled_events,
@@ -28,7 +33,6 @@ WEBHOOK_RECONCILIATION_KEY = AssetKey(["mailglass", "webhook_reconciliation"])
     key=WEBHOOK_RECONCILIATION_KEY,
     partitions_def=tenants_partitions,
     config=reconcile_config_mapping,
-    backfill_policy=BackfillPolicy.multi_run(1),
     group_name="mailglass",
     kinds={"postgres", "python"},
     description=(

@@ -84,32 +84,14 @@ def stale_orphans_result(
     )
 
 
-def check_tenants(context: AssetCheckExecutionContext) -> list[str] | None:
-    """The tenants this check evaluation covers: the run's partition key, or its partition key RANGE.
-
-    The asset page's backfill gives each run a one-key range (no partition key): that key is the
-    tenant, never "every tenant". None only for a run with no partition at all.
-    """
-    if context.has_partition_key:
-        return [context.partition_key]
-    if context.has_partition_key_range:
-        return list(context.partition_keys)
-    return None
-
-
 def _no_stale_orphans(context: AssetCheckExecutionContext, mailglass_db: MailglassDatabase) -> AssetCheckResult:
-    tenants = check_tenants(context)
-    total, oldest_seconds, table = 0, None, []
+    # The run's partition key is the tenant (every launch path gives one: decision D21); a run without
+    # one (the check launched alone, unpartitioned) covers every tenant.
+    tenant = context.partition_key if context.has_partition_key else None
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
-        for tenant in tenants if tenants is not None else [None]:
-            count, oldest = stale_orphans(conn, tenant, DEFAULT_MAX_AGE_MINUTES)
-            total += count
-            if oldest is not None:
-                oldest_seconds = max(oldest, oldest_seconds or 0.0)
-            if count:
-                table += orphans.oldest_stale(conn, tenant, STALE_TABLE_ROWS)
-    table = sorted(table, key=lambda r: -float(r["age_seconds"]))[:STALE_TABLE_ROWS]  # type: ignore[arg-type]
-    return stale_orphans_result(total, oldest_seconds, table)
+        count, oldest_seconds = stale_orphans(conn, tenant, DEFAULT_MAX_AGE_MINUTES)
+        table = orphans.oldest_stale(conn, tenant, STALE_TABLE_ROWS) if count else []
+    return stale_orphans_result(count, oldest_seconds, table)
 
 
 with warnings.catch_warnings():

@@ -48,11 +48,7 @@ from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigErro
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
-from mailglass_pipeline.dagster_support.private import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    add_run_tags,
-)
+from mailglass_pipeline.dagster_support.private import add_run_tags
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tags_for_tenant
 from mailglass_pipeline.errors import ConfigurationError
@@ -102,30 +98,12 @@ def reconcile_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def tenant_of(context: OpExecutionContext) -> str:
-    """The run's tenant: its partition key, or the one key of a one-key partition range.
-
-    An asset backfill (``BackfillPolicy.multi_run(1)``) gives each run a range of
-    exactly one key (tags ``dagster/asset_partition_range_start/end``, no partition
-    key): that key is the tenant. A wider range means several tenants in one run,
-    which this asset never does (one tenant per run keeps the per-tenant history and
-    limits), so it fails with a message saying what to launch instead.
-    """
+    """The run's tenant: its partition key (every launch path gives one: decision D21)."""
     if context.has_partition_key:
         return context.partition_key
-    tags = context.run.tags
-    start, end = tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    if start is not None and start == end:
-        return start
-    if start is not None:
-        raise Failure(
-            description=(
-                f"this run covers the tenant range {start}...{end}; webhook_reconciliation runs one tenant per run: "
-                "launch a backfill (one run per tenant) instead"
-            ),
-            allow_retries=False,
-        )
+    # A run without one key (no partition, or a range from a hand-written run config) is refused.
     raise Failure(
-        description="reconcile_orphans runs one tenant at a time: launch it for a tenant partition",
+        description="webhook_reconciliation runs one tenant per run: launch it for one tenant partition",
         allow_retries=False,  # retrying cannot help
     )
 
@@ -159,7 +137,7 @@ def find_orphans(context: OpExecutionContext, config: ReconcileConfig, mailglass
     name_the_tenant(context, tenant)
     wait_for_pool_turn(context)
     with database_errors():
-        # The triggers' signals, committed (the find below runs in a transaction that is not): decision D21.
+        # The triggers' signals, committed (the find below runs in a transaction that is not): decision D27.
         db.run_transaction(mailglass_db.get_engine(), sweep.absorb_wakes)
     with database_errors(), db.connect(mailglass_db.get_engine()) as conn:
         batch = sweep.find_orphans(conn, tenant, config.sweep_config(), lock=False)

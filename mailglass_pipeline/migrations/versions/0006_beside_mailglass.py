@@ -8,7 +8,7 @@ Until here the triggers on Mailglass's tables wrote the reconciliation queue in 
 transaction: a delivery insert or a dispatch (the UPDATE that sets ``provider_message_id``) UPDATEd the
 matching queue rows, and an appended ``reconciled`` event DELETEd its orphan's row. A sweep holds the
 rows it examines ``FOR UPDATE`` for its whole transaction (seconds), so those application writes waited
-on it, or failed under the application's ``lock_timeout``. From here (decision D21):
+on it, or failed under the application's ``lock_timeout``. From here (decision D27):
 
 * **The application's path only inserts.** ``mailglass_wake_orphans`` (statement level, per INSERT)
   copies the ``(tenant_id, provider, provider_message_id)`` of the new deliveries that carry a message

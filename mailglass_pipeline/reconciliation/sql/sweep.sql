@@ -20,7 +20,7 @@ SELECT
 SELECT now() AS started;
 
 -- name: absorb_wakes
--- The signals the triggers on Mailglass's tables left since the last sweep (decision D21), applied
+-- The signals the triggers on Mailglass's tables left since the last sweep (decision D27), applied
 -- in a short transaction of its own before a sweep's (the rows it changes are then free for any
 -- sweep): orphans whose delivery appeared become due and linkable, orphans another writer
 -- reconciled while a sweep held them leave the queue. A SECURITY
@@ -478,7 +478,7 @@ ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
 --   matched    the linked orphans with type, times and tenant read from their own ledger rows
 --              (append-only, so exactly what find read);
 --   ins        the reconciled events (occurred_at = sweep time, UUIDv7 ids as Mailglass's: decision
---              D21); ON CONFLICT DO NOTHING admits one per orphan (decision D2), RETURNING says which
+--              D27); ON CONFLICT DO NOTHING admits one per orphan (decision D2), RETURNING says which
 --              this sweep appended;
 --   won        those orphans in batch order (occurred_at, inserted_at, find order);
 --   proj_agg/proj_upd  the projection rules from projector.py (decision D6), over won only;

@@ -1,10 +1,10 @@
 """What the Dagster UI shows of the orphans: the stale-orphan table, per-tenant checks and tags, queue states.
 
 An asset backfill launched from the asset page (``launchPartitionBackfill`` with an asset selection)
-gives each run of the implicit asset job a one-key partition RANGE (tags
-``dagster/asset_partition_range_start/end``) and no partition key. The run here has exactly that
-shape, so the check and the tenant tag are tested on the route an operator takes; the slow end-to-end
-test (tests/defs/test_dagster_e2e.py) launches it through the real webserver and daemon.
+gives each run of the implicit asset job one partition key (the asset has no backfill policy: decision
+D21) and no job tags. The run here has exactly that shape, so the check and the tenant tag are tested on
+the route an operator takes; the slow end-to-end test (tests/defs/test_dagster_e2e.py) launches it
+through the real webserver and daemon and reads the check's status per partition as the UI does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from datetime import timedelta
 
 from dagster import AssetKey, instance_for_test
 
-from mailglass_pipeline.dagster_support.private import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.jobs import SWEEP_JOB_NAME
@@ -24,12 +23,12 @@ TENANT_ASSET = AssetKey(["mailglass", "webhook_reconciliation"])
 
 
 def _backfill_run(database_url: str, instance, tenant: str):
-    """One run of an asset backfill from the asset page: the implicit asset job, a one-key range."""
+    """One run of an asset backfill from the asset page: the implicit asset job, one partition key."""
     job = build_definitions(MailglassDatabase(database_url=database_url)).resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         instance=instance,
         asset_selection=[TENANT_ASSET],
-        tags={ASSET_PARTITION_RANGE_START_TAG: tenant, ASSET_PARTITION_RANGE_END_TAG: tenant},
+        partition_key=tenant,
     )
 
 
@@ -50,8 +49,9 @@ def test_backfill_run_checks_its_own_tenant_with_the_stale_table(engine, databas
         result = _backfill_run(database_url, instance, "t1")
         assert result.success
         [evaluation] = result.get_asset_check_evaluations()
-        # Three in t1, not nine (every tenant's), as the one-key range's check used to count.
+        # Three in t1, not nine (every tenant's); recorded for partition t1, where the UI reads its status.
         assert evaluation.metadata["stale_orphans"].value == 3
+        assert evaluation.partition == "t1" and not evaluation.passed
         table = evaluation.metadata["oldest_stale_orphans"]
         rows = [r.data for r in table.value.records]
         assert [c.name for c in table.value.schema.columns][:5] == [
