@@ -60,7 +60,7 @@ def expected(admin_url: str, admin_engine: Engine, template_database: str, base_
     engine = create_engine(url)
     try:
         bulk_support.seed(engine, TENANT, N, base_time)
-        result = sweep(engine, TENANT, SweepConfig(limit=BATCH, grace_seconds=0))
+        result = sweep(engine, TENANT, SweepConfig(limit=BATCH, max_total=BATCH, grace_seconds=0))
         assert (result.scanned, result.linked, result.unmatched) == (BATCH, BATCH - 500, 500)
         yield bulk_support.snapshot(engine, TENANT)
     finally:
@@ -79,8 +79,10 @@ def crash_db(admin_url: str, admin_engine: Engine, template_database: str, base_
 
 
 def _start_sweep(url: str) -> subprocess.Popen[str]:
+    # The whole batch in one transaction: max_total (10,000 by default) must not split it.
+    one_batch = ["--batch-size", str(BATCH), "--max-total", str(BATCH)]
     return subprocess.Popen(
-        [MAILGLASS, "reconcile", "--tenant-id", TENANT, "--batch-size", str(BATCH), "--grace-seconds", "0"],
+        [MAILGLASS, "reconcile", "--tenant-id", TENANT, "--grace-seconds", "0", *one_batch],
         env={**os.environ, "MAILGLASS_DATABASE_URL": url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
