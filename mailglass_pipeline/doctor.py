@@ -1,7 +1,7 @@
 """``mailglass doctor``: a live database checked against what the product relies on.
 
 Each check reads the catalog or the rows and yields :class:`Problem`\\ s, each one line saying what is
-wrong and how to fix it (DESIGN.md section 5). What is checked, and why it matters:
+wrong and how to fix it (docs/contract.md, `mailglass doctor`). What is checked, and why it matters:
 
 * **schema**: ``MAILGLASS_DB_SCHEMA`` names a schema holding Mailglass's tables (else nothing else
   can be checked, and the line names where they are);
