@@ -240,9 +240,9 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     The runs are recorded in the Dagster instance `mailglass dev` shows.
     """
     from mailglass_pipeline import demo as demo_module
+    from mailglass_pipeline.dagster_devtools import dev as dev_module
+    from mailglass_pipeline.dagster_devtools.local_run import materialize_tenants
     from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
-    from mailglass_pipeline.devtools import dev as dev_module
-    from mailglass_pipeline.devtools.local_run import materialize_tenants
 
     embedded = dev_module.uses_embedded_server()
     if embedded and _embedded_server_down():
@@ -277,7 +277,7 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
 @Setting("port", 3000, 1, 65535).option("--port")
 def dev(host: str, port: int) -> None:
     """Embedded database if needed, migrations, then the Dagster UI and daemon (Ctrl-C or SIGTERM stops both)."""
-    from mailglass_pipeline.devtools.dev import run_dev
+    from mailglass_pipeline.dagster_devtools.dev import run_dev
 
     raise click.exceptions.Exit(run_dev(host, port))
 
@@ -285,7 +285,7 @@ def dev(host: str, port: int) -> None:
 @cli.command()
 def stop() -> None:
     """Stop the embedded PostgreSQL of this MAILGLASS_HOME (started by run, dev, demo or the tests)."""
-    from mailglass_pipeline.devtools.dev import stop_embedded_server
+    from mailglass_pipeline.dagster_devtools.dev import stop_embedded_server
 
     home = db.mailglass_home()
     pid = stop_embedded_server(home)
@@ -421,7 +421,7 @@ def _embedded_server_down() -> bool:
     """True when no database URL is configured and the embedded PostgreSQL is not running (a pid check)."""
     if settings.read(settings.DATABASE_URL):
         return False
-    from mailglass_pipeline.devtools.dev import embedded_server_pid
+    from mailglass_pipeline.dagster_devtools.dev import embedded_server_pid
 
     return embedded_server_pid() is None
 

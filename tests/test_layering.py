@@ -149,7 +149,9 @@ def test_shared_dagster_helpers_import_no_definitions_or_tooling() -> None:
         f"{path.relative_to(REPO)}: {name}"
         for path in sorted(SUPPORT.rglob("*.py"))
         for name in _imported_modules(path)
-        if name.startswith(("mailglass_pipeline.defs", "mailglass_pipeline.definitions", "mailglass_pipeline.devtools"))
+        if name.startswith(
+            ("mailglass_pipeline.defs", "mailglass_pipeline.definitions", "mailglass_pipeline.dagster_devtools")
+        )
     ]
     assert offenders == []
 
@@ -184,23 +186,23 @@ def test_the_package_has_no_import_circle() -> None:
 
 
 def test_definitions_import_no_tooling() -> None:
-    """``defs/`` holds definitions only: the code location never imports ``devtools``."""
+    """``defs/`` holds definitions only: the code location never imports ``dagster_devtools``."""
     offenders = [
         str(path.relative_to(REPO))
         for path in [PACKAGE / "definitions.py", *(PACKAGE / "defs").rglob("*.py"), *SUPPORT.rglob("*.py")]
-        if any(name.startswith("mailglass_pipeline.devtools") for name in _imported_modules(path))
+        if any(name.startswith("mailglass_pipeline.dagster_devtools") for name in _imported_modules(path))
     ]
     assert offenders == []
 
 
 def test_only_the_dagster_layer_imports_dagster() -> None:
     """Decision D12: Dagster is imported by ``definitions.py``, ``defs/``, ``dagster_support/`` and the tooling
-    that drives it (``devtools/``) only."""
+    that drives it (``dagster_devtools/``) only."""
     layer = {
         PACKAGE / "definitions.py",
         *(PACKAGE / "defs").rglob("*.py"),
         *SUPPORT.rglob("*.py"),
-        *(PACKAGE / "devtools").rglob("*.py"),
+        *(PACKAGE / "dagster_devtools").rglob("*.py"),
     }
     offenders = [
         str(path.relative_to(REPO))

@@ -69,7 +69,7 @@ STOP_GRACE_SECONDS = 6.0
 
 def project_root(start: Path | None = None) -> Path:
     """The folder holding ``workspace.yaml`` and ``dagster.yaml``: the working directory or the source checkout."""
-    package_parent = Path(__file__).resolve().parents[2]  # mailglass_pipeline/devtools/dev.py -> the checkout
+    package_parent = Path(__file__).resolve().parents[2]  # mailglass_pipeline/dagster_devtools/dev.py -> the checkout
     for candidate in (start or Path.cwd(), package_parent):
         if (candidate / "workspace.yaml").is_file() and (candidate / "dagster.yaml").is_file():
             return candidate.resolve()
