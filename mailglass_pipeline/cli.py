@@ -20,7 +20,7 @@ from mailglass_pipeline import db, settings
 from mailglass_pipeline.cli_output import MailglassGroup, emit, one_line, say_database
 from mailglass_pipeline.ingest.cli import ingest_command
 from mailglass_pipeline.ingest.serve import serve_command
-from mailglass_pipeline.settings import Setting
+from mailglass_pipeline.setting import Setting
 
 
 @click.group(cls=MailglassGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +28,7 @@ from mailglass_pipeline.settings import Setting
 def cli() -> None:
     """Keep the mailglass delivery ledger correct (reconciler, ingest, Dagster)."""
     for setting in settings.ENVIRONMENT:  # a misconfigured environment is refused before anything is done
-        settings.read(setting)
+        setting.read()
 
 
 @cli.command()
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _embedded_server_down() -> bool:
     """True when no database URL is configured and the embedded PostgreSQL is not running (a pid check)."""
-    if settings.read(settings.DATABASE_URL):
+    if settings.DATABASE_URL.read():
         return False
     from mailglass_pipeline.dagster_devtools.dev import embedded_server_pid
 

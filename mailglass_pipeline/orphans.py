@@ -343,7 +343,7 @@ def explain(
 
 def parked_retention_days() -> int:
     """``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30): days a parked queue row is kept."""
-    return settings.read(settings.PARKED_RETENTION_DAYS)
+    return settings.PARKED_RETENTION_DAYS.read()
 
 
 def prune_parked(

@@ -88,7 +88,7 @@ def psycopg2_url(url: str) -> str:
 
 def resolve_dagster_storage_url(app_url: str) -> str:
     """``MAILGLASS_DAGSTER_DATABASE_URL``, else a ``dagster`` database beside the application database."""
-    explicit = settings.read(settings.DAGSTER_DATABASE_URL)
+    explicit = settings.DAGSTER_DATABASE_URL.read()
     if explicit:
         return psycopg2_url(explicit)
     try:
@@ -144,7 +144,7 @@ def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) ->
 
 def uses_embedded_server() -> bool:
     """Whether this command will run on the embedded PostgreSQL (no ``MAILGLASS_DATABASE_URL`` given)."""
-    return not settings.read(settings.DATABASE_URL)
+    return not settings.DATABASE_URL.read()
 
 
 def embedded_server_note() -> str:
@@ -265,7 +265,7 @@ def copy_without_colours(source: object, target: object, min_level: int = loggin
 
 def dev_log_level() -> int:
     """``MAILGLASS_DEV_LOG_LEVEL`` as a ``logging`` level (a one-line error for a name that is none)."""
-    name = settings.read(settings.DEV_LOG_LEVEL).strip().upper()
+    name = settings.DEV_LOG_LEVEL.read().strip().upper()
     level = logging.getLevelName(name)
     if not isinstance(level, int):
         raise ConfigurationError(

@@ -104,7 +104,7 @@ class SweepDueConfig(Config):
     def budget(self) -> float:
         """The run's time budget: this config's, else the environment's, else the default (validated)."""
         if self.budget_seconds is None:
-            return settings.read(settings.BUDGET_SECONDS)
+            return settings.BUDGET_SECONDS.read()
         return settings.BUDGET_SECONDS.check(self.budget_seconds)
 
     def sweep_config(self) -> SweepConfig:
