@@ -121,6 +121,21 @@ def test_only_the_private_module_calls_non_public_dagster_methods() -> None:
     assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
 
 
+def test_the_package_calls_the_non_public_methods_tests_use_only_through_private() -> None:
+    """``resolve_job_def``, ``get_asset_materialization_events``, ``get_repository_def``: Dagster's testing idiom,
+    called directly by tests and benchmarks; the package calls them through ``private`` only."""
+    from mailglass_pipeline.dagster_support.private import NON_PUBLIC_ATTRIBUTES_TESTS_CALL
+
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in PRIVATE_HOMES
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr in NON_PUBLIC_ATTRIBUTES_TESTS_CALL
+    ]
+    assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+
+
 def test_the_package_calls_only_public_dagster_instance_methods() -> None:
     """Dagster marks ``DagsterInstance``'s public API with ``@public``; the package calls nothing else on an
     instance (an expression naming ``instance``) outside ``private``."""

@@ -359,6 +359,8 @@ def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
     bin_dir = Path(sys.executable).parent
     workspace = str(root / "workspace.yaml")
 
+    from mailglass_pipeline.dagster_support.private import DAEMON_MODULE
+
     def tool(name: str, module: str) -> list[str]:
         script = bin_dir / name
         return [str(script)] if script.exists() else [sys.executable, "-m", module]
@@ -366,7 +368,7 @@ def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
     return [
         [*tool("dagster-webserver", "dagster_webserver"), "-w", workspace, "-h", host, "-p", str(port)],
         # The daemon's code servers at ERROR: see the module doc (heartbeat noise).
-        [*tool("dagster-daemon", "dagster._daemon"), "run", "-w", workspace, "--code-server-log-level", "error"],
+        [*tool("dagster-daemon", DAEMON_MODULE), "run", "-w", workspace, "--code-server-log-level", "error"],
     ]
 
 
