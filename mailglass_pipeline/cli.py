@@ -224,7 +224,7 @@ def _age(seconds: float) -> str:
 @cli.group(invoke_without_command=True)
 @click.option("--tenant-id", default=None, help="Only this tenant's orphans.")
 @click.option("--state", type=click.Choice(["due", "waiting", "stale", "malformed"]), default=None)
-@Setting("limit", 50, 1, 10_000, "Most rows listed.").option("--limit")
+@settings.LIST_LIMIT.option("--limit")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.pass_context
 def orphans(ctx: click.Context, tenant_id: str | None, state: str | None, limit: int, as_json: bool) -> None:

@@ -63,6 +63,9 @@ BUDGET_SECONDS = Setting(
     unit="seconds",
 )
 
+#: Most rows ``mailglass orphans`` (``orphans.list_orphans``) lists.
+LIST_LIMIT = Setting("limit", 50, 1, 10_000, "Most rows listed.")
+
 #: The settings of one sweep, in :class:`SweepConfig`'s field order.
 SWEEP_SETTINGS = (LIMIT, MAX_AGE_MINUTES, GRACE_SECONDS, LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, MAX_TOTAL, RETRY_ALL)
 
