@@ -2,7 +2,7 @@
 
 The partition run goes through the real job (``reconcile_orphans``: the three
 ops, the resource, the IO manager, run and event storage) on an ephemeral
-Dagster instance, which is what ``mailglass_pipeline.devtools.local_run`` uses.
+Dagster instance, which is what ``mailglass_pipeline.dagster_devtools.local_run`` uses.
 The database URL reaches the code location the way it does in production,
 through ``MAILGLASS_DATABASE_URL``. Kept apart from :mod:`benchmarks.sweep`
 because Dagster is slow to import and is being written concurrently: when the
@@ -27,7 +27,7 @@ def partition_runner(database_url: str) -> tuple[Callable[[str], dict[str, Any]]
     """
     os.environ[settings.DATABASE_URL.env] = database_url
     try:
-        from mailglass_pipeline.devtools.local_run import materialize_tenants  # type: ignore[import-not-found]
+        from mailglass_pipeline.dagster_devtools.local_run import materialize_tenants  # type: ignore[import-not-found]
     except ImportError:
         materialize_tenants = None
     if materialize_tenants is not None:
@@ -35,7 +35,7 @@ def partition_runner(database_url: str) -> tuple[Callable[[str], dict[str, Any]]
         def run_helper(tenant: str) -> dict[str, Any]:
             return {"result": materialize_tenants([tenant], database_url=database_url)}
 
-        return run_helper, "mailglass_pipeline.devtools.local_run.materialize_tenants"
+        return run_helper, "mailglass_pipeline.dagster_devtools.local_run.materialize_tenants"
 
     from dagster import DagsterInstance
 

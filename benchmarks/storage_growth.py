@@ -95,8 +95,8 @@ def main() -> None:
     if not admin_url:
         raise SystemExit("set MAILGLASS_BENCH_DATABASE_URL to a PostgreSQL admin URL")
     from mailglass_pipeline import deliveries, ledger, schema
+    from mailglass_pipeline.dagster_devtools.dev import psycopg2_url
     from mailglass_pipeline.db import create_engine, normalize_url
-    from mailglass_pipeline.devtools.dev import psycopg2_url
 
     admin_url = normalize_url(admin_url)
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)

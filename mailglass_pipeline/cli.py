@@ -1,11 +1,8 @@
-"""The ``mailglass`` command.
+"""The ``mailglass`` command: its subcommands, each calling the same functions as the Python API.
 
-Every subcommand shares one error contract, kept by one function (:func:`_one_line`): stdout
-carries only the result (one JSON object where there is one), and any failure is one line on
-stderr, ``mailglass: <what>``, never a traceback. Exit codes: 0 success; 2 a bad argument, option
-or setting (a usage error, a ``ValueError`` such as ``ConfigurationError``: nothing was done);
-1 a runtime failure (the database down or refusing, a webhook refused, an unknown id);
-130 interrupted. Which database is used is said on stderr, with the password masked.
+Every subcommand reports through one error contract (``cli_output.py``): the result alone on
+stdout, any failure one line on stderr, exit 2 for a bad argument or setting, 1 for a runtime
+failure, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,95 +10,25 @@ from __future__ import annotations
 import difflib
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
 from mailglass_pipeline import db, settings
-from mailglass_pipeline.errors import MailglassError
+from mailglass_pipeline.cli_output import MailglassGroup, emit, one_line, say_database
 from mailglass_pipeline.ingest.cli import ingest_command
-from mailglass_pipeline.ingest.errors import IngestError
 from mailglass_pipeline.ingest.serve import serve_command
-from mailglass_pipeline.settings import Setting
+from mailglass_pipeline.setting import Setting
 
 
-def _say_database(url: str) -> None:
-    click.echo(f"mailglass: database {db.describe_url(url)}", err=True)
-
-
-def _emit(result: dict[str, Any]) -> None:
-    click.echo(json.dumps(result, default=str, sort_keys=False))
-
-
-class CommandFailed(click.ClickException):
-    """A failure as the contract shows it: ``mailglass: <message>`` on stderr, then ``exit_code``."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"mailglass: {self.format_message()}", err=True)
-
-
-#: What the contract reports in one line; anything else is a bug, whose traceback is the useful report.
-_REPORTED = (click.ClickException, click.Abort, KeyboardInterrupt, ValueError, MailglassError, sa.exc.SQLAlchemyError)
-
-
-def _one_line(exc: BaseException) -> CommandFailed:
-    """The one mapping from an error to its line and exit code (the module docstring's contract)."""
-    if isinstance(exc, click.ClickException):  # usage errors and bad options: exit 2, without the usage text
-        return CommandFailed(exc.format_message(), exc.exit_code)
-    if isinstance(exc, click.Abort | KeyboardInterrupt):
-        return CommandFailed("aborted", 130)
-    if isinstance(exc, ValueError):  # ConfigurationError, an unfit tenant id, a bad setting
-        return CommandFailed(db.first_line(exc), 2)
-    if isinstance(exc, IngestError):  # a refused webhook: its kind tells a replaying script why
-        return CommandFailed(f"{type(exc).__name__}: {db.first_line(exc)}", 1)
-    if isinstance(exc, MailglassError):
-        return CommandFailed(db.first_line(exc), 1)
-    said = f"database error: {db.first_line(getattr(exc, 'orig', None) or exc)}"
-    # Undefined table, or function (a sweep's first call is the project's absorb, migration 0006): most often
-    # the wrong schema, or never migrated.
-    if db.sqlstate_of(exc) in ("42P01", "42883"):
-        said += (
-            f" in schema {db.quote_ident(db.db_schema())} ({settings.DB_SCHEMA.env}): `mailglass doctor` says where"
-            " Mailglass's tables are; `mailglass migrate` creates them"
-        )
-    return CommandFailed(said, 1)
-
-
-@contextmanager
-def _errors_as_one_line() -> Iterator[None]:
-    try:
-        yield
-    except (CommandFailed, click.exceptions.Exit, click.exceptions.NoArgsIsHelpError):
-        raise
-    except _REPORTED as exc:
-        raise _one_line(exc) from None
-
-
-class _Mailglass(click.Group):
-    """The group every subcommand runs under: parsing and running both report through :func:`_one_line`."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        with _errors_as_one_line():
-            return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        with _errors_as_one_line():
-            return super().invoke(ctx)
-
-
-@click.group(cls=_Mailglass, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MailglassGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mailglass-pipeline")
 def cli() -> None:
     """Keep the mailglass delivery ledger correct (reconciler, ingest, Dagster)."""
     for setting in settings.ENVIRONMENT:  # a misconfigured environment is refused before anything is done
-        settings.read(setting)
+        setting.read()
 
 
 @cli.command()
@@ -110,9 +37,9 @@ def migrate() -> None:
     from mailglass_pipeline import schema
 
     url = db.resolve_database_url()
-    _say_database(url)
+    say_database(url)
     before, after = schema.upgrade(url)
-    _emit({"from_revision": before, "to_revision": after, "changed": before != after})
+    emit({"from_revision": before, "to_revision": after, "changed": before != after})
 
 
 @cli.command()
@@ -135,7 +62,7 @@ def reconcile(
 
     tenant_id = settings.validate_tenant_id(tenant_id)
     url = db.resolve_database_url()
-    _say_database(url)
+    say_database(url)
     # The Python API's own function: `mailglass reconcile` and reconcile() cannot drift apart.
     result = sweep_once(
         tenant_id,
@@ -146,7 +73,7 @@ def reconcile(
         max_total=max_total,
         retry_all=retry_all,
     )
-    _emit(result)
+    emit(result)
     if tenant_id is not None and result["scanned"] == 0:
         with db.connect(db.get_engine(url)) as conn:
             _hint_unknown_tenant(conn, tenant_id)
@@ -169,25 +96,24 @@ def demo(late: bool, late_waves: str) -> None:
     except ValueError:
         raise click.BadParameter(f"not a list of seconds: {late_waves!r}", param_hint="--late-waves") from None
     url = db.resolve_database_url()
-    _say_database(url)
+    say_database(url)
     schema.upgrade(url)
     if not late:
-        _emit(demo_module.seed(db.get_engine(url)))
+        emit(demo_module.seed(db.get_engine(url)))
         return
     say = lambda line: click.echo(f"mailglass: {line}", err=True)  # noqa: E731
-    _emit(demo_module.late(db.get_engine(url), waves=waves, say=say))
+    emit(demo_module.late(db.get_engine(url), waves=waves, say=say))
+
+
+def _service_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--for reconciler|receiver``: whose grants (`grants` prints them, `doctor` checks them)."""
+    choice = click.Choice(["reconciler", "receiver"])
+    return click.option("--for", "service", type=choice, default="reconciler", show_default=True, help=help)
 
 
 @cli.command()
 @click.option("--role", required=True, help="Existing database role the service connects as.")
-@click.option(
-    "--for",
-    "service",
-    type=click.Choice(["reconciler", "receiver"]),
-    default="reconciler",
-    show_default=True,
-    help="Whose grants: the reconciler's, or the webhook receiver's (mailglass serve).",
-)
+@_service_option("Whose grants: the reconciler's, or the webhook receiver's (mailglass serve).")
 @click.option("--apply", "apply_now", is_flag=True, help="Run the GRANTs as MAILGLASS_DATABASE_URL (the owner).")
 def grants(role: str, service: str, apply_now: bool) -> None:
     """Print (or --apply) the least-privilege GRANTs for the reconciler's (or the receiver's) role."""
@@ -197,32 +123,25 @@ def grants(role: str, service: str, apply_now: bool) -> None:
         click.echo(grants_module.render_grants(role, service=service))
         return
     url = db.resolve_database_url()
-    _say_database(url)
+    say_database(url)
     applied = grants_module.apply_grants(url, role, service=service)
-    _emit({"role": role, "service": service, "statements": len(applied)})
+    emit({"role": role, "service": service, "statements": len(applied)})
 
 
 @cli.command()
 @click.option("--repair", is_flag=True, help="Rebuild what can be rebuilt: the queue rows of orphans no trigger saw.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 @click.option("--role", default=None, help="Role whose grants to check (default: the connected role).")
-@click.option(
-    "--for",
-    "service",
-    type=click.Choice(["reconciler", "receiver"]),
-    default="reconciler",
-    show_default=True,
-    help="Which grants file the role is checked against.",
-)
+@_service_option("Which grants file the role is checked against.")
 def doctor(repair: bool, as_json: bool, role: str | None, service: str) -> None:
     """Check the database against what the product relies on: one line per problem with its fix; exit 1 if any."""
     from mailglass_pipeline import doctor as doctor_module
 
     url = db.resolve_database_url()
-    _say_database(url)
+    say_database(url)
     report = doctor_module.diagnose(db.get_engine(url), role=role, service=service, repair=repair)
     if as_json:
-        _emit(report.as_dict())
+        emit(report.as_dict())
     else:
         for line in report.lines():
             click.echo(line)
@@ -240,16 +159,16 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     The runs are recorded in the Dagster instance `mailglass dev` shows.
     """
     from mailglass_pipeline import demo as demo_module
+    from mailglass_pipeline.dagster_devtools import dev as dev_module
+    from mailglass_pipeline.dagster_devtools.local_run import materialize_tenants
     from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
-    from mailglass_pipeline.devtools import dev as dev_module
-    from mailglass_pipeline.devtools.local_run import materialize_tenants
 
     embedded = dev_module.uses_embedded_server()
     if embedded and _embedded_server_down():
         click.echo(f"mailglass: starting the embedded PostgreSQL ({db.mailglass_home()})", err=True)
     env = dev_module.prepare_dev_environment(quiet=True)  # same instance and databases as `mailglass dev`
     url = env[settings.DATABASE_URL.env]
-    _say_database(url)
+    say_database(url)
     click.echo(f"mailglass: dagster instance {env['DAGSTER_HOME']} (shown by `mailglass dev`)", err=True)
     engine = db.get_engine(url)
     if not no_demo and demo_module.is_empty(engine):
@@ -264,7 +183,7 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
     if embedded:
         click.echo(f"mailglass: {dev_module.embedded_server_note()}", err=True)
     if as_json:
-        _emit(results)
+        emit(results)
         return
     width = max([len("tenant"), *(len(t) for t in results)])
     click.echo("tenant".ljust(width) + "".join(f"  {c:>{len(c)}}" for c in COUNT_KEYS))
@@ -277,7 +196,7 @@ def run(tenant_ids: tuple[str, ...], no_demo: bool, as_json: bool) -> None:
 @Setting("port", 3000, 1, 65535).option("--port")
 def dev(host: str, port: int) -> None:
     """Embedded database if needed, migrations, then the Dagster UI and daemon (Ctrl-C or SIGTERM stops both)."""
-    from mailglass_pipeline.devtools.dev import run_dev
+    from mailglass_pipeline.dagster_devtools.dev import run_dev
 
     raise click.exceptions.Exit(run_dev(host, port))
 
@@ -285,7 +204,7 @@ def dev(host: str, port: int) -> None:
 @cli.command()
 def stop() -> None:
     """Stop the embedded PostgreSQL of this MAILGLASS_HOME (started by run, dev, demo or the tests)."""
-    from mailglass_pipeline.devtools.dev import stop_embedded_server
+    from mailglass_pipeline.dagster_devtools.dev import stop_embedded_server
 
     home = db.mailglass_home()
     pid = stop_embedded_server(home)
@@ -305,7 +224,7 @@ def _age(seconds: float) -> str:
 @cli.group(invoke_without_command=True)
 @click.option("--tenant-id", default=None, help="Only this tenant's orphans.")
 @click.option("--state", type=click.Choice(["due", "waiting", "stale", "malformed"]), default=None)
-@Setting("limit", 50, 1, 10_000, "Most rows listed.").option("--limit")
+@settings.LIST_LIMIT.option("--limit")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.pass_context
 def orphans(ctx: click.Context, tenant_id: str | None, state: str | None, limit: int, as_json: bool) -> None:
@@ -321,7 +240,7 @@ def orphans(ctx: click.Context, tenant_id: str | None, state: str | None, limit:
     from mailglass_pipeline import orphans as orphans_module
 
     url = db.resolve_database_url()
-    _say_database(url)
+    say_database(url)
     with db.connect(db.get_engine(url)) as conn:
         rows = orphans_module.list_orphans(conn, tenant_id, state, limit)
         if tenant_id is not None:
@@ -363,9 +282,9 @@ def explain(event_id: str, as_json: bool) -> None:
         except orphans_module.OrphanNotFoundError as exc:
             # One line for an unknown id, naming the database it was looked up in.
             raise orphans_module.OrphanNotFoundError(f"{exc} of database {db.describe_url(url)}") from None
-    _say_database(url)
+    say_database(url)
     if as_json:
-        _emit(result)
+        emit(result)
         return
     click.echo(f"{result['event_id']}: {result['state']} ({result['reason']})")
     click.echo(f"  {result['message']}")
@@ -404,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.show()
         code = exc.exit_code
     except (click.ClickException, click.Abort) as exc:
-        failed = _one_line(exc)
+        failed = one_line(exc)
         failed.show()
         code = failed.exit_code
     if embedded_was_down and not _embedded_server_down() and args[:1] not in (["dev"], ["run"], ["stop"]):
@@ -419,9 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _embedded_server_down() -> bool:
     """True when no database URL is configured and the embedded PostgreSQL is not running (a pid check)."""
-    if settings.read(settings.DATABASE_URL):
+    if settings.DATABASE_URL.read():
         return False
-    from mailglass_pipeline.devtools.dev import embedded_server_pid
+    from mailglass_pipeline.dagster_devtools.dev import embedded_server_pid
 
     return embedded_server_pid() is None
 

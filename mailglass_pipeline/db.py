@@ -70,7 +70,7 @@ def db_schema() -> str:
     Any name Mailglass accepts (``settings.DB_SCHEMA``'s pattern, ``Mailglass.Identifier``'s rule),
     used quoted everywhere (decision D19).
     """
-    return str(settings.read(settings.DB_SCHEMA))
+    return str(settings.DB_SCHEMA.read())
 
 
 def quote_ident(name: str) -> str:
@@ -107,7 +107,7 @@ def _on_connect(dbapi_connection: psycopg.Connection, _record: object) -> None:
 
 def mailglass_home() -> Path:
     """Folder holding the embedded server's data (``.mailglass`` in the working directory)."""
-    return Path(settings.read(settings.HOME)).expanduser().resolve()
+    return Path(settings.HOME.read()).expanduser().resolve()
 
 
 def normalize_url(url: str) -> str:
@@ -172,7 +172,7 @@ def ensure_database(admin_url: str, database: str) -> None:
 
 def resolve_database_url(url: str | None = None) -> str:
     """Explicit URL, else ``MAILGLASS_DATABASE_URL``, else the embedded server."""
-    chosen = url or settings.read(settings.DATABASE_URL)
+    chosen = url or settings.DATABASE_URL.read()
     if chosen:
         return normalize_url(chosen)
     return embedded_server_url()
@@ -216,7 +216,7 @@ def create_engine(url: str, *, pre_ping: bool = True, **kwargs: object) -> Engin
         options += " " + (url_options if isinstance(url_options, str) else " ".join(url_options))
         parsed = parsed.difference_update_query(["options"])
     connect_args: dict[str, object] = {
-        "connect_timeout": settings.read(settings.CONNECT_TIMEOUT),
+        "connect_timeout": settings.CONNECT_TIMEOUT.read(),
         "application_name": "mailglass",
         "options": options,
     }

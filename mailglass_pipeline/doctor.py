@@ -227,7 +227,7 @@ def _functions_and_triggers(conn: Connection, report: Report, state: sa.Row[Any]
 def _queue(conn: Connection, report: Report, state: sa.Row[Any]) -> Iterator[Problem]:
     if state.migration_owner is None:
         return
-    days = settings.read(settings.PARKED_RETENTION_DAYS)
+    days = settings.PARKED_RETENTION_DAYS.read()
     missing = _rows(conn, "doctor_unqueued_orphans", retention_days=days)[0]
     if missing.orphans:
         yield Problem(
@@ -250,7 +250,7 @@ def _queue(conn: Connection, report: Report, state: sa.Row[Any]) -> Iterator[Pro
 
 
 def _repair(engine: Engine) -> dict[str, int]:
-    days = settings.read(settings.PARKED_RETENTION_DAYS)
+    days = settings.PARKED_RETENTION_DAYS.read()
 
     def work(conn: Connection) -> dict[str, int]:
         queued = conn.execute(queries.statement("doctor_queue_missing_rows"), {"retention_days": days}).rowcount

@@ -39,8 +39,6 @@ from mailglass_pipeline.settings import (
 )
 
 STATES = ("due", "waiting", "stale", "malformed")
-DEFAULT_LIST_LIMIT = 50
-MAX_LIST_LIMIT = 10_000
 PARKED_REASONS = ("stale", "malformed")
 #: Where an orphan's message id is read, in order (as migration 0003's queue trigger extracts it: tested).
 _MESSAGE_ID_KEYS = ("provider_message_id", "message_id", "sg_message_id")
@@ -91,17 +89,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
 
-def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
-        raise ConfigurationError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}, got {limit!r}")
-    return limit
-
-
 def list_orphans(
     conn: Connection,
     tenant_id: str | None = None,
     state: str | None = None,
-    limit: int = DEFAULT_LIST_LIMIT,
+    limit: int = settings.LIST_LIMIT.default,
     *,
     grace_seconds: int = DEFAULT_GRACE_SECONDS,
     max_age_minutes: int = DEFAULT_MAX_AGE_MINUTES,
@@ -111,7 +103,7 @@ def list_orphans(
     Within a state: due in the order the sweep takes them, waiting by next attempt, stale and
     malformed oldest first. Each state reads at most ``limit`` rows from its own index ranges.
     """
-    limit = _check_limit(limit)
+    limit = settings.LIST_LIMIT.check(limit)
     tenant_id = validate_tenant_id(tenant_id)
     if state is not None and state not in STATES:
         raise ConfigurationError(f"state must be one of {', '.join(STATES)}, got {state!r}")
@@ -190,7 +182,7 @@ def oldest_stale(
     params = {
         "state": "stale",
         "tenant_id": tenant_id,
-        "limit": _check_limit(limit),
+        "limit": settings.LIST_LIMIT.check(limit),
         "max_age_minutes": max_age_minutes,
     }
     return [dict(r) for r in _read(conn, "oldest_stale", params).mappings()]
@@ -343,7 +335,7 @@ def explain(
 
 def parked_retention_days() -> int:
     """``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30): days a parked queue row is kept."""
-    return settings.read(settings.PARKED_RETENTION_DAYS)
+    return settings.PARKED_RETENTION_DAYS.read()
 
 
 def prune_parked(

@@ -77,7 +77,7 @@ def dagster_storage_template(admin_url: str, admin_engine: Engine) -> Iterator[s
     """A database holding Dagster's storage tables, created once: each test's storage is a copy of it."""
     from dagster import instance_for_test
 
-    from mailglass_pipeline.devtools.dev import psycopg2_url
+    from mailglass_pipeline.dagster_devtools.dev import psycopg2_url
 
     name = f"mg_dagster_tpl_{uuid.uuid4().hex[:10]}"
     create_database(admin_engine, name)
@@ -92,7 +92,7 @@ def dagster_storage_template(admin_url: str, admin_engine: Engine) -> Iterator[s
 @pytest.fixture
 def dagster_storage_url(admin_url: str, admin_engine: Engine, dagster_storage_template: str) -> Iterator[str]:
     """A database for a Dagster instance's storage (dagster-postgres's psycopg2 URL), dropped after the test."""
-    from mailglass_pipeline.devtools.dev import psycopg2_url
+    from mailglass_pipeline.dagster_devtools.dev import psycopg2_url
 
     name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
     create_database(admin_engine, name, template=dagster_storage_template)
@@ -133,7 +133,7 @@ _EMBEDDED_RUNNING_AT_START: bool | None = None
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _EMBEDDED_RUNNING_AT_START
-    from mailglass_pipeline.devtools.dev import embedded_server_pid
+    from mailglass_pipeline.dagster_devtools.dev import embedded_server_pid
 
     _EMBEDDED_RUNNING_AT_START = embedded_server_pid() is not None
 
@@ -145,7 +145,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """
     if hasattr(session.config, "workerinput") or _EMBEDDED_RUNNING_AT_START is not False:
         return
-    from mailglass_pipeline.devtools.dev import stop_embedded_server
+    from mailglass_pipeline.dagster_devtools.dev import stop_embedded_server
 
     if stop_embedded_server() is not None:
         print("\nstopped the embedded PostgreSQL this test session started")

@@ -1,4 +1,4 @@
-"""One error contract for every ``mailglass`` command (cli.py's docstring, the README's command-line section).
+"""One error contract for every ``mailglass`` command (cli_output.py's docstring, the README's command-line section).
 
 In process with click's CliRunner: a bad argument, option or setting is one line on stderr and exit 2,
 before anything is done; a runtime failure (here: a database that refuses connections) is one line

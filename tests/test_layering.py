@@ -121,6 +121,21 @@ def test_only_the_private_module_calls_non_public_dagster_methods() -> None:
     assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
 
 
+def test_the_package_calls_the_non_public_methods_tests_use_only_through_private() -> None:
+    """``resolve_job_def``, ``get_asset_materialization_events``, ``get_repository_def``: Dagster's testing idiom,
+    called directly by tests and benchmarks; the package calls them through ``private`` only."""
+    from mailglass_pipeline.dagster_support.private import NON_PUBLIC_ATTRIBUTES_TESTS_CALL
+
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in PRIVATE_HOMES
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr in NON_PUBLIC_ATTRIBUTES_TESTS_CALL
+    ]
+    assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+
+
 def test_the_package_calls_only_public_dagster_instance_methods() -> None:
     """Dagster marks ``DagsterInstance``'s public API with ``@public``; the package calls nothing else on an
     instance (an expression naming ``instance``) outside ``private``."""
@@ -149,7 +164,9 @@ def test_shared_dagster_helpers_import_no_definitions_or_tooling() -> None:
         f"{path.relative_to(REPO)}: {name}"
         for path in sorted(SUPPORT.rglob("*.py"))
         for name in _imported_modules(path)
-        if name.startswith(("mailglass_pipeline.defs", "mailglass_pipeline.definitions", "mailglass_pipeline.devtools"))
+        if name.startswith(
+            ("mailglass_pipeline.defs", "mailglass_pipeline.definitions", "mailglass_pipeline.dagster_devtools")
+        )
     ]
     assert offenders == []
 
@@ -184,23 +201,23 @@ def test_the_package_has_no_import_circle() -> None:
 
 
 def test_definitions_import_no_tooling() -> None:
-    """``defs/`` holds definitions only: the code location never imports ``devtools``."""
+    """``defs/`` holds definitions only: the code location never imports ``dagster_devtools``."""
     offenders = [
         str(path.relative_to(REPO))
         for path in [PACKAGE / "definitions.py", *(PACKAGE / "defs").rglob("*.py"), *SUPPORT.rglob("*.py")]
-        if any(name.startswith("mailglass_pipeline.devtools") for name in _imported_modules(path))
+        if any(name.startswith("mailglass_pipeline.dagster_devtools") for name in _imported_modules(path))
     ]
     assert offenders == []
 
 
 def test_only_the_dagster_layer_imports_dagster() -> None:
     """Decision D12: Dagster is imported by ``definitions.py``, ``defs/``, ``dagster_support/`` and the tooling
-    that drives it (``devtools/``) only."""
+    that drives it (``dagster_devtools/``) only."""
     layer = {
         PACKAGE / "definitions.py",
         *(PACKAGE / "defs").rglob("*.py"),
         *SUPPORT.rglob("*.py"),
-        *(PACKAGE / "devtools").rglob("*.py"),
+        *(PACKAGE / "dagster_devtools").rglob("*.py"),
     }
     offenders = [
         str(path.relative_to(REPO))

@@ -10,13 +10,14 @@ import pytest
 
 from mailglass_pipeline import settings
 from mailglass_pipeline.errors import ConfigurationError
+from mailglass_pipeline.setting import Setting
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mailglass_pipeline"
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-def readme_row(setting: settings.Setting) -> str:
+def readme_row(setting: Setting) -> str:
     return f"| `{setting.env}` | {setting.description} | {setting.shown_default()} |"
 
 
@@ -28,7 +29,7 @@ def test_the_readme_table_is_the_settings_module() -> None:
 
 
 def test_every_variable_the_package_names_is_defined_in_the_settings_module() -> None:
-    """No other module spells a MAILGLASS_* name (so none reads one past settings.read)."""
+    """No other module spells a MAILGLASS_* name (so none reads one past Setting.read)."""
     defined = {setting.env for setting in settings.ENVIRONMENT}
     assert len(defined) == len(settings.ENVIRONMENT)
     spelled: dict[str, set[str]] = {}
@@ -45,22 +46,22 @@ def test_every_variable_the_package_names_is_defined_in_the_settings_module() ->
 
 
 @pytest.mark.parametrize("setting", settings.ENVIRONMENT, ids=lambda s: s.env)
-def test_unset_or_blank_is_the_default_and_a_bad_value_is_one_line(setting: settings.Setting) -> None:
-    assert settings.read(setting, {}) == setting.default
-    assert settings.read(setting, {setting.env: "  "}) == setting.default
+def test_unset_or_blank_is_the_default_and_a_bad_value_is_one_line(setting: Setting) -> None:
+    assert setting.read({}) == setting.default
+    assert setting.read({setting.env: "  "}) == setting.default
     if setting.type is str:
-        assert settings.read(setting, {setting.env: "x"}) == "x"
+        assert setting.read({setting.env: "x"}) == "x"
         return
     good = setting.minimum if setting.minimum is not None else setting.default
-    assert settings.read(setting, {setting.env: f" {good} "}) == good
+    assert setting.read({setting.env: f" {good} "}) == good
     for bad in ("ten", "nan", "inf", "1e999"):
         with pytest.raises(ConfigurationError) as refused:
-            settings.read(setting, {setting.env: bad})
+            setting.read({setting.env: bad})
         assert str(refused.value) == f"{setting.env} must be {setting.accepts()}, got {bad!r}"
     if setting.minimum is not None:
         below = str(setting.minimum - 1)
         with pytest.raises(ConfigurationError, match=f"^{setting.env} must be .*, got '{below}'$"):
-            settings.read(setting, {setting.env: below})
+            setting.read({setting.env: below})
 
 
 def test_what_a_setting_accepts_in_words() -> None:

@@ -12,6 +12,6 @@ sensors, checks), grouped by feature. What more than one feature needs lives her
 * ``metadata``: queue-state counts shared by the per-tenant and the scheduled sweep;
 * ``config_errors``: a bad Launchpad value refused with one line naming the field and its bound.
 
-Nothing here imports ``defs`` or ``devtools``, and no module but ``private`` imports ``dagster._``
+Nothing here imports ``defs`` or ``dagster_devtools``, and no module but ``private`` imports ``dagster._``
 or calls a non-public Dagster method (tests/test_layering.py checks both).
 """

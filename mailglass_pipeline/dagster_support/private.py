@@ -16,6 +16,13 @@ Used by the code location and ``mailglass dev``/``run``:
 * ``run_pools``, ``add_run_tags``, ``pool_limits``, ``ensure_default_pool_limit``: a run's
   concurrency pools, tags added to a started run, the instance's pool limits.
 * ``latest_materialization_ids_by_partition``: the retention job keeps each partition's latest.
+* ``job_by_name``, ``materialization_metadata``, ``job_names``, ``config_schema``: a definitions'
+  job with its asset jobs resolved, an in-process run's one materialization, every job of a code
+  location, a pythonic ``Config`` class as a ``config_mapping``'s schema (methods not marked
+  ``@public``; the tests and benchmarks call the first two directly, see
+  ``NON_PUBLIC_ATTRIBUTES_TESTS_CALL``).
+* ``DAEMON_MODULE``: ``mailglass dev`` starts the daemon as ``python -m dagster._daemon`` where its
+  ``dagster-daemon`` script is not beside the interpreter.
 
 Used only by tests and benchmarks (Dagster's names, re-exported; no test code of ours ships):
 ``execute_graphql`` (a raw GraphQL query through ``DagsterGraphQLClient``), the run and origin
@@ -30,7 +37,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, AssetMaterialization, DagsterEventType, DagsterInstance, DagsterRun, OpExecutionContext
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    Config,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    OpExecutionContext,
+)
 from dagster._config import validate_config
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
@@ -49,9 +67,11 @@ from dagster._grpc import server as grpc_server
 from dagster._serdes.config_class import class_from_code_pointer
 
 __all__ = [
+    "DAEMON_MODULE",
     "EVENT_BATCH_SIZE",
     "EVENT_BATCH_SIZE_ENV",
     "NON_PUBLIC_ATTRIBUTES",
+    "NON_PUBLIC_ATTRIBUTES_TESTS_CALL",
     "GrpcServerCodeLocationOrigin",
     "InstigatorType",
     "RegisteredCodeLocationOrigin",
@@ -60,6 +80,7 @@ __all__ = [
     "TickStatus",
     "add_run_tags",
     "class_from_code_pointer",
+    "config_schema",
     "create_run_for_test",
     "daemon_controller",
     "dagster_instance_config",
@@ -68,8 +89,11 @@ __all__ = [
     "event_batching",
     "execute_graphql",
     "grpc_server",
+    "job_by_name",
+    "job_names",
     "latest_materialization_ids_by_partition",
     "log_materializations_in_batches",
+    "materialization_metadata",
     "pool_limits",
     "run_pools",
     "validate_config",
@@ -86,7 +110,14 @@ NON_PUBLIC_ATTRIBUTES = (
     "index_connection",
     "initialize_concurrency_limit_to_default",
     "run_op_concurrency",
+    "to_config_schema",
 )
+#: Non-public methods the package calls only below, which the tests and benchmarks also call directly
+#: (``defs.resolve_job_def(...)``, ``result.get_asset_materialization_events()``: Dagster's own testing idiom).
+NON_PUBLIC_ATTRIBUTES_TESTS_CALL = ("resolve_job_def", "get_asset_materialization_events", "get_repository_def")
+
+#: ``python -m`` target of the daemon (its ``dagster-daemon`` script runs this module's ``main``).
+DAEMON_MODULE = "dagster._daemon"
 
 #: Read by ``DagsterInstance.handle_new_event``: events with batch metadata are stored this many at a time.
 EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
@@ -180,3 +211,24 @@ def latest_materialization_ids_by_partition(instance: DagsterInstance, key: Asse
 def execute_graphql(client: Any, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a GraphQL ``query`` through a ``DagsterGraphQLClient`` (tests and benchmarks: no public method does)."""
     return client._execute(query, variables)
+
+
+def job_by_name(definitions: Definitions, name: str) -> JobDefinition:
+    """The job ``name``, an asset job resolved (the public ``get_job_def`` warns on an unresolved asset job)."""
+    return definitions.resolve_job_def(name)
+
+
+def materialization_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
+    """The metadata of the one asset materialization an in-process run recorded."""
+    [event] = result.get_asset_materialization_events()
+    return dict(event.materialization.metadata)
+
+
+def job_names(definitions: Definitions) -> set[str]:
+    """Every job of the code location, the implicit asset job(s) of the asset page included."""
+    return set(definitions.get_repository_def().job_names)
+
+
+def config_schema(config_class: type[Config]) -> Any:
+    """A pythonic ``Config`` class as the ``config_schema`` a ``config_mapping`` takes."""
+    return config_class.to_config_schema()

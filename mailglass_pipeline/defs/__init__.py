@@ -13,5 +13,5 @@ This package only decides *when* and *how* it runs and what is recorded:
 ``mailglass_pipeline.definitions`` merges them into the ``defs`` object that
 ``workspace.yaml`` loads. Helpers shared by the features live in
 ``mailglass_pipeline.dagster_support``; local tooling (``mailglass dev``/``run``/``stop``)
-in ``mailglass_pipeline.devtools``.
+in ``mailglass_pipeline.dagster_devtools``.
 """

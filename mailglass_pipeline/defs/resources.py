@@ -54,6 +54,6 @@ class MailglassDatabase(ConfigurableResource):
 
 def default_database_resource() -> MailglassDatabase:
     """The resource bound in the code location: ``EnvVar`` when set, the core's default otherwise."""
-    if settings.read(settings.DATABASE_URL):
+    if settings.DATABASE_URL.read():
         return MailglassDatabase(database_url=EnvVar(settings.DATABASE_URL.env))
     return MailglassDatabase()

@@ -27,7 +27,6 @@ from mailglass_pipeline.settings import (
     SENDGRID_VERIFICATION_KEY,
     SES_TOPIC_ARNS,
     SNS_CERT_DIR,
-    read,
 )
 
 #: Providers whose webhooks can be ingested.
@@ -54,13 +53,13 @@ class IngestSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
         return cls(
-            postmark_auth=read(POSTMARK_WEBHOOK_AUTH, environ),
-            sendgrid_verification_key=read(SENDGRID_VERIFICATION_KEY, environ),
-            mailgun_signing_key=read(MAILGUN_SIGNING_KEY, environ),
-            resend_webhook_secret=read(RESEND_WEBHOOK_SECRET, environ),
-            sns_cert_dir=read(SNS_CERT_DIR, environ),
-            ses_topic_arns=split_list(read(SES_TOPIC_ARNS, environ)),
-            max_body_bytes=read(INGEST_MAX_BODY_BYTES, environ),
+            postmark_auth=POSTMARK_WEBHOOK_AUTH.read(environ),
+            sendgrid_verification_key=SENDGRID_VERIFICATION_KEY.read(environ),
+            mailgun_signing_key=MAILGUN_SIGNING_KEY.read(environ),
+            resend_webhook_secret=RESEND_WEBHOOK_SECRET.read(environ),
+            sns_cert_dir=SNS_CERT_DIR.read(environ),
+            ses_topic_arns=split_list(SES_TOPIC_ARNS.read(environ)),
+            max_body_bytes=INGEST_MAX_BODY_BYTES.read(environ),
         )
 
 

@@ -41,7 +41,6 @@ from mailglass_pipeline.settings import (
     SERVE_LIMIT_CONCURRENCY,
     SERVE_MAX_CONNECTIONS,
     SERVE_MAX_HEADER_BYTES,
-    read,
 )
 
 #: Seconds the rest of a refused upload is read and dropped before closing, so the client reads the
@@ -64,10 +63,10 @@ class Limits:
 def limits() -> Limits:
     """This worker's limits, from the variables ``mailglass serve`` sets (read once per process)."""
     return Limits(
-        max_header_bytes=read(SERVE_MAX_HEADER_BYTES),
-        header_timeout=read(SERVE_HEADER_TIMEOUT),
-        max_connections=read(SERVE_MAX_CONNECTIONS),
-        limit_concurrency=read(SERVE_LIMIT_CONCURRENCY),
+        max_header_bytes=SERVE_MAX_HEADER_BYTES.read(),
+        header_timeout=SERVE_HEADER_TIMEOUT.read(),
+        max_connections=SERVE_MAX_CONNECTIONS.read(),
+        limit_concurrency=SERVE_LIMIT_CONCURRENCY.read(),
     )
 
 

@@ -41,6 +41,7 @@ import click
 from mailglass_pipeline.db import describe_url, resolve_database_url
 from mailglass_pipeline.ingest.base import IngestSettings
 from mailglass_pipeline.ingest.tenants import TenantSettings
+from mailglass_pipeline.setting import Setting
 from mailglass_pipeline.settings import DATABASE_URL as DATABASE_URL_SETTING
 from mailglass_pipeline.settings import (
     SERVE_BODY_TIMEOUT,
@@ -51,7 +52,6 @@ from mailglass_pipeline.settings import (
     SERVE_METRICS_PORT,
     SERVE_STATE_DIR,
     SERVE_THREADS,
-    Setting,
 )
 
 # No import of .server or prometheus_client here: prometheus-client picks its

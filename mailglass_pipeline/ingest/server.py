@@ -42,7 +42,7 @@ from mailglass_pipeline.ingest.grouped import BUSY, MAX_GROUP, Outcome, store_gr
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_METRICS_PORT, SERVE_THREADS, read
+from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_METRICS_PORT, SERVE_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,8 @@ async def answer_raw(
 def create_app() -> Receiver:
     """The application factory uvicorn imports in each worker (settings from the environment)."""
     return Receiver(
-        body_timeout=read(SERVE_BODY_TIMEOUT),
-        threads=read(SERVE_THREADS),
-        lock_wait=read(SERVE_LOCK_WAIT),
-        public_metrics=read(SERVE_METRICS_PORT) is None,
+        body_timeout=SERVE_BODY_TIMEOUT.read(),
+        threads=SERVE_THREADS.read(),
+        lock_wait=SERVE_LOCK_WAIT.read(),
+        public_metrics=SERVE_METRICS_PORT.read() is None,
     )

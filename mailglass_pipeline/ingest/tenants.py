@@ -58,7 +58,7 @@ from typing import Any
 
 from mailglass_pipeline.ingest.base import PROVIDERS, IngestSettings, split_list
 from mailglass_pipeline.ingest.errors import IngestConfigurationError, InvalidTenantIdError
-from mailglass_pipeline.settings import SERVE_STATE_DIR, WEBHOOK_SECRETS, read
+from mailglass_pipeline.settings import SERVE_STATE_DIR, WEBHOOK_SECRETS
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +282,8 @@ class TenantSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TenantSettings:
-        path = read(WEBHOOK_SECRETS, environ)
-        shared = read(SERVE_STATE_DIR, environ)
+        path = WEBHOOK_SECRETS.read(environ)
+        shared = SERVE_STATE_DIR.read(environ)
         return cls(IngestSettings.from_env(environ), SecretsFile(path, shared_dir=shared) if path else None)
 
     def for_tenant(self, tenant_id: str, provider: str) -> IngestSettings:

@@ -13,7 +13,8 @@ from mailglass_pipeline.errors import ConfigurationError
 from mailglass_pipeline.reconciliation.drain import sweep_due_tenants, tenant_changed
 from mailglass_pipeline.reconciliation.results import BUDGET, DRAINED, QUOTA
 from mailglass_pipeline.reconciliation.sweep import sweep
-from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, Setting, SweepConfig, read
+from mailglass_pipeline.setting import Setting
+from mailglass_pipeline.settings import BUDGET_SECONDS, DEFAULT_BUDGET_SECONDS, SweepConfig
 from tests.core.core_support import statements_sent
 from tests.factories import QUEUE, make_delivery, make_orphan, rows
 
@@ -135,13 +136,13 @@ def test_bad_budgets_are_refused_before_any_write(engine: Engine, bad: object) -
 
 def test_budget_from_the_environment() -> None:
     name = BUDGET_SECONDS.env
-    assert read(BUDGET_SECONDS, {}) == DEFAULT_BUDGET_SECONDS
-    assert read(BUDGET_SECONDS, {name: " 12.5 "}) == 12.5
+    assert BUDGET_SECONDS.read({}) == DEFAULT_BUDGET_SECONDS
+    assert BUDGET_SECONDS.read({name: " 12.5 "}) == 12.5
     for bad in ("abc", "0", "-3", "nan", "99999"):
         with pytest.raises(ConfigurationError, match=name):
-            read(BUDGET_SECONDS, {name: bad})
+            BUDGET_SECONDS.read({name: bad})
     with pytest.raises(ConfigurationError, match=r" must be a number of seconds from 0\.001 to 3600, got 'abc'$"):
-        read(BUDGET_SECONDS, {name: "abc"})
+        BUDGET_SECONDS.read({name: "abc"})
 
 
 def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,15 +150,15 @@ def test_whole_numbers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     name = "MAILGLASS_TEST_WHOLE_NUMBER"
     days = Setting("days", 30, 1, None, env=name, unit="days")
     monkeypatch.delenv(name, raising=False)
-    assert read(days) == 30
+    assert days.read() == 30
     monkeypatch.setenv(name, " 7 ")
-    assert read(days) == 7
+    assert days.read() == 7
     monkeypatch.setenv(name, "7.5")
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days >= 1, got '7.5'$"):
-        read(days)
+        days.read()
     monkeypatch.setenv(name, "0")
     with pytest.raises(ConfigurationError, match=rf"^{name} must be a whole number of days >= 1, got '0'$"):
-        read(days)
+        days.read()
 
 
 def test_a_single_sweep_is_unchanged_by_the_run_bookkeeping(engine: Engine) -> None:

@@ -22,6 +22,7 @@ from dagster import (
     PreviewWarning,
     asset,
     asset_check,
+    define_asset_job,
     instance_for_test,
 )
 
@@ -118,12 +119,22 @@ def test_tick_and_instigator_enums_used_by_tests_and_benchmarks() -> None:
 
 def test_every_non_public_attribute_still_exists() -> None:
     """``NON_PUBLIC_ATTRIBUTES``: each name is still there on the Dagster class it is called on."""
-    from dagster import DagsterInstance, DagsterRun, OpExecutionContext
+    from dagster import Config, DagsterInstance, DagsterRun, ExecuteInProcessResult, OpExecutionContext
     from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
     from dagster_graphql import DagsterGraphQLClient
 
-    owners = (DagsterInstance, DagsterRun, OpExecutionContext, SqlEventLogStorage, DagsterGraphQLClient)
-    missing = [name for name in private.NON_PUBLIC_ATTRIBUTES if not any(hasattr(c, name) for c in owners)]
+    owners = (
+        DagsterInstance,
+        DagsterRun,
+        OpExecutionContext,
+        SqlEventLogStorage,
+        DagsterGraphQLClient,
+        Config,
+        Definitions,
+        ExecuteInProcessResult,
+    )
+    names = (*private.NON_PUBLIC_ATTRIBUTES, *private.NON_PUBLIC_ATTRIBUTES_TESTS_CALL)
+    missing = [name for name in names if not any(hasattr(c, name) for c in owners)]
     assert missing == []
 
 
@@ -182,3 +193,43 @@ def test_latest_materialization_ids_by_partition() -> None:
         for record in instance.fetch_materializations(parted.key, limit=10).records:
             latest[record.partition_key] = max(record.storage_id, latest.get(record.partition_key, 0))
         assert ids == latest and set(ids) == {"a", "b"}
+
+
+def test_a_job_by_name_its_materialization_and_the_location_s_jobs() -> None:
+    """local_run and retention: an asset job resolved by name, an in-process run's one materialization's
+    metadata, every job of a code location (the implicit asset job included)."""
+
+    @asset(partitions_def=PARTS)
+    def counted() -> MaterializeResult:
+        return MaterializeResult(metadata={"linked": 3})
+
+    definitions = Definitions(assets=[counted], jobs=[define_asset_job("pin_job", selection=[counted])])
+    job = private.job_by_name(definitions, "pin_job")
+    assert "pin_job" in private.job_names(definitions) and "__ASSET_JOB" in private.job_names(definitions)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTS.name, ["a"])
+        metadata = private.materialization_metadata(job.execute_in_process(instance=instance, partition_key="a"))
+    assert metadata["linked"].value == 3
+
+
+def test_config_schema_of_a_pythonic_config_class() -> None:
+    """The Launchpad config mappings: a ``Config`` class's fields, defaults and bounds as a config schema."""
+    from dagster import Config, config_mapping
+
+    class Pin(Config):
+        limit: int = 5
+
+    @config_mapping(config_schema=private.config_schema(Pin))
+    def mapping(values: dict) -> dict:
+        return values
+
+    assert mapping.resolve_from_unvalidated_config({}) == {"limit": 5}
+
+
+def test_the_daemon_runs_as_its_module() -> None:
+    """mailglass dev without the dagster-daemon script: ``python -m`` DAEMON_MODULE is the daemon's CLI."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", private.DAEMON_MODULE, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "run" in done.stdout

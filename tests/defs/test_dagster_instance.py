@@ -9,9 +9,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DynamicPartitionsDefinition
 from sqlalchemy.engine import make_url
 
+from mailglass_pipeline.dagster_devtools.dev import psycopg2_url
 from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
 from mailglass_pipeline.definitions import defs
-from mailglass_pipeline.devtools.dev import psycopg2_url
 
 REPO = Path(__file__).resolve().parents[2]
 

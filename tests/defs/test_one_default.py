@@ -14,6 +14,7 @@ from mailglass_pipeline import settings
 from mailglass_pipeline.cli import cli
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.setting import Setting
 
 NODES = {
     "reconcile_orphans": "mailglass__webhook_reconciliation",
@@ -37,7 +38,7 @@ def launchpad_defaults(job_name: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("setting", SWEEP_SETTINGS, ids=lambda s: s.name)
-def test_every_path_has_the_settings_default(setting: settings.Setting) -> None:
+def test_every_path_has_the_settings_default(setting: Setting) -> None:
     scaffolds = [launchpad_defaults(job) for job in NODES]
     offered = [scaffold[setting.name] for scaffold in scaffolds if setting.name in scaffold]
     assert offered and all(value == setting.default for value in offered), (setting.name, offered)

@@ -163,7 +163,7 @@ def test_asset_page_materialize_backfill_and_launchpad(
     from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
     from mailglass_pipeline import db
-    from mailglass_pipeline.devtools.dev import resolve_dagster_storage_url
+    from mailglass_pipeline.dagster_devtools.dev import resolve_dagster_storage_url
 
     port, env = dev_server
     base = f"http://127.0.0.1:{port}"

@@ -55,7 +55,11 @@ from pydantic import Field
 
 from mailglass_pipeline import orphans, settings
 from mailglass_pipeline.dagster_support.database import database_errors
-from mailglass_pipeline.dagster_support.private import delete_check_executions, latest_materialization_ids_by_partition
+from mailglass_pipeline.dagster_support.private import (
+    delete_check_executions,
+    job_names,
+    latest_materialization_ids_by_partition,
+)
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 
@@ -173,15 +177,15 @@ class CodeLocationContents:
 
     def job_names(self) -> set[str]:
         """Every job of the location, the implicit asset job(s) of the asset page included."""
-        return set(self._repository().job_names)
+        return job_names(self._definitions())
 
     def asset_keys(self) -> list[AssetKey]:
-        return sorted(self._repository().asset_graph.get_all_asset_keys(), key=lambda k: k.to_string())
+        return sorted(self._definitions().resolve_all_asset_keys(), key=lambda k: k.path)
 
-    def _repository(self):
+    def _definitions(self) -> Definitions:
         if self.definitions is None:
             raise RuntimeError("CodeLocationContents is bound by definitions.build_definitions")
-        return self.definitions.get_repository_def()
+        return self.definitions
 
 
 @op(

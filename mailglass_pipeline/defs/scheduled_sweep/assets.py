@@ -77,7 +77,7 @@ from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigErro
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
-from mailglass_pipeline.dagster_support.private import log_materializations_in_batches
+from mailglass_pipeline.dagster_support.private import config_schema, log_materializations_in_batches
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
@@ -104,7 +104,7 @@ class SweepDueConfig(Config):
     def budget(self) -> float:
         """The run's time budget: this config's, else the environment's, else the default (validated)."""
         if self.budget_seconds is None:
-            return settings.read(settings.BUDGET_SECONDS)
+            return settings.BUDGET_SECONDS.read()
         return settings.BUDGET_SECONDS.check(self.budget_seconds)
 
     def sweep_config(self) -> SweepConfig:
@@ -177,7 +177,7 @@ def sweep_metadata(result: DrainResult, unfit: list[str], recorded: int) -> dict
     return metadata
 
 
-@config_mapping(config_schema=SweepDueConfig.to_config_schema())
+@config_mapping(config_schema=config_schema(SweepDueConfig))
 def sweep_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
     """Validate the Launchpad config before any run exists (one line: ``dagster_support.config_errors``)."""
     config = parse_launchpad_config(SweepDueConfig, values, "sweep config")

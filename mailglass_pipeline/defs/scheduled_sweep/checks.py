@@ -19,7 +19,7 @@ from mailglass_pipeline.reconciliation.results import LagSummary
 
 def default_lag_threshold() -> int:
     """The environment's threshold for the whole instance (the schedule runs the check with its defaults)."""
-    return settings.read(settings.LAG_THRESHOLD_SECONDS)
+    return settings.LAG_THRESHOLD_SECONDS.read()
 
 
 class LagCheckConfig(Config):

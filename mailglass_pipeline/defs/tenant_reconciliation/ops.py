@@ -48,7 +48,7 @@ from mailglass_pipeline.dagster_support.config_errors import LaunchpadConfigErro
 from mailglass_pipeline.dagster_support.database import DATABASE_RETRY_POLICY, database_errors
 from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
-from mailglass_pipeline.dagster_support.private import add_run_tags
+from mailglass_pipeline.dagster_support.private import add_run_tags, config_schema
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import tags_for_tenant
 from mailglass_pipeline.errors import ConfigurationError
@@ -85,7 +85,7 @@ class ReconcileConfig(Config):
         return SweepConfig(**self.values())
 
 
-@config_mapping(config_schema=ReconcileConfig.to_config_schema())
+@config_mapping(config_schema=config_schema(ReconcileConfig))
 def reconcile_config_mapping(values: dict[str, Any]) -> dict[str, Any]:
     """Validate the Launchpad config once (one-line refusal: ``dagster_support.config_errors``), then hand it on."""
     config = parse_launchpad_config(ReconcileConfig, values, "reconcile config")

@@ -19,14 +19,20 @@ Default status RUNNING: it only adds partitions, and without it a fresh
 ``mailglass dev`` shows the asset with no partitions to launch.
 """
 
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DefaultSensorStatus,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
 from mailglass_pipeline import db
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import (
     TENANTS_PARTITIONS_NAME,
     is_valid_tenant_key,
-    tenants_partitions,
 )
 from mailglass_pipeline.reconciliation.monitoring import known_tenants
 
@@ -57,6 +63,8 @@ def tenant_partitions(context: SensorEvaluationContext, mailglass_db: MailglassD
     more = f" and {len(new) - 20} more" if len(new) > 20 else ""
     skipped = f"; {len(unfit)} unfit id(s) skipped: {unfit[:5]!r}" if unfit else ""
     return SensorResult(
-        dynamic_partitions_requests=[tenants_partitions.build_add_request(new)],
+        dynamic_partitions_requests=[
+            AddDynamicPartitionsRequest(partitions_def_name=TENANTS_PARTITIONS_NAME, partition_keys=new)
+        ],
         skip_reason=SkipReason(f"added {len(new)} tenant partition(s): {new[:20]!r}{more}{skipped}"),
     )

@@ -12,6 +12,7 @@ from mailglass_pipeline.cli import cli
 from mailglass_pipeline.defs.scheduled_sweep.assets import SweepDueConfig
 from mailglass_pipeline.defs.tenant_reconciliation.ops import ReconcileConfig
 from mailglass_pipeline.reconciliation.sweep import reconcile as reconcile_api
+from mailglass_pipeline.setting import Setting
 
 
 def _bounds(model: type, name: str) -> tuple[object, object | None, object | None]:
@@ -23,7 +24,7 @@ def _bounds(model: type, name: str) -> tuple[object, object | None, object | Non
 
 @pytest.mark.parametrize("model", [ReconcileConfig, SweepDueConfig])
 @pytest.mark.parametrize("setting", [settings.LIMIT, settings.MAX_AGE_MINUTES, settings.GRACE_SECONDS])
-def test_dagster_configs_take_default_and_bounds_from_the_setting(model: type, setting: settings.Setting) -> None:
+def test_dagster_configs_take_default_and_bounds_from_the_setting(model: type, setting: Setting) -> None:
     assert _bounds(model, setting.name) == (setting.default, setting.minimum, setting.maximum)
     assert model.model_fields[setting.name].description == setting.description
 

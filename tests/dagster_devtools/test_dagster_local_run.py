@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from mailglass_pipeline.devtools import dev
-from mailglass_pipeline.devtools.local_run import materialize_tenants
+from mailglass_pipeline.dagster_devtools import dev
+from mailglass_pipeline.dagster_devtools.local_run import materialize_tenants
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import free_port, webserver_up
 

@@ -36,6 +36,7 @@ from mailglass_pipeline.dagster_support.pool import (
     SWEEPING_STATUSES,
     holds_reconcile_pool,
 )
+from mailglass_pipeline.dagster_support.private import job_by_name, materialization_metadata
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.tenant_reconciliation.jobs import RECONCILE_JOB_NAME
 from mailglass_pipeline.defs.tenant_reconciliation.ops import COUNT_KEYS
@@ -110,7 +111,7 @@ def materialize_tenants(
             log.warning("skipping tenant id(s) no delivery or orphan has: %r", unknown)
         tenant_ids = [t for t in tenant_ids if t not in unknown]
 
-    job = build_definitions(MailglassDatabase(database_url=url)).resolve_job_def(RECONCILE_JOB_NAME)
+    job = job_by_name(build_definitions(MailglassDatabase(database_url=url)), RECONCILE_JOB_NAME)
     results: dict[str, dict[str, int]] = {}
     with local_instance() as instance:
         known = set(instance.get_dynamic_partitions(TENANTS_PARTITIONS_NAME))
@@ -120,7 +121,6 @@ def materialize_tenants(
         for tenant in dict.fromkeys(tenant_ids):
             wait_for_free_pool(instance)
             run = job.execute_in_process(partition_key=tenant, instance=instance, run_config=QUIET_RUN_CONFIG)
-            [event] = run.get_asset_materialization_events()
-            metadata = event.materialization.metadata
+            metadata = materialization_metadata(run)
             results[tenant] = {key: int(metadata[key].value) for key in COUNT_KEYS}
     return results

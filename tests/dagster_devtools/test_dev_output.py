@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mailglass_pipeline.devtools import dev
+from mailglass_pipeline.dagster_devtools import dev
 
 pytestmark = pytest.mark.process  # every test here starts a child process
 
@@ -19,7 +19,7 @@ CHILD = "import sys; print('\\x1b[32m2026-12-03 dagster - INFO -\\x1b[0m hello',
 PARENT = f"""
 import sys
 from pathlib import Path
-from mailglass_pipeline.devtools.dev import Supervisor
+from mailglass_pipeline.dagster_devtools.dev import Supervisor
 s = Supervisor([[sys.executable, "-c", {CHILD!r}]], dict(__import__("os").environ), Path("."), plain_output=True)
 s.start()
 s.processes[0].wait()
@@ -68,7 +68,7 @@ def test_the_log_file_has_info_and_above_by_default(tmp_path: Path, level: str |
     parent = PARENT.replace(repr(CHILD), repr(DEBUG_CHILD)).replace(
         "plain_output=True)", "plain_output=True, min_level=dev.dev_log_level())"
     )
-    parent = "from mailglass_pipeline.devtools import dev\n" + parent
+    parent = "from mailglass_pipeline.dagster_devtools import dev\n" + parent
     env = {k: v for k, v in __import__("os").environ.items() if k != "MAILGLASS_DEV_LOG_LEVEL"}
     if level:
         env["MAILGLASS_DEV_LOG_LEVEL"] = level

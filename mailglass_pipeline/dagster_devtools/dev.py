@@ -69,7 +69,7 @@ STOP_GRACE_SECONDS = 6.0
 
 def project_root(start: Path | None = None) -> Path:
     """The folder holding ``workspace.yaml`` and ``dagster.yaml``: the working directory or the source checkout."""
-    package_parent = Path(__file__).resolve().parents[2]  # mailglass_pipeline/devtools/dev.py -> the checkout
+    package_parent = Path(__file__).resolve().parents[2]  # mailglass_pipeline/dagster_devtools/dev.py -> the checkout
     for candidate in (start or Path.cwd(), package_parent):
         if (candidate / "workspace.yaml").is_file() and (candidate / "dagster.yaml").is_file():
             return candidate.resolve()
@@ -88,7 +88,7 @@ def psycopg2_url(url: str) -> str:
 
 def resolve_dagster_storage_url(app_url: str) -> str:
     """``MAILGLASS_DAGSTER_DATABASE_URL``, else a ``dagster`` database beside the application database."""
-    explicit = settings.read(settings.DAGSTER_DATABASE_URL)
+    explicit = settings.DAGSTER_DATABASE_URL.read()
     if explicit:
         return psycopg2_url(explicit)
     try:
@@ -144,7 +144,7 @@ def prepare_dev_environment(root: Path | None = None, *, quiet: bool = False) ->
 
 def uses_embedded_server() -> bool:
     """Whether this command will run on the embedded PostgreSQL (no ``MAILGLASS_DATABASE_URL`` given)."""
-    return not settings.read(settings.DATABASE_URL)
+    return not settings.DATABASE_URL.read()
 
 
 def embedded_server_note() -> str:
@@ -265,7 +265,7 @@ def copy_without_colours(source: object, target: object, min_level: int = loggin
 
 def dev_log_level() -> int:
     """``MAILGLASS_DEV_LOG_LEVEL`` as a ``logging`` level (a one-line error for a name that is none)."""
-    name = settings.read(settings.DEV_LOG_LEVEL).strip().upper()
+    name = settings.DEV_LOG_LEVEL.read().strip().upper()
     level = logging.getLevelName(name)
     if not isinstance(level, int):
         raise ConfigurationError(
@@ -359,6 +359,8 @@ def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
     bin_dir = Path(sys.executable).parent
     workspace = str(root / "workspace.yaml")
 
+    from mailglass_pipeline.dagster_support.private import DAEMON_MODULE
+
     def tool(name: str, module: str) -> list[str]:
         script = bin_dir / name
         return [str(script)] if script.exists() else [sys.executable, "-m", module]
@@ -366,7 +368,7 @@ def dev_commands(root: Path, host: str, port: int) -> list[list[str]]:
     return [
         [*tool("dagster-webserver", "dagster_webserver"), "-w", workspace, "-h", host, "-p", str(port)],
         # The daemon's code servers at ERROR: see the module doc (heartbeat noise).
-        [*tool("dagster-daemon", "dagster._daemon"), "run", "-w", workspace, "--code-server-log-level", "error"],
+        [*tool("dagster-daemon", DAEMON_MODULE), "run", "-w", workspace, "--code-server-log-level", "error"],
     ]
 
 
