@@ -130,7 +130,7 @@ def _writer(
             i += 1
 
 
-def _sweeper_main(url: str, nice: int, retry_all: bool, stop: Any, counts: Any, ready: Any) -> None:
+def _sweeper_main(url: str, nice: int, retry_all: bool, stop: Any, counts: Any, ready: Any, pause: float = 0.0) -> None:
     """Back-to-back all-tenant sweeps on one connection, in a process of its own (as Dagster runs them: the
     sweep's Python shares no interpreter lock with the writers). ``nice`` > 0: its backend's CPU priority
     when the server is on this machine."""
@@ -149,7 +149,10 @@ def _sweeper_main(url: str, nice: int, retry_all: bool, stop: Any, counts: Any, 
                 nice = 0
         ready.put(nice)
         while not stop.is_set():
+            began = time.monotonic()
             result = sweep(engine, None, config)
+            if pause:  # the sweep yields: idle for pause x the time it took
+                stop.wait(pause * (time.monotonic() - began))
             with counts.get_lock():
                 counts[0] += 1
                 counts[1] += result.scanned
@@ -167,7 +170,9 @@ def _phase(url: str, seconds: float, with_sweeps: bool, args: argparse.Namespace
     nice, sample, retry_all = args.sweeper_nice, args.sample, args.sweeps == "retry-all"
     ctx = mp.get_context("spawn")
     stop_sweeps, counts, ready = ctx.Event(), ctx.Array("q", 3), ctx.Queue()
-    sweeper = ctx.Process(target=_sweeper_main, args=(url, nice, retry_all, stop_sweeps, counts, ready), daemon=True)
+    sweeper = ctx.Process(
+        target=_sweeper_main, args=(url, nice, retry_all, stop_sweeps, counts, ready, args.sweep_pause), daemon=True
+    )
     niced = 0
     if with_sweeps:
         sweeper.start()
@@ -182,9 +187,9 @@ def _phase(url: str, seconds: float, with_sweeps: bool, args: argparse.Namespace
             t.start()
         go.wait()  # every writer connected (and the sampler sampling): their CPU and run-queue delay from here
         pids = [pid for kind, pid, _, _ in writes if kind == "connected"]
-        before = wait_sampler.schedstat(pids)
+        before, wal_before = wait_sampler.schedstat(pids), _wal_bytes(engine)
         time.sleep(seconds)
-        after = wait_sampler.schedstat(pids)
+        after, wal_after = wait_sampler.schedstat(pids), _wal_bytes(engine)
         stop.set()
         for t in threads:
             t.join()
@@ -204,7 +209,15 @@ def _phase(url: str, seconds: float, with_sweeps: bool, args: argparse.Namespace
         "niced": niced,
         "cpu_s": after[0] - before[0],
         "queued_s": after[1] - before[1],
+        "wal_bytes": wal_after - wal_before,
+        "seconds": seconds,
     }
+
+
+def _wal_bytes(engine: Engine) -> int:
+    """The server's WAL written so far (the whole server's: other databases' writes count too)."""
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT wal_bytes FROM pg_stat_wal").scalar_one())
 
 
 def _merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -264,7 +277,8 @@ def _report(side: str, phases: dict[str, dict[str, Any]], sample: bool) -> float
         n = max(1, r["kinds"]["all"]["n"])
         print(
             f"  {side:<8} {name:<7} writers' backends: {r['cpu_s'] * 1e6 / n:.0f} us on a CPU and"
-            f" {r['queued_s'] * 1e6 / n:.0f} us queued for one per write"
+            f" {r['queued_s'] * 1e6 / n:.0f} us queued for one per write; the server wrote"
+            f" {r['wal_bytes'] / r['seconds'] / 1e6:.1f} MB/s of WAL"
         )
     if sample:
         for kind in KINDS:
@@ -301,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("retry-all", "due"),
         default="retry-all",
         help="each sweep examines the whole backlog (default), or only what is due, as the schedule's do",
+    )
+    parser.add_argument(
+        "--sweep-pause", type=float, default=0.0, help="after each sweep, idle this many times as long as it took"
     )
     parser.add_argument("--sample", action="store_true", help="sample what the slow writes wait on")
     args = parser.parse_args(argv)

@@ -8,9 +8,11 @@ number of statements, bounded by ``max_total`` and fairly shared (D5, D10).
 
 A batch costs a fixed number of statements, never one per orphan or tenant:
 timeouts, find (locking its queue rows ``FOR UPDATE SKIP LOCKED`` and, in
-:func:`sweep`, looking the deliveries up in the same statement), lock the
-matched deliveries in id order, ONE write statement, then one statement for
-what is left. The statements are named blocks of ``sql/sweep.sql``.
+:func:`sweep`, looking the deliveries up in the same statement), ONE write
+statement, one statement for what is left, then, last before the commit, lock
+the won deliveries in id order and project onto them (decision D30: a delivery
+the sweep links is locked for milliseconds, not for the whole sweep). The
+statements are named blocks of ``sql/sweep.sql``.
 
 The batch is one representation throughout: a pandas DataFrame with the
 columns :data:`ORPHAN_COLUMNS` (+ ``delivery_id``), as the per-tenant Dagster
