@@ -149,14 +149,18 @@ def _sweeper_main(url: str, nice: int, retry_all: bool, stop: Any, counts: Any, 
                 nice = 0
         ready.put(nice)
         while not stop.is_set():
-            began = time.monotonic()
+            began, cpu = time.monotonic(), (wait_sampler.schedstat([pid])[0], time.process_time())
             result = sweep(engine, None, config)
-            if pause:  # the sweep yields: idle for pause x the time it took
-                stop.wait(pause * (time.monotonic() - began))
-            with counts.get_lock():
+            took = time.monotonic() - began
+            with counts.get_lock():  # per sweep, in microseconds: wall, its backend's CPU, this process's CPU
                 counts[0] += 1
                 counts[1] += result.scanned
                 counts[2] += result.linked
+                counts[3] += int(took * 1e6)
+                counts[4] += int((wait_sampler.schedstat([pid])[0] - cpu[0]) * 1e6)
+                counts[5] += int((time.process_time() - cpu[1]) * 1e6)
+            if pause:  # the sweep yields: idle for pause x the time it took
+                stop.wait(pause * took)
     finally:
         engine.dispose()
 
@@ -169,7 +173,7 @@ def _percentile(values: list[float], q: float) -> float:
 def _phase(url: str, seconds: float, with_sweeps: bool, args: argparse.Namespace) -> dict[str, Any]:
     nice, sample, retry_all = args.sweeper_nice, args.sample, args.sweeps == "retry-all"
     ctx = mp.get_context("spawn")
-    stop_sweeps, counts, ready = ctx.Event(), ctx.Array("q", 3), ctx.Queue()
+    stop_sweeps, counts, ready = ctx.Event(), ctx.Array("q", 6), ctx.Queue()
     sweeper = ctx.Process(
         target=_sweeper_main, args=(url, nice, retry_all, stop_sweeps, counts, ready, args.sweep_pause), daemon=True
     )
@@ -206,6 +210,7 @@ def _phase(url: str, seconds: float, with_sweeps: bool, args: argparse.Namespace
         "sweeps": int(counts[0]),
         "swept": int(counts[1]),
         "linked": int(counts[2]),
+        "sweep_us": [int(counts[3]), int(counts[4]), int(counts[5])],
         "niced": niced,
         "cpu_s": after[0] - before[0],
         "queued_s": after[1] - before[1],
@@ -226,6 +231,7 @@ def _merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         key: sum((r[key] for r in rounds), [] if isinstance(rounds[0][key], list) else 0) for key in rounds[0]
     }
     merged["niced"] = rounds[0]["niced"]
+    merged["sweep_us"] = [sum(r["sweep_us"][i] for r in rounds) for i in range(3)]
     writes = merged["writes"]
     by_kind = {k: [e - s for kind, _, s, e in writes if kind == k] for k in KINDS}
     by_kind["all"] = [e - s for _, _, s, e in writes]
@@ -273,6 +279,12 @@ def _report(side: str, phases: dict[str, dict[str, Any]], sample: bool) -> float
         + ", ".join(f"{kind} {ratios[kind]:.2f}x" for kind in KINDS)
         + f"; all {ratios['all']:.2f}x ({niced}; {beside['linked']} orphans linked by {beside['sweeps']} sweeps)"
     )
+    if beside["sweeps"]:
+        wall, backend, python = (us / beside["sweeps"] / 1e6 for us in beside["sweep_us"])
+        print(
+            f"  {side:<8} beside  per sweep: {wall:.2f} s, of which {backend:.2f} s its backend on a CPU and"
+            f" {python:.2f} s its Python on one"
+        )
     for name, r in phases.items():
         n = max(1, r["kinds"]["all"]["n"])
         print(
