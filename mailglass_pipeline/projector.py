@@ -58,7 +58,11 @@ SET_ONCE_COLUMNS = {
 
 
 def lock(conn: Connection, delivery_ids: Iterable[uuid.UUID]) -> None:
-    """Lock the deliveries ``FOR UPDATE`` in id order: two writers locking overlapping sets cannot deadlock."""
+    """Lock the deliveries ``FOR NO KEY UPDATE`` in id order: two writers locking overlapping sets cannot deadlock.
+
+    NO KEY UPDATE (what the projection's UPDATE takes anyway) lets a Mailglass insert that references a
+    delivery (its foreign key's KEY SHARE) through, which FOR UPDATE would block (decision D30).
+    """
     ids = sorted(set(delivery_ids))
     if ids:
         # One array literal as text: the driver would otherwise dump a uuid[] element by element.

@@ -8,9 +8,11 @@ number of statements, bounded by ``max_total`` and fairly shared (D5, D10).
 
 A batch costs a fixed number of statements, never one per orphan or tenant:
 timeouts, find (locking its queue rows ``FOR UPDATE SKIP LOCKED`` and, in
-:func:`sweep`, looking the deliveries up in the same statement), lock the
-matched deliveries in id order, ONE write statement, then one statement for
-what is left. The statements are named blocks of ``sql/sweep.sql``.
+:func:`sweep`, looking the deliveries up in the same statement), ONE write
+statement, one statement for what is left, then, last before the commit, lock
+the won deliveries in id order and project onto them (decision D30: a delivery
+the sweep links is locked for milliseconds, not for the whole sweep). The
+statements are named blocks of ``sql/sweep.sql``.
 
 The batch is one representation throughout: a pandas DataFrame with the
 columns :data:`ORPHAN_COLUMNS` (+ ``delivery_id``), as the per-tenant Dagster
@@ -200,16 +202,16 @@ def batch_document(linked: pd.DataFrame) -> str:
 
 
 def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config: SweepConfig) -> SweepResult:
-    """:func:`append_reconciled_events` once the timeouts are set: three statements whatever the batch.
+    """:func:`append_reconciled_events` once the timeouts are set: four statements whatever the batch.
 
-    1. lock the matched deliveries ``ORDER BY id`` (two sweeps locking
-       overlapping sets cannot deadlock; inside one data-modifying statement
-       the UPDATE would lock in whatever order its plan visits rows);
-    2. the write statement;
-    3. what is left (``after_sweep``), which must see the queue after the write.
+    1. the write statement (reconciled events, examinations, parking), which locks no delivery;
+    2. what is left (``after_sweep``), which must see the queue after the write;
+    3. lock the won orphans' deliveries ``ORDER BY id`` (two sweeps locking overlapping sets cannot
+       deadlock; inside one data-modifying statement the UPDATE would lock in whatever order its plan
+       visits rows);
+    4. the projection onto them (``project``). Steps 3 and 4 come last, just before the caller's commit:
+       a delivery the sweep links is locked for milliseconds, not for the whole sweep (decision D30).
     """
-    if not linked.empty:
-        projector.lock(conn, linked["delivery_id"].dropna().map(str))
     params: dict[str, Any] = {
         "rows": batch_document(linked),
         "tenant_id": tenant_id,
@@ -229,6 +231,9 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
             "run_started": None,
         },
     ).one()
+    if row.won_rows:
+        projector.lock(conn, (w["delivery_id"] for w in row.won_rows))
+        conn.execute(statement("project"), {"won": json.dumps(row.won_rows, separators=(",", ":"))})
     result = _summarize(linked, {str(i) for i in row.won}, after, tenant_id, newly_stale)
     lags = [float(v) for v in (row.linked_lag, after.pending_lag) if v is not None]
     result.lag_seconds = max(lags) if lags else None

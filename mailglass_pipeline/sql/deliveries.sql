@@ -30,13 +30,15 @@ LEFT JOIN LATERAL (
 ORDER BY k.ord;
 
 -- name: lock_deliveries
--- Lock the deliveries (ids: one uuid[] literal) FOR UPDATE in id order, so two writers locking
--- overlapping sets cannot deadlock (decision D6).
+-- Lock the deliveries (ids: one uuid[] literal) in id order, so two writers locking overlapping
+-- sets cannot deadlock (decision D6). NO KEY UPDATE, the lock the projection's UPDATE takes anyway:
+-- FOR UPDATE would also block a Mailglass insert that references the delivery (its outbound
+-- payloads' foreign key takes KEY SHARE), decision D30.
 SELECT id
 FROM mailglass_deliveries
 WHERE id = ANY(CAST(:ids AS uuid[]))
 ORDER BY id
-FOR UPDATE;
+FOR NO KEY UPDATE;
 
 -- name: create_delivery
 -- A delivery inserted as a sending application would (the demo, tests and benchmarks).

@@ -272,7 +272,7 @@ proj_locked AS MATERIALIZED (
     FROM mailglass_deliveries AS d
     WHERE d.id IN (SELECT linked.delivery_id FROM linked)
     ORDER BY d.id
-    FOR UPDATE OF d
+    FOR NO KEY UPDATE OF d
 ),
 
 won AS (

@@ -1,4 +1,4 @@
-"""Invisible beside a Mailglass app (decision D27): its writes never wait on a sweep, its reset works, ids are v7.
+"""Invisible beside a Mailglass app (decisions D27, D30): its writes never wait on a sweep, its reset works, ids are v7.
 
 Real rows on a real PostgreSQL: a sweep's transaction is held open between its find (the product's own
 find statement, rows locked) and its write while Mailglass-shaped writes run under the application's
@@ -169,6 +169,57 @@ def test_mailglass_writes_never_wait_on_a_held_sweep_and_the_next_sweep_links(en
     pending = {r[0] for r in rows(engine, f"SELECT event_id FROM {QUEUE}")}
     assert pending == {other}
     assert scalar(engine, f"SELECT count(*) FROM {WAKES}") == 0
+
+
+def test_a_delivery_the_sweep_links_is_locked_only_at_its_end_and_never_against_a_reference(
+    engine: Engine,
+) -> None:
+    """Decision D30: the sweep locks a delivery it links only for its last statement (the projection) and
+    the commit. While its write statement runs, Mailglass updates that delivery under the 100 ms
+    lock_timeout; after the projection, before the commit, Mailglass still inserts a row that references
+    it (an outbound payload: its foreign key takes KEY SHARE, which FOR UPDATE would block)."""
+    make_orphan(engine, tenant_id="t1", message_id="m-1")
+    delivery = make_delivery(engine, tenant_id="t1", message_id="m-1")
+    version = scalar(engine, "SELECT lock_version FROM mailglass_deliveries WHERE id = :d", d=delivery)
+    waited: dict[str, float] = {}
+
+    def mailglass_update(c: Connection) -> None:
+        c.execute(
+            sa.text("UPDATE mailglass_deliveries SET status = 'sent', lock_version = lock_version + 1 WHERE id = :d"),
+            {"d": delivery},
+        )
+
+    def payload_insert(c: Connection) -> None:
+        c.execute(
+            sa.text(
+                "INSERT INTO mailglass_outbound_payloads (id, tenant_id, delivery_id, envelope_version,"
+                " envelope_digest, envelope, inserted_at, updated_at)"
+                " VALUES (gen_random_uuid(), 't1', :d, 1, 'x', '{}',"
+                " now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')"
+            ),
+            {"d": delivery},
+        )
+
+    def after_statement(*args: object) -> None:
+        if (
+            "'reconciled:' ||" in str(args[2]) and "update during the write" not in waited
+        ):  # the write statement just ran
+            waited["update during the write"] = _as_the_app(engine, mailglass_update)
+
+    config = SweepConfig()
+    with engine.connect() as held:
+        sa.event.listen(held, "after_cursor_execute", after_statement)
+        held.begin()
+        linked = attempt_link(held, find_orphans(held, "t1", config, lock=True))
+        result = append_reconciled_events(held, linked, "t1", config)
+        waited["reference after the projection"] = _as_the_app(engine, payload_insert)
+        held.commit()
+    # Both ran under the 100 ms lock_timeout (a wait on the held delivery would have failed them).
+    assert set(waited) == {"update during the write", "reference after the projection"}, waited
+    assert all(seconds < 5.0 for seconds in waited.values()), waited
+    assert result.linked == 1
+    after = rows(engine, "SELECT lock_version, last_event_type FROM mailglass_deliveries WHERE id = :d", d=delivery)
+    assert after[0][0] == version + 2  # Mailglass's update, then the projection over it: neither lost
 
 
 def test_a_signal_for_an_orphan_another_sweep_holds_waits_for_the_next_sweep(engine: Engine) -> None:

@@ -473,7 +473,9 @@ ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
 
 -- name: write
 -- The write step of a sweep as ONE statement (data-modifying CTEs), so a batch costs one round
--- trip to write whatever its size. Its input is the linked batch as one JSON document (rows).
+-- trip to write whatever its size. Its input is the linked batch as one JSON document (rows). It
+-- locks no delivery: the projection onto the deliveries is the statement "project", run last
+-- before the commit (decision D30), and won_rows is its input.
 --   batch      that document (orphan id, delivery id, provider, provider event id, malformed, pos);
 --   matched    the linked orphans with type, times and tenant read from their own ledger rows
 --              (append-only, so exactly what find read);
@@ -481,7 +483,6 @@ ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
 --              D27); ON CONFLICT DO NOTHING admits one per orphan (decision D2), RETURNING says which
 --              this sweep appended;
 --   won        those orphans in batch order (occurred_at, inserted_at, find order);
---   proj_agg/proj_upd  the projection rules from projector.py (decision D6), over won only;
 --   notified   one notification per linked delivery (decision D7); a SELECT CTE runs only when
 --              read, hence its count below;
 --   attempted  the examination of every unlinked orphan: attempts + 1, the next retry time by the
@@ -553,40 +554,6 @@ won AS (
         row_number() OVER (ORDER BY m.occurred_at, m.inserted_at, m.pos) AS ord
     FROM ins AS i INNER JOIN matched AS m ON i.idempotency_key = 'reconciled:' || CAST(m.id AS text)
 ),
-
--- rule: projection
-proj_agg AS (
-    SELECT
-        delivery_id,
-        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
-        max(occurred_at) AS latest_at,
-        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
-        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
-        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
-        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
-        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
-        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
-    FROM won
-    GROUP BY delivery_id
-),
-
-proj_upd AS (
-    UPDATE mailglass_deliveries AS d SET
-        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-        last_event_at = GREATEST(d.last_event_at, a.latest_at),
-        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
-        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
-        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
-        complained_at = COALESCE(d.complained_at, a.complained_at),
-        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
-        terminal = d.terminal OR a.terminal,
-        lock_version = d.lock_version + 1,
-        updated_at = now()
-    FROM proj_agg AS a
-    WHERE d.id = a.delivery_id
-    RETURNING d.id
-),
--- end rule
 
 latest AS (
     SELECT DISTINCT ON (w.delivery_id)
@@ -661,6 +628,7 @@ newly_stale AS (
 
 SELECT
     ARRAY(SELECT id FROM won) AS won,
+    (SELECT COALESCE(json_agg(json_build_object('id', id, 'delivery_id', delivery_id, 'ord', ord)), '[]') FROM won) AS won_rows,
     -- The queue rows of the won orphans are removed by the ledger trigger at the end of this
     -- statement; the statement's snapshot still sees them.
     (
@@ -761,3 +729,55 @@ SELECT
     (SELECT count(*) FROM due) AS due_remaining,
     (SELECT EXTRACT(EPOCH FROM now() - min(due_since)) FROM due) AS oldest_due_age,
     (SELECT EXTRACT(EPOCH FROM max(waited)) FROM linkable) AS pending_lag;
+
+-- name: project
+-- The projection rules from projector.py (decision D6) over the orphans the write statement won
+-- (won_rows: orphan id, delivery id, ord), their type and time read from their own ledger rows.
+-- The sweep runs it last before the commit, after projector.lock locked these deliveries in id
+-- order: a delivery a sweep links is locked for this statement and the commit only, not for the
+-- whole sweep, so a Mailglass write of that delivery waits milliseconds at most (decision D30).
+WITH won AS (
+    SELECT
+        w.delivery_id,
+        e.type,
+        e.occurred_at,
+        w.ord
+    FROM json_to_recordset(CAST(:won AS json)) AS w (id uuid, delivery_id uuid, ord bigint)
+    INNER JOIN mailglass_events AS e ON w.id = e.id
+),
+
+-- rule: projection
+proj_agg AS (
+    SELECT
+        delivery_id,
+        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
+        max(occurred_at) AS latest_at,
+        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
+        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
+        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
+        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
+        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
+        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
+    FROM won
+    GROUP BY delivery_id
+),
+
+proj_upd AS (
+    UPDATE mailglass_deliveries AS d SET
+        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+        last_event_at = GREATEST(d.last_event_at, a.latest_at),
+        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
+        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
+        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
+        complained_at = COALESCE(d.complained_at, a.complained_at),
+        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
+        terminal = d.terminal OR a.terminal,
+        lock_version = d.lock_version + 1,
+        updated_at = now()
+    FROM proj_agg AS a
+    WHERE d.id = a.delivery_id
+    RETURNING d.id
+)
+-- end rule
+
+SELECT count(*) AS projected FROM proj_upd;
