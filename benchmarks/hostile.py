@@ -3,7 +3,8 @@
 - :func:`hold_idle`: sockets that connect and send nothing (re-opened when the receiver closes them);
 - :func:`hold_header_stalled`: sockets that send half a header block and stall;
 - :func:`post_forged`: clients posting forged ~0.94 MiB Mailgun bodies back to back, at full speed;
-- :func:`hold_slow_clients`: requests stalled mid-body (re-opened when cut off with 408).
+- :func:`hold_slow_clients`: requests stalled mid-body (re-opened when cut off with 408); Mailgun's, whose
+  signature is inside the body, so the receiver must wait for it (headers that show a forgery get 401 at once).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ async def hold_slow_clients(port: int, count: int, stop: asyncio.Event) -> int:
         nonlocal cut_off
         while not stop.is_set():
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"POST /sendgrid/slow-{index} HTTP/1.1\r\nHost: b\r\nContent-Length: 9000\r\n\r\n[{{".encode())
+            writer.write(f"POST /mailgun/slow-{index} HTTP/1.1\r\nHost: b\r\nContent-Length: 9000\r\n\r\n[{{".encode())
             await writer.drain()
             read = asyncio.ensure_future(reader.read(100))
             halt = asyncio.ensure_future(stop.wait())

@@ -180,15 +180,17 @@ class Receiver:
         if problem:
             return provider, await answer(send, 400, {"error": problem})
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        refused = self._header_refusal(provider, tenant_id, headers)
-        if refused is not None:  # the body stays unread: the protocol drops it after the answer
-            metrics.REFUSED.labels("auth_headers").inc()
-            await self.tarpit.hold()
-            status, payload, extra = http_answer(provider, WebhookSignatureError(refused))
-            return provider, await answer(send, status, payload, {**extra, "connection": "close"})
-        body, refusal = await self._read_body(
-            headers, receive, min(self.max_body, PROVIDER_MAX_BODY.get(provider, self.max_body))
-        )
+        limit = min(self.max_body, PROVIDER_MAX_BODY.get(provider, self.max_body))
+        # Before any byte of the body: its declared size, then what the headers show of its authenticity.
+        refusal = declared_length_refusal(headers, limit)
+        if refusal is None:
+            refused = self._header_refusal(provider, tenant_id, headers)
+            if refused is not None:  # the body stays unread: the protocol drops it after the answer
+                metrics.REFUSED.labels("auth_headers").inc()
+                await self.tarpit.hold()
+                status, payload, extra = http_answer(provider, WebhookSignatureError(refused))
+                return provider, await answer(send, status, payload, {**extra, "connection": "close"})
+            body, refusal = await self._read_body(receive, limit)
         if refusal is not None:
             status, message = refusal
             return provider, await answer(send, status, {"error": message}, {"connection": "close"})
@@ -206,16 +208,8 @@ class Receiver:
             return None
         return header_refusal(provider, headers, settings, datetime.now(UTC))
 
-    async def _read_body(
-        self, headers: dict[str, str], receive: Receive, limit: int
-    ) -> tuple[bytes, tuple[int, str] | None]:
-        """The body, or ``(status, message)``: 413 from Content-Length before reading, 408 on the deadline."""
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return b"", (400, "Content-Length is not a number")
-            if int(declared) > limit:
-                return b"", (413, f"body of {declared} bytes is over the {limit}-byte limit")
+    async def _read_body(self, receive: Receive, limit: int) -> tuple[bytes, tuple[int, str] | None]:
+        """The body, or ``(status, message)``: 408 on the deadline, 413 once a streamed body passes ``limit``."""
         chunks: list[bytes] = []
         size = 0
         deadline = time.monotonic() + self.body_timeout
@@ -315,6 +309,18 @@ class Receiver:
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: func(*args, **kwargs))
+
+
+def declared_length_refusal(headers: dict[str, str], limit: int) -> tuple[int, str] | None:
+    """``(status, message)`` when ``Content-Length`` alone refuses the request (400 not a number, 413 too large)."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return None
+    if not declared.strip().isdigit():
+        return 400, "Content-Length is not a number"
+    if int(declared) > limit:
+        return 413, f"body of {declared} bytes is over the {limit}-byte limit"
+    return None
 
 
 #: The server ended the session (pg_terminate_backend, a shutdown): the connection was established, then dropped.
