@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
+from typing import Any
 
 IDLE_CLIENTS = 2000
 HEADER_STALLED_CLIENTS = 200
@@ -119,3 +121,16 @@ async def hold_slow_clients(port: int, count: int, stop: asyncio.Event) -> int:
 
     await asyncio.gather(*(one(i) for i in range(count)))
     return cut_off
+
+
+def forged_summary(alone: list[dict[str, Any]], beside: list[tuple[dict[str, Any], int]]) -> str:
+    """Signed throughput alone and beside the forged clients (medians over rounds), their ratio, the forgeries' rate."""
+    ratios = [b["req_s"] / a["req_s"] for a, (b, _) in zip(alone, beside, strict=True)]
+    signed_alone = statistics.median(a["req_s"] for a in alone)
+    signed_beside = statistics.median(b["req_s"] for b, _ in beside)
+    refused = statistics.median(count / b["seconds"] for b, count in beside)
+    return (
+        f"forged bodies (goal: ratio >= 0.80): signed alone {signed_alone:.0f} req/s, beside {FORGED_CLIENTS} forged "
+        f"clients {signed_beside:.0f} req/s (medians); ratio {statistics.median(ratios):.2f} (median round; all: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); forged bodies refused {refused:.1f}/s"
+    )
