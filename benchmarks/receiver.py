@@ -276,10 +276,10 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; database {name}")
         print("building signed requests ...", flush=True)
         warmup = build_requests(keys, 500, "warm")
-        # Rounds, each: the bound, the receiver, the receiver with the stalled clients, in this order
-        # and the reverse, alternately. The machine's speed drifts (a shared VM, and autovacuum as the
-        # tables grow): each of a round's ratios compares the receiver with what ran just before or
-        # just after it, alternately, and the median round is reported.
+        # Rounds, each: the stalled clients, the bound, the receiver, the forged clients, ..., in this
+        # order and the reverse, alternately. The machine's speed drifts (a shared VM, and autovacuum as
+        # the tables grow): the bound's and the forged clients' ratios compare the receiver with what ran
+        # just before or just after it, alternately, and the median round is reported.
         kinds = ("plain", "bare", "slow", "probe", *ATTACKS)
         rounds = [
             {kind: build_requests(keys, args.requests, f"{kind}{r}") for kind in kinds} for r in range(args.rounds)
@@ -293,7 +293,7 @@ def main() -> None:
         plains, bounds, slows, cpu_notes, probes = [], [], [], [], []
         attacked: dict[str, list[tuple[dict[str, Any], int]]] = {kind: [] for kind in ATTACKS}
         for index, batch_of in enumerate(rounds):
-            steps = ["bare", "plain", "slow", "probe", *ATTACKS]
+            steps = ["slow", "bare", "plain", "forged", "probe", "idle", "headers"]
             for step in steps if index % 2 == 0 else reversed(steps):
                 if step == "bare":
                     bounds.append(receiver_bounds.bare_insert_bound(url, batch_of[step]))
