@@ -196,6 +196,7 @@ class Receiver:
             return provider, await answer(send, status, {"error": message}, {"connection": "close"})
         status, payload, extra = await self._ingest(provider, tenant_id, body, headers)
         if status == 401:  # forged, stale or replayed: answered late, and the connection closed
+            del body  # a held answer keeps a coroutine, not a megabyte
             await self.tarpit.hold()
             extra = {**extra, "connection": "close"}
         return provider, await answer(send, status, payload, extra)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline.ingest import IngestSettings
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook
 from tests.factories import count_events
-from tests.ingest.test_serve_connections import read_answer
+from tests.ingest.test_serve_connections import read_answer, rss_bytes
 from tests.processes import run_receiver, secrets_env
 
 DELAY = 1.5
@@ -160,3 +160,24 @@ def test_a_sender_that_failed_is_not_remembered_and_held_answers_are_bounded(
         assert len(times) == 4 and times[1] < DELAY <= times[2], times
         metrics_text = receiver.request("GET", "/metrics").body.decode()
         assert 'mailglass_webhook_refused_total{reason="auth_failure_undelayed"} 2.0' in metrics_text
+
+
+def test_held_answers_do_not_keep_their_bodies(database_url: str, settings: IngestSettings, tmp_path: Path) -> None:
+    args = ("--workers", "1", "--auth-failure-delay", "8")
+    with run_receiver(database_url, secrets_env(settings), tmp_path, *args) as receiver:
+        body = forged_mailgun()
+        request = head("/mailgun/t-held", len(body)) + body
+        assert receiver.post("/mailgun/t-held", body).status == 401  # warm-up: the worker's memory settles
+        before = rss_bytes(receiver.process.pid)
+        socks = []
+        for _ in range(30):  # 30 forged megabytes, one after another, each refused while the others are held
+            sock = socket.create_connection(("127.0.0.1", receiver.port))
+            sock.sendall(request)
+            socks.append(sock)
+            time.sleep(0.1)
+        held = rss_bytes(receiver.process.pid) - before
+        answers = [read_answer(sock, 15) for sock in socks]
+        for sock in socks:
+            sock.close()
+        assert all(answer.startswith(b"HTTP/1.1 401") for answer in answers), {a[:40] for a in answers}
+        assert held < 12 * 2**20, f"RSS grew {held / 2**20:.1f} MiB while 30 answers were held"
