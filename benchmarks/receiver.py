@@ -17,7 +17,8 @@ Against a real ``mailglass serve`` at its default settings on a fresh database:
    forged ~0.94 MiB Mailgun bodies at full speed, one kind per step. Each
    forged client waits for its 401, which the receiver holds
    ``--auth-failure-delay`` (decision D32); the summary prints signed
-   throughput alone, beside them, and the ratio (goal >= 0.80).
+   throughput alone (a step of its own, right beside the forged one), beside
+   them, and the ratio (goal >= 0.80).
 
 All but 3 run in rounds (``--rounds``, default 3), in one order and then the reverse, and so on,
 so that each ratio compares figures taken seconds apart, with the machine's drift on either side in
@@ -276,11 +277,12 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; database {name}")
         print("building signed requests ...", flush=True)
         warmup = build_requests(keys, 500, "warm")
-        # Rounds, each: the stalled clients, the bound, the receiver, the forged clients, ..., in this
-        # order and the reverse, alternately. The machine's speed drifts (a shared VM, and autovacuum as
-        # the tables grow): the bound's and the forged clients' ratios compare the receiver with what ran
-        # just before or just after it, alternately, and the median round is reported.
-        kinds = ("plain", "bare", "slow", "probe", *ATTACKS)
+        # Rounds, each: the bound, the receiver, the receiver with the stalled clients, ..., the receiver
+        # alone again, then beside the forged clients, in this order and the reverse, alternately. The
+        # machine's speed drifts (a shared VM, and autovacuum as the tables grow): each of a round's
+        # ratios compares the receiver with what ran just before or just after it, alternately, and the
+        # median round is reported.
+        kinds = ("plain", "bare", "slow", "probe", "alone", *ATTACKS)
         rounds = [
             {kind: build_requests(keys, args.requests, f"{kind}{r}") for kind in kinds} for r in range(args.rounds)
         ]
@@ -290,10 +292,10 @@ def main() -> None:
         print(f"mailglass serve: {settings_text}", flush=True)
 
         asyncio.run(run_load(port, warmup, CONNECTIONS))
-        plains, bounds, slows, cpu_notes, probes = [], [], [], [], []
+        plains, bounds, slows, cpu_notes, probes, alones = [], [], [], [], [], []
         attacked: dict[str, list[tuple[dict[str, Any], int]]] = {kind: [] for kind in ATTACKS}
         for index, batch_of in enumerate(rounds):
-            steps = ["slow", "bare", "plain", "forged", "probe", "idle", "headers"]
+            steps = ["bare", "plain", "slow", "probe", "idle", "headers", "alone", "forged"]
             for step in steps if index % 2 == 0 else reversed(steps):
                 if step == "bare":
                     bounds.append(receiver_bounds.bare_insert_bound(url, batch_of[step]))
@@ -303,6 +305,8 @@ def main() -> None:
                     result, note = measured_load(port, batch_of[step], process.pid, url)
                     plains.append(result)
                     cpu_notes.append(note)
+                elif step == "alone":  # signed alone, right beside the forged clients' step
+                    alones.append(asyncio.run(run_load(port, batch_of[step], CONNECTIONS)))
                 elif step == "slow":
                     slows.append(asyncio.run(load_with_slow_clients(port, batch_of[step])))
                 else:
@@ -348,7 +352,10 @@ def main() -> None:
             )
             for kind, runs in attacked.items():
                 attacked_r, count = runs[index - 1]
-                shares[kind].append(attacked_r["req_s"] / plain_r["req_s"])
+                baseline = alones[index - 1] if kind == "forged" else plain_r
+                shares[kind].append(attacked_r["req_s"] / baseline["req_s"])
+                if kind == "forged":
+                    print(line(f"round {index}: signed alone", baseline) + "  (the step beside the forged one)")
                 print(line(f"round {index}: + {kind}", attacked_r) + f"  ({ATTACK_NOTES[kind]}: {count})")
         middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
         print()
@@ -369,7 +376,7 @@ def main() -> None:
                 f"beside {ATTACK_NOTES[kind].split(';')[0]}: throughput {statistics.median(values):.0%} of the run "
                 f"without them, median round; all: {', '.join(f'{v:.0%}' for v in values)}"
             )
-        print(hostile.forged_summary(plains, attacked["forged"]))
+        print(hostile.forged_summary(alones, attacked["forged"]))
         print(
             f"1,000-event SendGrid batch: median {statistics.median(batch_times) * 1000:.0f} ms, "
             f"max {max(batch_times) * 1000:.0f} ms over {len(batch_times)} (goal < 500 ms)"
