@@ -14,15 +14,17 @@ Against a real ``mailglass serve`` at its default settings on a fresh database:
    into a copy of ``mailglass_events`` (no trigger), 8 connections;
 6. load 1 again beside hostile clients (:mod:`benchmarks.hostile`): 2,000
    idle sockets, 200 sockets stalled in their headers, and 4 clients posting
-   forged ~0.94 MiB Mailgun bodies at full speed, one kind per step.
+   forged ~0.94 MiB Mailgun bodies at full speed, one kind per step. Each
+   forged client waits for its 401, which the receiver holds
+   ``--auth-failure-delay`` (decision D32); the summary prints signed
+   throughput alone (a step of its own, right beside the forged one), beside
+   them, and the ratio (goal >= 0.80).
 
-All but 3 run in rounds (``--rounds``, default 3), in one order and then the
-reverse, and
-so on, so that each ratio compares figures taken seconds apart, with the
-machine's drift on either side in turn; the median round is the result. The receiver
-stores concurrent one-event webhooks together (``ingest/grouped.py``); the
-bound does not: it is one INSERT per request, as the issue defines it. The
-per-round CPU line says where the receiver's cost went.
+All but 3 run in rounds (``--rounds``, default 3), in one order and then the reverse, and so on,
+so that each ratio compares figures taken seconds apart, with the machine's drift on either side in
+turn; the median round is the result. The receiver stores concurrent one-event webhooks together
+(``ingest/grouped.py``); the bound does not: it is one INSERT per request, as the issue defines it.
+The per-round CPU line says where the receiver's cost went.
 
 The load generator is a small asyncio HTTP/1.1 client on the same machine
 (it competes for the same cores as the receiver and PostgreSQL; say so when
@@ -54,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import make_url
 
 from benchmarks import hostile, receiver_bounds
+from benchmarks.receiver_bounds import cpu_seconds, spent
 from mailglass_pipeline import schema
 from mailglass_pipeline.ingest.samples import SampleKeys, build_webhook, generate_keys
 
@@ -181,23 +184,6 @@ ATTACK_NOTES = {
 ATTACKS = {"idle": hostile.hold_idle, "headers": hostile.hold_header_stalled, "forged": hostile.post_forged}
 
 
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU of each of ``pids`` still alive (Linux /proc)."""
-    found = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return found
-
-
-def spent(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU spent between two readings by the processes alive at both (a backend that ended is left out)."""
-    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
-
-
 def measured_load(port: int, requests: list[Request], serve_pid: int, url: str) -> tuple[dict[str, Any], str]:
     """``run_load`` plus where the CPU went: the receiver's processes, its PostgreSQL backends, this client."""
     serve = [int(p) for p in subprocess.check_output(["pgrep", "-g", str(serve_pid)]).split()]
@@ -291,11 +277,12 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; database {name}")
         print("building signed requests ...", flush=True)
         warmup = build_requests(keys, 500, "warm")
-        # Rounds, each: the bound, the receiver, the receiver with the stalled clients, in this order
-        # and the reverse, alternately. The machine's speed drifts (a shared VM, and autovacuum as the
-        # tables grow): each of a round's ratios compares the receiver with what ran just before or
-        # just after it, alternately, and the median round is reported.
-        kinds = ("plain", "bare", "slow", "probe", *ATTACKS)
+        # Rounds, each: the bound, the receiver, the receiver with the stalled clients, ..., the receiver
+        # alone again, then beside the forged clients, in this order and the reverse, alternately. The
+        # machine's speed drifts (a shared VM, and autovacuum as the tables grow): each of a round's
+        # ratios compares the receiver with what ran just before or just after it, alternately, and the
+        # median round is reported.
+        kinds = ("plain", "bare", "slow", "probe", "alone", *ATTACKS)
         rounds = [
             {kind: build_requests(keys, args.requests, f"{kind}{r}") for kind in kinds} for r in range(args.rounds)
         ]
@@ -305,10 +292,10 @@ def main() -> None:
         print(f"mailglass serve: {settings_text}", flush=True)
 
         asyncio.run(run_load(port, warmup, CONNECTIONS))
-        plains, bounds, slows, cpu_notes, probes = [], [], [], [], []
+        plains, bounds, slows, cpu_notes, probes, alones = [], [], [], [], [], []
         attacked: dict[str, list[tuple[dict[str, Any], int]]] = {kind: [] for kind in ATTACKS}
         for index, batch_of in enumerate(rounds):
-            steps = ["bare", "plain", "slow", "probe", *ATTACKS]
+            steps = ["bare", "plain", "slow", "probe", "idle", "headers", "alone", "forged"]
             for step in steps if index % 2 == 0 else reversed(steps):
                 if step == "bare":
                     bounds.append(receiver_bounds.bare_insert_bound(url, batch_of[step]))
@@ -318,6 +305,8 @@ def main() -> None:
                     result, note = measured_load(port, batch_of[step], process.pid, url)
                     plains.append(result)
                     cpu_notes.append(note)
+                elif step == "alone":  # signed alone, right beside the forged clients' step
+                    alones.append(asyncio.run(run_load(port, batch_of[step], CONNECTIONS)))
                 elif step == "slow":
                     slows.append(asyncio.run(load_with_slow_clients(port, batch_of[step])))
                 else:
@@ -363,7 +352,10 @@ def main() -> None:
             )
             for kind, runs in attacked.items():
                 attacked_r, count = runs[index - 1]
-                shares[kind].append(attacked_r["req_s"] / plain_r["req_s"])
+                baseline = alones[index - 1] if kind == "forged" else plain_r
+                shares[kind].append(attacked_r["req_s"] / baseline["req_s"])
+                if kind == "forged":
+                    print(line(f"round {index}: signed alone", baseline) + "  (the step beside the forged one)")
                 print(line(f"round {index}: + {kind}", attacked_r) + f"  ({ATTACK_NOTES[kind]}: {count})")
         middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
         print()
@@ -384,6 +376,7 @@ def main() -> None:
                 f"beside {ATTACK_NOTES[kind].split(';')[0]}: throughput {statistics.median(values):.0%} of the run "
                 f"without them, median round; all: {', '.join(f'{v:.0%}' for v in values)}"
             )
+        print(hostile.forged_summary(alones, attacked["forged"]))
         print(
             f"1,000-event SendGrid batch: median {statistics.median(batch_times) * 1000:.0f} ms, "
             f"max {max(batch_times) * 1000:.0f} ms over {len(batch_times)} (goal < 500 ms)"

@@ -4,14 +4,18 @@
   statement trigger), 8 connections: the receiver benchmark's own bound;
 - :func:`probe_bound`: one bare single-row INSERT per event into a copy of ``mailglass_events`` (no
   trigger), 8 connections: the bound the external probe used (issue 25). Both are reported side by side.
+
+And :func:`cpu_seconds` / :func:`spent`: where the receiver's CPU went, per process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -99,3 +103,20 @@ def probe_bound(
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP TABLE {table}")
     return {"events": len(rows), "seconds": elapsed, "events_s": len(rows) / elapsed}
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU of each of ``pids`` still alive (Linux /proc)."""
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings by the processes alive at both (a backend that ended is left out)."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())

@@ -300,6 +300,16 @@ SERVE_METRICS_PORT = Setting(
     kind=int,
     default_text="unset: `/metrics` on the webhook port",
 )
+SERVE_AUTH_FAILURE_DELAY = Setting(
+    "auth_failure_delay",
+    1.0,
+    0.0,
+    30.0,
+    "seconds `mailglass serve` holds a 401 (forged, stale or replayed webhook) before answering and closing "
+    "(set from its `--auth-failure-delay`)",
+    env="MAILGLASS_SERVE_AUTH_FAILURE_DELAY",
+    unit="seconds",
+)
 
 #: Every environment variable, in the order defined here (the README's table: tests/test_settings.py).
 ENVIRONMENT = tuple(value for value in list(globals().values()) if isinstance(value, Setting) and value.env)

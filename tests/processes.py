@@ -226,9 +226,14 @@ def healthy(port: int) -> bool:
 def run_receiver(
     database_url: str, env: Mapping[str, str], tmp_path: Path, *args: str, expect_healthy: bool = True
 ) -> Iterator[Receiver]:
-    """Start ``mailglass serve`` (own process group), wait until it answers, stop it afterwards."""
+    """Start ``mailglass serve`` (own process group), wait until it answers, stop it afterwards.
+
+    401s are answered at once unless ``args`` set ``--auth-failure-delay`` (its own tests do).
+    """
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
+    if not any(arg.startswith("--auth-failure-delay") for arg in args):
+        args = (*args, "--auth-failure-delay", "0")  # 401s at once: tests that count many of them stay quick
     full_env = {**os.environ, "MAILGLASS_DATABASE_URL": database_url, **env}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with log.open("wb") as out:

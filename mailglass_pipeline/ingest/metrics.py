@@ -59,7 +59,8 @@ GROUP_SIZE = Histogram(
 REFUSED = Counter(
     "mailglass_webhook_refused",
     "Connections and requests the HTTP layer refused or closed before the application (ingest/protocol.py), "
-    "by reason: headers_too_large, header_timeout, idle, evicted, connections, busy, not_http.",
+    "by reason: headers_too_large, header_timeout, idle, evicted, connections, busy, not_http, "
+    "auth_headers (401 from the headers alone), auth_failure_undelayed (401 sent at once: no room to hold it).",
     ["reason"],
 )
 SECRETS_FALLBACK = Gauge(

@@ -18,7 +18,11 @@ worker (decision D24):
   sockets displaces only other idle sockets, never a request being served;
 - **requests in progress**: beyond ``limit_concurrency`` a request gets 503
   JSON with ``Retry-After`` (uvicorn's own limit is off: it counts sockets);
-- a request that is not HTTP gets a JSON 400, not uvicorn's text.
+- a request that is not HTTP gets a JSON 400, not uvicorn's text;
+- an answer that closes the connection before the request's body has arrived
+  (413 from ``Content-Length``, a 401 from the headers) is followed by a
+  half-close and the rest of the body dropped unparsed for a moment, so the
+  client reads the answer instead of a reset.
 
 Each refusal is counted in ``mailglass_webhook_refused_total{reason}``.
 """
@@ -176,6 +180,8 @@ class GuardedProtocol(HttpToolsProtocol):
             refusal = BUSY
         if refusal is None:
             super().on_headers_complete()
+            if self.cycle is not None:
+                self.cycle.transport = _ClosingAfterBody(self, self.cycle)  # type: ignore[assignment]
             return
         app, self.app = self.app, refusal
         try:
@@ -185,7 +191,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._lingering:
             self._start_waiting()  # idle now: uvicorn's keep-alive timer runs; the header timer starts with data
 
     # -- helpers ------------------------------------------------------------------------------
@@ -233,14 +239,41 @@ class GuardedProtocol(HttpToolsProtocol):
         """Answer ``status`` now, then drop whatever else arrives for a moment and close."""
         self._stop_waiting()
         self._unset_keepalive_if_required()
-        self._lingering = True
         self.transport.write(raw_response(status, message))
+        self._linger()
+
+    def close_after_answer(self, cycle: Any) -> None:
+        """The app's answer closes the connection: at once, or lingering while the request body still arrives."""
+        if cycle.more_body and not cycle.disconnected and not self.transport.is_closing():
+            self.flow.resume_reading()  # paused when the unread body filled uvicorn's buffer
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Half-close, drop whatever else arrives unparsed for :data:`LINGER_SECONDS`, then close."""
+        self._lingering = True
         try:
             self.transport.write_eof()
         except (NotImplementedError, RuntimeError, OSError):
             self.transport.close()
             return
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+class _ClosingAfterBody:
+    """The transport as one request's cycle sees it: its ``close`` lets an unread body drain first."""
+
+    def __init__(self, protocol: GuardedProtocol, cycle: Any) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+        self._transport = protocol.transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_after_answer(self._cycle)
 
 
 def _evict_idle() -> bool:

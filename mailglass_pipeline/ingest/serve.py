@@ -21,6 +21,8 @@ What uvicorn does not do, and where it is done instead:
   closes idle sockets first, a JSON 503 with ``Retry-After`` for too many
   requests in progress (uvicorn's ``limit_concurrency`` counts sockets and
   answers text): :mod:`.protocol`, uvicorn's httptools protocol subclassed;
+- forged requests refused from their headers where they suffice, and every
+  401 answered late and closed (decision D32): :mod:`.auth_failures`;
 - the edge in front (deploy/nginx) holds the same limits per client address
   (docs/ingest.md: which layer holds which limit).
 
@@ -44,6 +46,7 @@ from mailglass_pipeline.ingest.tenants import TenantSettings
 from mailglass_pipeline.setting import Setting
 from mailglass_pipeline.settings import DATABASE_URL as DATABASE_URL_SETTING
 from mailglass_pipeline.settings import (
+    SERVE_AUTH_FAILURE_DELAY,
     SERVE_BODY_TIMEOUT,
     SERVE_HEADER_TIMEOUT,
     SERVE_LIMIT_CONCURRENCY,
@@ -74,6 +77,9 @@ def default_workers() -> int:
 @SERVE_MAX_CONNECTIONS.option("--max-connections", help="Open connections per worker; beyond, the longest-idle closes.")
 @SERVE_LIMIT_CONCURRENCY.option("--limit-concurrency", help="Requests in progress per worker before new ones get 503.")
 @SERVE_METRICS_PORT.option("--metrics-port", help="Serve /metrics on this port instead of the webhook port.")
+@SERVE_AUTH_FAILURE_DELAY.option(
+    "--auth-failure-delay", help="Seconds a 401 is held before it is sent and the connection closed (0: at once)."
+)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the --metrics-port listener.")
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: /metrics counts them).")
 def serve_command(
@@ -87,6 +93,7 @@ def serve_command(
     max_connections: int,
     limit_concurrency: int,
     metrics_port: int | None,
+    auth_failure_delay: float,
     metrics_host: str,
     access_log: bool,
 ) -> None:
@@ -110,6 +117,7 @@ def serve_command(
         (SERVE_MAX_CONNECTIONS, str(max_connections)),
         (SERVE_LIMIT_CONCURRENCY, str(limit_concurrency)),
         (SERVE_METRICS_PORT, str(metrics_port or "")),
+        (SERVE_AUTH_FAILURE_DELAY, repr(auth_failure_delay)),
     ):
         os.environ[setting.env] = value
     # The workers share their last good webhook secrets here (ingest/tenants.py).

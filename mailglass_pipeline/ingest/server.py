@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -34,15 +35,23 @@ from sqlalchemy.engine import Engine
 from mailglass_pipeline.db import create_engine, resolve_database_url, sqlstate_of
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import metrics, ses
+from mailglass_pipeline.ingest.auth_failures import Tarpit, header_refusal
 from mailglass_pipeline.ingest.base import PROVIDERS, ParsedWebhook
 from mailglass_pipeline.ingest.coalescer import Coalescer
 from mailglass_pipeline.ingest.core import joins_group, parse_webhook, prunes_tokens, result_of, store_parsed
-from mailglass_pipeline.ingest.errors import RETRY_AFTER, DeliveryLockedError, http_answer
+from mailglass_pipeline.ingest.errors import RETRY_AFTER, DeliveryLockedError, WebhookSignatureError, http_answer
 from mailglass_pipeline.ingest.grouped import BUSY, MAX_GROUP, Outcome, store_grouped
 from mailglass_pipeline.ingest.grouped import Request as GroupRequest
 from mailglass_pipeline.ingest.health import check_health
 from mailglass_pipeline.ingest.tenants import TenantSettings, tenant_id_problem
-from mailglass_pipeline.settings import SERVE_BODY_TIMEOUT, SERVE_LOCK_WAIT, SERVE_METRICS_PORT, SERVE_THREADS
+from mailglass_pipeline.settings import (
+    SERVE_AUTH_FAILURE_DELAY,
+    SERVE_BODY_TIMEOUT,
+    SERVE_LIMIT_CONCURRENCY,
+    SERVE_LOCK_WAIT,
+    SERVE_METRICS_PORT,
+    SERVE_THREADS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,8 @@ class Receiver:
         threads: int = SERVE_THREADS.default,
         lock_wait: float = SERVE_LOCK_WAIT.default,
         public_metrics: bool = True,
+        auth_failure_delay: float = SERVE_AUTH_FAILURE_DELAY.default,
+        delayed_failures: int = SERVE_LIMIT_CONCURRENCY.default // 2,
     ) -> None:
         self.tenants = tenants or TenantSettings.from_env()
         self.database_url = database_url
@@ -85,6 +96,8 @@ class Receiver:
         self.lock_wait = lock_wait
         #: False when ``mailglass serve --metrics-port`` serves them on a port of their own.
         self.public_metrics = public_metrics
+        #: 401s answered late (decision D32); at most half the requests in progress, so the rest find room.
+        self.tarpit = Tarpit(auth_failure_delay, delayed_failures)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailglass-ingest")
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
@@ -166,25 +179,37 @@ class Receiver:
         if problem:
             return provider, await answer(send, 400, {"error": problem})
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        body, refusal = await self._read_body(
-            headers, receive, min(self.max_body, PROVIDER_MAX_BODY.get(provider, self.max_body))
-        )
+        limit = min(self.max_body, PROVIDER_MAX_BODY.get(provider, self.max_body))
+        # Before any byte of the body: its declared size, then what the headers show of its authenticity.
+        refusal = declared_length_refusal(headers, limit)
+        if refusal is None:
+            refused = self._header_refusal(provider, tenant_id, headers)
+            if refused is not None:  # the body stays unread: the protocol drops it after the answer
+                metrics.REFUSED.labels("auth_headers").inc()
+                await self.tarpit.hold()
+                status, payload, extra = http_answer(provider, WebhookSignatureError(refused))
+                return provider, await answer(send, status, payload, {**extra, "connection": "close"})
+            body, refusal = await self._read_body(receive, limit)
         if refusal is not None:
             status, message = refusal
             return provider, await answer(send, status, {"error": message}, {"connection": "close"})
         status, payload, extra = await self._ingest(provider, tenant_id, body, headers)
+        if status == 401:  # forged, stale or replayed: answered late, and the connection closed
+            del body  # a held answer keeps a coroutine, not a megabyte
+            await self.tarpit.hold()
+            extra = {**extra, "connection": "close"}
         return provider, await answer(send, status, payload, extra)
 
-    async def _read_body(
-        self, headers: dict[str, str], receive: Receive, limit: int
-    ) -> tuple[bytes, tuple[int, str] | None]:
-        """The body, or ``(status, message)``: 413 from Content-Length before reading, 408 on the deadline."""
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return b"", (400, "Content-Length is not a number")
-            if int(declared) > limit:
-                return b"", (413, f"body of {declared} bytes is over the {limit}-byte limit")
+    def _header_refusal(self, provider: str, tenant_id: str, headers: dict[str, str]) -> str | None:
+        """A 401's message when the headers alone show the request is not authentic (see :mod:`.auth_failures`)."""
+        try:
+            settings = self.tenants.for_tenant(tenant_id, provider)
+        except Exception:  # unreadable secrets: the ordinary path answers it
+            return None
+        return header_refusal(provider, headers, settings, datetime.now(UTC))
+
+    async def _read_body(self, receive: Receive, limit: int) -> tuple[bytes, tuple[int, str] | None]:
+        """The body, or ``(status, message)``: 408 on the deadline, 413 once a streamed body passes ``limit``."""
         chunks: list[bytes] = []
         size = 0
         deadline = time.monotonic() + self.body_timeout
@@ -286,6 +311,18 @@ class Receiver:
         return await loop.run_in_executor(self.pool, lambda: func(*args, **kwargs))
 
 
+def declared_length_refusal(headers: dict[str, str], limit: int) -> tuple[int, str] | None:
+    """``(status, message)`` when ``Content-Length`` alone refuses the request (400 not a number, 413 too large)."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return None
+    if not declared.strip().isdigit():
+        return 400, "Content-Length is not a number"
+    if int(declared) > limit:
+        return 413, f"body of {declared} bytes is over the {limit}-byte limit"
+    return None
+
+
 #: The server ended the session (pg_terminate_backend, a shutdown): the connection was established, then dropped.
 DROPPED_SQLSTATES = frozenset({"57P01", "57P02"})
 
@@ -318,4 +355,6 @@ def create_app() -> Receiver:
         threads=SERVE_THREADS.read(),
         lock_wait=SERVE_LOCK_WAIT.read(),
         public_metrics=SERVE_METRICS_PORT.read() is None,
+        auth_failure_delay=SERVE_AUTH_FAILURE_DELAY.read(),
+        delayed_failures=max(1, SERVE_LIMIT_CONCURRENCY.read() // 2),
     )

@@ -204,9 +204,9 @@ def test_too_many_requests_in_progress_get_our_json_503(
     args = ("--workers", "1", "--limit-concurrency", "2", "--body-timeout", "3")
     with run_receiver(database_url, secrets_env(settings), tmp_path, *args) as receiver:
         held = []
-        for _ in range(2):  # two requests in progress, their bodies never finished
+        for _ in range(2):  # two requests in progress, their bodies never finished (Mailgun: signed in the body)
             sock = socket.create_connection(("127.0.0.1", receiver.port))
-            sock.sendall(b"POST /sendgrid/t-busy HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[")
+            sock.sendall(b"POST /mailgun/t-busy HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[")
             held.append(sock)
         time.sleep(0.3)
         busy = receiver.request("GET", "/healthz")
