@@ -147,6 +147,9 @@ def serve_command(
             timeout_keep_alive=5,
             # On SIGTERM in-flight ingests finish; uploads still stalled after 20 s are dropped (k8s grace: 30 s).
             timeout_graceful_shutdown=20,
+            # uvicorn kills a worker that misses its 5 s ping: on a saturated CPU that is a busy worker, not
+            # a hung one, and killing it drops its in-flight webhooks. 30 s still replaces a truly hung one.
+            timeout_worker_healthcheck=30,
             access_log=access_log,
             log_level="info",
             server_header=False,
