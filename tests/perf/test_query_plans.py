@@ -111,7 +111,7 @@ def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, link: bo
     # The parameters the core binds (a run's quota bookkeeping included): the variants are bound values.
     run = RunProgress(used={"t1": 5})
     params = find_params("t0" if tenant_scoped else None, SweepConfig(retry_all=retry_all), run, link=link)
-    plan = _explain(loaded, queries.statement("find_tenant" if tenant_scoped else "find_all"), params)
+    plan = _explain(loaded, queries.statement("find_batch"), params)
     _assert_no_seq_scan_of_big_tables(plan)
     nodes = _nodes(plan)
     # The retry scan still reads its partial index whatever retry_all is bound to.
@@ -270,7 +270,7 @@ def test_linkable_first_counts_linkable_orphans_from_their_index(loaded: Engine)
     """The all-tenant find counts each tenant's linkable orphans (its first allocation round) from the
     partial index of linkable rows: never a queue scan that reads the never-matching backlog too."""
     params = find_params(None, SweepConfig(), RunProgress(), link=True)
-    plan = _explain(loaded, queries.statement("find_all"), params)
+    plan = _explain(loaded, queries.statement("find_batch"), params)
     nodes = _nodes(plan)
     # No sequential scan of the queue filters on linkable_at (the linkable count would then read every row).
     seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and "linkable_at IS NOT NULL" in n.get("Filter", "")]
