@@ -78,6 +78,7 @@ PROJECT_FUNCTIONS = (
             ("mailglass_reconciliation_due", "text, double precision, integer, boolean, timestamptz"),
             ("mailglass_reconciliation_linkable", "text, double precision, integer"),
             ("mailglass_reconciliation_pick", "text, bigint, double precision, integer, boolean, timestamptz"),
+            ("mailglass_reconciliation_share", "text[], bigint[], timestamptz[], bigint"),
             ("mailglass_reconciliation_message_ids", "text, text"),
             ("mailglass_reconciliation_delivery", "text, text, text"),
             ("mailglass_reconciliation_json_text", "jsonb, text"),

@@ -7,6 +7,7 @@ Create Date: 2026-12-07
 Until here each statement held a marked copy of the rules it shares with others (``sql/rules.sql``,
 compared by a test). From here each rule is one function of this revision (decision D28) that the
 statements call: the due window, the retry rule, the due rows, the linkable waits, a tenant's pick, the
+all-tenant allocation's water filling, the
 delivery lookup and its message-id match, an event's provider and message-id keys, the parked listing,
 the unqueued orphans, the notification.
 
@@ -165,6 +166,49 @@ SELECT * FROM (
     FOR UPDATE OF q SKIP LOCKED
 ) AS retry
 LIMIT take
+$$""",
+    # Water filling, one round of the all-tenant allocation: each tenant (tenant_ids) wants takes
+    # orphans, waiting since sinces, and cap is what the round may give. Sorted by want, a tenant is
+    # served whole when, were every larger tenant cut to its want, the total still fits the cap. The
+    # others share what is left equally: quota each, and the extra left over goes one each to the
+    # tenants waiting longest. So each tenant's first k orphans are given before any tenant's (k+1)-th.
+    """
+CREATE OR REPLACE FUNCTION {q}.mailglass_reconciliation_share(
+    tenant_ids text[], takes bigint[], sinces timestamptz[], cap bigint
+) RETURNS TABLE (tenant_id text, take bigint)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT
+    f.tenant_id,
+    CASE
+        WHEN f.whole THEN f.take
+        ELSE (cap - f.whole_sum) / NULLIF(f.tenants - f.whole_n, 0)
+            + CASE
+                WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
+                    <= mod(cap - f.whole_sum, NULLIF(f.tenants - f.whole_n, 0))
+                    THEN 1
+                ELSE 0
+            END
+    END
+FROM (
+    SELECT
+        s.*,
+        count(*) FILTER (WHERE s.whole) OVER () AS whole_n,
+        CAST(COALESCE(sum(s.take) FILTER (WHERE s.whole) OVER (), 0) AS bigint) AS whole_sum
+    FROM (
+        SELECT
+            w.*,
+            w.prefix + w.take * (w.tenants - w.pos) <= cap AS whole
+        FROM (
+            SELECT
+                u.tenant_id, u.take, u.since,
+                CAST(sum(u.take) OVER (ORDER BY u.take, u.tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
+                row_number() OVER (ORDER BY u.take, u.tenant_id) AS pos,
+                count(*) OVER () AS tenants
+            FROM unnest(tenant_ids, takes, sinces) AS u (tenant_id, take, since)
+            WHERE u.take > 0
+        ) AS w
+    ) AS s
+) AS f
 $$""",
     # The message ids a delivery may be stored under for one an event carries (SendGrid: the send API
     # returns X-Message-Id, the webhooks carry it plus a '.filter...' suffix): the id itself, then for
@@ -353,6 +397,7 @@ SIGNATURES = (
     "mailglass_reconciliation_due(text, double precision, integer, boolean, timestamptz)",
     "mailglass_reconciliation_linkable(text, double precision, integer)",
     "mailglass_reconciliation_pick(text, bigint, double precision, integer, boolean, timestamptz)",
+    "mailglass_reconciliation_share(text[], bigint[], timestamptz[], bigint)",
     "mailglass_reconciliation_message_ids(text, text)",
     "mailglass_reconciliation_delivery(text, text, text)",
     "mailglass_reconciliation_json_text(jsonb, text)",

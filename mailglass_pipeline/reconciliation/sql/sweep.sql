@@ -43,11 +43,9 @@ FROM mailglass_reconciliation_absorb() AS a;
 -- allocation: under the custom plan its branch of alloc folds to nothing, and the CTEs only it
 -- reads are never executed (tests/perf/test_query_plans.py).
 --
--- Water filling (first_* and rest_*, the same steps over each round's want and cap): sorted by
--- take, a tenant is served whole when, were every larger tenant cut to its take, the total still
--- fits the cap. The others share what is left equally: quota each, and the extra left over goes
--- one each to the tenants waiting longest. So each tenant's first k orphans are taken before any
--- tenant's (k+1)-th, in one statement whatever the number of tenants.
+-- Each round is water filling (mailglass_reconciliation_share, migration 0007) over the round's
+-- wants and cap: each tenant's first k orphans are taken before any tenant's (k+1)-th, in one
+-- statement whatever the number of tenants.
 WITH used AS (
     SELECT
         key AS tenant_id,
@@ -93,47 +91,10 @@ first_want AS (
     FROM due AS d INNER JOIN linkable_n AS l ON d.tenant_id = l.tenant_id
 ),
 
-first_cap AS (SELECT CAST(:max_total AS bigint) AS cap),
-
-first_sized AS (
-    SELECT
-        tenant_id, take, since,
-        CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
-        row_number() OVER (ORDER BY take, tenant_id) AS pos,
-        count(*) OVER () AS tenants
-    FROM first_want
-    WHERE take > 0
-),
-
-first_flagged AS (
-    SELECT
-        s.*,
-        s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole
-    FROM first_sized AS s CROSS JOIN first_cap AS c
-),
-
-first_fill AS (
-    SELECT
-        count(*) FILTER (WHERE whole) AS whole_n,
-        CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
-        count(*) AS tenants
-    FROM first_flagged
-),
-
 first_alloc AS (
-    SELECT
-        f.tenant_id,
-        CASE
-            WHEN f.whole THEN f.take
-            ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
-                + CASE
-                    WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
-                        <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
-                        THEN 1
-                    ELSE 0
-                END
-        END AS take
-    FROM first_flagged AS f CROSS JOIN first_fill AS x CROSS JOIN first_cap AS c
+    SELECT a.tenant_id, a.take
+    FROM (SELECT array_agg(tenant_id) AS ids, array_agg(take) AS takes, array_agg(since) AS sinces FROM first_want) AS w
+    CROSS JOIN LATERAL mailglass_reconciliation_share(w.ids, w.takes, w.sinces, CAST(:max_total AS bigint)) AS a
 ),
 
 rest_want AS (
@@ -144,50 +105,12 @@ rest_want AS (
     FROM due AS d LEFT JOIN first_alloc AS f ON d.tenant_id = f.tenant_id
 ),
 
-rest_cap AS (
-    SELECT CAST(:max_total AS bigint) - CAST(COALESCE(sum(take), 0) AS bigint) AS cap
-    FROM first_alloc
-),
-
-rest_sized AS (
-    SELECT
-        tenant_id, take, since,
-        CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
-        row_number() OVER (ORDER BY take, tenant_id) AS pos,
-        count(*) OVER () AS tenants
-    FROM rest_want
-    WHERE take > 0
-),
-
-rest_flagged AS (
-    SELECT
-        s.*,
-        s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole
-    FROM rest_sized AS s CROSS JOIN rest_cap AS c
-),
-
-rest_fill AS (
-    SELECT
-        count(*) FILTER (WHERE whole) AS whole_n,
-        CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
-        count(*) AS tenants
-    FROM rest_flagged
-),
-
 rest_alloc AS (
-    SELECT
-        f.tenant_id,
-        CASE
-            WHEN f.whole THEN f.take
-            ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
-                + CASE
-                    WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
-                        <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
-                        THEN 1
-                    ELSE 0
-                END
-        END AS take
-    FROM rest_flagged AS f CROSS JOIN rest_fill AS x CROSS JOIN rest_cap AS c
+    SELECT a.tenant_id, a.take
+    FROM (SELECT array_agg(tenant_id) AS ids, array_agg(take) AS takes, array_agg(since) AS sinces FROM rest_want) AS w
+    -- What the first round left of max_total.
+    CROSS JOIN (SELECT CAST(:max_total AS bigint) - CAST(COALESCE(sum(take), 0) AS bigint) AS cap FROM first_alloc) AS c
+    CROSS JOIN LATERAL mailglass_reconciliation_share(w.ids, w.takes, w.sinces, c.cap) AS a
 ),
 
 alloc AS (
