@@ -66,7 +66,8 @@ SELECT
     p.*,
     CAST(:state AS text) AS state
 FROM mailglass_reconciliation_parked(:state, :tenant_id, :max_age_minutes, :limit) AS p
-ORDER BY p.orphan_inserted_at;
+ORDER BY p.orphan_inserted_at
+LIMIT :limit;
 
 -- name: oldest_stale
 -- The oldest stale orphans with their type (the no_stale_orphans check's table): the stale list
