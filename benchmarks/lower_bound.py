@@ -13,7 +13,7 @@ so the benchmark reports the reconciler's distance from it.
 
 The find statement and the backoff expression are the reconciler's own
 (read from the SQL registry, ``mailglass_pipeline.queries``), and so are the
-projection rules and the notification payload (marked copies of rules.sql's),
+projection rules (a marked copy of rules.sql's) and the notification (its function),
 so both do exactly the same work.
 """
 
@@ -32,7 +32,7 @@ _BACKOFF = "make_interval(mins => COALESCE((CAST(:backoff_steps AS int[]))[q.att
 
 def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
     # batch: the reconciler's own find statement, verbatim (same due rule, order, quotas and locking).
-    find = queries.statement("find_tenant" if tenant_scoped else "find_all").text
+    find = queries.statement("find_batch").text
     return sa.text(
         f"""
     WITH batch AS ({find}
@@ -105,17 +105,9 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
           FROM won
          ORDER BY delivery_id, occurred_at DESC, inserted_at DESC
     ), notified AS (
-        -- rule: notify
-        SELECT
-            pg_notify('mailglass_delivery_updated', CAST(json_build_object(
-                'tenant_id', CASE
-                    WHEN octet_length(CAST(to_json(n.tenant_id) AS text)) > 7000 THEN NULL ELSE n.tenant_id
-                END,
-                'delivery_id', n.delivery_id, 'event_type', n.event_type,
-                'event_id', n.event_id, 'reconciled_from_event_id', n.from_id
-            ) AS text)) AS notified
+        -- The sweep's notification (migration 0007's function, decision D7).
+        SELECT mailglass_reconciliation_notify(n.tenant_id, n.delivery_id, n.event_type, n.event_id, n.from_id)
         FROM latest AS n
-        -- end rule
     )
     SELECT (SELECT count(*) FROM batch) AS scanned,
            (SELECT count(*) FROM ins) AS linked,

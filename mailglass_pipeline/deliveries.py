@@ -1,7 +1,7 @@
 """Delivery rows (``mailglass_deliveries``): the sending application's side.
 
-The lookup here (statement ``lookup_deliveries``, rule ``delivery_lookup`` of
-``sql/rules.sql``) is the rule that decides whether a provider event
+The lookup here (statement ``lookup_deliveries``, the function ``mailglass_reconciliation_delivery`` of
+migration 0007, decision D28) is the rule that decides whether a provider event
 belongs to a delivery. It matches on ``(provider, provider_message_id)``
 (the global unique index) *and* the tenant, so a message id that collides
 across tenants never links across them.
@@ -11,7 +11,7 @@ that, while event webhooks carry ``sg_message_id`` = that id plus a suffix
 starting ``.filter`` (``LRzXl_NHStOGhQ4kofSm_A.filterdrecv-...``; old-format
 ids contain dots themselves: ``14c5d75ce93.dfd.64b469.filter0001...``). For
 provider ``sendgrid`` the lookup also tries the part before ``.filter`` and
-the part before the first dot, preferring an exact match (rule ``message_id_match``). Ingest already
+the part before the first dot, preferring an exact match (``mailglass_reconciliation_message_ids``). Ingest already
 stores the stripped id; the fallback serves orphans Mailglass wrote with the
 raw ``sg_message_id``.
 """

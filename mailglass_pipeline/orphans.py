@@ -208,7 +208,8 @@ def _first_text(documents: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> 
 
 
 def _message_id_variants(provider: str, message_id: str) -> list[str]:
-    # Rule message_id_match (sql/rules.sql): the stored id may be the part before ".filter" or the first dot.
+    # The lookup's message ids (mailglass_reconciliation_message_ids, migration 0007): the stored id may be the
+    # part before ".filter" or the first dot.
     if provider != "sendgrid":
         return [message_id]
     return list(dict.fromkeys([message_id, message_id.split(".filter", 1)[0], message_id.split(".", 1)[0]]))

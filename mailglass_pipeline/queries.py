@@ -3,9 +3,10 @@
 A file holds blocks, each opened by a line ``-- name: <name>`` and holding the
 complete statement, exactly as PostgreSQL receives it: no splicing, no
 templating. Bind parameters are ``:name``. The text before the first block is
-the file's own comment. Shared rules are copied into the statements that need
-them, marked ``-- rule: <name>``; their one home is ``sql/rules.sql`` and a
-test compares every copy with it.
+the file's own comment. Shared rules are database functions of migration 0007
+that the statements call and the planner inlines (decision D28); the three
+data-modifying ones are copied, marked ``-- rule: <name>``, from their one
+home ``sql/rules.sql`` and a test compares every copy with it.
 
 Code fetches a statement with :func:`statement`; :data:`STATEMENTS` lists
 them all for the tests (the plan tests explain each).

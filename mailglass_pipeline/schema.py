@@ -69,6 +69,27 @@ PROJECT_FUNCTIONS = (
     ProjectFunction("mailglass_reconciliation_absorb"),
     ProjectFunction("mailglass_reconciliation_forget"),
     ProjectFunction("mailglass_reconciliation_uuidv7", security_definer=False, search_path="none"),
+    # The statements' shared rules (migration 0007, decision D28): inlined by the planner, so no SET clause.
+    *(
+        ProjectFunction(name, arguments, security_definer=False, search_path="none")
+        for name, arguments in (
+            ("mailglass_reconciliation_in_window", "timestamptz, double precision, integer"),
+            ("mailglass_reconciliation_retry_due", "timestamptz, timestamptz, timestamptz, boolean, timestamptz"),
+            ("mailglass_reconciliation_due", "text, double precision, integer, boolean, timestamptz"),
+            ("mailglass_reconciliation_linkable", "text, double precision, integer"),
+            ("mailglass_reconciliation_pick", "text, bigint, double precision, integer, boolean, timestamptz"),
+            ("mailglass_reconciliation_share", "text[], bigint[], timestamptz[], bigint"),
+            ("mailglass_reconciliation_message_ids", "text, text"),
+            ("mailglass_reconciliation_delivery", "text, text, text"),
+            ("mailglass_reconciliation_json_text", "jsonb, text"),
+            ("mailglass_reconciliation_event_provider", "jsonb, jsonb"),
+            ("mailglass_reconciliation_event_message_id", "jsonb, jsonb"),
+            ("mailglass_reconciliation_event_provider_event_id", "jsonb, jsonb"),
+            ("mailglass_reconciliation_parked", "text, text, integer, bigint"),
+            ("mailglass_reconciliation_unqueued", "integer"),
+            ("mailglass_reconciliation_notify", "text, uuid, text, uuid, uuid"),
+        )
+    ),
 )
 PROJECT_TRIGGERS = (
     ProjectTrigger("mailglass_events_track_orphans", "mailglass_events", "mailglass_track_orphans"),

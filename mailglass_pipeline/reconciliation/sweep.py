@@ -103,7 +103,7 @@ def _find(
     link: bool,
 ) -> pd.DataFrame:
     set_timeouts(conn, config)
-    find = statement("find_tenant" if tenant_id is not None else "find_all")
+    find = statement("find_batch")
     rows = conn.execute(find, find_params(tenant_id, config, run, link=link)).all()
     return _batch_frame(rows)
 

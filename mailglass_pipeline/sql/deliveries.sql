@@ -1,5 +1,5 @@
 -- Delivery rows (mailglass_pipeline/deliveries.py and projector.py). Each block is the complete
--- statement; "rule: <name>" marks a copy of a rule of mailglass_pipeline/sql/rules.sql.
+-- statement; the lookup is the function mailglass_reconciliation_delivery of migration 0007 (decision D28).
 
 -- name: lookup_deliveries
 -- The delivery id for each (tenant, provider, message id) of the three arrays, in their order, null
@@ -9,24 +9,7 @@ SELECT
     lk.id
 FROM unnest(CAST(:tenant_ids AS text[]), CAST(:providers AS text[]), CAST(:message_ids AS text[]))
     WITH ORDINALITY AS k (tenant_id, provider, message_id, ord)
--- rule: delivery_lookup
-LEFT JOIN LATERAL (
-    SELECT d.id
-    FROM mailglass_deliveries AS d
-    WHERE
-        d.provider = k.provider
-        -- rule: message_id_match
-        AND d.provider_message_id IN (
-            k.message_id,
-            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
-            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END
-        )
-        -- end rule
-        AND d.tenant_id = k.tenant_id
-    ORDER BY d.provider_message_id = k.message_id DESC
-    LIMIT 1
-) AS lk ON TRUE
--- end rule
+LEFT JOIN LATERAL mailglass_reconciliation_delivery(k.tenant_id, k.provider, k.message_id) AS lk (id) ON TRUE
 ORDER BY k.ord;
 
 -- name: lock_deliveries

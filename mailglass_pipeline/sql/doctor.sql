@@ -134,50 +134,9 @@ FROM stored
 WHERE abs(off_id_seconds) BETWEEN :tolerance_seconds AND 54000 AND ahead_seconds <= :tolerance_seconds;
 
 -- name: doctor_unqueued_orphans
--- Pending orphans without their queue row (rule unqueued_orphans): how many, and one of them.
--- rule: unqueued_orphans
-WITH RECURSIVE tenants AS (
-    (
-        SELECT e.tenant_id
-        FROM mailglass_events AS e
-        WHERE e.needs_reconciliation
-        ORDER BY e.tenant_id
-        LIMIT 1
-    )
-    UNION ALL
-    SELECT (
-        SELECT e.tenant_id
-        FROM mailglass_events AS e
-        WHERE e.needs_reconciliation AND e.tenant_id > t.tenant_id
-        ORDER BY e.tenant_id
-        LIMIT 1
-    )
-    FROM tenants AS t
-    WHERE t.tenant_id IS NOT NULL
-),
-
-unqueued AS (
-    SELECT e.id
-    FROM tenants AS t
-    CROSS JOIN LATERAL (
-        SELECT o.id
-        FROM mailglass_events AS o
-        WHERE
-            o.tenant_id = t.tenant_id AND o.needs_reconciliation AND o.delivery_id IS NULL
-            AND o.inserted_at > CAST(now() AT TIME ZONE 'UTC' AS timestamp) - make_interval(days => :retention_days)
-        ORDER BY o.inserted_at
-        OFFSET 0
-    ) AS e
-    WHERE
-        NOT EXISTS (SELECT 1 FROM mailglass_reconciliation_queue AS q WHERE q.event_id = e.id)
-        AND NOT EXISTS (
-            SELECT 1 FROM mailglass_events AS r WHERE r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
-        )
-)
-
--- end rule
+-- Pending orphans without their queue row (mailglass_reconciliation_unqueued): how many, and one of them.
 SELECT count(*) AS orphans, min(CAST(u.id AS text)) AS example_id
-FROM unqueued AS u;
+FROM mailglass_reconciliation_unqueued(:retention_days) AS u (id);
 
 -- name: doctor_queue_leftovers
 -- Queue rows whose orphan is gone from the ledger or already reconciled: the triggers remove them
@@ -195,49 +154,8 @@ WHERE
 -- (mailglass_track_orphans, migration 0004) builds it: its instant (the stored timestamp read as
 -- UTC), its match key (provider; message id from provider_message_id, message_id, sg_message_id,
 -- first in metadata then in normalized_payload, a non-empty JSON string only) and linkable_at when
--- its delivery is already there (deliveries.lookup's rule); never examined, so due at once.
+-- its delivery is already there (the lookup, mailglass_reconciliation_delivery); never examined, so due at once.
 -- ON CONFLICT: a row a trigger adds meanwhile wins; running it twice queues nothing twice.
--- rule: unqueued_orphans
-WITH RECURSIVE tenants AS (
-    (
-        SELECT e.tenant_id
-        FROM mailglass_events AS e
-        WHERE e.needs_reconciliation
-        ORDER BY e.tenant_id
-        LIMIT 1
-    )
-    UNION ALL
-    SELECT (
-        SELECT e.tenant_id
-        FROM mailglass_events AS e
-        WHERE e.needs_reconciliation AND e.tenant_id > t.tenant_id
-        ORDER BY e.tenant_id
-        LIMIT 1
-    )
-    FROM tenants AS t
-    WHERE t.tenant_id IS NOT NULL
-),
-
-unqueued AS (
-    SELECT e.id
-    FROM tenants AS t
-    CROSS JOIN LATERAL (
-        SELECT o.id
-        FROM mailglass_events AS o
-        WHERE
-            o.tenant_id = t.tenant_id AND o.needs_reconciliation AND o.delivery_id IS NULL
-            AND o.inserted_at > CAST(now() AT TIME ZONE 'UTC' AS timestamp) - make_interval(days => :retention_days)
-        ORDER BY o.inserted_at
-        OFFSET 0
-    ) AS e
-    WHERE
-        NOT EXISTS (SELECT 1 FROM mailglass_reconciliation_queue AS q WHERE q.event_id = e.id)
-        AND NOT EXISTS (
-            SELECT 1 FROM mailglass_events AS r WHERE r.idempotency_key = 'reconciled:' || CAST(e.id AS text)
-        )
-)
-
--- end rule
 INSERT INTO mailglass_reconciliation_queue (
     event_id, tenant_id, orphan_inserted_at, provider, provider_message_id, linkable_at
 )
@@ -251,56 +169,16 @@ SELECT
         WHEN
             x.provider IS NOT NULL AND x.message_id IS NOT NULL
             AND EXISTS (
-                SELECT 1
-                FROM mailglass_deliveries AS d
-                WHERE
-                    d.provider = x.provider AND d.tenant_id = e.tenant_id
-                    -- rule: message_id_match k=x
-                    AND d.provider_message_id IN (
-                        x.message_id,
-                        CASE WHEN x.provider = 'sendgrid' THEN split_part(x.message_id, '.filter', 1) END,
-                        CASE WHEN x.provider = 'sendgrid' THEN split_part(x.message_id, '.', 1) END
-                    )
-                    -- end rule
+                SELECT 1 FROM mailglass_reconciliation_delivery(e.tenant_id, x.provider, x.message_id)
             )
             THEN now()
     END
-FROM unqueued AS u
+FROM mailglass_reconciliation_unqueued(:retention_days) AS u (id)
 INNER JOIN mailglass_events AS e ON u.id = e.id
 CROSS JOIN LATERAL (
     SELECT
-        coalesce(
-            CASE WHEN jsonb_typeof(e.metadata -> 'provider') = 'string' THEN nullif(e.metadata ->> 'provider', '') END,
-            CASE
-                WHEN jsonb_typeof(e.normalized_payload -> 'provider') = 'string'
-                    THEN nullif(e.normalized_payload ->> 'provider', '')
-            END
-        ) AS provider,
-        coalesce(
-            CASE
-                WHEN jsonb_typeof(e.metadata -> 'provider_message_id') = 'string'
-                    THEN nullif(e.metadata ->> 'provider_message_id', '')
-            END,
-            CASE
-                WHEN jsonb_typeof(e.metadata -> 'message_id') = 'string' THEN nullif(e.metadata ->> 'message_id', '')
-            END,
-            CASE
-                WHEN jsonb_typeof(e.metadata -> 'sg_message_id') = 'string'
-                    THEN nullif(e.metadata ->> 'sg_message_id', '')
-            END,
-            CASE
-                WHEN jsonb_typeof(e.normalized_payload -> 'provider_message_id') = 'string'
-                    THEN nullif(e.normalized_payload ->> 'provider_message_id', '')
-            END,
-            CASE
-                WHEN jsonb_typeof(e.normalized_payload -> 'message_id') = 'string'
-                    THEN nullif(e.normalized_payload ->> 'message_id', '')
-            END,
-            CASE
-                WHEN jsonb_typeof(e.normalized_payload -> 'sg_message_id') = 'string'
-                    THEN nullif(e.normalized_payload ->> 'sg_message_id', '')
-            END
-        ) AS message_id
+        mailglass_reconciliation_event_provider(e.metadata, e.normalized_payload) AS provider,
+        mailglass_reconciliation_event_message_id(e.metadata, e.normalized_payload) AS message_id
 ) AS x
 ON CONFLICT (event_id) DO NOTHING;
 

@@ -1,5 +1,5 @@
 -- The append-only ledger (mailglass_pipeline/ledger.py). Each block is the complete statement;
--- "rule: <name>" marks a copy of a rule of mailglass_pipeline/sql/rules.sql.
+-- "rule: <name>" marks a copy of a rule of mailglass_pipeline/sql/rules.sql (decision D28).
 
 -- name: append_events
 -- Append a batch of events, one JSON document (rows), idempotently: a key already in the ledger

@@ -1,9 +1,9 @@
 -- Orphan inspection: the read statements behind `mailglass orphans` and the no_stale_orphans
 -- check, and the bounded deletion of parked queue rows (mailglass_pipeline/orphans.py).
 --
--- Each block is the complete statement (mailglass_pipeline/queries.py). The due rule (fresh, retry,
--- due_window) and the scope (in_scope) are copies of the sweep's own, marked "rule: <name>" and
--- checked against mailglass_pipeline/sql/rules.sql, so a listing says due for what a sweep takes.
+-- Each block is the complete statement (mailglass_pipeline/queries.py). The due window and the retry
+-- rule are the sweep's own functions (mailglass_reconciliation_in_window, _retry_due, _parked of
+-- migration 0007, decision D28), so a listing says due for what a sweep takes.
 --
 -- States of a queue row (one per orphan not yet reconciled):
 --   malformed  no provider or no message id: never linked (parked by the first sweep that sees it)
@@ -26,15 +26,12 @@ SELECT * FROM (
     (SELECT q.*, CAST(:state AS text) AS state, 0 AS part
      FROM mailglass_reconciliation_queue AS q
      WHERE
-         q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-         AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
-         AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+         q.parked_at IS NULL AND q.next_attempt_at IS NULL
+         AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
+         AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
          AND CASE CAST(:state AS text)
              WHEN 'due' THEN
-                 -- rule: due_window
-                 q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                 AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                 -- end rule
+                 mailglass_reconciliation_in_window(q.orphan_inserted_at, :grace_seconds, :max_age_minutes)
              ELSE q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds)
          END
      ORDER BY q.orphan_inserted_at
@@ -44,19 +41,13 @@ SELECT * FROM (
      FROM mailglass_reconciliation_queue AS q
      WHERE
          q.parked_at IS NULL AND q.next_attempt_at IS NOT NULL
-         AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+         AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
          AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
          AND CASE CAST(:state AS text)
              WHEN 'due' THEN
-                 -- rule: retry
-                 q.parked_at IS NULL
-                 AND q.next_attempt_at
-                 <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-                 AND (
-                     CAST(:run_started AS timestamptz) IS NULL
-                     OR q.last_attempted_at < CAST(:run_started AS timestamptz)
+                 mailglass_reconciliation_retry_due(
+                     q.parked_at, q.next_attempt_at, q.last_attempted_at, :retry_all, :run_started
                  )
-                 -- end rule
              ELSE q.next_attempt_at > now()
          END
      ORDER BY
@@ -71,97 +62,20 @@ LIMIT :limit;  -- noqa: AM09
 -- Stale or malformed orphans (state), oldest first, at most limit: parked as such by a sweep, then
 -- those not parked yet: stale ones past max age with no sweep since they aged out, malformed ones
 -- not examined yet (an examination parks them, so an unparked malformed orphan is a fresh one).
--- rule: parked_rows
-SELECT * FROM (
-    (
-        SELECT
-            q.*,
-            CAST(:state AS text) AS state,
-            0 AS part
-        FROM mailglass_reconciliation_queue AS q
-        WHERE
-            q.parked_at IS NOT NULL AND q.parked_reason = CAST(:state AS text)
-            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-        ORDER BY q.orphan_inserted_at
-        LIMIT :limit
-    )
-    UNION ALL
-    (
-        SELECT
-            q.*,
-            CAST(:state AS text) AS state,
-            1 AS part
-        FROM mailglass_reconciliation_queue AS q
-        WHERE
-            CASE CAST(:state AS text)
-                WHEN 'stale' THEN
-                    -- rule: aged_out
-                    q.parked_at IS NULL
-                    AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
-                    AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
-                    -- end rule
-                ELSE
-                    q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                    AND (q.provider IS NULL OR q.provider_message_id IS NULL) -- rule: unkeyed
-            END
-            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-        ORDER BY q.orphan_inserted_at
-        LIMIT :limit
-    )
-) AS parked
-ORDER BY orphan_inserted_at
+SELECT
+    p.*,
+    CAST(:state AS text) AS state
+FROM mailglass_reconciliation_parked(:state, :tenant_id, :max_age_minutes, :limit) AS p
+ORDER BY p.orphan_inserted_at
 LIMIT :limit;
--- end rule
 
 -- name: oldest_stale
 -- The oldest stale orphans with their type (the no_stale_orphans check's table): the stale list
--- (rule parked_rows, state bound to stale) joined to the ledger by primary key.
+-- (mailglass_reconciliation_parked, state bound to stale) joined to the ledger by primary key.
 SELECT
     s.event_id, s.tenant_id, s.provider, s.provider_message_id, e.type,
     EXTRACT(EPOCH FROM now() - s.orphan_inserted_at) AS age_seconds
-FROM (
-    -- rule: parked_rows
-    SELECT * FROM (
-        (
-            SELECT
-                q.*,
-                CAST(:state AS text) AS state,
-                0 AS part
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.parked_at IS NOT NULL AND q.parked_reason = CAST(:state AS text)
-                AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-            ORDER BY q.orphan_inserted_at
-            LIMIT :limit
-        )
-        UNION ALL
-        (
-            SELECT
-                q.*,
-                CAST(:state AS text) AS state,
-                1 AS part
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                CASE CAST(:state AS text)
-                    WHEN 'stale' THEN
-                        -- rule: aged_out
-                        q.parked_at IS NULL
-                        AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
-                        AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
-                        -- end rule
-                    ELSE
-                        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                        AND (q.provider IS NULL OR q.provider_message_id IS NULL) -- rule: unkeyed
-                END
-                AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-            ORDER BY q.orphan_inserted_at
-            LIMIT :limit
-        )
-    ) AS parked
-    ORDER BY orphan_inserted_at
-    LIMIT :limit
-    -- end rule
-) AS s
+FROM mailglass_reconciliation_parked(:state, :tenant_id, :max_age_minutes, :limit) AS s
 INNER JOIN mailglass_events AS e ON s.event_id = e.id
 ORDER BY s.orphan_inserted_at, s.event_id;
 
@@ -176,45 +90,32 @@ SELECT
         WHERE
             q.parked_reason = 'malformed'
             OR q.parked_at IS NULL
-            AND (q.provider IS NULL OR q.provider_message_id IS NULL) -- rule: unkeyed
+            AND (q.provider IS NULL OR q.provider_message_id IS NULL)
     ) AS malformed,
     count(*) FILTER (
         WHERE
             q.parked_reason = 'stale'
             OR (
-                -- rule: aged_out
                 q.parked_at IS NULL
-                AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+                AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
                 AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes)
-                -- end rule
             )
     ) AS stale,
     count(*) FILTER (
         WHERE
             q.parked_at IS NULL
-            AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
+            AND q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
             AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
             AND (q.orphan_inserted_at > now() - make_interval(secs => :grace_seconds) OR q.next_attempt_at > now())
     ) AS waiting,
     count(*) FILTER (
         WHERE
-            q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL -- rule: keyed
-            -- rule: due_window
-            AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-            -- end rule
+            q.provider IS NOT NULL AND q.provider_message_id IS NOT NULL
+            AND mailglass_reconciliation_in_window(q.orphan_inserted_at, :grace_seconds, :max_age_minutes)
             AND (
-                q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                OR (
-                    -- rule: retry
-                    q.parked_at IS NULL
-                    AND q.next_attempt_at
-                    <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-                    AND (
-                        CAST(:run_started AS timestamptz) IS NULL
-                        OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-                    )
-                    -- end rule
+                q.parked_at IS NULL AND q.next_attempt_at IS NULL
+                OR mailglass_reconciliation_retry_due(
+                    q.parked_at, q.next_attempt_at, q.last_attempted_at, :retry_all, :run_started
                 )
             )
     ) AS due

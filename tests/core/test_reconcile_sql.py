@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 
 from mailglass_pipeline import orphans, projector, queries, settings
+from mailglass_pipeline import schema as package_schema
 from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def _migration(prefix: str) -> ModuleType:
 
 def test_every_statement_is_loaded_whole_by_name() -> None:
     names = set(queries.STATEMENTS)
-    assert {"find_tenant", "find_all", "write", "after_sweep", "due_summary", "known_tenants"} <= names
+    assert {"find_batch", "write", "after_sweep", "due_summary", "known_tenants"} <= names
     assert {"list_pending", "list_parked", "explain_orphan", "lookup_deliveries"} <= names
     assert {"store_webhook", "store_webhooks_grouped", "append_events", "lock_deliveries"} <= names
     with pytest.raises(KeyError, match="known"):
@@ -138,8 +139,8 @@ def test_sqlfluff_lints_the_sql_files() -> None:
 
 
 def test_every_copy_of_a_rule_equals_its_one_home() -> None:
-    """Each marked copy (rules.sql's own nested ones too) holds the rule's text, whitespace aside."""
-    assert set(CANONICAL) >= {"due_window", "fresh", "retry", "in_scope", "delivery_lookup", "message_id_match"}
+    """Each marked copy holds the rule's text, whitespace aside (only the data-modifying rules are copies)."""
+    assert set(CANONICAL) == {"projection", "lock_linked", "ledger_insert"}
     used: set[str] = set()
     sources = [*SQL_FILES, REPO / "benchmarks" / "lower_bound.py"]
     for path in sources:
@@ -152,34 +153,82 @@ def test_every_copy_of_a_rule_equals_its_one_home() -> None:
 
 
 def test_the_check_catches_a_copy_that_drifted() -> None:
-    drifted = "-- rule: due_window\nq.orphan_inserted_at < now() - make_interval(secs => :grace_seconds)\n-- end rule\n"
-    ((rule, renames, copy),) = _regions(drifted)
+    drifted = CANONICAL["ledger_insert"].replace("COALESCE(r.inserted_at, now())", "now()")
+    ((rule, renames, copy),) = _regions(f"-- rule: ledger_insert\n{drifted}\n-- end rule\n")
     assert not _agrees(rule, renames, copy)
-    upper = "\nAND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)"
-    assert _agrees(rule, renames, copy.replace(" < ", " <= ") + upper)
+    assert _agrees(rule, renames, CANONICAL["ledger_insert"])
+
+
+RULES_MIGRATION = PACKAGE / "migrations" / "versions" / "0007_shared_rules.py"
+
+
+def _function(name: str) -> str:
+    """The CREATE FUNCTION of migration 0007 for ``name``, as written (its schema placeholder too)."""
+    text = RULES_MIGRATION.read_text(encoding="utf-8")
+    return text.split(f"CREATE OR REPLACE FUNCTION {{q}}.{name}(", 1)[1].split('$$"""', 1)[0]
+
+
+def _message_id_match() -> str:
+    """The lookup's message-id match, from its one home (0007's message_ids), as the triggers write it."""
+    ids = _normal(_function("mailglass_reconciliation_message_ids").split("ARRAY[", 1)[1].rsplit("]", 1)[0])
+    ids = _renamed(ids, {"message_id": "k.message_id", "provider": "k.provider"})
+    return f"d.provider_message_id IN ({ids})"
+
+
+def test_the_rules_are_functions_the_planner_inlines() -> None:
+    """Migration 0007's functions: SQL, one statement, not STRICT, no SECURITY DEFINER, no SET (decision D28)."""
+    migration = _migration("0007")
+    names = {sig.split("(", 1)[0] for sig in migration.SIGNATURES}
+    assert names == {f.name for f in package_schema.PROJECT_FUNCTIONS if f.name in names}
+    for sql in migration.FUNCTIONS:
+        header = sql.split("$$", 1)[0]
+        assert "LANGUAGE sql" in header and "STRICT" not in header and "SECURITY DEFINER" not in header, header
+        assert " SET " not in header and sql.count("$$") == 2, header
+        assert ("STABLE" in header or "IMMUTABLE" in header) != ("_notify(" in header), header
+    for function in package_schema.PROJECT_FUNCTIONS:
+        if function.name in names:
+            assert not function.security_definer and function.search_path == "none", function
+            signature = f"{function.name}({function.arguments})"
+            assert signature in migration.SIGNATURES, signature
 
 
 def test_the_orphan_listing_shares_the_sweeps_due_rule() -> None:
-    """`mailglass orphans` says due for what a sweep takes: its statements hold the sweep's own rules."""
-    listing = {rule for rule, _, _ in _regions(queries.statement("list_pending").text)}
-    assert {"fresh", "due_window", "in_scope", "retry"} <= listing
-    assert "in_scope" in {rule for rule, _, _ in _regions(queries.statement("list_parked").text)}
-    counts = {rule for rule, _, _ in _regions(queries.statement("counts_by_state").text)}
-    assert {"fresh", "due_window", "retry"} <= counts
-    for name in ("find_tenant", "find_all", "after_sweep", "due_summary", "due_tenants"):
-        assert {"fresh", "due_window", "retry"} <= {r for r, _, _ in _regions(queries.statement(name).text)}, name
+    """`mailglass orphans` says due for what a sweep takes: both call the same functions of migration 0007."""
+    for name in ("list_pending", "counts_by_state"):
+        text = queries.statement(name).text
+        assert "mailglass_reconciliation_in_window(" in text and "mailglass_reconciliation_retry_due(" in text, name
+    for name in ("find_batch", "after_sweep", "due_summary", "due_tenants"):
+        assert "mailglass_reconciliation_due(" in queries.statement(name).text, name
+    assert "mailglass_reconciliation_pick(" in queries.statement("find_batch").text
+    for name in ("list_parked", "oldest_stale"):
+        assert "mailglass_reconciliation_parked(" in queries.statement(name).text, name
+    # The functions themselves share the window and the retry rule.
+    for name in ("mailglass_reconciliation_due", "mailglass_reconciliation_pick"):
+        body = _function(name)
+        assert "mailglass_reconciliation_in_window(" in body and "mailglass_reconciliation_retry_due(" in body
+    assert "mailglass_reconciliation_in_window(" in _function("mailglass_reconciliation_linkable")
+    # One lookup: the sweep's find, the lookup, the receiver's store and doctor's repair call it.
+    for name in ("find_batch", "lookup_deliveries", "store_webhook", "store_webhooks_grouped"):
+        assert "mailglass_reconciliation_delivery(" in queries.statement(name).text, name
+    assert "mailglass_reconciliation_delivery(" in queries.statement("doctor_queue_missing_rows").text
+    assert "mailglass_reconciliation_message_ids(" in _function("mailglass_reconciliation_delivery")
 
 
 def test_the_migrations_triggers_use_the_lookups_message_id_match() -> None:
-    """The wake triggers (0003, and 0004's frozen copy) link an orphan to a delivery by the lookup's own rule."""
+    """The wake triggers (0003, and 0004's frozen copy) link an orphan to a delivery by the lookup's own rule.
+
+    Migrations are frozen, so the triggers keep their copies: this test holds them equal to the lookup's home.
+    """
     due, schema = _migration("0003"), _migration("0004")
     wake, wake_on_rekey = schema._wake_sql("public")
     for delivery, sqls in (("n", [due.UPGRADE, wake]), ("NEW", [due.UPGRADE, wake_on_rekey])):
         renames = {"d": delivery, "k.message_id": "q.provider_message_id", "k.provider": "q.provider"}
         for sql in sqls:
-            assert _renamed(CANONICAL["message_id_match"], renames) in _normal(sql), delivery
-    # The queue trigger's message-id keys are the ones `mailglass orphans explain` reads.
+            assert _renamed(_message_id_match(), renames) in _normal(sql), delivery
+    # The queue trigger's message-id keys are the ones `mailglass orphans explain` and doctor's repair read.
     assert due._MESSAGE_ID_KEYS == schema._MESSAGE_ID_KEYS == orphans._MESSAGE_ID_KEYS
+    keys = re.findall(r"json_text\((\w+), '(\w+)'\)", _function("mailglass_reconciliation_event_message_id"))
+    assert keys == [(c, k) for c in ("metadata", "normalized_payload") for k in due._MESSAGE_ID_KEYS], keys
     assert due.message_id_sql("n") == schema.message_id_sql("n")
     # 0004's frozen copy builds 0003's triggers exactly (its probes and the ledger trigger's SendGrid rule).
     assert due._wake_probe("n") == schema._wake_probe("n") and due._DELIVERY_EXISTS == schema._DELIVERY_EXISTS
@@ -192,7 +241,7 @@ def test_the_migrations_triggers_use_the_lookups_message_id_match() -> None:
         head._delivery_exists("q").replace("q.mailglass_deliveries", "mailglass_deliveries") == schema._DELIVERY_EXISTS
     )
     renames = {"d": "k", "k.message_id": "o.provider_message_id", "k.provider": "o.provider"}
-    assert _renamed(CANONICAL["message_id_match"], renames) in _normal(head._absorb("public"))
+    assert _renamed(_message_id_match(), renames) in _normal(head._absorb("public"))
 
 
 def test_migrations_are_frozen() -> None:
@@ -226,5 +275,5 @@ def test_the_projection_rule_says_what_projector_documents() -> None:
     for event_type, column in projector.SET_ONCE_COLUMNS.items():
         assert f"min(occurred_at) FILTER (WHERE type = '{event_type}') AS {column}" in projection
         assert f"{column} = COALESCE(d.{column}, a.{column})" in projection
-    notify = CANONICAL["notify"]
+    notify = _function("mailglass_reconciliation_notify")
     assert f"'{projector.NOTIFY_CHANNEL}'" in notify and f"> {projector.MAX_NOTIFY_TENANT_BYTES} " in notify

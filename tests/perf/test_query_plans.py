@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 import mailglass_pipeline
 from benchmarks import datasets
-from mailglass_pipeline import deliveries, orphans, queries
+from mailglass_pipeline import deliveries, orphans, queries, schema
 from mailglass_pipeline.db import create_engine
 from mailglass_pipeline.reconciliation.results import RunProgress
 from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS, find_params
@@ -111,7 +111,7 @@ def test_find_orphans_uses_indexes(loaded: Engine, tenant_scoped: bool, link: bo
     # The parameters the core binds (a run's quota bookkeeping included): the variants are bound values.
     run = RunProgress(used={"t1": 5})
     params = find_params("t0" if tenant_scoped else None, SweepConfig(retry_all=retry_all), run, link=link)
-    plan = _explain(loaded, queries.statement("find_tenant" if tenant_scoped else "find_all"), params)
+    plan = _explain(loaded, queries.statement("find_batch"), params)
     _assert_no_seq_scan_of_big_tables(plan)
     nodes = _nodes(plan)
     # The retry scan still reads its partial index whatever retry_all is bound to.
@@ -217,6 +217,23 @@ def test_every_registered_statement_explains(loaded: Engine, name: str, tenant_i
     # every row, so the tenant condition is a plain equality, as a statement per scope would have.
     unfolded = [n for n in nodes if "IS NULL) OR" in n.get("Filter", "") + n.get("Index Cond", "")]
     assert not unfolded, (name, json.dumps(plan, indent=1)[:3000])
+    # The shared rules (migration 0007, decision D28) are inlined: no call of one is left in the plan.
+    called = [
+        rule
+        for n in nodes
+        for rule in RULE_FUNCTIONS
+        if rule == n.get("Function Name") or any(f"{rule}(" in str(n.get(k, "")) for k in CONDITIONS)
+    ]
+    assert set(called) <= NOT_INLINED.get(name, set()), (name, called, json.dumps(plan, indent=1)[:3000])
+
+
+#: Migration 0007's functions, which the planner must inline wherever a statement calls them.
+RULE_FUNCTIONS = {f.name for f in schema.PROJECT_FUNCTIONS if f.arguments and not f.security_definer}
+#: doctor's repair looks up each orphan's delivery by its key read from the JSON (x.message_id, a long
+#: expression once the lateral row is pulled up): PostgreSQL inlines no function whose expensive argument it
+#: would evaluate three times, so there the message ids are a call per orphan (still an index probe).
+NOT_INLINED = {"doctor_queue_missing_rows": {"mailglass_reconciliation_message_ids"}}
+CONDITIONS = ("Filter", "Index Cond", "Join Filter", "Hash Cond", "Recheck Cond", "One-Time Filter")
 
 
 def test_delivery_lookup_uses_the_unique_index(loaded: Engine) -> None:
@@ -270,7 +287,7 @@ def test_linkable_first_counts_linkable_orphans_from_their_index(loaded: Engine)
     """The all-tenant find counts each tenant's linkable orphans (its first allocation round) from the
     partial index of linkable rows: never a queue scan that reads the never-matching backlog too."""
     params = find_params(None, SweepConfig(), RunProgress(), link=True)
-    plan = _explain(loaded, queries.statement("find_all"), params)
+    plan = _explain(loaded, queries.statement("find_batch"), params)
     nodes = _nodes(plan)
     # No sequential scan of the queue filters on linkable_at (the linkable count would then read every row).
     seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and "linkable_at IS NOT NULL" in n.get("Filter", "")]

@@ -1,6 +1,7 @@
 -- The receiver's statements: storing a webhook (mailglass_pipeline/ingest/core.py) and a group of
 -- one-event webhooks (ingest/grouped.py). Each block is the complete statement; "rule: <name>"
--- marks a copy of a rule of mailglass_pipeline/sql/rules.sql.
+-- marks a copy of a rule of mailglass_pipeline/sql/rules.sql; the lookup is the function
+-- mailglass_reconciliation_delivery of migration 0007 (decision D28).
 
 -- name: other_tenant_key
 -- The first of the ledger keys the insert skipped that another tenant holds, if any (the 409 answer).
@@ -31,24 +32,7 @@ WITH found AS (
         trace_id text, needs_reconciliation boolean, inserted_at timestamptz,
         provider text, message_id text, ord integer
     )
-    -- rule: delivery_lookup k=r
-    LEFT JOIN LATERAL (
-        SELECT d.id
-        FROM mailglass_deliveries AS d
-        WHERE
-            d.provider = r.provider
-            -- rule: message_id_match k=r
-            AND d.provider_message_id IN (
-                r.message_id,
-                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.filter', 1) END,
-                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.', 1) END
-            )
-            -- end rule
-            AND d.tenant_id = r.tenant_id
-        ORDER BY d.provider_message_id = r.message_id DESC
-        LIMIT 1
-    ) AS lk ON TRUE
-    -- end rule
+    LEFT JOIN LATERAL mailglass_reconciliation_delivery(r.tenant_id, r.provider, r.message_id) AS lk (id) ON TRUE
 ),
 
 appended AS (
@@ -169,24 +153,7 @@ WITH found AS (
         trace_id text, needs_reconciliation boolean, inserted_at timestamptz,
         provider text, message_id text, ord integer, token text, digest text
     )
-    -- rule: delivery_lookup k=r
-    LEFT JOIN LATERAL (
-        SELECT d.id
-        FROM mailglass_deliveries AS d
-        WHERE
-            d.provider = r.provider
-            -- rule: message_id_match k=r
-            AND d.provider_message_id IN (
-                r.message_id,
-                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.filter', 1) END,
-                CASE WHEN r.provider = 'sendgrid' THEN split_part(r.message_id, '.', 1) END
-            )
-            -- end rule
-            AND d.tenant_id = r.tenant_id
-        ORDER BY d.provider_message_id = r.message_id DESC
-        LIMIT 1
-    ) AS lk ON TRUE
-    -- end rule
+    LEFT JOIN LATERAL mailglass_reconciliation_delivery(r.tenant_id, r.provider, r.message_id) AS lk (id) ON TRUE
     -- A request whose Mailgun token is already claimed stays out (the ordinary path refuses it).
     WHERE NOT EXISTS (
         SELECT 1 FROM mailglass_webhook_tokens AS t

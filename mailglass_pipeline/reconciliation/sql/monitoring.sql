@@ -10,85 +10,17 @@ SELECT set_config('plan_cache_mode', 'force_custom_plan', TRUE) AS plan_cache_mo
 
 -- name: due_summary
 -- Tenants and orphans due now, and how long the longest-waiting one has been due: the tick's
--- question before launching a run. Two partial-index range scans (rule due_rows).
+-- question before launching a run. Two partial-index range scans (mailglass_reconciliation_due).
 SELECT
     count(DISTINCT d.tenant_id) AS tenants,
     count(*) AS orphans,
     EXTRACT(EPOCH FROM now() - min(d.due_since)) AS oldest
-FROM (
-    -- rule: due_rows
-    SELECT
-        q.tenant_id,
-        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    UNION ALL
-    SELECT
-        q.tenant_id,
-        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        -- rule: retry
-        q.parked_at IS NULL
-        AND q.next_attempt_at
-        <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-        AND (
-            CAST(:run_started AS timestamptz) IS NULL
-            OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-        )
-        -- end rule
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    -- end rule
-) AS d;
+FROM mailglass_reconciliation_due(:tenant_id, :grace_seconds, :max_age_minutes, :retry_all, :run_started) AS d;
 
 -- name: due_tenants
 -- Tenants with at least one orphan a sweep would examine now.
 SELECT DISTINCT d.tenant_id
-FROM (
-    -- rule: due_rows
-    SELECT
-        q.tenant_id,
-        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    UNION ALL
-    SELECT
-        q.tenant_id,
-        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        -- rule: retry
-        q.parked_at IS NULL
-        AND q.next_attempt_at
-        <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-        AND (
-            CAST(:run_started AS timestamptz) IS NULL
-            OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-        )
-        -- end rule
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    -- end rule
-) AS d
+FROM mailglass_reconciliation_due(:tenant_id, :grace_seconds, :max_age_minutes, :retry_all, :run_started) AS d
 ORDER BY d.tenant_id;
 
 -- name: reconciliation_lag
@@ -96,23 +28,9 @@ ORDER BY d.tenant_id;
 -- became linkable, and the longest wait (the reconciliation_lag check).
 SELECT
     count(*) AS n,
-    EXTRACT(EPOCH FROM max(l.waited)) AS longest
-FROM (
-    -- rule: linkable_waits
-    SELECT
-        q.tenant_id,
-        now() - GREATEST(q.linkable_at, q.orphan_inserted_at + make_interval(secs => :grace_seconds)) AS waited
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        q.parked_at IS NULL AND q.linkable_at IS NOT NULL
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    -- end rule
-) AS l
-WHERE l.waited > make_interval(secs => :threshold_seconds);
+    EXTRACT(EPOCH FROM now() - min(l.since)) AS longest
+FROM mailglass_reconciliation_linkable(:tenant_id, :grace_seconds, :max_age_minutes) AS l
+WHERE l.since < now() - make_interval(secs => :threshold_seconds);
 
 -- name: backlog
 -- Per tenant in scope: pending orphans and parked stale ones.
@@ -121,7 +39,7 @@ SELECT
     count(*) FILTER (WHERE q.parked_at IS NULL) AS remaining_orphans,
     count(*) FILTER (WHERE q.parked_reason = 'stale') AS stale_orphans
 FROM mailglass_reconciliation_queue AS q
-WHERE (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+WHERE (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
 GROUP BY q.tenant_id;
 
 -- name: stale_orphans
@@ -132,7 +50,7 @@ SELECT
     EXTRACT(EPOCH FROM now() - min(q.orphan_inserted_at)) AS oldest
 FROM mailglass_reconciliation_queue AS q
 WHERE
-    (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+    (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
     AND (
         q.parked_reason = 'stale'
         OR (q.parked_at IS NULL AND q.orphan_inserted_at <= now() - make_interval(mins => :max_age_minutes))

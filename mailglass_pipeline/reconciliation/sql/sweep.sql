@@ -1,8 +1,10 @@
 -- The sweep: find the due batch, link it, write the outcome, count what is left
 -- (mailglass_pipeline/reconciliation/sweep.py). A batch costs these statements whatever its size
--- (decision D5). Each block is the complete statement PostgreSQL receives; the lines between
--- "rule: <name>" and "end rule" are a copy of a shared rule whose one home is
--- mailglass_pipeline/sql/rules.sql (tests/core/test_reconcile_sql.py compares every copy with it).
+-- (decision D5). Each block is the complete statement PostgreSQL receives. The shared rules it
+-- calls (mailglass_reconciliation_due, _pick, _delivery, ...) are functions of migration 0007 that
+-- the planner inlines (decision D28); the lines between "rule: <name>" and "end rule" are a copy of
+-- a data-modifying rule whose one home is mailglass_pipeline/sql/rules.sql (compared by
+-- tests/core/test_reconcile_sql.py).
 
 -- name: set_timeouts
 -- The transaction's timeouts, and one plan per execution: psycopg prepares a statement after 5
@@ -31,141 +33,19 @@ SELECT
     a.removed
 FROM mailglass_reconciliation_absorb() AS a;
 
--- name: find_tenant
--- One tenant's due batch: at most LEAST(limit, max_total) orphans, in fair order, locked
--- SKIP LOCKED. A statement apart from find_all because the all-tenant allocation counts and
--- shares the due orphans of every tenant, work a one-tenant sweep must not pay.
-WITH alloc AS (
-    SELECT
-        CAST(:tenant_id AS text) AS tenant_id,
-        LEAST(:limit, :max_total) AS take
-),
-
-picked AS (
-    -- rule: pick
-    SELECT p.*
-    FROM alloc AS a
-    CROSS JOIN LATERAL (
-        SELECT * FROM (
-            SELECT
-                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
-                0 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.tenant_id = a.tenant_id AND q.linkable_at IS NOT NULL
-                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                -- rule: due_window
-                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                -- end rule
-            ORDER BY q.orphan_inserted_at, q.event_id
-            LIMIT a.take
-            FOR UPDATE OF q SKIP LOCKED
-        ) AS linkable
-        UNION ALL
-        SELECT * FROM (
-            SELECT
-                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
-                1 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.tenant_id = a.tenant_id AND q.linkable_at IS NULL
-                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                -- rule: due_window
-                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                -- end rule
-            ORDER BY q.orphan_inserted_at, q.event_id
-            LIMIT a.take
-            FOR UPDATE OF q SKIP LOCKED
-        ) AS fresh
-        UNION ALL
-        SELECT * FROM (
-            SELECT
-                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
-                2 AS cls, q.last_attempted_at AS k1, q.orphan_inserted_at AS k2
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.tenant_id = a.tenant_id
-                -- rule: retry
-                AND q.parked_at IS NULL
-                AND q.next_attempt_at
-                <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-                AND (
-                    CAST(:run_started AS timestamptz) IS NULL
-                    OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-                )
-                -- end rule
-                -- rule: due_window
-                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                -- end rule
-            ORDER BY q.last_attempted_at, q.orphan_inserted_at, q.event_id
-            LIMIT a.take
-            FOR UPDATE OF q SKIP LOCKED
-        ) AS retry
-        LIMIT a.take
-    ) AS p
-    WHERE a.take > 0
-    -- end rule
-)
-
--- rule: batch
-SELECT
-    e.id, e.tenant_id, e.type,
-    CASE WHEN isfinite(e.occurred_at) THEN e.occurred_at END AS occurred_at,
-    e.inserted_at, p.attempts, p.provider, p.provider_message_id,
-    COALESCE(
-        CASE
-            WHEN jsonb_typeof(e.metadata -> 'provider_event_id') = 'string'
-                THEN NULLIF(e.metadata ->> 'provider_event_id', '')
-        END,
-        CASE
-            WHEN jsonb_typeof(e.normalized_payload -> 'provider_event_id') = 'string'
-                THEN NULLIF(e.normalized_payload ->> 'provider_event_id', '')
-        END
-    ) AS provider_event_id,
-    lk.id AS delivery_id
-FROM picked AS p
-INNER JOIN mailglass_events AS e ON p.event_id = e.id
-LEFT JOIN LATERAL (
-    SELECT p.tenant_id, p.provider, p.provider_message_id AS message_id
-    WHERE
-        CAST(:link AS boolean)
-        AND p.provider IS NOT NULL AND p.provider_message_id IS NOT NULL AND isfinite(e.occurred_at)
-) AS k ON TRUE
--- rule: delivery_lookup
-LEFT JOIN LATERAL (
-    SELECT d.id
-    FROM mailglass_deliveries AS d
-    WHERE
-        d.provider = k.provider
-        -- rule: message_id_match
-        AND d.provider_message_id IN (
-            k.message_id,
-            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
-            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END
-        )
-        -- end rule
-        AND d.tenant_id = k.tenant_id
-    ORDER BY d.provider_message_id = k.message_id DESC
-    LIMIT 1
-) AS lk ON TRUE
--- end rule
-ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
--- end rule
-
--- name: find_all
--- Every tenant's due batch: at most limit per tenant (less what used, the run's earlier
--- transactions, already took) and max_total in all, in two rounds of water filling: first the
--- orphans whose delivery is known to be there (linkable_at) across all tenants, then the other
--- due orphans in what the cap leaves. Each tenant's share is then taken with index range scans.
+-- name: find_batch
+-- The due batch, in fair order, locked SKIP LOCKED: of one tenant (tenant_id bound), at most
+-- LEAST(limit, max_total) orphans; of every tenant (tenant_id null), at most limit per tenant (less
+-- what used, the run's earlier transactions, already took) and max_total in all, in two rounds of
+-- water filling: first the orphans whose delivery is known to be there (linkable_at) across all
+-- tenants, then the other due orphans in what the cap leaves. Each tenant's share is then taken
+-- with index range scans (mailglass_reconciliation_pick). A one-tenant sweep never runs the
+-- allocation: under the custom plan its branch of alloc folds to nothing, and the CTEs only it
+-- reads are never executed (tests/perf/test_query_plans.py).
 --
--- Water filling (first_* and rest_*, the same steps over each round's want and cap): sorted by
--- take, a tenant is served whole when, were every larger tenant cut to its take, the total still
--- fits the cap. The others share what is left equally: quota each, and the extra left over goes
--- one each to the tenants waiting longest. So each tenant's first k orphans are taken before any
--- tenant's (k+1)-th, in one statement whatever the number of tenants.
+-- Each round is water filling (mailglass_reconciliation_share, migration 0007) over the round's
+-- wants and cap: each tenant's first k orphans are taken before any tenant's (k+1)-th, in one
+-- statement whatever the number of tenants.
 WITH used AS (
     SELECT
         key AS tenant_id,
@@ -178,41 +58,7 @@ due_n AS (
         tenant_id,
         count(*) AS n,
         min(due_since) AS since
-    FROM (
-        -- rule: due_rows
-        SELECT
-            q.tenant_id,
-            GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
-        FROM mailglass_reconciliation_queue AS q
-        WHERE
-            q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-            -- rule: due_window
-            AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-            -- end rule
-            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-        UNION ALL
-        SELECT
-            q.tenant_id,
-            GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
-        FROM mailglass_reconciliation_queue AS q
-        WHERE
-            -- rule: retry
-            q.parked_at IS NULL
-            AND q.next_attempt_at
-            <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-            AND (
-                CAST(:run_started AS timestamptz) IS NULL
-                OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-            )
-            -- end rule
-            -- rule: due_window
-            AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-            AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-            -- end rule
-            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-        -- end rule
-    ) AS d
+    FROM mailglass_reconciliation_due(:tenant_id, :grace_seconds, :max_age_minutes, :retry_all, :run_started)
     GROUP BY tenant_id
 ),
 
@@ -232,11 +78,8 @@ linkable_n AS (
     FROM mailglass_reconciliation_queue AS q
     WHERE
         q.linkable_at IS NOT NULL
-        AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
+        AND q.parked_at IS NULL AND q.next_attempt_at IS NULL
+        AND mailglass_reconciliation_in_window(q.orphan_inserted_at, :grace_seconds, :max_age_minutes)
     GROUP BY q.tenant_id
 ),
 
@@ -248,47 +91,10 @@ first_want AS (
     FROM due AS d INNER JOIN linkable_n AS l ON d.tenant_id = l.tenant_id
 ),
 
-first_cap AS (SELECT CAST(:max_total AS bigint) AS cap),
-
-first_sized AS (
-    SELECT
-        tenant_id, take, since,
-        CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
-        row_number() OVER (ORDER BY take, tenant_id) AS pos,
-        count(*) OVER () AS tenants
-    FROM first_want
-    WHERE take > 0
-),
-
-first_flagged AS (
-    SELECT
-        s.*,
-        s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole
-    FROM first_sized AS s CROSS JOIN first_cap AS c
-),
-
-first_fill AS (
-    SELECT
-        count(*) FILTER (WHERE whole) AS whole_n,
-        CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
-        count(*) AS tenants
-    FROM first_flagged
-),
-
 first_alloc AS (
-    SELECT
-        f.tenant_id,
-        CASE
-            WHEN f.whole THEN f.take
-            ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
-                + CASE
-                    WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
-                        <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
-                        THEN 1
-                    ELSE 0
-                END
-        END AS take
-    FROM first_flagged AS f CROSS JOIN first_fill AS x CROSS JOIN first_cap AS c
+    SELECT a.tenant_id, a.take
+    FROM (SELECT array_agg(tenant_id) AS ids, array_agg(take) AS takes, array_agg(since) AS sinces FROM first_want) AS w
+    CROSS JOIN LATERAL mailglass_reconciliation_share(w.ids, w.takes, w.sinces, CAST(:max_total AS bigint)) AS a
 ),
 
 rest_want AS (
@@ -299,148 +105,46 @@ rest_want AS (
     FROM due AS d LEFT JOIN first_alloc AS f ON d.tenant_id = f.tenant_id
 ),
 
-rest_cap AS (
-    SELECT CAST(:max_total AS bigint) - CAST(COALESCE(sum(take), 0) AS bigint) AS cap
-    FROM first_alloc
-),
-
-rest_sized AS (
-    SELECT
-        tenant_id, take, since,
-        CAST(sum(take) OVER (ORDER BY take, tenant_id ROWS UNBOUNDED PRECEDING) AS bigint) AS prefix,
-        row_number() OVER (ORDER BY take, tenant_id) AS pos,
-        count(*) OVER () AS tenants
-    FROM rest_want
-    WHERE take > 0
-),
-
-rest_flagged AS (
-    SELECT
-        s.*,
-        s.prefix + s.take * (s.tenants - s.pos) <= c.cap AS whole
-    FROM rest_sized AS s CROSS JOIN rest_cap AS c
-),
-
-rest_fill AS (
-    SELECT
-        count(*) FILTER (WHERE whole) AS whole_n,
-        CAST(COALESCE(sum(take) FILTER (WHERE whole), 0) AS bigint) AS whole_sum,
-        count(*) AS tenants
-    FROM rest_flagged
-),
-
 rest_alloc AS (
-    SELECT
-        f.tenant_id,
-        CASE
-            WHEN f.whole THEN f.take
-            ELSE (c.cap - x.whole_sum) / NULLIF(x.tenants - x.whole_n, 0)
-                + CASE
-                    WHEN row_number() OVER (PARTITION BY f.whole ORDER BY f.since, f.tenant_id)
-                        <= (c.cap - x.whole_sum) % NULLIF(x.tenants - x.whole_n, 0)
-                        THEN 1
-                    ELSE 0
-                END
-        END AS take
-    FROM rest_flagged AS f CROSS JOIN rest_fill AS x CROSS JOIN rest_cap AS c
+    SELECT a.tenant_id, a.take
+    FROM (SELECT array_agg(tenant_id) AS ids, array_agg(take) AS takes, array_agg(since) AS sinces FROM rest_want) AS w
+    -- What the first round left of max_total.
+    CROSS JOIN (SELECT CAST(:max_total AS bigint) - CAST(COALESCE(sum(take), 0) AS bigint) AS cap FROM first_alloc) AS c
+    CROSS JOIN LATERAL mailglass_reconciliation_share(w.ids, w.takes, w.sinces, c.cap) AS a
 ),
 
 alloc AS (
     SELECT
-        tenant_id,
-        CAST(sum(take) AS bigint) AS take
+        CAST(:tenant_id AS text) AS tenant_id,
+        CAST(LEAST(:limit, :max_total) AS bigint) AS take
+    WHERE CAST(:tenant_id AS text) IS NOT NULL
+    UNION ALL
+    SELECT
+        x.tenant_id,
+        CAST(sum(x.take) AS bigint) AS take
     FROM (
         SELECT * FROM first_alloc
         UNION ALL
         SELECT * FROM rest_alloc
     ) AS x
-    GROUP BY tenant_id
+    WHERE CAST(:tenant_id AS text) IS NULL
+    GROUP BY x.tenant_id
 ),
 
 picked AS (
-    -- rule: pick
     SELECT p.*
     FROM alloc AS a
-    CROSS JOIN LATERAL (
-        SELECT * FROM (
-            SELECT
-                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
-                0 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.tenant_id = a.tenant_id AND q.linkable_at IS NOT NULL
-                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                -- rule: due_window
-                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                -- end rule
-            ORDER BY q.orphan_inserted_at, q.event_id
-            LIMIT a.take
-            FOR UPDATE OF q SKIP LOCKED
-        ) AS linkable
-        UNION ALL
-        SELECT * FROM (
-            SELECT
-                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
-                1 AS cls, q.orphan_inserted_at AS k1, CAST(NULL AS timestamptz) AS k2
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.tenant_id = a.tenant_id AND q.linkable_at IS NULL
-                AND q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-                -- rule: due_window
-                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                -- end rule
-            ORDER BY q.orphan_inserted_at, q.event_id
-            LIMIT a.take
-            FOR UPDATE OF q SKIP LOCKED
-        ) AS fresh
-        UNION ALL
-        SELECT * FROM (
-            SELECT
-                q.event_id, q.tenant_id, q.attempts, q.provider, q.provider_message_id,
-                2 AS cls, q.last_attempted_at AS k1, q.orphan_inserted_at AS k2
-            FROM mailglass_reconciliation_queue AS q
-            WHERE
-                q.tenant_id = a.tenant_id
-                -- rule: retry
-                AND q.parked_at IS NULL
-                AND q.next_attempt_at
-                <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-                AND (
-                    CAST(:run_started AS timestamptz) IS NULL
-                    OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-                )
-                -- end rule
-                -- rule: due_window
-                AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-                AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-                -- end rule
-            ORDER BY q.last_attempted_at, q.orphan_inserted_at, q.event_id
-            LIMIT a.take
-            FOR UPDATE OF q SKIP LOCKED
-        ) AS retry
-        LIMIT a.take
+    CROSS JOIN LATERAL mailglass_reconciliation_pick(
+        a.tenant_id, a.take, :grace_seconds, :max_age_minutes, :retry_all, :run_started
     ) AS p
     WHERE a.take > 0
-    -- end rule
 )
 
--- rule: batch
 SELECT
     e.id, e.tenant_id, e.type,
     CASE WHEN isfinite(e.occurred_at) THEN e.occurred_at END AS occurred_at,
     e.inserted_at, p.attempts, p.provider, p.provider_message_id,
-    COALESCE(
-        CASE
-            WHEN jsonb_typeof(e.metadata -> 'provider_event_id') = 'string'
-                THEN NULLIF(e.metadata ->> 'provider_event_id', '')
-        END,
-        CASE
-            WHEN jsonb_typeof(e.normalized_payload -> 'provider_event_id') = 'string'
-                THEN NULLIF(e.normalized_payload ->> 'provider_event_id', '')
-        END
-    ) AS provider_event_id,
+    mailglass_reconciliation_event_provider_event_id(e.metadata, e.normalized_payload) AS provider_event_id,
     lk.id AS delivery_id
 FROM picked AS p
 INNER JOIN mailglass_events AS e ON p.event_id = e.id
@@ -450,26 +154,8 @@ LEFT JOIN LATERAL (
         CAST(:link AS boolean)
         AND p.provider IS NOT NULL AND p.provider_message_id IS NOT NULL AND isfinite(e.occurred_at)
 ) AS k ON TRUE
--- rule: delivery_lookup
-LEFT JOIN LATERAL (
-    SELECT d.id
-    FROM mailglass_deliveries AS d
-    WHERE
-        d.provider = k.provider
-        -- rule: message_id_match
-        AND d.provider_message_id IN (
-            k.message_id,
-            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.filter', 1) END,
-            CASE WHEN k.provider = 'sendgrid' THEN split_part(k.message_id, '.', 1) END
-        )
-        -- end rule
-        AND d.tenant_id = k.tenant_id
-    ORDER BY d.provider_message_id = k.message_id DESC
-    LIMIT 1
-) AS lk ON TRUE
--- end rule
+LEFT JOIN LATERAL mailglass_reconciliation_delivery(k.tenant_id, k.provider, k.message_id) AS lk (id) ON TRUE
 ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
--- end rule
 
 -- name: write
 -- The write step of a sweep as ONE statement (data-modifying CTEs), so a batch costs one round
@@ -567,17 +253,8 @@ latest AS (
 ),
 
 notified AS (
-    -- rule: notify
-    SELECT
-        pg_notify('mailglass_delivery_updated', CAST(json_build_object(
-            'tenant_id', CASE
-                WHEN octet_length(CAST(to_json(n.tenant_id) AS text)) > 7000 THEN NULL ELSE n.tenant_id
-            END,
-            'delivery_id', n.delivery_id, 'event_type', n.event_type,
-            'event_id', n.event_id, 'reconciled_from_event_id', n.from_id
-        ) AS text)) AS notified
+    SELECT mailglass_reconciliation_notify(n.tenant_id, n.delivery_id, n.event_type, n.event_id, n.from_id) AS notified
     FROM latest AS n
-    -- end rule
 ),
 
 cutoff AS (SELECT now() - make_interval(mins => :max_age_minutes) AS stale_before),
@@ -609,7 +286,7 @@ parked AS (
     WHERE
         q.parked_at IS NULL
         AND q.orphan_inserted_at <= c.stale_before
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
         AND NOT EXISTS (SELECT 1 FROM batch AS b WHERE b.id = q.event_id AND b.delivery_id IS NULL)
     RETURNING q.event_id, q.tenant_id
 ),
@@ -658,55 +335,13 @@ WITH per_tenant AS (
 ),
 
 due AS (
-    -- rule: due_rows
-    SELECT
-        q.tenant_id,
-        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.linkable_at) AS due_since
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        q.parked_at IS NULL AND q.next_attempt_at IS NULL -- rule: fresh
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    UNION ALL
-    SELECT
-        q.tenant_id,
-        GREATEST(q.orphan_inserted_at + make_interval(secs => :grace_seconds), q.next_attempt_at) AS due_since
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        -- rule: retry
-        q.parked_at IS NULL
-        AND q.next_attempt_at
-        <= CASE WHEN CAST(:retry_all AS boolean) THEN CAST('infinity' AS timestamptz) ELSE now() END
-        AND (
-            CAST(:run_started AS timestamptz) IS NULL
-            OR q.last_attempted_at < CAST(:run_started AS timestamptz)
-        )
-        -- end rule
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    -- end rule
+    SELECT d.tenant_id, d.due_since
+    FROM mailglass_reconciliation_due(:tenant_id, :grace_seconds, :max_age_minutes, :retry_all, :run_started) AS d
 ),
 
 linkable AS (
-    -- rule: linkable_waits
-    SELECT
-        q.tenant_id,
-        now() - GREATEST(q.linkable_at, q.orphan_inserted_at + make_interval(secs => :grace_seconds)) AS waited
-    FROM mailglass_reconciliation_queue AS q
-    WHERE
-        q.parked_at IS NULL AND q.linkable_at IS NOT NULL
-        -- rule: due_window
-        AND q.orphan_inserted_at <= now() - make_interval(secs => :grace_seconds)
-        AND q.orphan_inserted_at > now() - make_interval(mins => :max_age_minutes)
-        -- end rule
-        AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
-    -- end rule
+    SELECT l.tenant_id, now() - l.since AS waited
+    FROM mailglass_reconciliation_linkable(:tenant_id, :grace_seconds, :max_age_minutes) AS l
 )
 
 SELECT
@@ -718,13 +353,13 @@ SELECT
         SELECT count(*) FROM mailglass_reconciliation_queue AS q
         WHERE
             q.parked_at IS NULL
-            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
     ) AS remaining_orphans,
     (
         SELECT count(*) FROM mailglass_reconciliation_queue AS q
         WHERE
             q.parked_at IS NOT NULL AND q.parked_reason = 'stale'
-            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text)) -- rule: in_scope
+            AND (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
     ) AS stale_orphans,
     (SELECT count(*) FROM due) AS due_remaining,
     (SELECT EXTRACT(EPOCH FROM now() - min(due_since)) FROM due) AS oldest_due_age,
