@@ -137,6 +137,7 @@ def _every_statement_params(tenant_id: str | None) -> dict[str, Any]:
         "lock_timeout": "5000ms",
         "statement_timeout": "120000ms",
         "rows": "[]",
+        "won": "[]",
         "examined": "{t0}",
         "threshold_seconds": 300.0,
         "tenant_id": tenant_id,
