@@ -60,6 +60,7 @@ query CheckStatuses($assetKey: AssetKeyInput!) {
         ... on AssetChecks {
           checks {
             name
+            executionForLatestMaterialization { runId partition status evaluation { severity partition } }
             partitionStatuses {
               ... on AssetCheckDefaultPartitionStatuses {
                 succeededPartitions failedPartitions inProgressPartitions skippedPartitions executionFailedPartitions
@@ -74,11 +75,16 @@ query CheckStatuses($assetKey: AssetKeyInput!) {
 """
 
 
-def check_partition_statuses(client: DagsterGraphQLClient, check_name: str) -> dict[str, list[str]]:
-    """A check's partition keys by status, from the query the asset page's Checks and Partitions tabs send."""
+def asset_check(client: DagsterGraphQLClient, check_name: str) -> dict:
+    """A check as the asset page's Checks and Partitions tabs ask for it: its latest execution, its partitions."""
     data = execute_graphql(client, CHECK_STATUSES, {"assetKey": {"path": ASSET_PATH}})
     [check] = [c for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"] if c["name"] == check_name]
-    return check["partitionStatuses"]
+    return check
+
+
+def check_partition_statuses(client: DagsterGraphQLClient, check_name: str) -> dict[str, list[str]]:
+    """A check's partition keys by status, from the query the asset page's Checks and Partitions tabs send."""
+    return asset_check(client, check_name)["partitionStatuses"]
 
 
 def latest_materialization_job(instance: DagsterInstance, tenant: str) -> str:
@@ -230,6 +236,28 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     print(f"e2e flow took {time.monotonic() - started:.1f}s after the webserver was up")
 
 
+def _check_history(storage_url: str) -> list[tuple]:
+    """Every materialization and no_stale_orphans execution per partition, in storage order (a failure's story)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(storage_url, poolclass=sa.pool.NullPool)
+    query = """
+        SELECT e.partition, e.id, 'materialized', r.pipeline_name, NULL
+        FROM event_logs AS e JOIN runs AS r ON r.run_id = e.run_id
+        WHERE e.dagster_event_type = 'ASSET_MATERIALIZATION' AND e.asset_key LIKE '%webhook_reconciliation%'
+        UNION ALL
+        SELECT c.partition, c.id, c.execution_status, r.pipeline_name, c.materialization_event_storage_id
+        FROM asset_check_executions AS c JOIN runs AS r ON r.run_id = c.run_id
+        WHERE c.check_name = 'no_stale_orphans'
+        ORDER BY 1, 2
+    """
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(query))]
+    finally:
+        engine.dispose()
+
+
 def _code_location_loaded(client: DagsterGraphQLClient, selector) -> bool:
     try:
         result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
@@ -372,14 +400,19 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
 
     runs = wait_until(everything_done, 300, "not every launch finished", log_dir)
 
-    # The schedule: a tenant nobody launched gets orphans; the next tick (within a minute) sweeps it.
+    # The schedule: tenants nobody launched get orphans; the next tick (within a minute) sweeps them:
+    # s1's links, s2's ages out (newly stale: its no_stale_orphans fails).
     make_orphan(engine, tenant_id="s1", message_id="s1-m")
     make_delivery(engine, tenant_id="s1", message_id="s1-m")
+    make_orphan(engine, tenant_id="s2", message_id="s2-old", age=timedelta(days=8))
 
     def scheduled_done():
         scheduled = instance.get_runs(RunsFilter(tags={"dagster/schedule_name": "reconcile_every_minute"}))
         swept = fetch(engine, "SELECT 1 FROM mailglass_events WHERE type = 'reconciled' AND tenant_id = 's1'")
-        return scheduled if scheduled and swept and all(r.is_finished for r in scheduled) else None
+        parked = fetch(
+            engine, "SELECT 1 FROM mailglass_reconciliation_queue WHERE tenant_id = 's2' AND parked_reason = 'stale'"
+        )
+        return scheduled if scheduled and swept and parked and all(r.is_finished for r in scheduled) else None
 
     runs += wait_until(scheduled_done, 150, "the schedule did not sweep tenant s1", log_dir)
     failed = [(r.run_id, r.job_name, r.status) for r in runs if r.status != DagsterRunStatus.SUCCESS]
@@ -402,16 +435,22 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
         run = instance.get_run_by_id(record.run_id)
         assert run.tags["mailglass/tenant"] == run.tags["dagster/partition"]
     # The stale-orphan check's status per partition, as the asset's Checks and Partitions tabs ask for it:
-    # p3's stale orphan fails it (a warning) on every path; none reads "Skipped" (issue 24).
-    # A tenant whose latest materialization is the scheduled sweep's has no evaluation of it (docs/operating.md).
-    statuses = check_partition_statuses(client, "no_stale_orphans")
+    # the stale orphans of p3 and s2 fail it (a warning) on every path, the schedule's included; none reads
+    # "Skipped" (issue 24), and no partition reads "not evaluated": a tenant whose latest materialization
+    # is the scheduled sweep's has that sweep's evaluation of it (decision D31).
+    check = asset_check(client, "no_stale_orphans")
+    statuses = {**check["partitionStatuses"], "history": _check_history(dagster_home[1])}
     assert statuses["skippedPartitions"] == [] and statuses["executionFailedPartitions"] == [], statuses
-    assert statuses["failedPartitions"] == ["p3"], statuses
-    by_sweep = {t for t in tenants if latest_materialization_job(instance, t) == "reconcile_due_tenants"}
-    assert sorted(statuses["succeededPartitions"]) == sorted({"p1", "p2", "p4", "p5", "p6"} - by_sweep), (
-        statuses,
-        by_sweep,
-    )
+    assert statuses["inProgressPartitions"] == [], statuses
+    assert statuses["failedPartitions"] == ["p3", "s2"], statuses
+    assert sorted(statuses["succeededPartitions"]) == ["p1", "p2", "p4", "p5", "p6", "s1"], statuses
+    for tenant in ("s1", "s2"):  # their only materializations: the schedule's sweep
+        assert latest_materialization_job(instance, tenant) == "reconcile_due_tenants", tenant
+    # The overall status: any failed partition makes it "Failed", coloured by the latest execution's
+    # severity (a warning), which targets its partition's latest materialization.
+    latest = check["executionForLatestMaterialization"]
+    assert latest is not None and latest["evaluation"]["severity"] == "WARN", latest
+    assert latest["evaluation"]["partition"] == latest["partition"] and latest["partition"], latest
     # Every tenant reconciled exactly once, whatever ran it how often.
     reconciled = fetch(engine, "SELECT tenant_id FROM mailglass_events WHERE type = 'reconciled' ORDER BY 1")
     assert [r.tenant_id for r in reconciled] == [*tenants, "s1"]
