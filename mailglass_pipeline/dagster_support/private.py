@@ -220,7 +220,7 @@ def check_partition_infos(instance: DagsterInstance, key: AssetCheckKey, partiti
 
     What the UI's per-partition status is computed from (``AssetCheckState``): a partition shows its
     latest execution's outcome only when ``is_current`` (that execution targets the latest
-    materialization); otherwise it reads "not evaluated".
+    materialization); otherwise it reads "Missing".
     """
     return list(instance.event_log_storage.get_asset_check_partition_info([key], partition_keys=partitions))
 
@@ -230,7 +230,7 @@ def partitions_with_check_in_flight(instance: DagsterInstance, key: AssetCheckKe
 
     Dagster takes a partition's latest execution by row id, and a run plans its rows when it starts,
     before it waits for the reconcile pool: an evaluation inserted meanwhile would outrank the one
-    that run writes later for its later materialization, and the partition would read "not evaluated".
+    that run writes later for its later materialization, and the partition would read "Missing".
     """
     if not partitions:
         return set()

@@ -160,7 +160,7 @@ def sweep_metadata(
     metadata: dict[str, Any] = {
         "tenants_swept": result.tenants_swept,
         "tenants_materialized": recorded,
-        # no_stale_orphans evaluations of those partitions, and those past the cap ("not evaluated": D31)
+        # no_stale_orphans evaluations of those partitions, and those past the cap ("Missing": D31)
         "checks_evaluated": evaluated,
         "checks_deferred": recorded - evaluated,
         "check_seconds": round(check_seconds, 2),
@@ -217,7 +217,7 @@ def sweep_due_tenants(context: OpExecutionContext, config: SweepDueConfig, mailg
     fit = {tenant: {**counts, **states[tenant]} for tenant, counts in fit.items()}
     added = ensure_partitions(context, list(fit))
     recorded = record_tenant_materializations(context, fit)
-    # Each materialized partition gets its check evaluated, or its status would read "not evaluated" (D31).
+    # Each materialized partition gets its check evaluated, or its status would read "Missing" (D31).
     evaluated, deferred, check_seconds = evaluate_stale_checks(context, mailglass_db.get_engine(), fit)
     context.log.info(
         f"swept {result.tenants_swept} tenant(s) in {result.transactions} transaction(s), "

@@ -4,7 +4,7 @@ Why the sweep evaluates a check it does not plan. Dagster 1.13 shows a partition
 per partition only while the partition's latest evaluation targets the partition's latest
 materialization (``AssetCheckPartitionInfo.is_current``: the evaluation's
 ``target_materialization_data.storage_id`` against the latest materialization's storage id);
-any newer materialization clears it, and the partition reads "not evaluated". The asset's overall
+any newer materialization clears it, and the partition reads "Missing". The asset's overall
 status is the aggregate of those (any failed partition: "Failed"), coloured by the severity of the
 check's latest execution if it targets its partition's latest materialization. So every tenant
 partition the sweep materializes gets an evaluation of its own, naming that partition and that
@@ -17,11 +17,11 @@ evaluations (the check is not in the sweep's job), so each is stored as a new
 behind as "Skipped". Dagster stores check evaluations one by one (``BATCH_WRITABLE_EVENTS`` has no
 check evaluation): each costs one storage write, hence a cap per run in count and in seconds, the
 tenants whose stale count may have changed (newly stale) first. A tenant past the cap keeps its new
-materialization and reads "not evaluated" until its next run; the run's metadata counts them
+materialization and reads "Missing" until its next run; the run's metadata counts them
 (``checks_evaluated``, ``checks_deferred``, ``check_seconds``). A tenant with its own run in flight
 (planned, waiting for the pool) is left to that run, which evaluates its later materialization:
 Dagster takes a partition's latest execution by row id, and that run's row is older than one
-inserted here, so an evaluation here would leave the partition "not evaluated" once the run ends.
+inserted here, so an evaluation here would leave the partition "Missing" once the run ends.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def evaluate_stale_checks(
     with database_errors(), db.connect(engine) as conn:
         for tenant in tenants:
             if time.perf_counter() - started > CHECK_BUDGET_SECONDS:
-                break  # the rest read "not evaluated" until their next run: better than a late tick
+                break  # the rest read "Missing" until their next run: better than a late tick
             count, oldest_seconds = stale_orphans(conn, tenant, DEFAULT_MAX_AGE_MINUTES)
             table = orphans.oldest_stale(conn, tenant, STALE_TABLE_ROWS) if count else []
             result = stale_orphans_result(count, oldest_seconds, table)
