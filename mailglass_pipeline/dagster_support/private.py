@@ -66,12 +66,16 @@ from dagster._daemon import controller as daemon_controller
 from dagster._grpc import server as grpc_server
 from dagster._serdes.config_class import class_from_code_pointer
 
+#: What a check evaluation names as the materialization it checked (not exported by Dagster).
+MaterializationTarget = AssetCheckEvaluationTargetMaterializationData
+
 __all__ = [
     "EVENT_BATCH_SIZE",
     "EVENT_BATCH_SIZE_ENV",
     "NON_PUBLIC_ATTRIBUTES",
     "GrpcServerCodeLocationOrigin",
     "InstigatorType",
+    "MaterializationTarget",
     "RegisteredCodeLocationOrigin",
     "RemoteJobOrigin",
     "RemoteRepositoryOrigin",
@@ -201,9 +205,9 @@ def latest_materialization_ids_by_partition(instance: DagsterInstance, key: Asse
 
 def target_materializations_of_run(
     instance: DagsterInstance, run_id: str, key: AssetKey
-) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+) -> dict[str, MaterializationTarget]:
     """Each partition of ``key`` this run materialized, as the target a check evaluation names (one read)."""
-    targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+    targets: dict[str, MaterializationTarget] = {}
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
     for record in records:  # ascending: a partition materialized twice keeps its latest
         event = record.event_log_entry.dagster_event

@@ -21,7 +21,8 @@ materialization and reads "Missing" until its next run; the run's metadata count
 (``checks_evaluated``, ``checks_deferred``, ``check_seconds``). A tenant with its own run in flight
 (planned, waiting for the pool) is left to that run, which evaluates its later materialization:
 Dagster takes a partition's latest execution by row id, and that run's row is older than one
-inserted here, so an evaluation here would leave the partition "Missing" once the run ends.
+inserted here, so an evaluation here would leave the partition "Missing" once the run ends. Runs in
+flight are read just before each chunk of evaluations, so one that starts meanwhile has a short window.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ import time
 from collections.abc import Mapping
 
 from dagster import AssetCheckEvaluation, AssetCheckKey, OpExecutionContext
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from mailglass_pipeline import db, orphans
 from mailglass_pipeline.dagster_support.database import database_errors
-from mailglass_pipeline.dagster_support.private import partitions_with_check_in_flight, target_materializations_of_run
+from mailglass_pipeline.dagster_support.private import (
+    MaterializationTarget,
+    partitions_with_check_in_flight,
+    target_materializations_of_run,
+)
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.tenant_reconciliation.checks import STALE_TABLE_ROWS, stale_orphans_result
 from mailglass_pipeline.reconciliation.monitoring import stale_orphans
@@ -46,6 +51,8 @@ CHECK_KEY = AssetCheckKey(WEBHOOK_RECONCILIATION_KEY, CHECK_NAME)
 #: load-dependent), so a burst costs a tick at most ~10 s more and ~400 rows of asset_check_executions (D31).
 MAX_CHECK_EVALUATIONS = 400
 CHECK_BUDGET_SECONDS = 10.0
+#: Tenants whose runs in flight are read just before their evaluations are written (two reads a chunk).
+IN_FLIGHT_CHUNK = 25
 
 
 def evaluation_order(counts_by_tenant: Mapping[str, Mapping[str, int]]) -> list[str]:
@@ -62,34 +69,38 @@ def evaluate_stale_checks(
     """Evaluate ``no_stale_orphans`` for the tenants this run materialized: (evaluated, deferred, seconds)."""
     started = time.perf_counter()
     tenants = evaluation_order(counts_by_tenant)[: MAX_CHECK_EVALUATIONS if limit is None else limit]
-    # A tenant whose run is waiting for the pool is left to that run: it evaluates its own later
-    # materialization, and an evaluation from here would outrank it (Dagster orders by row id).
-    in_flight = partitions_with_check_in_flight(context.instance, CHECK_KEY, tenants)
-    tenants = [t for t in tenants if t not in in_flight]
-    if not tenants:
-        return 0, len(counts_by_tenant), time.perf_counter() - started
     # Each evaluation names the materialization this run just stored for its partition (one read).
     targets = target_materializations_of_run(context.instance, context.run_id, WEBHOOK_RECONCILIATION_KEY)
     evaluated = 0
     with database_errors(), db.connect(engine) as conn:
-        for tenant in tenants:
+        for first in range(0, len(tenants), IN_FLIGHT_CHUNK):
             if time.perf_counter() - started > CHECK_BUDGET_SECONDS:
                 break  # the rest read "Missing" until their next run: better than a late tick
-            count, oldest_seconds = stale_orphans(conn, tenant, DEFAULT_MAX_AGE_MINUTES)
-            table = orphans.oldest_stale(conn, tenant, STALE_TABLE_ROWS) if count else []
-            result = stale_orphans_result(count, oldest_seconds, table)
-            context.log_event(
-                AssetCheckEvaluation(
-                    asset_key=WEBHOOK_RECONCILIATION_KEY,
-                    check_name=CHECK_NAME,
-                    passed=result.passed,
-                    metadata=result.metadata,
-                    target_materialization_data=targets.get(tenant),
-                    severity=result.severity,
-                    description=result.description,
-                    blocking=False,
-                    partition=tenant,  # the partition is the evaluation's own: never None (D21's pitfall)
-                )
-            )
-            evaluated += 1
+            chunk = tenants[first : first + IN_FLIGHT_CHUNK]
+            # A tenant whose run is waiting for the pool is left to that run: it evaluates its own later
+            # materialization, and an evaluation from here would outrank it (Dagster orders by row id).
+            # Read just before the chunk's writes, so a run starting meanwhile has little time to plan.
+            in_flight = partitions_with_check_in_flight(context.instance, CHECK_KEY, chunk)
+            for tenant in (t for t in chunk if t not in in_flight):
+                evaluated += _evaluate(context, conn, tenant, targets.get(tenant))
     return evaluated, len(counts_by_tenant) - evaluated, time.perf_counter() - started
+
+
+def _evaluate(context: OpExecutionContext, conn: Connection, tenant: str, target: MaterializationTarget | None) -> int:
+    count, oldest_seconds = stale_orphans(conn, tenant, DEFAULT_MAX_AGE_MINUTES)
+    table = orphans.oldest_stale(conn, tenant, STALE_TABLE_ROWS) if count else []
+    result = stale_orphans_result(count, oldest_seconds, table)
+    context.log_event(
+        AssetCheckEvaluation(
+            asset_key=WEBHOOK_RECONCILIATION_KEY,
+            check_name=CHECK_NAME,
+            passed=result.passed,
+            metadata=result.metadata,
+            target_materialization_data=target,
+            severity=result.severity,
+            description=result.description,
+            blocking=False,
+            partition=tenant,  # the partition is the evaluation's own: never None (D21's pitfall)
+        )
+    )
+    return 1
