@@ -26,6 +26,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from mailglass_pipeline.dagster_support.private import execute_graphql, pool_limits
+from tests.defs.check_history import check_history, shown_by_dagster
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import mailglass_dev, wait_until
 
@@ -236,28 +237,6 @@ def test_ui_launch_and_two_tenant_backfill_through_real_processes(stack, engine)
     print(f"e2e flow took {time.monotonic() - started:.1f}s after the webserver was up")
 
 
-def _check_history(storage_url: str) -> list[tuple]:
-    """Every materialization and no_stale_orphans execution per partition, in storage order (a failure's story)."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(storage_url, poolclass=sa.pool.NullPool)
-    query = """
-        SELECT e.partition, e.id, 'materialized', r.pipeline_name, NULL
-        FROM event_logs AS e JOIN runs AS r ON r.run_id = e.run_id
-        WHERE e.dagster_event_type = 'ASSET_MATERIALIZATION' AND e.asset_key LIKE '%webhook_reconciliation%'
-        UNION ALL
-        SELECT c.partition, c.id, c.execution_status, r.pipeline_name, c.materialization_event_storage_id
-        FROM asset_check_executions AS c JOIN runs AS r ON r.run_id = c.run_id
-        WHERE c.check_name = 'no_stale_orphans'
-        ORDER BY 1, 2
-    """
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(sa.text(query))]
-    finally:
-        engine.dispose()
-
-
 def _code_location_loaded(client: DagsterGraphQLClient, selector) -> bool:
     try:
         result = execute_graphql(client, PARTITION_TAGS_QUERY, {**selector, "partitionName": "t1"})
@@ -440,11 +419,22 @@ def test_every_launch_path_at_once_one_reconciliation_at_a_time(stack, engine, d
     # is the scheduled sweep's has that sweep's evaluation of it (decision D31).
     check = asset_check(client, "no_stale_orphans")
     statuses = check["partitionStatuses"]
-    history = "\n".join(map(str, _check_history(dagster_home[1])))  # printed only by a failure below
+    rows = check_history(dagster_home[1])
+    history = "\n".join(map(str, rows))  # printed only by a failure below
     assert statuses["skippedPartitions"] == [] and statuses["executionFailedPartitions"] == [], statuses
     assert statuses["inProgressPartitions"] == [], statuses
-    assert statuses["failedPartitions"] == ["p3", "s2"], f"{statuses}\n{history}"
-    assert sorted(statuses["succeededPartitions"]) == ["p1", "p2", "p4", "p5", "p6", "s1"], f"{statuses}\n{history}"
+    # Dagster's rule: a partition shows its latest execution (by row id: rows are made when a run is
+    # created) only if it targets the latest materialization. Two runs of one tenant created in one
+    # order and executed in the other (two backfills: their runs are tagged only once started, so the
+    # queue may launch both and the pool lets the first started go first) leave it "Missing" though
+    # each evaluated its own materialization: not the sweep's doing, and allowed here only that way.
+    shown = shown_by_dagster(rows)
+    assert sorted(statuses["failedPartitions"]) == sorted(p for p, s in shown.items() if s == "FAILED"), history
+    assert sorted(statuses["succeededPartitions"]) == sorted(p for p, s in shown.items() if s == "SUCCEEDED"), history
+    for tenant, status in shown.items():
+        expected = "FAILED" if tenant in ("p3", "s2") else "SUCCEEDED"
+        assert status in (expected, "MISSING: runs executed out of creation order"), f"{tenant}: {status}\n{history}"
+    assert shown["s1"] == "SUCCEEDED" and shown["s2"] == "FAILED", history  # the schedule's only
     for tenant in ("s1", "s2"):  # their only materializations: the schedule's sweep
         assert latest_materialization_job(instance, tenant) == "reconcile_due_tenants", tenant
     # The overall status: any failed partition makes it "Failed", coloured by the latest execution's
