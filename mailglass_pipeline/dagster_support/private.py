@@ -232,9 +232,10 @@ def check_partition_infos(instance: DagsterInstance, key: AssetCheckKey, partiti
 def partitions_with_check_in_flight(instance: DagsterInstance, key: AssetCheckKey, partitions: list[str]) -> set[str]:
     """The partitions whose latest execution of ``key`` is planned by a run not finished yet (two reads).
 
-    Dagster takes a partition's latest execution by row id, and a run plans its rows when it starts,
-    before it waits for the reconcile pool: an evaluation inserted meanwhile would outrank the one
-    that run writes later for its later materialization, and the partition would read "Missing".
+    Dagster takes a partition's latest execution by row id, and a run's rows are made when the run is
+    created, before it is launched or waits for the reconcile pool: an evaluation inserted meanwhile
+    would outrank the one that run writes later for its later materialization, and the partition
+    would read "Missing".
     """
     if not partitions:
         return set()

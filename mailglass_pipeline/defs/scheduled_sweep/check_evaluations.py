@@ -19,10 +19,11 @@ check evaluation): each costs one storage write, hence a cap per run in count an
 tenants whose stale count may have changed (newly stale) first. A tenant past the cap keeps its new
 materialization and reads "Missing" until its next run; the run's metadata counts them
 (``checks_evaluated``, ``checks_deferred``, ``check_seconds``). A tenant with its own run in flight
-(planned, waiting for the pool) is left to that run, which evaluates its later materialization:
-Dagster takes a partition's latest execution by row id, and that run's row is older than one
-inserted here, so an evaluation here would leave the partition "Missing" once the run ends. Runs in
-flight are read just before each chunk of evaluations, so one that starts meanwhile has a short window.
+(created, so its check is planned: queued or waiting for the pool) is left to that run, which
+evaluates its later materialization: Dagster takes a partition's latest execution by row id, and
+that run's row is older than one inserted here, so an evaluation here would leave the partition
+"Missing" once the run ends. Runs in flight are read just before each chunk of evaluations, so one
+that starts meanwhile has a short window.
 """
 
 from __future__ import annotations
