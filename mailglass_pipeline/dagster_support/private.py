@@ -23,6 +23,11 @@ Used by the code location and ``mailglass dev``/``run``:
   ``NON_PUBLIC_ATTRIBUTES_TESTS_CALL``).
 * ``DAEMON_MODULE``: ``mailglass dev`` starts the daemon as ``python -m dagster._daemon`` where its
   ``dagster-daemon`` script is not beside the interpreter.
+* ``target_materializations_of_run``: the materializations a check evaluation logged by the sweep
+  targets (``AssetCheckEvaluationTargetMaterializationData`` is not exported; decision D31).
+* ``check_partition_infos``, ``partitions_with_check_in_flight``: a partitioned check's latest
+  execution per partition, as the UI's status reads it (``get_asset_check_partition_info``), and the
+  partitions whose check another run planned and has not finished (decision D31).
 
 Used only by tests and benchmarks (Dagster's names, re-exported; no test code of ours ships):
 ``execute_graphql`` (a raw GraphQL query through ``DagsterGraphQLClient``), the run and origin
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     AssetMaterialization,
     Config,
@@ -48,8 +54,12 @@ from dagster import (
     ExecuteInProcessResult,
     JobDefinition,
     OpExecutionContext,
+    RunsFilter,
 )
 from dagster._config import validate_config
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from dagster._core.instance.config import dagster_instance_config
@@ -60,11 +70,15 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 from dagster._core.scheduler.instigation import TickStatus
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.test_utils import create_run_for_test
 from dagster._daemon import controller as daemon_controller
 from dagster._grpc import server as grpc_server
 from dagster._serdes.config_class import class_from_code_pointer
+
+#: What a check evaluation names as the materialization it checked (not exported by Dagster).
+MaterializationTarget = AssetCheckEvaluationTargetMaterializationData
 
 __all__ = [
     "DAEMON_MODULE",
@@ -74,11 +88,13 @@ __all__ = [
     "NON_PUBLIC_ATTRIBUTES_TESTS_CALL",
     "GrpcServerCodeLocationOrigin",
     "InstigatorType",
+    "MaterializationTarget",
     "RegisteredCodeLocationOrigin",
     "RemoteJobOrigin",
     "RemoteRepositoryOrigin",
     "TickStatus",
     "add_run_tags",
+    "check_partition_infos",
     "class_from_code_pointer",
     "config_schema",
     "create_run_for_test",
@@ -94,8 +110,10 @@ __all__ = [
     "latest_materialization_ids_by_partition",
     "log_materializations_in_batches",
     "materialization_metadata",
+    "partitions_with_check_in_flight",
     "pool_limits",
     "run_pools",
+    "target_materializations_of_run",
     "validate_config",
 ]
 
@@ -103,6 +121,7 @@ __all__ = [
 NON_PUBLIC_ATTRIBUTES = (
     "_execute",
     "add_run_tags",
+    "get_asset_check_partition_info",
     "get_pool_limits",
     "get_step_execution_context",
     "get_latest_storage_id_by_partition",
@@ -206,6 +225,54 @@ def ensure_default_pool_limit(home: Path, pool: str) -> int | None:
 def latest_materialization_ids_by_partition(instance: DagsterInstance, key: AssetKey) -> dict[str, int]:
     """Each partition of ``key`` with the event storage id of its latest materialization."""
     return instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION)
+
+
+def target_materializations_of_run(
+    instance: DagsterInstance, run_id: str, key: AssetKey
+) -> dict[str, MaterializationTarget]:
+    """Each partition of ``key`` this run materialized, as the target a check evaluation names (one read)."""
+    targets: dict[str, MaterializationTarget] = {}
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in records:  # ascending: a partition materialized twice keeps its latest
+        event = record.event_log_entry.dagster_event
+        if event is None or event.asset_key != key or event.partition is None:
+            continue
+        targets[event.partition] = AssetCheckEvaluationTargetMaterializationData(
+            storage_id=record.storage_id, run_id=run_id, timestamp=record.event_log_entry.timestamp
+        )
+    return targets
+
+
+def check_partition_infos(instance: DagsterInstance, key: AssetCheckKey, partitions: list[str] | None = None) -> list:
+    """Per partition, ``key``'s latest execution (by row id) against the partition's latest materialization.
+
+    What the UI's per-partition status is computed from (``AssetCheckState``): a partition shows its
+    latest execution's outcome only when ``is_current`` (that execution targets the latest
+    materialization); otherwise it reads "Missing".
+    """
+    return list(instance.event_log_storage.get_asset_check_partition_info([key], partition_keys=partitions))
+
+
+def partitions_with_check_in_flight(instance: DagsterInstance, key: AssetCheckKey, partitions: list[str]) -> set[str]:
+    """The partitions whose latest execution of ``key`` is planned by a run not finished yet (two reads).
+
+    Dagster takes a partition's latest execution by row id, and a run's rows are made when the run is
+    created, before it is launched or waits for the reconcile pool: an evaluation inserted meanwhile
+    would outrank the one that run writes later for its later materialization, and the partition
+    would read "Missing".
+    """
+    if not partitions:
+        return set()
+    planned = {
+        info.partition_key: info.latest_planned_run_id
+        for info in check_partition_infos(instance, key, partitions)
+        if info.partition_key is not None and info.latest_execution_status == AssetCheckExecutionRecordStatus.PLANNED
+    }
+    if not planned:
+        return set()
+    runs = instance.get_runs(RunsFilter(run_ids=sorted(set(planned.values()))))
+    unfinished = {run.run_id for run in runs if not run.is_finished}
+    return {partition for partition, run_id in planned.items() if run_id in unfinished}
 
 
 def execute_graphql(client: Any, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -117,3 +117,28 @@ def test_only_a_wrong_type_is_refused_without_a_stack(launchpad) -> None:
     assert bounded["__typename"] == "PythonError" and bounded["stack"], bounded  # the code server's frames
     assert "\n" not in bounded["message"].strip()  # the first line stays one line naming the field and bound
     assert instance.get_runs() == []
+
+
+SCAFFOLD = """
+query($selector: PipelineSelector!) {
+  runConfigSchemaOrError(selector: $selector) { __typename ... on RunConfigSchema { rootDefaultYaml } }
+}
+"""
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_the_launchpad_scaffolds_the_one_default_of_each_setting(launchpad, job) -> None:
+    """Deliver 5 through the UI's route: the default YAML the Launchpad scaffolds, from the code server."""
+    import yaml
+
+    from mailglass_pipeline import settings
+
+    context, _ = launchpad
+    selector = {"repositoryLocationName": "mailglass_pipeline", "repositoryName": "__repository__", "pipelineName": job}
+    answer = execute_dagster_graphql(context, SCAFFOLD, variables={"selector": selector}).data
+    scaffold = yaml.safe_load(answer["runConfigSchemaOrError"]["rootDefaultYaml"])
+    config = scaffold["ops"][JOBS[job][0]]["config"]
+    for setting in (settings.LIMIT, settings.MAX_AGE_MINUTES, settings.GRACE_SECONDS, settings.RETRY_ALL):
+        assert config[setting.name] == setting.default, (setting.name, config)
+    if job == SWEEP_JOB_NAME:
+        assert config["max_total"] == settings.MAX_TOTAL.default == 10_000, config

@@ -14,7 +14,8 @@ no code-server heartbeat noise.
 ``mailglass dev`` runs on the embedded PostgreSQL under a temporary
 MAILGLASS_HOME, exactly as after a fresh clone. On failure, screenshots and the
 page source go to ``$MAILGLASS_TEST_ARTIFACTS`` (default ``tests/ui/artifacts/``).
-``MAILGLASS_UPDATE_SCREENSHOTS=1`` also writes the README's two screenshots into ``docs/``.
+``MAILGLASS_UPDATE_SCREENSHOTS=1`` also writes the README's Partitions screenshot into ``docs/``
+(the asset page's: ``test_browser_schedule.py``, after the quick start).
 """
 
 from __future__ import annotations
@@ -66,11 +67,25 @@ def wait_for(predicate: Callable[[], Any], message: str, timeout: float = TIMEOU
 
 @pytest.fixture
 def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME.
+    """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME."""
+    with _dev_after(tmp_path, "demo") as server:
+        yield server
+
+
+@pytest.fixture
+def quick_start_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """The README's quick start (`mailglass run`: the demo, one run per tenant), then `mailglass dev`."""
+    with _dev_after(tmp_path, "run") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _dev_after(tmp_path: Path, command: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """`mailglass <command>` then `mailglass dev`, on the embedded database of a temporary MAILGLASS_HOME.
 
     Every stop is registered before the command that may start what it stops: ``mailglass demo``
-    starts the embedded PostgreSQL, so a demo that fails half-way still has it stopped, and its
-    stderr is in the failure (``run_checked``).
+    and ``run`` start the embedded PostgreSQL, so one that fails half-way still has it stopped, and
+    its stderr is in the failure (``run_checked``).
     """
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -81,7 +96,7 @@ def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     with contextlib.ExitStack() as cleanup:
         # Last to run: the embedded server outlives `mailglass dev` and `mailglass demo` by design.
         cleanup.callback(subprocess.run, [mailglass, "stop"], env=env, cwd=REPO, capture_output=True, timeout=60)
-        run_checked([mailglass, "demo"], env=env, cwd=REPO, timeout=300)
+        run_checked([mailglass, command], env=env, cwd=REPO, timeout=300)
         port = cleanup.enter_context(mailglass_dev(env, tmp_path, cwd=REPO, timeout=TIMEOUT))
         yield port, env
 
@@ -194,7 +209,6 @@ def test_asset_page_materialize_backfill_and_launchpad(
     assert run.tags.get("dagster/partition") == "acme"
     finished = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, "run did not finish")
     assert finished.status == DagsterRunStatus.SUCCESS
-    readme_screenshot(browser, f"{base}/assets/mailglass/webhook_reconciliation", "ui-asset-materialized.png")
 
     # 2. A backfill of all partitions from the same dialog.
     open_page(browser, f"{base}/assets/mailglass/webhook_reconciliation", "Materialize")

@@ -27,8 +27,10 @@ offers, and why each was or was not used:
   per-tenant run. Idle tenants, and tenants whose only work was examining
   orphans that stay unmatched, get nothing (the run's totals count them): what
   a tick writes grows with the tenants that changed (one event row each, plus
-  this asset's own few). A burst of 30,000 tenants with never-matching
-  orphans would otherwise cost 30,000 event rows a tick for no news.
+  this asset's own few, plus an evaluation of ``no_stale_orphans`` for each of
+  those partitions: one write each, capped, ``check_evaluations.py``, decision
+  D31). A burst of 30,000 tenants with never-matching orphans would otherwise
+  cost 30,000 event rows a tick for no news.
 * Those materializations are written in batches: outside the webserver,
   dagster-postgres opens a connection per storage call (~25 ms per event here),
   so 3,000 tenants with work would cost 75 s one by one. Dagster batches events
@@ -41,7 +43,7 @@ offers, and why each was or was not used:
 * This asset's own materialization carries the run's totals (tenants swept and
   materialized, scanned, linked, unmatched, newly stale, backlog, oldest due
   age, lag, transactions, sweep seconds, budget and why the run stopped:
-  ``drained``, ``quota`` or ``budget``, unfit tenant ids),
+  ``drained``, ``quota`` or ``budget``, unfit tenant ids, check evaluations),
   so the asset page plots them per scheduled sweep over time; the asset check
   ``reconciliation_lag`` runs right after it in the same run.
 
@@ -79,6 +81,7 @@ from mailglass_pipeline.dagster_support.metadata import queue_state_metadata
 from mailglass_pipeline.dagster_support.pool import RECONCILE_POOL, wait_for_pool_turn
 from mailglass_pipeline.dagster_support.private import config_schema, log_materializations_in_batches
 from mailglass_pipeline.defs.resources import MailglassDatabase
+from mailglass_pipeline.defs.scheduled_sweep.check_evaluations import evaluate_stale_checks
 from mailglass_pipeline.defs.tenant_reconciliation.assets import WEBHOOK_RECONCILIATION_KEY
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import TENANTS_PARTITIONS_NAME, is_valid_tenant_key
 from mailglass_pipeline.errors import ConfigurationError
@@ -150,11 +153,17 @@ def _seconds(value: float | None) -> float:
     return round(value, 1) if value is not None else 0.0
 
 
-def sweep_metadata(result: DrainResult, unfit: list[str], recorded: int) -> dict[str, Any]:
+def sweep_metadata(
+    result: DrainResult, unfit: list[str], recorded: int, evaluated: int = 0, check_seconds: float = 0.0
+) -> dict[str, Any]:
     """The run's totals as plottable numbers (and the unfit ids and why the run stopped as text)."""
     metadata: dict[str, Any] = {
         "tenants_swept": result.tenants_swept,
         "tenants_materialized": recorded,
+        # no_stale_orphans evaluations of those partitions, and those past the cap ("Missing": D31)
+        "checks_evaluated": evaluated,
+        "checks_deferred": recorded - evaluated,
+        "check_seconds": round(check_seconds, 2),
         "scanned": result.scanned,
         "linked": result.linked,
         "unmatched": result.unmatched,
@@ -208,13 +217,16 @@ def sweep_due_tenants(context: OpExecutionContext, config: SweepDueConfig, mailg
     fit = {tenant: {**counts, **states[tenant]} for tenant, counts in fit.items()}
     added = ensure_partitions(context, list(fit))
     recorded = record_tenant_materializations(context, fit)
+    # Each materialized partition gets its check evaluated, or its status would read "Missing" (D31).
+    evaluated, deferred, check_seconds = evaluate_stale_checks(context, mailglass_db.get_engine(), fit)
     context.log.info(
         f"swept {result.tenants_swept} tenant(s) in {result.transactions} transaction(s), "
         f"{result.elapsed_seconds:.1f} s of a {result.budget_seconds:.0f} s budget ({result.stopped_by}): "
         f"scanned {result.scanned}, linked {result.linked}; {recorded} partition materialization(s) for the "
-        f"tenants that changed, {added} partition(s) added, {len(unfit)} unfit tenant id(s)"
+        f"tenants that changed, {evaluated} no_stale_orphans evaluation(s) ({deferred} past the cap), "
+        f"{added} partition(s) added, {len(unfit)} unfit tenant id(s)"
     )
-    context.add_output_metadata({**sweep_metadata(result, unfit, recorded), **totals})
+    context.add_output_metadata({**sweep_metadata(result, unfit, recorded, evaluated, check_seconds), **totals})
 
 
 # Graph-backed for one reason: an asset's own config cannot have a config mapping, and only a mapping

@@ -80,8 +80,11 @@ def test_one_run_materializes_exactly_the_tenants_with_work(pg_instance, engine,
     assert totals["scanned"] == 10 and totals["linked"] == 5 and totals["unmatched"] == 5
     assert totals["remaining_orphans"] == 10  # 5 in backoff + 5 still in grace
     assert totals["unfit_tenant_ids"] == 0
-    [check] = result.get_asset_check_evaluations()
-    assert check.check_name == "reconciliation_lag" and check.passed
+    checks = {(c.check_name, c.partition): c for c in result.get_asset_check_evaluations()}
+    assert checks.pop(("reconciliation_lag", None)).passed
+    # Each materialized partition's no_stale_orphans, evaluated against this run's materialization (D31).
+    assert sorted(checks) == [("no_stale_orphans", f"busy-{i}") for i in range(5)]
+    assert all(c.passed for c in checks.values()) and totals["checks_evaluated"] == 5
 
     rows = fetch(engine, "SELECT count(*) AS n FROM mailglass_events WHERE type = 'reconciled'")
     assert rows[0].n == 5
@@ -89,6 +92,55 @@ def test_one_run_materializes_exactly_the_tenants_with_work(pg_instance, engine,
     # Next tick's run: nothing due (backoff), so no partition event at all.
     again = _sweep(database_url, pg_instance)
     assert _partition_materializations(pg_instance, again.run_id) == {}
+
+
+def _check_status_by_partition(instance) -> dict[str, tuple[str, bool]]:
+    """no_stale_orphans per partition as the UI's status reads it: (latest status, targets latest materialization)."""
+    from dagster import AssetCheckKey
+
+    from mailglass_pipeline.dagster_support.private import check_partition_infos
+
+    infos = check_partition_infos(instance, AssetCheckKey(TENANT_ASSET, "no_stale_orphans"))
+    return {i.partition_key: (i.latest_execution_status.value, i.is_current) for i in infos}
+
+
+def test_the_sweep_evaluates_the_stale_check_of_each_partition_it_materializes(
+    pg_instance, engine, database_url, monkeypatch
+):
+    """After a scheduled sweep, each tenant it materialized shows its real no_stale_orphans outcome (D31)."""
+    from mailglass_pipeline.defs.scheduled_sweep import check_evaluations
+
+    make_delivery(engine, tenant_id="fine", message_id="m-1")
+    make_orphan(engine, tenant_id="fine", message_id="m-1")  # linked: passes (no stale orphan)
+    make_orphan(engine, tenant_id="aging", message_id="m-old", age=timedelta(days=8))  # newly stale: fails
+    make_delivery(engine, tenant_id="both", message_id="m-2")
+    make_orphan(engine, tenant_id="both", message_id="m-2")
+    make_orphan(engine, tenant_id="both", message_id="m-3", age=timedelta(days=9))
+    first = _sweep(database_url, pg_instance)
+    assert _check_status_by_partition(pg_instance) == {
+        "fine": ("SUCCEEDED", True),
+        "aging": ("FAILED", True),
+        "both": ("FAILED", True),
+    }
+    evaluations = {c.partition: c for c in first.get_asset_check_evaluations() if c.partition}
+    aging = evaluations["aging"]
+    assert aging.description == "1 orphan(s) older than 7 days, unlikely to reconcile"
+    assert aging.metadata["stale_orphans"].value == 1 and aging.metadata["oldest_stale_orphans"].value.records
+    assert aging.target_materialization_data.run_id == first.run_id
+    # A later link for "aging" re-materializes it: evaluated again, still failing, still current.
+    make_delivery(engine, tenant_id="aging", message_id="m-4")
+    make_orphan(engine, tenant_id="aging", message_id="m-4")
+    _sweep(database_url, pg_instance)
+    assert _check_status_by_partition(pg_instance)["aging"] == ("FAILED", True)
+    # Past the cap: the newly stale tenant first; the other keeps its materialization, "not evaluated".
+    monkeypatch.setattr(check_evaluations, "MAX_CHECK_EVALUATIONS", 1)
+    make_delivery(engine, tenant_id="fine", message_id="m-5")
+    make_orphan(engine, tenant_id="fine", message_id="m-5")
+    make_orphan(engine, tenant_id="later", message_id="m-6", age=timedelta(days=8))
+    capped = _sweep(database_url, pg_instance)
+    statuses = _check_status_by_partition(pg_instance)
+    assert statuses["later"] == ("FAILED", True) and statuses["fine"] == ("SUCCEEDED", False)
+    assert (_totals(capped)["checks_evaluated"], _totals(capped)["checks_deferred"]) == (1, 1)
 
 
 def test_tenant_ids_unfit_as_keys_are_swept_and_counted(pg_instance, engine, database_url):
