@@ -14,10 +14,14 @@ the default ``max_total``, or a bulk load of history) spent about 4 s in it, 100
 
 Here the signals are the done orphans whose queue row is still there and not in ``gone``, written as
 ``NOT IN (SELECT ... FROM gone)``: PostgreSQL hashes that subplan whatever the estimate, so the cost is
-one hash of ``gone`` and one probe per orphan. The rest of the body is 0006's, with its match rules
-taken from 0007's functions (the delivery lookup, the event's provider and message id) instead of a
-third copy. The function's settings (pinned ``search_path``, no sequential scan, no JIT) are set again,
-since ``CREATE OR REPLACE`` drops them. Downgrade keeps this body: it answers as 0006's did.
+one hash of ``gone`` and one probe per orphan. The rest of the body is 0006's: the event's provider and
+message id from 0007's functions, and the delivery probe as 0006 wrote it, one equality per key on the
+unique ``(provider, provider_message_id)`` index. Not 0007's ``mailglass_reconciliation_delivery``
+(``= ANY`` of three ids, ordered): right after a bulk insert of deliveries, before any ANALYZE, the
+planner chose the tenant's index for it and scanned the tenant's deliveries once per orphan
+(``tests/reliability/test_crash.py``'s seed: minutes for 17,000 rows). The function's settings (pinned
+``search_path``, no sequential scan, no JIT) are set again, since ``CREATE OR REPLACE`` drops them.
+Downgrade keeps this body: it answers as 0006's did.
 """
 
 from __future__ import annotations
@@ -43,9 +47,16 @@ BEGIN
     INSERT INTO {q}.mailglass_reconciliation_queue
         (event_id, tenant_id, orphan_inserted_at, provider, provider_message_id, linkable_at)
     SELECT n.id, n.tenant_id, {inserted_at}, x.provider, x.provider_message_id,
-           CASE WHEN x.provider IS NOT NULL AND x.provider_message_id IS NOT NULL
-                 AND EXISTS (SELECT 1 FROM {q}.mailglass_reconciliation_delivery(
-                                 n.tenant_id, x.provider, x.provider_message_id))
+           CASE WHEN x.provider IS NOT NULL AND x.provider_message_id IS NOT NULL AND (
+                     EXISTS (SELECT 1 FROM {q}.mailglass_deliveries d WHERE d.provider = x.provider
+                              AND d.provider_message_id = x.provider_message_id AND d.tenant_id = n.tenant_id)
+                     OR (x.provider = 'sendgrid' AND (
+                         EXISTS (SELECT 1 FROM {q}.mailglass_deliveries d WHERE d.provider = x.provider
+                                  AND d.provider_message_id = split_part(x.provider_message_id, '.filter', 1)
+                                  AND d.tenant_id = n.tenant_id)
+                         OR EXISTS (SELECT 1 FROM {q}.mailglass_deliveries d WHERE d.provider = x.provider
+                                     AND d.provider_message_id = split_part(x.provider_message_id, '.', 1)
+                                     AND d.tenant_id = n.tenant_id))))
                 THEN now() END
       FROM new_events n
      CROSS JOIN LATERAL (
