@@ -2,7 +2,8 @@
 
 A large batch (one transaction of ~17k orphans) is swept by the real
 ``mailglass reconcile`` process. Once its transaction has written (its
-``reconciled`` events are in and it has moved on to the projections), the
+``reconciled`` events are in and it waits to lock the deliveries it linked,
+one of which the test holds, so the moment does not depend on the sweep's speed), the
 process is killed with SIGKILL, or its backend is terminated with
 ``pg_terminate_backend``. Then: the ledger holds 0 or all of the batch's
 ``reconciled`` events, the queue and projections agree with that, the next
@@ -19,6 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +41,13 @@ TENANT = "crash"
 N = int(os.environ.get("MAILGLASS_CRASH_ROWS", "15000"))
 BATCH = N + N // 7 + 500  # every orphan in one batch, one transaction
 #: Statements the sweep runs after its INSERT of reconciled events.
-AFTER_INSERT = ("mailglass_deliveries WHERE id = ANY", "UPDATE mailglass_deliveries", "pg_notify", "parked_at")
+AFTER_INSERT = (
+    "FOR NO KEY UPDATE",
+    "mailglass_deliveries WHERE id = ANY",
+    "UPDATE mailglass_deliveries",
+    "pg_notify",
+    "parked_at",
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,31 @@ def _backend(admin_engine: Engine, database: str) -> Any:
         ).first()
 
 
+@contextmanager
+def _holding_a_delivery(url: str) -> Iterator[None]:
+    """Hold the tenant's last delivery (by id) locked: the sweep, having written, waits to lock it.
+
+    NO KEY UPDATE, the sweep's own lock: a stronger one would also stop the write's reconciled events,
+    whose foreign key takes KEY SHARE on the delivery, before anything is written.
+
+    The sweep locks the deliveries it linked in id order right after its write statement, so it stops
+    there, its transaction open and written, until this lock goes: a deterministic moment to kill it,
+    however fast the sweep is.
+    """
+    # Its own application_name: the test looks for the sweep's backend by the product's name.
+    holder = create_engine(url, connect_args={"application_name": "crash-test-holder"})
+    try:
+        with holder.connect() as conn:
+            last = "SELECT id FROM mailglass_deliveries WHERE tenant_id = :t ORDER BY id DESC LIMIT 1"
+            conn.execute(sa.text(last + " FOR NO KEY UPDATE"), {"t": TENANT})
+            try:
+                yield
+            finally:
+                conn.rollback()
+    finally:
+        holder.dispose()
+
+
 def _wait_until_written(admin_engine: Engine, database: str, proc: subprocess.Popen[str]) -> int:
     """The sweep's backend pid once its transaction has inserted the batch and moved past it."""
     deadline = time.monotonic() + 120
@@ -112,7 +145,7 @@ def _wait_until_written(admin_engine: Engine, database: str, proc: subprocess.Po
         if row is not None and row.wrote and any(marker in row.query for marker in AFTER_INSERT):
             return int(row.pid)
         if proc.poll() is not None:
-            pytest.fail(f"sweep finished before it could be interrupted: {proc.stdout.read() if proc.stdout else ''}")
+            pytest.fail(f"sweep finished before it could be interrupted: {proc.communicate()}")
         time.sleep(0.005)
     pytest.fail("sweep never reached its projection step")
 
@@ -152,10 +185,11 @@ def _finish_and_compare(url: str, engine: Engine, expected: Any, already: int) -
 
 def test_kill_9_mid_sweep_keeps_all_or_nothing(crash_db: Any, admin_engine: Engine, expected: Any) -> None:
     name, url, engine = crash_db
-    proc = _start_sweep(url)
-    pid = _wait_until_written(admin_engine, name, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    with _holding_a_delivery(url):
+        proc = _start_sweep(url)
+        pid = _wait_until_written(admin_engine, name, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     _wait_backend_gone(admin_engine, pid)
     already = _assert_all_or_nothing(engine)
@@ -166,10 +200,11 @@ def test_pg_terminate_backend_mid_sweep_keeps_all_or_nothing(
     crash_db: Any, admin_engine: Engine, expected: Any
 ) -> None:
     name, url, engine = crash_db
-    proc = _start_sweep(url)
-    pid = _wait_until_written(admin_engine, name, proc)
-    with admin_engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    with _holding_a_delivery(url):
+        proc = _start_sweep(url)
+        pid = _wait_until_written(admin_engine, name, proc)
+        with admin_engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
     assert out == ""
