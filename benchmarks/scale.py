@@ -58,8 +58,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from benchmarks import datasets, scratch
 from mailglass_pipeline import schema
-from mailglass_pipeline.dagster_support.private import execute_graphql
 from mailglass_pipeline.settings import BACKOFF_CAP_MINUTES, BACKOFF_MINUTES
+from tests.dagster_private import execute_graphql
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -363,7 +363,7 @@ def run_phase(admin_url: str, phase: Phase, workdir: Path) -> Phase:
     from dagster_graphql import DagsterGraphQLClient
 
     from mailglass_pipeline.dagster_support.pool import POOL_HELD_MESSAGE
-    from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
+    from tests.dagster_private import InstigatorType, TickStatus
 
     groups = Groups.of(phase.tenants)
     stack = Stack(admin_url, workdir)

@@ -1,5 +1,6 @@
 """Layering: the core runs without Dagster (decision D12 in docs/decisions.md); the Dagster layer's private
-imports have one home and its modules import each other without a circle."""
+imports have one home in the package and one in tests/ (which does not ship), and its modules import each
+other without a circle."""
 
 from __future__ import annotations
 
@@ -65,8 +66,10 @@ def _imported_modules(path: Path) -> list[str]:
 
 
 PRIVATE = SUPPORT / "private.py"
-#: The module, its pins, and this test (which names them to find them).
-PRIVATE_HOMES = {PRIVATE, REPO / "tests" / "dagster_support" / "test_private_dagster.py", Path(__file__).resolve()}
+#: The tests' and benchmarks' own non-public Dagster names: never shipped, never imported by the package.
+TEST_PRIVATE = REPO / "tests" / "dagster_private.py"
+#: The pins and this test name private Dagster names to check them.
+CHECKERS = {REPO / "tests" / "dagster_support" / "test_private_dagster.py", Path(__file__).resolve()}
 
 
 def _python_files() -> list[Path]:
@@ -77,25 +80,29 @@ def _python_files() -> list[Path]:
     ]
 
 
-def test_only_the_private_module_imports_private_dagster_names() -> None:
+def _private_home(path: Path) -> Path:
+    """Where ``path`` must take a non-public Dagster name from: the package from ``private``, the rest from
+    tests/dagster_private.py."""
+    return PRIVATE if path.is_relative_to(PACKAGE) else TEST_PRIVATE
+
+
+def test_only_the_private_modules_import_private_dagster_names() -> None:
     offenders = [
-        f"{path.relative_to(REPO)}: {name}"
+        f"{path.relative_to(REPO)}: {name} (import it through {_private_home(path).relative_to(REPO)})"
         for path in _python_files()
-        if path not in PRIVATE_HOMES
+        if path not in {PRIVATE, TEST_PRIVATE, *CHECKERS}
         for name in _imported_modules(path)
         if name.startswith("dagster._")
     ]
-    assert offenders == [], "import dagster._* through mailglass_pipeline.dagster_support.private:\n" + "\n".join(
-        offenders
-    )
+    assert offenders == [], "\n".join(offenders)
 
 
 def _non_public_dagster_attributes() -> set[str]:
-    """``private.NON_PUBLIC_ATTRIBUTES`` and every ``_name`` of the Dagster classes the project holds objects of."""
+    """``NON_PUBLIC_ATTRIBUTES`` and every ``_name`` of the Dagster classes the project holds objects of."""
     from dagster import DagsterInstance, DagsterRun, OpExecutionContext
     from dagster_graphql import DagsterGraphQLClient
 
-    from mailglass_pipeline.dagster_support.private import NON_PUBLIC_ATTRIBUTES
+    from tests.dagster_private import NON_PUBLIC_ATTRIBUTES
 
     underscored = {
         name
@@ -106,34 +113,62 @@ def _non_public_dagster_attributes() -> set[str]:
     return {*NON_PUBLIC_ATTRIBUTES, *underscored}
 
 
-def test_only_the_private_module_calls_non_public_dagster_methods() -> None:
-    """``client._execute(...)``, ``instance.add_run_tags(...)``, ``run.run_op_concurrency``: only in ``private``."""
+def test_only_the_private_modules_call_non_public_dagster_methods() -> None:
+    """``client._execute(...)``, ``instance.add_run_tags(...)``, ``run.run_op_concurrency``: the package calls
+    them in ``private`` only, the tests and benchmarks in tests/dagster_private.py only."""
     names = _non_public_dagster_attributes()
     offenders = [
-        f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}"
+        f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr} (call it in {_private_home(path).relative_to(REPO)})"
         for path in _python_files()
-        if path not in PRIVATE_HOMES
+        if path not in {PRIVATE, TEST_PRIVATE, *CHECKERS}
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
         if isinstance(node, ast.Attribute)
         and node.attr in names
         and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
     ]
-    assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+    assert offenders == [], "\n".join(offenders)
 
 
 def test_the_package_calls_the_non_public_methods_tests_use_only_through_private() -> None:
     """``resolve_job_def``, ``get_asset_materialization_events``, ``get_repository_def``: Dagster's testing idiom,
     called directly by tests and benchmarks; the package calls them through ``private`` only."""
-    from mailglass_pipeline.dagster_support.private import NON_PUBLIC_ATTRIBUTES_TESTS_CALL
+    from tests.dagster_private import NON_PUBLIC_ATTRIBUTES_TESTS_CALL
 
     offenders = [
         f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path not in PRIVATE_HOMES
+        if path != PRIVATE
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
         if isinstance(node, ast.Attribute) and node.attr in NON_PUBLIC_ATTRIBUTES_TESTS_CALL
     ]
     assert offenders == [], "call it through mailglass_pipeline.dagster_support.private:\n" + "\n".join(offenders)
+
+
+def test_nothing_test_only_ships_in_private() -> None:
+    """Each name ``private`` exports is used by the package (another module, or another function of
+    ``private``): a name only tests or benchmarks use belongs in tests/dagster_private.py."""
+    from mailglass_pipeline.dagster_support import private
+
+    used: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                used.add(node.id)
+            elif path != PRIVATE and isinstance(node, ast.alias):
+                used.add(node.asname or node.name)
+            elif path != PRIVATE and isinstance(node, ast.Attribute):
+                used.add(node.attr)
+    assert sorted(set(private.__all__) - used) == []
+
+
+def test_the_package_imports_no_test_or_benchmark_module() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for name in _imported_modules(path)
+        if name.split(".")[0] in ("tests", "benchmarks")
+    ]
+    assert offenders == []
 
 
 def test_the_package_calls_only_public_dagster_instance_methods() -> None:
@@ -152,7 +187,7 @@ def test_the_package_calls_only_public_dagster_instance_methods() -> None:
     offenders = [
         f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path not in PRIVATE_HOMES
+        if path != PRIVATE
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
         if isinstance(node, ast.Attribute) and node.attr in non_public and "instance" in ast.unparse(node.value).lower()
     ]

@@ -4,7 +4,7 @@
 sensors, checks), grouped by feature. What more than one feature needs lives here:
 
 * ``private``: every non-public Dagster name (a ``dagster._*`` import or a non-public
-  method) the package, tests and benchmarks use, each pinned by a test
+  method) the package uses (the tests' own are in tests/dagster_private.py), each pinned by a test
   (tests/dagster_support/test_private_dagster.py) so a Dagster upgrade that
   changes one fails a test instead of a production run;
 * ``database``: the retry policy and the one-line failure for an unreachable database;

@@ -1,10 +1,11 @@
-"""Every non-public Dagster name the project uses, imported or called, in one place.
+"""Every non-public Dagster name the package uses, imported or called, in one place.
 
 Dagster 1.13 offers no public API for these; each is pinned by
 tests/dagster_support/test_private_dagster.py, so an upgrade that renames or
-changes one fails there first. No other module imports ``dagster._`` or calls a
-name in ``NON_PUBLIC_ATTRIBUTES`` (tests/test_layering.py checks the package,
-tests and benchmarks).
+changes one fails there first. No other module of the package imports ``dagster._``
+or calls a non-public Dagster method (tests/test_layering.py). Only what the package
+itself uses is here: what only tests and benchmarks need is in tests/dagster_private.py,
+which does not ship (decision D12).
 
 Used by the code location and ``mailglass dev``/``run``:
 
@@ -13,14 +14,14 @@ Used by the code location and ``mailglass dev``/``run``:
   ``DagsterEventBatchMetadata``: Dagster's own path for a partition-range output).
 * ``delete_check_executions``: ``DagsterInstance.delete_run`` leaves the
   ``asset_check_executions`` rows of a run behind; no public API deletes them.
-* ``run_pools``, ``add_run_tags``, ``pool_limits``, ``ensure_default_pool_limit``: a run's
-  concurrency pools, tags added to a started run, the instance's pool limits.
+* ``run_pools``, ``add_run_tags``, ``ensure_default_pool_limit``: a run's concurrency pools, tags
+  added to a started run, the instance's default pool limit.
 * ``latest_materialization_ids_by_partition``: the retention job keeps each partition's latest.
 * ``job_by_name``, ``materialization_metadata``, ``job_names``, ``config_schema``: a definitions'
   job with its asset jobs resolved, an in-process run's one materialization, every job of a code
   location, a pythonic ``Config`` class as a ``config_mapping``'s schema (methods not marked
   ``@public``; the tests and benchmarks call the first two directly, see
-  ``NON_PUBLIC_ATTRIBUTES_TESTS_CALL``).
+  ``NON_PUBLIC_ATTRIBUTES_TESTS_CALL`` in tests/dagster_private.py).
 * ``DAEMON_MODULE``: ``mailglass dev`` starts the daemon as ``python -m dagster._daemon`` where its
   ``dagster-daemon`` script is not beside the interpreter.
 * ``target_materializations_of_run``: the materializations a check evaluation logged by the sweep
@@ -28,10 +29,6 @@ Used by the code location and ``mailglass dev``/``run``:
 * ``check_partition_infos``, ``partitions_with_check_in_flight``: a partitioned check's latest
   execution per partition, as the UI's status reads it (``get_asset_check_partition_info``), and the
   partitions whose check another run planned and has not finished (decision D31).
-
-Used only by tests and benchmarks (Dagster's names, re-exported; no test code of ours ships):
-``execute_graphql`` (a raw GraphQL query through ``DagsterGraphQLClient``), the run and origin
-builders the daemon and webserver use, the tick enums and the instance-config validators.
 """
 
 from __future__ import annotations
@@ -56,26 +53,12 @@ from dagster import (
     OpExecutionContext,
     RunsFilter,
 )
-from dagster._config import validate_config
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
-from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
-from dagster._core.instance.config import dagster_instance_config
-from dagster._core.remote_origin import (
-    GrpcServerCodeLocationOrigin,
-    RegisteredCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
-from dagster._core.test_utils import create_run_for_test
-from dagster._daemon import controller as daemon_controller
-from dagster._grpc import server as grpc_server
-from dagster._serdes.config_class import class_from_code_pointer
 
 #: What a check evaluation names as the materialization it checked (not exported by Dagster).
 MaterializationTarget = AssetCheckEvaluationTargetMaterializationData
@@ -84,56 +67,22 @@ __all__ = [
     "DAEMON_MODULE",
     "EVENT_BATCH_SIZE",
     "EVENT_BATCH_SIZE_ENV",
-    "NON_PUBLIC_ATTRIBUTES",
-    "NON_PUBLIC_ATTRIBUTES_TESTS_CALL",
-    "GrpcServerCodeLocationOrigin",
-    "InstigatorType",
     "MaterializationTarget",
-    "RegisteredCodeLocationOrigin",
-    "RemoteJobOrigin",
-    "RemoteRepositoryOrigin",
-    "TickStatus",
     "add_run_tags",
     "check_partition_infos",
-    "class_from_code_pointer",
     "config_schema",
-    "create_run_for_test",
-    "daemon_controller",
-    "dagster_instance_config",
     "delete_check_executions",
     "ensure_default_pool_limit",
     "event_batching",
-    "execute_graphql",
-    "grpc_server",
     "job_by_name",
     "job_names",
     "latest_materialization_ids_by_partition",
     "log_materializations_in_batches",
     "materialization_metadata",
     "partitions_with_check_in_flight",
-    "pool_limits",
     "run_pools",
     "target_materializations_of_run",
-    "validate_config",
 ]
-
-#: Non-public Dagster methods and attributes called below; nothing else calls them (tests/test_layering.py).
-NON_PUBLIC_ATTRIBUTES = (
-    "_execute",
-    "add_run_tags",
-    "get_asset_check_partition_info",
-    "get_pool_limits",
-    "get_step_execution_context",
-    "get_latest_storage_id_by_partition",
-    "global_op_concurrency_default_limit",
-    "index_connection",
-    "initialize_concurrency_limit_to_default",
-    "run_op_concurrency",
-    "to_config_schema",
-)
-#: Non-public methods the package calls only below, which the tests and benchmarks also call directly
-#: (``defs.resolve_job_def(...)``, ``result.get_asset_materialization_events()``: Dagster's own testing idiom).
-NON_PUBLIC_ATTRIBUTES_TESTS_CALL = ("resolve_job_def", "get_asset_materialization_events", "get_repository_def")
 
 #: ``python -m`` target of the daemon (its ``dagster-daemon`` script runs this module's ``main``).
 DAEMON_MODULE = "dagster._daemon"
@@ -199,11 +148,6 @@ def run_pools(run: DagsterRun) -> frozenset[str]:
 def add_run_tags(instance: DagsterInstance, run_id: str, tags: dict[str, str]) -> None:
     """Add ``tags`` to a run that already exists (its launcher did not set them)."""
     instance.add_run_tags(run_id, tags)
-
-
-def pool_limits(instance: DagsterInstance) -> dict[str, int | None]:
-    """Each pool the instance knows, with its limit."""
-    return {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
 
 
 def ensure_default_pool_limit(home: Path, pool: str) -> int | None:
@@ -273,11 +217,6 @@ def partitions_with_check_in_flight(instance: DagsterInstance, key: AssetCheckKe
     runs = instance.get_runs(RunsFilter(run_ids=sorted(set(planned.values()))))
     unfinished = {run.run_id for run in runs if not run.is_finished}
     return {partition for partition, run_id in planned.items() if run_id in unfinished}
-
-
-def execute_graphql(client: Any, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run a GraphQL ``query`` through a ``DagsterGraphQLClient`` (tests and benchmarks: no public method does)."""
-    return client._execute(query, variables)
 
 
 def job_by_name(definitions: Definitions, name: str) -> JobDefinition:

@@ -37,8 +37,8 @@ def test_output_to_a_file_has_no_colour_codes(tmp_path: Path) -> None:
 
 
 def test_the_daemons_code_servers_do_not_log_their_recycling(tmp_path: Path) -> None:
-    from mailglass_pipeline.dagster_support.private import daemon_controller as controller
-    from mailglass_pipeline.dagster_support.private import grpc_server as server
+    from tests.dagster_private import daemon_controller as controller
+    from tests.dagster_private import grpc_server as server
 
     _, daemon = dev.dev_commands(REPO, "127.0.0.1", 3000)
     assert daemon[daemon.index("--code-server-log-level") + 1] == "error"

@@ -1,4 +1,5 @@
-"""Pins: each private Dagster behaviour that ``mailglass_pipeline.dagster_support`` relies on.
+"""Pins: each private Dagster behaviour that ``mailglass_pipeline.dagster_support.private`` and
+tests/dagster_private.py (the tests' and benchmarks' own) rely on.
 
 A Dagster upgrade that renames or changes one of them fails here, naming what to revisit,
 instead of failing a production run. In-memory/SQLite instances: these are Dagster's own
@@ -27,7 +28,8 @@ from dagster import (
 )
 
 from mailglass_pipeline.dagster_support import private
-from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
+from tests import dagster_private
+from tests.dagster_private import InstigatorType, TickStatus
 
 TARGET = AssetKey(["pin", "target"])
 PARTS = DynamicPartitionsDefinition(name="pin_parts")
@@ -133,7 +135,7 @@ def test_every_non_public_attribute_still_exists() -> None:
         Definitions,
         ExecuteInProcessResult,
     )
-    names = (*private.NON_PUBLIC_ATTRIBUTES, *private.NON_PUBLIC_ATTRIBUTES_TESTS_CALL)
+    names = (*dagster_private.NON_PUBLIC_ATTRIBUTES, *dagster_private.NON_PUBLIC_ATTRIBUTES_TESTS_CALL)
     missing = [name for name in names if not any(hasattr(c, name) for c in owners)]
     assert missing == []
 
@@ -170,7 +172,7 @@ def test_ensure_default_pool_limit_writes_the_default_once_and_keeps_a_manual_li
     from dagster import DagsterInstance
 
     with DagsterInstance.from_config(str(tmp_path)) as instance:
-        assert private.pool_limits(instance)["pin_pool"] == 1
+        assert dagster_private.pool_limits(instance)["pin_pool"] == 1
         instance.event_log_storage.set_concurrency_slots("pin_pool", 3)
     assert private.ensure_default_pool_limit(tmp_path, "pin_pool") == 3  # set by hand: kept
 

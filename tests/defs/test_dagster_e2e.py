@@ -25,7 +25,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
-from mailglass_pipeline.dagster_support.private import execute_graphql, pool_limits
+from tests.dagster_private import execute_graphql, pool_limits
 from tests.defs.check_history import check_history, shown_by_dagster
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import mailglass_dev, wait_until

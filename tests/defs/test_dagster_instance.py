@@ -10,8 +10,8 @@ from dagster import AssetKey, DagsterInstance, DynamicPartitionsDefinition
 from sqlalchemy.engine import make_url
 
 from mailglass_pipeline.dagster_devtools.dev import psycopg2_url
-from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus
 from mailglass_pipeline.definitions import defs
+from tests.dagster_private import InstigatorType, TickStatus
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,18 +14,18 @@ from dagster import (
 )
 
 from mailglass_pipeline import ledger
-from mailglass_pipeline.dagster_support.private import (
-    RegisteredCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-    create_run_for_test,
-)
 from mailglass_pipeline.definitions import defs
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.scheduled_sweep.schedules import reconcile_every_minute
 from mailglass_pipeline.defs.tenant_reconciliation.partitions import is_valid_tenant_key
 from mailglass_pipeline.defs.tenant_reconciliation.sensors import tenant_partitions
 from mailglass_pipeline.reconciliation.sweep import reconcile
+from tests.dagster_private import (
+    RegisteredCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+    create_run_for_test,
+)
 from tests.factories import make_delivery, make_orphan
 
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from mailglass_pipeline.dagster_support.private import (
+from tests.dagster_private import (
     class_from_code_pointer,
     dagster_instance_config,
     validate_config,

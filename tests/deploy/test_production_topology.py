@@ -47,8 +47,8 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import Engine, make_url
 
-from mailglass_pipeline.dagster_support.private import execute_graphql
 from mailglass_pipeline.db import create_engine
+from tests.dagster_private import execute_graphql
 from tests.factories import make_delivery, make_orphan
 from tests.processes import free_port, wait_until
 

@@ -383,7 +383,7 @@ def check_partition_statuses(port: int, check_name: str) -> dict[str, list[str]]
     """A check's partition keys by status: the query behind the asset page's Checks and Partitions tabs."""
     from dagster_graphql import DagsterGraphQLClient
 
-    from mailglass_pipeline.dagster_support.private import execute_graphql
+    from tests.dagster_private import execute_graphql
 
     client = DagsterGraphQLClient("127.0.0.1", port_number=port)
     data = execute_graphql(client, CHECK_STATUSES, {"assetKey": {"path": ["mailglass", "webhook_reconciliation"]}})

@@ -51,7 +51,7 @@ query Latest($assetKey: AssetKeyInput!) {
 def _graphql(port: int, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     from dagster_graphql import DagsterGraphQLClient
 
-    from mailglass_pipeline.dagster_support.private import execute_graphql
+    from tests.dagster_private import execute_graphql
 
     return execute_graphql(DagsterGraphQLClient("127.0.0.1", port_number=port), query, variables)
 

@@ -16,17 +16,13 @@ import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline.dagster_support.private import (
-    GrpcServerCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-    latest_materialization_ids_by_partition,
-)
+from mailglass_pipeline.dagster_support.private import latest_materialization_ids_by_partition
 from mailglass_pipeline.definitions import build_definitions
 from mailglass_pipeline.defs.resources import MailglassDatabase
 from mailglass_pipeline.defs.retention.jobs import PRUNE_JOB_NAME
 from mailglass_pipeline.reconciliation.sweep import sweep
 from mailglass_pipeline.settings import SweepConfig
+from tests.dagster_private import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from tests.factories import fetch, make_delivery, make_orphan
 
 KEY = AssetKey(["mailglass", "webhook_reconciliation"])

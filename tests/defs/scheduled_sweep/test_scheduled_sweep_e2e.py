@@ -35,7 +35,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 
-from mailglass_pipeline.dagster_support.private import InstigatorType, TickStatus, execute_graphql
+from tests.dagster_private import InstigatorType, TickStatus, execute_graphql
 from tests.factories import fetch, make_delivery, make_orphan
 from tests.processes import log_tail, mailglass_dev, wait_until, webserver_up
 
