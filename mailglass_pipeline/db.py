@@ -78,12 +78,12 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def session_options(schema: str | None = None) -> str:
+def session_options() -> str:
     """libpq ``options``: UTC and the Mailglass schema for every session, whatever the client environment.
 
     The schema is quoted: a prefix keeps its case (a name of ``db_schema``'s rule holds no space to escape).
     """
-    return f"-c TimeZone=UTC -c search_path={quote_ident(schema or db_schema())}"
+    return f"-c TimeZone=UTC -c search_path={quote_ident(db_schema())}"
 
 
 class _UtcTimestampLoader(TimestampLoader):

@@ -164,12 +164,12 @@ def _seed_tenant(conn: Connection, tenant: str, now: datetime) -> dict[str, int]
     return counts
 
 
-def seed(engine: Engine, tenants: tuple[str, ...] = TENANTS) -> dict[str, Any]:
+def seed(engine: Engine) -> dict[str, Any]:
     """Seed the demo tenants in one transaction; returns what was made per tenant."""
     now = datetime.now(UTC)
 
     def work(conn: Connection) -> dict[str, Any]:
-        made = {tenant: _seed_tenant(conn, tenant, now) for tenant in tenants}
+        made = {tenant: _seed_tenant(conn, tenant, now) for tenant in TENANTS}
         return {
             "tenants": made,
             "expected_first_sweep_per_tenant": {
@@ -197,16 +197,13 @@ LATE_PER_TENANT = 6
 
 def late(
     engine: Engine,
-    tenants: tuple[str, ...] = TENANTS,
     *,
-    per_tenant: int = LATE_PER_TENANT,
     waves: Sequence[float] = LATE_WAVES,
     say: Callable[[str], None] = lambda _line: None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Webhooks now, their deliveries ``waves`` seconds later (split evenly); returns what was made."""
-    if not waves or any(w < 0 for w in waves) or per_tenant < 1:
-        raise ValueError("late: waves must be non-negative seconds and per_tenant >= 1")
+    if not waves or any(w < 0 for w in waves):
+        raise ValueError("late: waves must be non-negative seconds")
     batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     started = time.monotonic()
     now = datetime.now(UTC) - timedelta(seconds=2)  # the provider's event time: received (stored) now
@@ -214,8 +211,8 @@ def late(
 
     def arrive(conn: Connection) -> int:
         orphans = 0
-        for tenant in tenants:
-            for n in range(per_tenant):
+        for tenant in TENANTS:
+            for n in range(LATE_PER_TENANT):
                 provider = PROVIDERS[n % len(PROVIDERS)]
                 mid = f"{provider}-{tenant}-late-{batch}-{n:02d}"
                 result = _webhook(conn, tenant, provider, mid, RACE_TYPES[n % len(RACE_TYPES)], now, 400 + n)
@@ -224,13 +221,13 @@ def late(
         return orphans
 
     orphans = run_transaction(engine, arrive)
-    say(f"{orphans} webhook(s) arrived before their deliveries ({len(tenants)} tenant(s)); deliveries follow "
+    say(f"{orphans} webhook(s) arrived before their deliveries ({len(TENANTS)} tenant(s)); deliveries follow "
         f"in {len(waves)} wave(s) at {', '.join(f'+{w:g} s' for w in waves)}")  # fmt: skip
     committed: list[int] = []
     order = sorted(waves)
     for i, delay in enumerate(order):
         share = pending[i * len(pending) // len(order) : (i + 1) * len(pending) // len(order)]
-        sleep(max(0.0, delay - (time.monotonic() - started)))
+        time.sleep(max(0.0, delay - (time.monotonic() - started)))
         at = datetime.now(UTC)
 
         def commit(conn: Connection, share: list[tuple[str, str, str, int]] = share, at: datetime = at) -> int:

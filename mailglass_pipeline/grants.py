@@ -57,9 +57,9 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def render_grants(role: str, schema: str | None = None, *, service: str = "reconciler") -> str:
+def render_grants(role: str, *, service: str = "reconciler") -> str:
     """``service``'s grants file with ``role`` and the schema (``MAILGLASS_DB_SCHEMA``) as quoted identifiers."""
-    quoted_schema = quote_identifier(schema or db_schema())
+    quoted_schema = quote_identifier(db_schema())
     return (
         grants_sql(service).replace(SCHEMA_PLACEHOLDER, quoted_schema).replace(ROLE_PLACEHOLDER, quote_identifier(role))
     )

@@ -334,11 +334,6 @@ def explain(
 # -- retention of parked rows ----------------------------------------------------------------------------
 
 
-def parked_retention_days() -> int:
-    """``MAILGLASS_PARKED_RETENTION_DAYS`` (default 30): days a parked queue row is kept."""
-    return settings.PARKED_RETENTION_DAYS.read()
-
-
 def prune_parked(
     engine: Engine,
     retention_days: int | None = None,
@@ -353,7 +348,11 @@ def prune_parked(
     sweep skipped), so a first run over a year of parked rows never holds locks for long; it
     stops after ``max_rows`` and the next run continues. The ledger is never touched.
     """
-    days = parked_retention_days() if retention_days is None else settings.PARKED_RETENTION_DAYS.check(retention_days)
+    days = (
+        settings.PARKED_RETENTION_DAYS.read()
+        if retention_days is None
+        else settings.PARKED_RETENTION_DAYS.check(retention_days)
+    )
     if batch_size < 1 or max_rows < 1:
         raise ConfigurationError("batch_size and max_rows must be >= 1")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)

@@ -48,7 +48,7 @@ def older_pool_runs(context: OpExecutionContext) -> list[str]:
     return older
 
 
-def wait_for_pool_turn(context: OpExecutionContext, timeout: float = POOL_WAIT_TIMEOUT_SECONDS) -> float:
+def wait_for_pool_turn(context: OpExecutionContext) -> float:
     """Wait until no run that started earlier still holds ``RECONCILE_POOL``; return the seconds waited.
 
     The run queue already keeps two pool runs apart (run granularity, limit 1), so
@@ -59,7 +59,7 @@ def wait_for_pool_turn(context: OpExecutionContext, timeout: float = POOL_WAIT_T
     which both read from the same run storage, lets exactly one sweep first: a run
     that started later sees the earlier one as started and waits; the earlier one
     sees the later one either not yet started or started after it. A run that
-    waits longer than ``timeout`` fails and names the run it waited for (a crashed
+    waits longer than ``POOL_WAIT_TIMEOUT_SECONDS`` fails and names the run it waited for (a crashed
     worker's run is failed by run monitoring, which frees the pool).
     """
     started = time.monotonic()
@@ -73,10 +73,10 @@ def wait_for_pool_turn(context: OpExecutionContext, timeout: float = POOL_WAIT_T
         if not announced:
             context.log.info(f"waiting for run(s) {older} holding pool {RECONCILE_POOL} to finish")
             announced = True
-        if time.monotonic() - started > timeout:
+        if time.monotonic() - started > POOL_WAIT_TIMEOUT_SECONDS:
             raise Failure(
                 description=(
-                    f"waited {timeout:.0f} s for run(s) {older} holding pool {RECONCILE_POOL}; "
+                    f"waited {POOL_WAIT_TIMEOUT_SECONDS:.0f} s for run(s) {older} holding pool {RECONCILE_POOL}; "
                     "terminate or fail them in the UI (Runs) and launch again"
                 ),
                 allow_retries=False,

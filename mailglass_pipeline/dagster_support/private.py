@@ -94,12 +94,12 @@ EVENT_BATCH_SIZE = 1000
 
 
 @contextmanager
-def event_batching(size: int = EVENT_BATCH_SIZE) -> Iterator[None]:
+def event_batching() -> Iterator[None]:
     """Turn on Dagster's batched event writes for this block unless the environment already chose a size."""
     if os.environ.get(EVENT_BATCH_SIZE_ENV):
         yield
         return
-    os.environ[EVENT_BATCH_SIZE_ENV] = str(size)
+    os.environ[EVENT_BATCH_SIZE_ENV] = str(EVENT_BATCH_SIZE)
     try:
         yield
     finally:

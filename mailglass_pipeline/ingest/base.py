@@ -194,15 +194,15 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``value`` nests containers deeper than ``limit`` (iterative: no recursion to exhaust)."""
+def json_depth_exceeds(value: Any) -> bool:
+    """Whether ``value`` nests containers deeper than :data:`MAX_JSON_DEPTH` (iterative: no recursion to exhaust)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         children = node.values() if isinstance(node, dict) else node
         for child in children:
             if isinstance(child, (dict, list)):
-                if depth + 1 > limit:
+                if depth + 1 > MAX_JSON_DEPTH:
                     return True
                 stack.append((child, depth + 1))
     return False

@@ -110,7 +110,7 @@ class SampleKeys:
     sns_signature_version: str = "2"
 
 
-def generate_keys(sns_cert_dir: Path, *, sns_cert_url: str = SNS_CERT_URL) -> tuple[SampleKeys, IngestSettings]:
+def generate_keys(sns_cert_dir: Path) -> tuple[SampleKeys, IngestSettings]:
     """Fresh keys for every provider; the SNS certificate is saved where ``MAILGLASS_SNS_CERT_DIR`` finds it."""
     sendgrid_key = ec.generate_private_key(ec.SECP256R1())
     sendgrid_public = sendgrid_key.public_key().public_bytes(
@@ -118,7 +118,7 @@ def generate_keys(sns_cert_dir: Path, *, sns_cert_url: str = SNS_CERT_URL) -> tu
     )
     sns_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     certificate = self_signed_certificate(sns_key)
-    host, name = ses.cert_location(sns_cert_url)
+    host, name = ses.cert_location(SNS_CERT_URL)
     target = Path(sns_cert_dir) / host / name
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
@@ -128,7 +128,6 @@ def generate_keys(sns_cert_dir: Path, *, sns_cert_url: str = SNS_CERT_URL) -> tu
         mailgun_signing_key=f"key-{secrets.token_hex(16)}",
         resend_webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii"),
         sns_private_key=sns_key,
-        sns_cert_url=sns_cert_url,
     )
     settings = IngestSettings(
         postmark_auth=keys.postmark_auth,
@@ -141,8 +140,8 @@ def generate_keys(sns_cert_dir: Path, *, sns_cert_url: str = SNS_CERT_URL) -> tu
     return keys, settings
 
 
-def self_signed_certificate(key: rsa.RSAPrivateKey, common_name: str = "sns.amazonaws.com") -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def self_signed_certificate(key: rsa.RSAPrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     start = datetime.now(UTC) - timedelta(days=1)
     return (
         x509.CertificateBuilder()

@@ -72,14 +72,6 @@ def reconciliation_lag(
     return LagSummary(int(row.n), float(row.longest) if row.longest is not None else None)
 
 
-def backlog(conn: Connection, tenant_id: str | None = None) -> dict[str, dict[str, int]]:
-    """Per tenant: pending orphans (``remaining_orphans``) and parked stale ones (``stale_orphans``)."""
-    return {
-        row.tenant_id: {"remaining_orphans": row.remaining_orphans, "stale_orphans": row.stale_orphans}
-        for row in _read(conn, "backlog", {"tenant_id": tenant_id})
-    }
-
-
 def known_tenants(conn: Connection) -> list[str]:
     """Every tenant with a delivery or a queued orphan."""
     return [row[0] for row in conn.execute(statement("known_tenants"))]

@@ -104,11 +104,10 @@ def prune_history(
     location_name: str | None = LOCATION_NAME,
     asset_keys: list[AssetKey] | None = None,
     exclude_run_ids: set[str] | None = None,
-    now: datetime | None = None,
     log=None,
 ) -> dict[str, int]:
     """Delete finished runs of ``job_names`` created before ``now - keep_days``; return the counts."""
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
+    cutoff = datetime.now(UTC) - timedelta(days=keep_days)
     protected = protected_run_ids(instance, asset_keys or [WEBHOOK_RECONCILIATION_KEY])
     skip = protected | (exclude_run_ids or set())
     deleted = examined = kept_latest = other_location = check_rows = 0

@@ -65,11 +65,10 @@ def evaluate_stale_checks(
     context: OpExecutionContext,
     engine: Engine,
     counts_by_tenant: Mapping[str, Mapping[str, int]],
-    limit: int | None = None,
 ) -> tuple[int, int, float]:
     """Evaluate ``no_stale_orphans`` for the tenants this run materialized: (evaluated, deferred, seconds)."""
     started = time.perf_counter()
-    tenants = evaluation_order(counts_by_tenant)[: MAX_CHECK_EVALUATIONS if limit is None else limit]
+    tenants = evaluation_order(counts_by_tenant)[:MAX_CHECK_EVALUATIONS]
     # Each evaluation names the materialization this run just stored for its partition (one read).
     targets = target_materializations_of_run(context.instance, context.run_id, WEBHOOK_RECONCILIATION_KEY)
     evaluated = 0

@@ -108,12 +108,12 @@ def tenant_of(context: OpExecutionContext) -> str:
     )
 
 
-def markdown_preview(batch: pd.DataFrame, rows: int = PREVIEW_ROWS) -> str:
+def markdown_preview(batch: pd.DataFrame) -> str:
     """A short markdown table of the batch, for the run's step metadata."""
     if batch.empty:
         return "_no orphans in this batch_"
     columns = [c for c in [*PREVIEW_COLUMNS, "delivery_id"] if c in batch.columns]
-    head = batch[columns].head(rows).astype(str)
+    head = batch[columns].head(PREVIEW_ROWS).astype(str)
     table = head.to_markdown(index=False)
     more = len(batch) - len(head)
     return table + (f"\n\n_... and {more} more_" if more > 0 else "")

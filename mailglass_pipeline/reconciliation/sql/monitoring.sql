@@ -32,16 +32,6 @@ SELECT
 FROM mailglass_reconciliation_linkable(:tenant_id, :grace_seconds, :max_age_minutes) AS l
 WHERE l.since < now() - make_interval(secs => :threshold_seconds);
 
--- name: backlog
--- Per tenant in scope: pending orphans and parked stale ones.
-SELECT
-    q.tenant_id,
-    count(*) FILTER (WHERE q.parked_at IS NULL) AS remaining_orphans,
-    count(*) FILTER (WHERE q.parked_reason = 'stale') AS stale_orphans
-FROM mailglass_reconciliation_queue AS q
-WHERE (CAST(:tenant_id AS text) IS NULL OR q.tenant_id = CAST(:tenant_id AS text))
-GROUP BY q.tenant_id;
-
 -- name: stale_orphans
 -- Orphans past max age still unreconciled (parked stale, or pending and aged out since the last
 -- sweep), and the age of the oldest.
