@@ -11,6 +11,10 @@ Roles as in production: the schema is created by ``mailglass migrate`` as the ow
 under the DefaultRunLauncher) connects as a fresh LOGIN role holding only those grants. The webserver
 and the daemon get no application database URL at all.
 
+The two crash runs are launched as the job's Launchpad launches them (the GraphQL mutation it sends),
+not by waiting for schedule ticks; the schedule is turned on at the end, and its next tick must sweep:
+one minute-tick wait instead of three, and the daemon's reconnection to the restarted server is shown.
+
 "In the middle of a run", deterministically: the test holds a row lock (``SELECT ... FOR UPDATE``)
 on the delivery that a due orphan links to. The run's append step locks that delivery to project it,
 so it waits (the core's lock_timeout is 5 s, and the op's retry policy retries 3 times, so the run
@@ -59,6 +63,7 @@ BIN = Path(sys.executable).parent
 LOCATION = "mailglass_pipeline"
 REPOSITORY = "__repository__"
 SCHEDULE = "reconcile_every_minute"
+SWEEP_JOB = "reconcile_due_tenants"
 MAX_RUNTIME_SECONDS = 40
 
 LAUNCH_BACKFILL = """
@@ -76,6 +81,15 @@ mutation Start($scheduleSelector: ScheduleSelector!) {
     __typename
     ... on ScheduleStateResult { scheduleState { status } }
     ... on PythonError { message }
+  }
+}
+"""
+LAUNCH_RUN = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
   }
 }
 """
@@ -277,6 +291,19 @@ def _location_loaded(client: DagsterGraphQLClient) -> bool:
     )
 
 
+def _launch_sweep(client: DagsterGraphQLClient) -> str:
+    """The job ``reconcile_due_tenants`` launched as its Launchpad does, with its default config."""
+    params = {
+        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "pipelineName": SWEEP_JOB},
+        "mode": "default",
+        "runConfigData": {},
+        "executionMetadata": {"tags": []},
+    }
+    launched = execute_graphql(client, LAUNCH_RUN, {"executionParams": params})["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
 def _hold_lock(owner: Engine, delivery_id: uuid.UUID) -> sa.Connection:
     conn = owner.connect()
     conn.begin()
@@ -319,24 +346,13 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 2, (log_dir / "daemon.log").read_text()[-3000:]
     assert _reconciled_per_orphan(owner) == {orphans["t1"]: 1, orphans["t2"]: 1}
 
-    # 2. The schedule on, over GraphQL; a due orphan whose delivery the test keeps locked.
+    # 2. A sweep launched from the job's Launchpad; a due orphan whose delivery the test keeps locked.
     orphans["t3"] = str(make_orphan(owner, tenant_id="t3", message_id="t3-m"))
     held = _hold_lock(owner, make_delivery(owner, tenant_id="t3", message_id="t3-m"))
-    started = execute_graphql(
-        client,
-        START_SCHEDULE,
-        {
-            "scheduleSelector": {
-                "repositoryLocationName": LOCATION,
-                "repositoryName": REPOSITORY,
-                "scheduleName": SCHEDULE,
-            }
-        },
-    )["startSchedule"]
-    assert started["__typename"] == "ScheduleStateResult", started
     try:
-        first = wait_until(
-            lambda: _blocked_run(instance, owner, topology), 100, "no run reached the locked row", log_dir
+        first = _launch_sweep(client)
+        wait_until(
+            lambda: _blocked_run(instance, owner, topology) == first, 100, "no run reached the locked row", log_dir
         )
         # The sweep's waiting backend is the least-privilege role: the run works with its grants only.
         assert _lock_waiters(owner, topology["database"], topology["role"]) >= 1
@@ -371,9 +387,10 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     orphans["t4"] = str(make_orphan(owner, tenant_id="t4", message_id="t4-m"))
     held = _hold_lock(owner, make_delivery(owner, tenant_id="t4", message_id="t4-m"))
     try:
-        second = wait_until(
-            lambda: (run_id := _blocked_run(instance, owner, topology)) != first and run_id, 100,
-            "no run reached the second locked row", log_dir,
+        second = _launch_sweep(client)
+        wait_until(
+            lambda: _blocked_run(instance, owner, topology) == second, 100, "no run reached the second locked row",
+            log_dir,
         )  # fmt: skip
         doomed = [p for p in _children(stack.code.pid) if "resource_tracker" not in _cmdline(p)]
         assert doomed
@@ -395,7 +412,20 @@ def test_production_topology_survives_code_server_kill(topology: dict) -> None:
     print(f"orphaned run failed by run monitoring {time.monotonic() - killed_at:.0f} s after the kill")
     assert orphans["t4"] not in _reconciled_per_orphan(owner)  # its transaction never committed
 
-    # 4. The daemon reconnected: a later tick launches a run that succeeds and links t4's orphan.
+    # 4. The schedule on, over GraphQL: the daemon reconnected, its next tick launches a run that links t4's orphan.
+    started = execute_graphql(
+        client,
+        START_SCHEDULE,
+        {
+            "scheduleSelector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": REPOSITORY,
+                "scheduleName": SCHEDULE,
+            }
+        },
+    )["startSchedule"]
+    assert started["__typename"] == "ScheduleStateResult", started
+
     def next_tick_run():
         runs = instance.get_runs(RunsFilter(tags={"dagster/schedule_name": SCHEDULE}))
         later = [r for r in runs if r.run_id not in (first, second)]
