@@ -68,12 +68,12 @@ def wait_for(predicate: Callable[[], Any], message: str, timeout: float = TIMEOU
 @pytest.fixture
 def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME."""
-    with _dev_after(tmp_path, "demo") as server:
+    with dev_after(tmp_path, "demo") as server:
         yield server
 
 
 @contextlib.contextmanager
-def _dev_after(
+def dev_after(
     tmp_path: Path,
     command: str,
     before_dev: Callable[[dict[str, str]], None] | None = None,

@@ -28,9 +28,9 @@ import pytest
 from tests.ui.test_browser import (
     CHROMEDRIVER,
     CHROMIUM,
-    _dev_after,
     button,
     check_partition_statuses,
+    dev_after,
     open_page,
     readme_screenshot,
     wait_for,
@@ -96,7 +96,7 @@ def _late_orphan(env: dict[str, str]) -> None:
 @pytest.fixture
 def quick_start_then_late_orphan(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """The README's quick start (`mailglass run`), a late orphan for acme, then `mailglass dev` (DEV_ENV)."""
-    with _dev_after(tmp_path, "run", before_dev=_late_orphan, dev_env=DEV_ENV) as server:
+    with dev_after(tmp_path, "run", before_dev=_late_orphan, dev_env=DEV_ENV) as server:
         yield server
 
 
