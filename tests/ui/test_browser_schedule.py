@@ -60,8 +60,8 @@ query Latest($assetKey: AssetKeyInput!) {
 """
 
 SWEEP_ASSET = {"path": ["mailglass", "reconciliation_sweep"]}
-# What the asset's Plots (Events -> Plots, and the Overview's) send: dagster-webserver's RecentAssetEventsQuery
-# with limit 100 and these two event types (ui-core AssetTimeMetadataPlots), only the fields read here.
+# What the asset's Plots (Overview -> Metadata -> Plots, and the asset graph's sidebar) send: the webapp's
+# RecentAssetEventsQuery, limit 100, these two event types (ui-core AssetTimeMetadataPlots); only fields read here.
 PLOTTED_EVENTS = """
 query Plotted($assetKey: AssetKeyInput!, $limit: Int!, $eventTypeSelectors: [AssetEventHistoryEventTypeSelector!]!) {
   assetOrError(assetKey: $assetKey) {
@@ -76,7 +76,8 @@ fragment Numbers on MetadataEntry {
   label ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
 }
 """
-#: The lag seen by the monitor at its first tick (the orphan arrived before `mailglass dev`): any wait warns.
+#: reconciliation_lag warns on any wait: the orphan's wait starts when its delivery committed, seconds before
+#: the monitor's first tick (with the default 300 s it would pass for 5 minutes).
 DEV_ENV = {"MAILGLASS_LAG_THRESHOLD_SECONDS": "0"}
 
 
