@@ -68,24 +68,23 @@ def wait_for(predicate: Callable[[], Any], message: str, timeout: float = TIMEOU
 @pytest.fixture
 def dev_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """`mailglass demo` then `mailglass dev` on the embedded database of a temporary MAILGLASS_HOME."""
-    with _dev_after(tmp_path, "demo") as server:
-        yield server
-
-
-@pytest.fixture
-def quick_start_server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """The README's quick start (`mailglass run`: the demo, one run per tenant), then `mailglass dev`."""
-    with _dev_after(tmp_path, "run") as server:
+    with dev_after(tmp_path, "demo") as server:
         yield server
 
 
 @contextlib.contextmanager
-def _dev_after(tmp_path: Path, command: str) -> Iterator[tuple[int, dict[str, str]]]:
+def dev_after(
+    tmp_path: Path,
+    command: str,
+    before_dev: Callable[[dict[str, str]], None] | None = None,
+    dev_env: dict[str, str] | None = None,
+) -> Iterator[tuple[int, dict[str, str]]]:
     """`mailglass <command>` then `mailglass dev`, on the embedded database of a temporary MAILGLASS_HOME.
 
-    Every stop is registered before the command that may start what it stops: ``mailglass demo``
-    and ``run`` start the embedded PostgreSQL, so one that fails half-way still has it stopped, and
-    its stderr is in the failure (``run_checked``).
+    ``before_dev(env)`` runs between the two (the embedded server is up); ``dev_env`` is added to
+    `mailglass dev`'s environment only. Every stop is registered before the command that may start
+    what it stops: ``mailglass demo`` and ``run`` start the embedded PostgreSQL, so one that fails
+    half-way still has it stopped, and its stderr is in the failure (``run_checked``).
     """
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -97,6 +96,9 @@ def _dev_after(tmp_path: Path, command: str) -> Iterator[tuple[int, dict[str, st
         # Last to run: the embedded server outlives `mailglass dev` and `mailglass demo` by design.
         cleanup.callback(subprocess.run, [mailglass, "stop"], env=env, cwd=REPO, capture_output=True, timeout=60)
         run_checked([mailglass, command], env=env, cwd=REPO, timeout=300)
+        if before_dev is not None:
+            before_dev(env)
+        env.update(dev_env or {})
         port = cleanup.enter_context(mailglass_dev(env, tmp_path, cwd=REPO, timeout=TIMEOUT))
         yield port, env
 
