@@ -8,8 +8,9 @@ deliveries with the same lateral lookup as ``deliveries.lookup``, appends the
 ``reconciled`` events (``ON CONFLICT DO NOTHING``), records the attempt on
 unmatched orphans and queues the notifications; then the sweep's own two
 statements fold the events that won into the deliveries' projections:
-everything the reconciler does, with no other round trip and no Python per batch. Nothing practical can be faster on the same schema,
-so the benchmark reports the reconciler's distance from it.
+everything the reconciler does, with no other round trip and no Python per
+batch. Nothing practical can be faster on the same schema, so the benchmark
+reports the reconciler's distance from it.
 
 The find statement and the backoff expression are the reconciler's own
 (read from the SQL registry, ``mailglass_pipeline.queries``), and so are the
