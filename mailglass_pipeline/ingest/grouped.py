@@ -48,7 +48,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from mailglass_pipeline import ledger, projector
-from mailglass_pipeline.db import RETRYABLE_SQLSTATES, RawStatement, connect, driver_cursor, sqlstate_of
+from mailglass_pipeline.db import RETRYABLE_SQLSTATES, RawStatement, driver_cursor, pipelined_transaction, sqlstate_of
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import webhook_events
 from mailglass_pipeline.ingest.base import ParsedWebhook
@@ -145,8 +145,12 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
 
 
 def _store(engine: Engine, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The group statement and the projection of what it stored, in one transaction; the statement's rows."""
-    with connect(engine) as conn, conn.begin():
+    """The group statement and the projection of what it stored, in one transaction; the statement's rows.
+
+    Pipelined (:func:`.db.pipelined_transaction`): BEGIN goes out with the statement and COMMIT with the
+    projection (or alone when nothing stored has a delivery), two round trips or three.
+    """
+    with pipelined_transaction(engine) as conn:
         with driver_cursor(conn) as cursor:
             results = cursor.execute(_STORE_GROUP.text, _STORE_GROUP.values(params)).fetchall()
         # No projector.lock: the statement locked every stored row's delivery itself (FOR NO KEY UPDATE
