@@ -239,7 +239,7 @@ def store_parsed(
     """Store a verified webhook; returns the counts.
 
     A one-event webhook as a group of one (:func:`.grouped.store_grouped`, one
-    autocommitted statement); a batch, a Mailgun claim due to prune the expired
+    statement and its projection, pipelined); a batch, a Mailgun claim due to prune the expired
     tokens, or a webhook the group left out in :func:`store_alone`. ``prune``:
     the caller's draw of :func:`prunes_tokens` (else drawn here); ``try_group=False``:
     the caller already offered it to a group (``mailglass serve`` groups requests);
