@@ -297,35 +297,34 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
-def pipelined_transaction(engine: Engine) -> Iterator[Connection]:
-    """One transaction on a pooled connection whose BEGIN and COMMIT cost no round trip of their own.
+def pipelined_transaction(conn: Connection) -> Iterator[None]:
+    """One transaction on ``conn`` whose BEGIN, statements and COMMIT go out together: one round trip.
 
     psycopg sends BEGIN alone and waits for it before a transaction's first statement, and COMMIT alone
-    at its end. Here the connection is in psycopg's pipeline mode: BEGIN is queued and goes out with the
-    first statement (run on :func:`driver_cursor`, whose fetch sends what is queued and waits), COMMIT
-    goes out with whatever is still queued when the block ends. A hot path of few statements (the
-    receiver's group store) thus pays one round trip per fetch. On any error the transaction is rolled
-    back and the error raised as SQLAlchemy's; the pooled connection goes back in transaction mode
-    (unless the failure broke it, and the pool drops it).
+    at its end. Here the connection is in psycopg's pipeline mode: BEGIN, the statements the block runs
+    on :func:`driver_cursor` and COMMIT are sent together when the block ends, and their results are
+    read after it (a fetch inside the block would send what is queued and wait: a round trip more). On
+    any failure the transaction is rolled back and the error raised as SQLAlchemy's (so a failed
+    statement's SQLSTATE reaches the caller); the connection goes back to transaction mode (unless the
+    failure broke it, and the pool drops it).
     """
-    with connect(engine) as conn:
-        driver = conn.connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        driver.autocommit = True  # so BEGIN and COMMIT are ours to queue, not psycopg's to send alone
-        try:
-            with driver.pipeline():
-                driver.execute(b"BEGIN")
-                yield conn
-                driver.execute(b"COMMIT")
-        except psycopg.Error as exc:
-            _abandon(conn, driver, exc)
-            raise sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
-        except BaseException as exc:
-            _abandon(conn, driver, exc)
-            raise
-        finally:
-            if not (driver.closed or driver.broken):
-                driver.autocommit = False
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    driver.autocommit = True  # so BEGIN and COMMIT are ours to queue, not psycopg's to send alone
+    try:
+        with driver.pipeline():
+            driver.execute(b"BEGIN")
+            yield
+            driver.execute(b"COMMIT")
+    except psycopg.Error as exc:
+        _abandon(conn, driver, exc)
+        raise sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    except BaseException as exc:
+        _abandon(conn, driver, exc)
+        raise
+    finally:
+        if not (driver.closed or driver.broken):
+            driver.autocommit = False
 
 
 def _abandon(conn: Connection, driver: psycopg.Connection, exc: BaseException) -> None:

@@ -84,21 +84,19 @@ def lock(conn: Connection, delivery_ids: Iterable[uuid.UUID]) -> None:
 _PROJECT = RawStatement.of(statement("project"))
 
 
-def project(conn: Connection, won: Sequence[Mapping[str, Any]]) -> int:
+def project(conn: Connection, won: Sequence[Mapping[str, Any]]) -> None:
     """Apply the projection rules to the deliveries of the ledger events ``won``, inside the caller's transaction.
 
-    ``won``: one mapping per event, ``id`` (its ledger row, which holds its type and time), ``delivery_id``
-    and ``ord`` (its place in the batch, which breaks a tie of ``occurred_at``). The deliveries must be
-    locked by this transaction already (:func:`lock`). Returns how many deliveries were updated; no round
-    trip for an empty ``won``.
+    ``won``: one mapping per event: ``id`` (its ledger row, which holds its type, time and delivery),
+    ``ord`` (its place in the batch, which breaks a tie of ``occurred_at``) and ``delivery_id``, None for
+    the event's own (the sweep names the delivery it linked an orphan to). An id the ledger does not
+    hold projects nothing. The deliveries must be locked by this transaction already (:func:`lock`).
+    Returns nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it costs no round trip of
+    its own; no statement at all for an empty ``won``.
     """
     if not won:
-        return 0
-    document = json.dumps(
-        [{"id": str(w["id"]), "delivery_id": str(w["delivery_id"]), "ord": w["ord"]} for w in won],
-        separators=(",", ":"),
-    )
+        return
+    rows = [{"id": w["id"], "delivery_id": w["delivery_id"], "ord": w["ord"]} for w in won]
+    document = json.dumps(rows, default=str, separators=(",", ":"))
     with driver_cursor(conn) as cursor:
-        row = cursor.execute(_PROJECT.text, _PROJECT.values({"won": document})).fetchone()
-    assert row is not None
-    return int(row[0])
+        cursor.execute(_PROJECT.text, _PROJECT.values({"won": document}))

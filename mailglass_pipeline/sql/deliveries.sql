@@ -26,22 +26,25 @@ FOR NO KEY UPDATE;
 -- name: project
 -- The projection rules (decision D6, documented in projector.py), their one home: every writer of a
 -- ledger event that has a delivery runs this statement (projector.project) in the transaction that
--- appended the events, before its commit: the sweep's write, the receiver's store_webhook and
--- store_webhooks_grouped. won (event id, delivery id, ord) names the events; their type and time
--- are read from their own ledger rows (for the sweep: the orphan it linked, whose ledger row has no
--- delivery). The deliveries are locked first in id order (lock_deliveries above, or the grouped
--- store's own SKIP LOCKED lock), so this UPDATE waits for no row and two writers cannot deadlock.
+-- appended the events, before its commit: the sweep after its write, the receiver after
+-- store_webhook and store_webhooks_grouped (decision D34). won (event id, delivery id, ord) names
+-- the events; their type and time are read from their own ledger rows, and so is their delivery
+-- where won's is null (the receiver's events carry it; the sweep names the delivery it linked an
+-- orphan to). An id the ledger does not hold (an insert that was skipped) projects nothing. The
+-- deliveries are locked first in id order (lock_deliveries above, or the group statement's own
+-- SKIP LOCKED lock), so this UPDATE waits for no row and two writers cannot deadlock.
 -- Over won: the latest event wins (on an occurred_at tie the lowest ord), only if later than
 -- last_event_at; set-once times (earliest, only while null); terminal latches; lock_version + 1
 -- and updated_at on each write.
 WITH won AS (
     SELECT
-        w.delivery_id,
+        COALESCE(w.delivery_id, e.delivery_id) AS delivery_id,
         e.type,
         e.occurred_at,
         w.ord
     FROM json_to_recordset(CAST(:won AS json)) AS w (id uuid, delivery_id uuid, ord bigint)
     INNER JOIN mailglass_events AS e ON w.id = e.id
+    WHERE COALESCE(w.delivery_id, e.delivery_id) IS NOT NULL
 ),
 
 proj_agg AS (
@@ -57,26 +60,21 @@ proj_agg AS (
         bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
     FROM won
     GROUP BY delivery_id
-),
-
-proj_upd AS (
-    UPDATE mailglass_deliveries AS d SET
-        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-        last_event_at = GREATEST(d.last_event_at, a.latest_at),
-        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
-        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
-        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
-        complained_at = COALESCE(d.complained_at, a.complained_at),
-        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
-        terminal = d.terminal OR a.terminal,
-        lock_version = d.lock_version + 1,
-        updated_at = now()
-    FROM proj_agg AS a
-    WHERE d.id = a.delivery_id
-    RETURNING d.id
 )
 
-SELECT count(*) AS projected FROM proj_upd;
+UPDATE mailglass_deliveries AS d SET
+    last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
+    last_event_at = GREATEST(d.last_event_at, a.latest_at),
+    dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
+    delivered_at = COALESCE(d.delivered_at, a.delivered_at),
+    bounced_at = COALESCE(d.bounced_at, a.bounced_at),
+    complained_at = COALESCE(d.complained_at, a.complained_at),
+    suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
+    terminal = d.terminal OR a.terminal,
+    lock_version = d.lock_version + 1,
+    updated_at = now()
+FROM proj_agg AS a
+WHERE d.id = a.delivery_id;
 
 -- name: create_delivery
 -- A delivery inserted as a sending application would (the demo, tests and benchmarks).
