@@ -298,15 +298,15 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def pipelined_transaction(conn: Connection) -> Iterator[None]:
-    """One transaction on ``conn`` whose BEGIN, statements and COMMIT go out together: one round trip.
+    """One transaction on ``conn`` whose BEGIN and COMMIT cost no round trip of their own.
 
     psycopg sends BEGIN alone and waits for it before a transaction's first statement, and COMMIT alone
-    at its end. Here the connection is in psycopg's pipeline mode: BEGIN, the statements the block runs
-    on :func:`driver_cursor` and COMMIT are sent together when the block ends, and their results are
-    read after it (a fetch inside the block would send what is queued and wait: a round trip more). On
-    any failure the transaction is rolled back and the error raised as SQLAlchemy's (so a failed
-    statement's SQLSTATE reaches the caller); the connection goes back to transaction mode (unless the
-    failure broke it, and the pool drops it).
+    at its end. Here the connection is in psycopg's pipeline mode: the statements the block runs on
+    :func:`driver_cursor` are queued, BEGIN first; a fetch sends what is queued and waits for it, and
+    what is queued after the last fetch goes out with the COMMIT when the block ends. So a block pays
+    one round trip per fetch, plus one at its end. On any failure the transaction is rolled back and
+    the error raised as SQLAlchemy's (so a failed statement's SQLSTATE reaches the caller); the
+    connection goes back to transaction mode (unless the failure broke it, and the pool drops it).
     """
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)

@@ -87,12 +87,11 @@ _PROJECT = RawStatement.of(statement("project"))
 def project(conn: Connection, won: Sequence[Mapping[str, Any]]) -> None:
     """Apply the projection rules to the deliveries of the ledger events ``won``, inside the caller's transaction.
 
-    ``won``: one mapping per event: ``id`` (its ledger row, which holds its type, time and delivery),
-    ``ord`` (its place in the batch, which breaks a tie of ``occurred_at``) and ``delivery_id``, None for
-    the event's own (the sweep names the delivery it linked an orphan to). An id the ledger does not
-    hold projects nothing. The deliveries must be locked by this transaction already (:func:`lock`).
-    Returns nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it costs no round trip of
-    its own; no statement at all for an empty ``won``.
+    ``won``: one mapping per event: ``id`` (its ledger row, which holds its type and time; for the sweep,
+    the orphan it linked), ``delivery_id`` and ``ord`` (its place in the batch, which breaks a tie of
+    ``occurred_at``). The deliveries must be locked by this transaction already (:func:`lock`). Returns
+    nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it goes out with the COMMIT instead of
+    waiting alone; no statement at all for an empty ``won``.
     """
     if not won:
         return

@@ -99,9 +99,8 @@ def groupable(parsed: ParsedWebhook) -> bool:
 _STORE_GROUP = RawStatement.of(statement("store_webhooks_grouped"))
 
 
-def parameters(requests: Sequence[Request]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`), and the
-    events to project: each request's, its place in the group breaking a tie, its delivery its own (None)."""
+def parameters(requests: Sequence[Request]) -> dict[str, Any]:
+    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`)."""
     rows: list[dict[str, Any]] = []
     webhooks: list[tuple[str, dict[str, Any]]] = []
     for ord_, (parsed, tenant_id) in enumerate(requests):
@@ -115,12 +114,11 @@ def parameters(requests: Sequence[Request]) -> tuple[dict[str, Any], list[dict[s
     # instead of deadlocking (a deadlock would only cost them the ordinary path, but costs).
     rows.sort(key=lambda row: row["idempotency_key"])
     webhooks.sort(key=lambda item: (item[0], item[1]["provider_event_id"]))
-    params = {
+    return {
         "rows": ledger.to_json(rows),
         "webhooks": webhook_events.encode([webhook for _, webhook in webhooks]),
         "webhooks_received_at": webhook_events.received_at_parameter(),
     }
-    return params, [{"id": row["id"], "delivery_id": None, "ord": row["ord"]} for row in rows]
 
 
 def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
@@ -136,9 +134,9 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
     """
     if not requests:
         return []
-    params, won = parameters(requests)
+    params = parameters(requests)
     try:
-        results = _store(engine, params, won)
+        results = _store(engine, params)
     except DatabaseUnavailableError:
         raise
     except Exception as exc:  # nothing was written; each request retries on its own path
@@ -153,17 +151,18 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
     ]
 
 
-def _store(engine: Engine, params: dict[str, Any], won: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def _store(engine: Engine, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """The group statement and the projection of what it stored, in one transaction; the statement's rows.
 
-    One round trip (:func:`.db.pipelined_transaction`): BEGIN, the statement, the projection and COMMIT
-    go out together, so ``won`` names every request's event with its own delivery (None): the ones the
-    statement did not store are not in the ledger and project nothing.
+    Two round trips (:func:`.db.pipelined_transaction`): BEGIN with the statement, whose rows name the
+    stored events and their deliveries; then the projection, if any stored event has a delivery, with
+    COMMIT. (Projecting every request's event unread, in one round trip, ran the projection for every
+    group, orphans only too, and cost the receiver more under load: decision D34.)
     """
-    with connect(engine) as conn, driver_cursor(conn) as cursor:
-        with pipelined_transaction(conn):
-            cursor.execute(_STORE_GROUP.text, _STORE_GROUP.values(params))
-            # No projector.lock: the statement locked every stored row's delivery itself (FOR NO KEY
-            # UPDATE SKIP LOCKED, in id order), and this transaction holds those locks until its commit.
-            projector.project(conn, won)
-        return cursor.fetchall()
+    with connect(engine) as conn, driver_cursor(conn) as cursor, pipelined_transaction(conn):
+        results = cursor.execute(_STORE_GROUP.text, _STORE_GROUP.values(params)).fetchall()
+        # No projector.lock: the statement locked every stored row's delivery itself (FOR NO KEY UPDATE
+        # SKIP LOCKED, in id order), and this transaction holds those locks until its commit.
+        stored = [{"id": r[1], "delivery_id": r[2], "ord": r[0]} for r in results if not r[4] and r[2] is not None]
+        projector.project(conn, stored)
+    return results

@@ -28,23 +28,21 @@ FOR NO KEY UPDATE;
 -- ledger event that has a delivery runs this statement (projector.project) in the transaction that
 -- appended the events, before its commit: the sweep after its write, the receiver after
 -- store_webhook and store_webhooks_grouped (decision D34). won (event id, delivery id, ord) names
--- the events; their type and time are read from their own ledger rows, and so is their delivery
--- where won's is null (the receiver's events carry it; the sweep names the delivery it linked an
--- orphan to). An id the ledger does not hold (an insert that was skipped) projects nothing. The
--- deliveries are locked first in id order (lock_deliveries above, or the group statement's own
--- SKIP LOCKED lock), so this UPDATE waits for no row and two writers cannot deadlock.
+-- the events; their type and time are read from their own ledger rows (for the sweep: the orphan it
+-- linked, whose ledger row has no delivery). The deliveries are locked first in id order
+-- (lock_deliveries above, or the group statement's own SKIP LOCKED lock), so this UPDATE waits for
+-- no row and two writers cannot deadlock.
 -- Over won: the latest event wins (on an occurred_at tie the lowest ord), only if later than
 -- last_event_at; set-once times (earliest, only while null); terminal latches; lock_version + 1
 -- and updated_at on each write.
 WITH won AS (
     SELECT
-        COALESCE(w.delivery_id, e.delivery_id) AS delivery_id,
+        w.delivery_id,
         e.type,
         e.occurred_at,
         w.ord
     FROM json_to_recordset(CAST(:won AS json)) AS w (id uuid, delivery_id uuid, ord bigint)
     INNER JOIN mailglass_events AS e ON w.id = e.id
-    WHERE COALESCE(w.delivery_id, e.delivery_id) IS NOT NULL
 ),
 
 proj_agg AS (
