@@ -77,7 +77,8 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
     )
     SELECT (SELECT count(*) FROM batch) AS scanned,
            (SELECT count(*) FROM ins) AS linked,
-           (SELECT COALESCE(json_agg(json_build_object('id', id, 'delivery_id', delivery_id, 'ord', ord)), '[]')
+           (SELECT COALESCE(json_agg(json_build_object('delivery_id', delivery_id, 'type', type,
+                                                       'occurred_at', occurred_at, 'ord', ord)), '[]')
               FROM won) AS won_rows,
            (SELECT count(*) FROM attempted) AS attempted,
            (SELECT count(*) FROM notified) AS notified

@@ -87,15 +87,16 @@ _PROJECT = RawStatement.of(statement("project"))
 def project(conn: Connection, won: Sequence[Mapping[str, Any]]) -> None:
     """Apply the projection rules to the deliveries of the ledger events ``won``, inside the caller's transaction.
 
-    ``won``: one mapping per event: ``id`` (its ledger row, which holds its type and time; for the sweep,
-    the orphan it linked), ``delivery_id`` and ``ord`` (its place in the batch, which breaks a tie of
-    ``occurred_at``). The deliveries must be locked by this transaction already (:func:`lock`). Returns
-    nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it goes out with the COMMIT instead of
-    waiting alone; no statement at all for an empty ``won``.
+    ``won``: one mapping per event as it was appended: ``delivery_id``, ``type``, ``occurred_at`` (for the
+    sweep, the type and time of the orphan it linked) and ``ord`` (its place in the batch, which breaks a
+    tie of ``occurred_at``). Nothing is read from the ledger: the receiver's role may read only a few of
+    its columns (``sql/grants_receiver.sql``). The deliveries must be locked by this transaction already
+    (:func:`lock`). Returns nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it goes out
+    with the COMMIT instead of waiting alone; no statement at all for an empty ``won``.
     """
     if not won:
         return
-    rows = [{"id": w["id"], "delivery_id": w["delivery_id"], "ord": w["ord"]} for w in won]
+    rows = [{k: w[k] for k in ("delivery_id", "type", "occurred_at", "ord")} for w in won]
     document = json.dumps(rows, default=str, separators=(",", ":"))
     with driver_cursor(conn) as cursor:
         cursor.execute(_PROJECT.text, _PROJECT.values({"won": document}))

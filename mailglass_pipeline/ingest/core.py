@@ -175,8 +175,12 @@ def store(
     params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
         results = cursor.execute(_STORE.text, _STORE.values(params)).fetchall()
-    # The events inserted that have a delivery, ord their place in the webhook (the rows come in its order).
-    won = [{"id": r[0], "delivery_id": r[1], "ord": i} for i, r in enumerate(results) if r[3] and r[1] is not None]
+    # The events inserted that have a delivery; the statement's rows come in the webhook's order, as rows.
+    won = [
+        {"delivery_id": result[1], "type": row["type"], "occurred_at": row["occurred_at"], "ord": row["ord"]}
+        for row, result in zip(rows, results, strict=True)
+        if result[3] and result[1] is not None
+    ]
     projector.lock(conn, (w["delivery_id"] for w in won))
     projector.project(conn, won)
     skipped = {result[0] for result in results if not result[3]}

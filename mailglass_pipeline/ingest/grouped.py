@@ -99,8 +99,9 @@ def groupable(parsed: ParsedWebhook) -> bool:
 _STORE_GROUP = RawStatement.of(statement("store_webhooks_grouped"))
 
 
-def parameters(requests: Sequence[Request]) -> dict[str, Any]:
-    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`)."""
+def parameters(requests: Sequence[Request]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`), and
+    each request's ledger row by its place in the group (``ord``)."""
     rows: list[dict[str, Any]] = []
     webhooks: list[tuple[str, dict[str, Any]]] = []
     for ord_, (parsed, tenant_id) in enumerate(requests):
@@ -114,11 +115,12 @@ def parameters(requests: Sequence[Request]) -> dict[str, Any]:
     # instead of deadlocking (a deadlock would only cost them the ordinary path, but costs).
     rows.sort(key=lambda row: row["idempotency_key"])
     webhooks.sort(key=lambda item: (item[0], item[1]["provider_event_id"]))
-    return {
+    params = {
         "rows": ledger.to_json(rows),
         "webhooks": webhook_events.encode([webhook for _, webhook in webhooks]),
         "webhooks_received_at": webhook_events.received_at_parameter(),
     }
+    return params, {row["ord"]: row for row in rows}
 
 
 def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
@@ -134,9 +136,9 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
     """
     if not requests:
         return []
-    params = parameters(requests)
+    params, rows = parameters(requests)
     try:
-        results = _store(engine, params)
+        results = _store(engine, params, rows)
     except DatabaseUnavailableError:
         raise
     except Exception as exc:  # nothing was written; each request retries on its own path
@@ -151,7 +153,7 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
     ]
 
 
-def _store(engine: Engine, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _store(engine: Engine, params: dict[str, Any], rows: dict[int, dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The group statement and the projection of what it stored, in one transaction; the statement's rows.
 
     Two round trips (:func:`.db.pipelined_transaction`): BEGIN with the statement, whose rows name the
@@ -163,6 +165,10 @@ def _store(engine: Engine, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         results = cursor.execute(_STORE_GROUP.text, _STORE_GROUP.values(params)).fetchall()
         # No projector.lock: the statement locked every stored row's delivery itself (FOR NO KEY UPDATE
         # SKIP LOCKED, in id order), and this transaction holds those locks until its commit.
-        stored = [{"id": r[1], "delivery_id": r[2], "ord": r[0]} for r in results if not r[4] and r[2] is not None]
+        stored = [
+            {"delivery_id": r[2], "type": rows[r[0]]["type"], "occurred_at": rows[r[0]]["occurred_at"], "ord": r[0]}
+            for r in results
+            if not r[4] and r[2] is not None
+        ]
         projector.project(conn, stored)
     return results

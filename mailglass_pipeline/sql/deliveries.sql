@@ -27,9 +27,10 @@ FOR NO KEY UPDATE;
 -- The projection rules (decision D6, documented in projector.py), their one home: every writer of a
 -- ledger event that has a delivery runs this statement (projector.project) in the transaction that
 -- appended the events, before its commit: the sweep after its write, the receiver after
--- store_webhook and store_webhooks_grouped (decision D34). won (event id, delivery id, ord) names
--- the events; their type and time are read from their own ledger rows (for the sweep: the orphan it
--- linked, whose ledger row has no delivery). The deliveries are locked first in id order
+-- store_webhook and store_webhooks_grouped (decision D34). won (delivery id, type, occurred_at, ord)
+-- is one row per event, as the writer appended it (for the sweep: the type and time of the orphan it
+-- linked); nothing is read from the ledger, whose columns the receiver's role may not read. The
+-- deliveries are locked first in id order
 -- (lock_deliveries above, or the group statement's own SKIP LOCKED lock), so this UPDATE waits for
 -- no row and two writers cannot deadlock.
 -- Over won: the latest event wins (on an occurred_at tie the lowest ord), only if later than
@@ -38,11 +39,10 @@ FOR NO KEY UPDATE;
 WITH won AS (
     SELECT
         w.delivery_id,
-        e.type,
-        e.occurred_at,
+        w.type,
+        w.occurred_at,
         w.ord
-    FROM json_to_recordset(CAST(:won AS json)) AS w (id uuid, delivery_id uuid, ord bigint)
-    INNER JOIN mailglass_events AS e ON w.id = e.id
+    FROM json_to_recordset(CAST(:won AS json)) AS w (delivery_id uuid, type text, occurred_at timestamptz, ord bigint)
 ),
 
 proj_agg AS (

@@ -304,7 +304,12 @@ newly_stale AS (
 
 SELECT
     ARRAY(SELECT id FROM won) AS won,
-    (SELECT COALESCE(json_agg(json_build_object('id', id, 'delivery_id', delivery_id, 'ord', ord)), '[]') FROM won) AS won_rows,
+    (
+        SELECT COALESCE(json_agg(json_build_object(
+            'delivery_id', delivery_id, 'type', type, 'occurred_at', occurred_at, 'ord', ord
+        )), '[]')
+        FROM won
+    ) AS won_rows,
     -- The queue rows of the won orphans are removed by the ledger trigger at the end of this
     -- statement; the statement's snapshot still sees them.
     (
