@@ -1,20 +1,21 @@
-"""LOWER BOUND, for measurement only: one server-side statement per batch doing the sweep's work.
+"""LOWER BOUND, for measurement only: one server-side statement per batch doing the sweep's work, then its projection.
 
 One data-modifying CTE per batch (one tenant, or every tenant with the
 per-tenant quota and the fair total cap) takes the batch from the work queue
 with ``reconciler.find_orphans``'s own statement (same due rule, order,
 quotas and locking), looks up the
 deliveries with the same lateral lookup as ``deliveries.lookup``, appends the
-``reconciled`` events (``ON CONFLICT DO NOTHING``), folds the events that won
-into the deliveries' projections, records the attempt on unmatched orphans and
-queues the notifications: everything the reconciler does, with no round trip
-and no Python per batch. Nothing practical can be faster on the same schema,
-so the benchmark reports the reconciler's distance from it.
+``reconciled`` events (``ON CONFLICT DO NOTHING``), records the attempt on
+unmatched orphans and queues the notifications; then the sweep's own two
+statements fold the events that won into the deliveries' projections:
+everything the reconciler does, with no other round trip and no Python per
+batch. Nothing practical can be faster on the same schema, so the benchmark
+reports the reconciler's distance from it.
 
 The find statement and the backoff expression are the reconciler's own
 (read from the SQL registry, ``mailglass_pipeline.queries``), and so are the
-projection rules (a marked copy of rules.sql's) and the notification (its function),
-so both do exactly the same work.
+projection (``projector.lock`` and ``projector.project``, its one home) and the
+notification (its function), so both do exactly the same work.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import queries
+from mailglass_pipeline import projector, queries
 from mailglass_pipeline.reconciliation.sweep import BACKOFF_PARAMS, find_params
 from mailglass_pipeline.settings import DEFAULT_MAX_TOTAL, SweepConfig
 
@@ -50,44 +51,9 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, (metadata ->> 'reconciled_from_event_id')::uuid AS from_id
     ), won AS (
-        -- ord: on an occurred_at tie the earlier-inserted orphan wins (rule projection).
-        SELECT m.*, i.id AS reconciled_id, m.inserted_at AS ord FROM ins i JOIN matched m ON m.id = i.from_id
-    ),
-    -- rule: projection
-    proj_agg AS (
-        SELECT
-            delivery_id,
-            (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
-            max(occurred_at) AS latest_at,
-            min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
-            min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
-            min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
-            min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
-            min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
-            bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
-        FROM won
-        GROUP BY delivery_id
-    ),
-
-    proj_upd AS (
-        UPDATE mailglass_deliveries AS d SET
-            last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-            last_event_at = GREATEST(d.last_event_at, a.latest_at),
-            dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
-            delivered_at = COALESCE(d.delivered_at, a.delivered_at),
-            bounced_at = COALESCE(d.bounced_at, a.bounced_at),
-            complained_at = COALESCE(d.complained_at, a.complained_at),
-            suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
-            terminal = d.terminal OR a.terminal,
-            lock_version = d.lock_version + 1,
-            updated_at = now()
-        FROM proj_agg AS a
-        WHERE d.id = a.delivery_id
-        RETURNING d.id
-    ),
-    -- end rule
-    upd AS (
-        SELECT id FROM proj_upd
+        -- ord: on an occurred_at tie the earlier-inserted orphan wins (as the sweep's write orders them).
+        SELECT m.*, i.id AS reconciled_id, row_number() OVER (ORDER BY m.occurred_at, m.inserted_at) AS ord
+          FROM ins i JOIN matched m ON m.id = i.from_id
     ), attempted AS (
         UPDATE mailglass_reconciliation_queue q
            SET attempts = q.attempts + 1,
@@ -111,7 +77,9 @@ def _sweep_batch(tenant_scoped: bool) -> sa.TextClause:
     )
     SELECT (SELECT count(*) FROM batch) AS scanned,
            (SELECT count(*) FROM ins) AS linked,
-           (SELECT count(*) FROM upd) AS projected,
+           (SELECT COALESCE(json_agg(json_build_object('delivery_id', delivery_id, 'type', type,
+                                                       'occurred_at', occurred_at, 'ord', ord)), '[]')
+              FROM won) AS won_rows,
            (SELECT count(*) FROM attempted) AS attempted,
            (SELECT count(*) FROM notified) AS notified
     """
@@ -127,6 +95,9 @@ def _run(engine: Engine, tenant_id: str | None, config: SweepConfig) -> tuple[in
         conn.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
         params = {**find_params(tenant_id, config, link=True), **BACKOFF_PARAMS}
         row = conn.execute(SWEEP_BATCH[tenant_id is not None], params).one()
+        # The projection: the sweep's own two statements (its one home, projector.py), as the sweep runs them.
+        projector.lock(conn, (w["delivery_id"] for w in row.won_rows))
+        projector.project(conn, row.won_rows)
     return int(row.scanned), int(row.linked)
 
 

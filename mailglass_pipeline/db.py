@@ -296,22 +296,43 @@ def connect(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def execute_autocommitted(engine: Engine, statement: RawStatement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Run one statement on the driver's own cursor (:func:`driver_cursor`) as its own transaction; its rows.
+@contextmanager
+def pipelined_transaction(conn: Connection) -> Iterator[None]:
+    """One transaction on ``conn`` whose BEGIN and COMMIT cost no round trip of their own.
 
-    No BEGIN and no COMMIT: one round trip. The pooled connection goes back
-    in transaction mode (unless the failure broke it, and the pool drops it).
+    psycopg sends BEGIN alone and waits for it before a transaction's first statement, and COMMIT alone
+    at its end. Here the connection is in psycopg's pipeline mode: the statements the block runs on
+    :func:`driver_cursor` are queued, BEGIN first; a fetch sends what is queued and waits for it, and
+    what is queued after the last fetch goes out with the COMMIT when the block ends. So a block pays
+    one round trip per fetch, plus one at its end. On any failure the transaction is rolled back and
+    the error raised as SQLAlchemy's (so a failed statement's SQLSTATE reaches the caller); the
+    connection goes back to transaction mode (unless the failure broke it, and the pool drops it).
     """
-    with connect(engine) as conn:
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        driver.autocommit = True
-        try:
-            with driver_cursor(conn) as cursor:
-                return cursor.execute(statement.text, statement.values(params)).fetchall()
-        finally:
-            if not (driver.closed or driver.broken):
-                driver.autocommit = False
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    driver.autocommit = True  # so BEGIN and COMMIT are ours to queue, not psycopg's to send alone
+    try:
+        with driver.pipeline():
+            driver.execute(b"BEGIN")
+            yield
+            driver.execute(b"COMMIT")
+    except psycopg.Error as exc:
+        _abandon(conn, driver, exc)
+        raise sa.exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+    except BaseException as exc:
+        _abandon(conn, driver, exc)
+        raise
+    finally:
+        if not (driver.closed or driver.broken):
+            driver.autocommit = False
+
+
+def _abandon(conn: Connection, driver: psycopg.Connection, exc: BaseException) -> None:
+    """Roll the failed pipelined transaction back, or invalidate a connection the failure broke."""
+    if driver.closed or driver.broken:
+        conn.invalidate(exc)
+    elif driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        driver.execute(b"ROLLBACK")
 
 
 @dataclass(frozen=True)

@@ -12,30 +12,41 @@ Rules (decision D6, docs/decisions.md), applied to a whole batch in one UPDATE:
 * each write adds 1 to ``lock_version`` and sets ``updated_at``, so an
   application using optimistic locking notices.
 
-No lost update: the rows are first locked ``ORDER BY id`` (a fixed order, so
-two sweeps locking overlapping sets cannot deadlock), then the UPDATE reads
-the current row values under that lock. Callers retry the transaction on
-40P01/40001 (``db.run_transaction``).
+One home: the statement ``project`` of ``sql/deliveries.sql``, run by
+:func:`project` and by nothing else. Every writer of an event that has a
+delivery calls it in the transaction that appended the event, before the
+commit, so a crash cannot commit an event without its projection: the sweep
+(``reconciliation/sweep.py``, after its write statement), the receiver's
+transaction (``ingest/core.py``, after ``store_webhook``) and its group
+statement (``ingest/grouped.py``, after ``store_webhooks_grouped``).
 
-Announcements go out with ``pg_notify`` inside the same transaction:
-PostgreSQL delivers them only if it commits, which is exactly "announce
+No lost update, no deadlock: the rows are first locked ``ORDER BY id``
+(:func:`lock`; the group statement takes the same lock itself, ``SKIP
+LOCKED``), so two writers locking overlapping sets wait in one order, then the
+UPDATE reads the current row values under that lock. Callers retry the
+transaction on 40P01/40001 (``db.run_transaction``). The lock is ``FOR NO KEY
+UPDATE`` (decision D30): the ledger insert before it takes only the foreign
+key's ``KEY SHARE`` on a delivery, which does not conflict with it.
+
+The sweep announces what it linked with ``pg_notify`` inside the same
+transaction (the function ``mailglass_reconciliation_notify`` of migration
+0007): PostgreSQL delivers it only if it commits, which is exactly "announce
 after commit". A tenant id too long for a notification payload (pg_notify
 refuses 8000 bytes or more) is sent as null rather than failing the sweep.
-
-The rules' one home is the rule ``projection`` of ``sql/rules.sql`` (and
-``notify`` for the announcement); the statements that project (the sweep's
-``write``, the receiver's ``store_webhook`` and ``store_webhooks_grouped``)
-hold marked copies of it, which tests/core/test_reconcile_sql.py compares
-with it and with the constants below.
+tests/core/test_reconcile_sql.py holds the statement and the function to the
+constants below.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from mailglass_pipeline.db import RawStatement, driver_cursor
 from mailglass_pipeline.queries import statement
 
 NOTIFY_CHANNEL = "mailglass_delivery_updated"
@@ -67,3 +78,25 @@ def lock(conn: Connection, delivery_ids: Iterable[uuid.UUID]) -> None:
     if ids:
         # One array literal as text: the driver would otherwise dump a uuid[] element by element.
         conn.execute(statement("lock_deliveries"), {"ids": "{" + ",".join(map(str, ids)) + "}"})
+
+
+#: The projection (``sql/deliveries.sql``), sent as is by psycopg's raw cursor: the receiver runs it per request.
+_PROJECT = RawStatement.of(statement("project"))
+
+
+def project(conn: Connection, won: Sequence[Mapping[str, Any]]) -> None:
+    """Apply the projection rules to the deliveries of the ledger events ``won``, inside the caller's transaction.
+
+    ``won``: one mapping per event as it was appended: ``delivery_id``, ``type``, ``occurred_at`` (for the
+    sweep, the type and time of the orphan it linked) and ``ord`` (its place in the batch, which breaks a
+    tie of ``occurred_at``). Nothing is read from the ledger: the receiver's role may read only a few of
+    its columns (``sql/grants_receiver.sql``). The deliveries must be locked by this transaction already
+    (:func:`lock`). Returns nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it goes out
+    with the COMMIT instead of waiting alone; no statement at all for an empty ``won``.
+    """
+    if not won:
+        return
+    rows = [{k: w[k] for k in ("delivery_id", "type", "occurred_at", "ord")} for w in won]
+    document = json.dumps(rows, default=str, separators=(",", ":"))
+    with driver_cursor(conn) as cursor:
+        cursor.execute(_PROJECT.text, _PROJECT.values({"won": document}))

@@ -7,8 +7,8 @@ database is touched. Storage then happens in ONE transaction, so a webhook is
 stored entirely or not at all:
 
 1. (Mailgun) claim the request's single-use token (``tokens``);
-2. one statement (``store_webhook`` in ``sql/store.sql``) does the rest: look
-   each event's delivery up inside the tenant by ``(provider,
+2. one statement (``store_webhook`` in ``sql/store.sql``) does the rest but the
+   projection: look each event's delivery up inside the tenant by ``(provider,
    provider_message_id)`` (the lookup rule); append one ledger event per normalized
    event. Found: the event carries ``delivery_id``. Not found: it is an
    **orphan** (``delivery_id`` NULL, ``needs_reconciliation`` TRUE) whose
@@ -17,17 +17,20 @@ stored entirely or not at all:
    other keys, so its orphans never reconciled). An event with no message id
    at all cannot ever be linked; it is stored for the record with
    ``needs_reconciliation`` FALSE (counted as ``unlinkable``) rather than
-   parked forever as a malformed orphan. Fold the events actually inserted
-   (never duplicates) into their deliveries' projections, and record each
-   provider event in ``mailglass_webhook_events`` (a SendGrid batch: one row
-   per element; ``webhook_events``);
-3. if the ledger skipped a key, refuse it when another tenant holds it (409).
+   parked forever as a malformed orphan. Record each provider event in
+   ``mailglass_webhook_events`` (a SendGrid batch: one row per element;
+   ``webhook_events``);
+3. fold the events actually inserted (never duplicates) into their
+   deliveries' projections: :func:`.projector.lock` then
+   :func:`.projector.project`, the rules' one home, which the sweep runs too
+   (decision D6); no round trip when no inserted event has a delivery;
+4. if the ledger skipped a key, refuse it when another tenant holds it (409).
 
-Why one statement: each round trip costs the receiver more CPU than the SQL
-itself. The commonest webhook (one event) goes further: one autocommitted
-statement that writes everything or nothing, Mailgun's token included
-(:mod:`.grouped`), so no BEGIN and no COMMIT; whatever is already stored
-(the event, or the token) sends it down the transaction above.
+Why one statement for the rest: each round trip costs the receiver more CPU
+than the SQL itself. The commonest webhook (one event) goes further: one
+statement that writes everything or nothing, Mailgun's token included, then
+its projection, in one transaction (:mod:`.grouped`); whatever is already
+stored (the event, or the token) sends it down the transaction above.
 ``mailglass serve`` goes further: one-event webhooks that arrive together
 share one such statement.
 
@@ -47,7 +50,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mailglass_pipeline import ledger
+from mailglass_pipeline import ledger, projector
 from mailglass_pipeline.db import RawStatement, driver_cursor, get_engine, run_transaction, sqlstate_of
 from mailglass_pipeline.ingest import mailgun, postmark, resend, sendgrid, ses, webhook_events
 from mailglass_pipeline.ingest.base import (
@@ -172,6 +175,14 @@ def store(
     params, rows = _parameters(parsed, events, tenant_id, received_at, webhook_key)
     with driver_cursor(conn) as cursor:
         results = cursor.execute(_STORE.text, _STORE.values(params)).fetchall()
+    # The events inserted that have a delivery; the statement's rows come in the webhook's order, as rows.
+    won = [
+        {"delivery_id": result[1], "type": row["type"], "occurred_at": row["occurred_at"], "ord": row["ord"]}
+        for row, result in zip(rows, results, strict=True)
+        if result[3] and result[1] is not None
+    ]
+    projector.lock(conn, (w["delivery_id"] for w in won))
+    projector.project(conn, won)
     skipped = {result[0] for result in results if not result[3]}
     refuse_cross_tenant(conn, [row["idempotency_key"] for row in rows if row["id"] in skipped], tenant_id)
     return counts_of(results)
@@ -232,7 +243,7 @@ def store_parsed(
     """Store a verified webhook; returns the counts.
 
     A one-event webhook as a group of one (:func:`.grouped.store_grouped`, one
-    autocommitted statement); a batch, a Mailgun claim due to prune the expired
+    statement and its projection, pipelined); a batch, a Mailgun claim due to prune the expired
     tokens, or a webhook the group left out in :func:`store_alone`. ``prune``:
     the caller's draw of :func:`prunes_tokens` (else drawn here); ``try_group=False``:
     the caller already offered it to a group (``mailglass serve`` groups requests);

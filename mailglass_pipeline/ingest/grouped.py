@@ -13,14 +13,16 @@ Each request keeps the answer it would get alone, because each is all or
 nothing on its own inside the group:
 
 - its raw record (statement ``store_webhooks_grouped``) and
-  Mailgun's token are written only with its own ledger event;
+  Mailgun's token are written only with its own ledger event, and its
+  delivery's projection (:func:`.projector.project`, the rules' one home,
+  decision D6) only from that event, in the same transaction;
 - a request whose event is already stored (a redelivery, a key of another
   tenant, or the same event twice in the group) writes nothing, and a
   request whose token was already claimed is left out of the statement;
   both come back as ``None``, and the receiver sends them down the
   ordinary path (:func:`.core.store_alone`), which answers duplicate, 409 or
   replay exactly as before;
-- a statement that fails (a token claimed concurrently, a deadlock, a
+- a transaction that fails (a token claimed concurrently, a deadlock, a
   connection the server dropped) writes nothing at all, and every request of
   the group takes the ordinary path on its own; a database that cannot be
   reached at all answers the whole group 503 at once.
@@ -33,7 +35,8 @@ and come back :data:`BUSY`, to be tried again by themselves a little later
 (``mailglass serve`` does, within its lock wait, then answers 503 with
 ``Retry-After``). ``NO KEY``: the projection's UPDATE needs no more, and
 the key-share locks of concurrent inserts that reference the delivery do not
-conflict with it.
+conflict with it. The transaction holds these locks until its commit, so the
+projection after the statement takes no other lock (no :func:`.projector.lock`).
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from mailglass_pipeline import ledger
-from mailglass_pipeline.db import RETRYABLE_SQLSTATES, RawStatement, execute_autocommitted, sqlstate_of
+from mailglass_pipeline import ledger, projector
+from mailglass_pipeline.db import (
+    RETRYABLE_SQLSTATES,
+    RawStatement,
+    connect,
+    driver_cursor,
+    pipelined_transaction,
+    sqlstate_of,
+)
 from mailglass_pipeline.errors import DatabaseUnavailableError
 from mailglass_pipeline.ingest import webhook_events
 from mailglass_pipeline.ingest.base import ParsedWebhook
@@ -89,8 +99,9 @@ def groupable(parsed: ParsedWebhook) -> bool:
 _STORE_GROUP = RawStatement.of(statement("store_webhooks_grouped"))
 
 
-def parameters(requests: Sequence[Request]) -> dict[str, Any]:
-    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`)."""
+def parameters(requests: Sequence[Request]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """The bind parameters of ``store_webhooks_grouped`` for ``requests`` (each :func:`groupable`), and
+    each request's ledger row by its place in the group (``ord``)."""
     rows: list[dict[str, Any]] = []
     webhooks: list[tuple[str, dict[str, Any]]] = []
     for ord_, (parsed, tenant_id) in enumerate(requests):
@@ -104,18 +115,19 @@ def parameters(requests: Sequence[Request]) -> dict[str, Any]:
     # instead of deadlocking (a deadlock would only cost them the ordinary path, but costs).
     rows.sort(key=lambda row: row["idempotency_key"])
     webhooks.sort(key=lambda item: (item[0], item[1]["provider_event_id"]))
-    return {
+    params = {
         "rows": ledger.to_json(rows),
         "webhooks": webhook_events.encode([webhook for _, webhook in webhooks]),
         "webhooks_received_at": webhook_events.received_at_parameter(),
     }
+    return params, {row["ord"]: row for row in rows}
 
 
 def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
-    """Store ``requests`` in one autocommitted statement; per request its counts, None or BUSY: not stored.
+    """Store ``requests`` in one transaction (:func:`_store`); per request its counts, None or BUSY: not stored.
 
     None sends that request down :func:`.core.store_alone`; :data:`BUSY`: its
-    delivery is locked by another transaction (see the module doc). If the statement
+    delivery is locked by another transaction (see the module doc). If the transaction
     fails, nothing is stored and every answer is None (the error is not
     raised: each request meets it again, if it persists, on its own path).
     A database that cannot be reached at all raises
@@ -124,9 +136,9 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
     """
     if not requests:
         return []
-    params = parameters(requests)
+    params, rows = parameters(requests)
     try:
-        results = execute_autocommitted(engine, _STORE_GROUP, params)
+        results = _store(engine, params, rows)
     except DatabaseUnavailableError:
         raise
     except Exception as exc:  # nothing was written; each request retries on its own path
@@ -139,3 +151,24 @@ def store_grouped(engine: Engine, requests: Sequence[Request]) -> list[Outcome]:
         counts_of([(*stored[ord_], True)]) if ord_ in stored else BUSY if ord_ in busy else None
         for ord_ in range(len(requests))
     ]
+
+
+def _store(engine: Engine, params: dict[str, Any], rows: dict[int, dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The group statement and the projection of what it stored, in one transaction; the statement's rows.
+
+    Two round trips (:func:`.db.pipelined_transaction`): BEGIN with the statement, whose rows name the
+    stored events and their deliveries; then the projection, if any stored event has a delivery, with
+    COMMIT. (Projecting every request's event unread, in one round trip, ran the projection for every
+    group, orphans only too, and cost the receiver more under load: decision D34.)
+    """
+    with connect(engine) as conn, driver_cursor(conn) as cursor, pipelined_transaction(conn):
+        results = cursor.execute(_STORE_GROUP.text, _STORE_GROUP.values(params)).fetchall()
+        # No projector.lock: the statement locked every stored row's delivery itself (FOR NO KEY UPDATE
+        # SKIP LOCKED, in id order), and this transaction holds those locks until its commit.
+        stored = [
+            {"delivery_id": r[2], "type": rows[r[0]]["type"], "occurred_at": rows[r[0]]["occurred_at"], "ord": r[0]}
+            for r in results
+            if not r[4] and r[2] is not None
+        ]
+        projector.project(conn, stored)
+    return results

@@ -209,8 +209,9 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
     3. lock the won orphans' deliveries ``ORDER BY id`` (two sweeps locking overlapping sets cannot
        deadlock; inside one data-modifying statement the UPDATE would lock in whatever order its plan
        visits rows);
-    4. the projection onto them (``project``). Steps 3 and 4 come last, just before the caller's commit:
-       a delivery the sweep links is locked for milliseconds, not for the whole sweep (decision D30).
+    4. the projection onto them (:func:`.projector.project`, the rules' one home). Steps 3 and 4 come
+       last, just before the caller's commit: a delivery the sweep links is locked for milliseconds, not
+       for the whole sweep (decision D30).
     """
     params: dict[str, Any] = {
         "rows": batch_document(linked),
@@ -233,7 +234,7 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
     ).one()
     if row.won_rows:
         projector.lock(conn, (w["delivery_id"] for w in row.won_rows))
-        conn.execute(statement("project"), {"won": json.dumps(row.won_rows, separators=(",", ":"))})
+        projector.project(conn, row.won_rows)
     result = _summarize(linked, {str(i) for i in row.won}, after, tenant_id, newly_stale)
     lags = [float(v) for v in (row.linked_lag, after.pending_lag) if v is not None]
     result.lag_seconds = max(lags) if lags else None

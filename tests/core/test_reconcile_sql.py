@@ -139,8 +139,8 @@ def test_sqlfluff_lints_the_sql_files() -> None:
 
 
 def test_every_copy_of_a_rule_equals_its_one_home() -> None:
-    """Each marked copy holds the rule's text, whitespace aside (only the data-modifying rules are copies)."""
-    assert set(CANONICAL) == {"projection", "lock_linked", "ledger_insert"}
+    """Each marked copy holds the rule's text, whitespace aside (only the ledger insert's head is copied)."""
+    assert set(CANONICAL) == {"ledger_insert"}
     used: set[str] = set()
     sources = [*SQL_FILES, REPO / "benchmarks" / "lower_bound.py"]
     for path in sources:
@@ -269,8 +269,25 @@ def test_the_backoff_has_one_home_and_the_frozen_migration_agrees() -> None:
     assert spelled == [Path("mailglass_pipeline/settings.py")], spelled
 
 
+#: A part of the projection's UPDATE no other statement may hold: one home (decision D6).
+_PROJECTION_UPDATE = "last_event_type = CASE WHEN a.latest_at > d.last_event_at"
+
+
+def test_the_projection_has_one_home() -> None:
+    """Only the statement project updates the deliveries' projection; every writer runs it (projector.project)."""
+    holders = [name for name, clause in queries.STATEMENTS.items() if "last_event_type =" in clause.text]
+    assert holders == ["project"], holders
+    assert _PROJECTION_UPDATE in _normal(queries.statement("project").text)
+    sources = [*PACKAGE.rglob("*.py"), *(REPO / "benchmarks").rglob("*.py"), RULES]
+    copies = [p.relative_to(REPO) for p in sources if _PROJECTION_UPDATE in _normal(p.read_text(encoding="utf-8"))]
+    assert copies == [], copies
+    # Its callers: the sweep, the receiver's transaction and its group statement.
+    for caller in ("reconciliation/sweep.py", "ingest/core.py", "ingest/grouped.py"):
+        assert "projector.project(conn, " in (PACKAGE / caller).read_text(encoding="utf-8"), caller
+
+
 def test_the_projection_rule_says_what_projector_documents() -> None:
-    projection = CANONICAL["projection"]
+    projection = _normal(queries.statement("project").text)
     assert f"bool_or(type IN ({', '.join(repr(t) for t in projector.TERMINAL_TYPES)}))" in projection
     for event_type, column in projector.SET_ONCE_COLUMNS.items():
         assert f"min(occurred_at) FILTER (WHERE type = '{event_type}') AS {column}" in projection

@@ -238,6 +238,39 @@ def test_sendgrid_batch_is_one_transaction(
     assert count_events(engine) == 3
 
 
+def test_a_batch_projects_by_the_rules_in_its_own_transaction(database_url: str, engine: Engine) -> None:
+    """The transaction path (store_webhook, then projector.lock and projector.project): one write per delivery,
+    the latest event wins, a tie keeps the first in the webhook's order, set-once times and terminal as D6 says."""
+    first = make_delivery(engine, tenant_id="t1", provider="sendgrid", message_id="m-a")
+    second = make_delivery(engine, tenant_id="t1", provider="sendgrid", message_id="m-b")
+    at = int(time.time()) - 60
+    elements = [
+        ("m-a", "open", at + 10),
+        ("m-a", "click", at + 10),  # tied with the open before it: the open stays
+        ("m-a", "delivered", at + 5),  # earlier: sets delivered_at and terminal, not the last event
+        ("m-b", "click", at + 10),
+        ("m-b", "open", at + 10),
+    ]
+    body = json.dumps(
+        [
+            {"event": kind, "timestamp": ts, "sg_event_id": f"ev-{i}", "sg_message_id": mid, "email": "a@b.example"}
+            for i, (mid, kind, ts) in enumerate(elements)
+        ]
+    ).encode()
+    result = ingest("sendgrid", body, {}, tenant_id="t1", database_url=database_url, verify=False)
+    assert (result["events"], result["linked"]) == (5, 5)
+    stamp = datetime.fromtimestamp(at, UTC)
+    a, b = delivery(engine, first), delivery(engine, second)
+    assert (a.last_event_type, a.last_event_at, a.delivered_at, a.terminal) == (
+        "opened", stamp + timedelta(seconds=10), stamp + timedelta(seconds=5), True
+    )  # fmt: skip
+    assert (b.last_event_type, b.terminal, b.delivered_at) == ("clicked", False, None)
+    assert (a.lock_version, b.lock_version) == (2, 2)  # one write each
+    # The same batch again: duplicates, nothing projected.
+    assert ingest("sendgrid", body, {}, tenant_id="t1", database_url=database_url, verify=False)["duplicates"] == 5
+    assert (delivery(engine, first).lock_version, delivery(engine, second).lock_version) == (2, 2)
+
+
 def test_mailgun_token_replay_refused(
     database_url: str, engine: Engine, keys: SampleKeys, settings: IngestSettings
 ) -> None:

@@ -1,7 +1,8 @@
 -- The receiver's statements: storing a webhook (mailglass_pipeline/ingest/core.py) and a group of
 -- one-event webhooks (ingest/grouped.py). Each block is the complete statement; "rule: <name>"
 -- marks a copy of a rule of mailglass_pipeline/sql/rules.sql; the lookup is the function
--- mailglass_reconciliation_delivery of migration 0007 (decision D28).
+-- mailglass_reconciliation_delivery of migration 0007 (decision D28). Neither projects: the caller
+-- runs the statement project (sql/deliveries.sql, projector.py) after it, in the same transaction.
 
 -- name: other_tenant_key
 -- The first of the ledger keys the insert skipped that another tenant holds, if any (the 409 answer).
@@ -12,13 +13,13 @@ ORDER BY idempotency_key
 LIMIT 1;
 
 -- name: store_webhook
--- The store inside the transaction, in ONE statement (one round trip): the raw records (rows, one
+-- The store inside the transaction (ingest/core.py), in ONE statement: the raw records (rows, one
 -- JSON document; see ledger.py), each event's delivery by the lookup rule, the idempotent ledger
--- insert, the projection of the events actually inserted (their deliveries locked in id order
--- first: proj_locked is an InitPlan that runs to completion before won yields a row) and the raw
--- provider events (webhooks, one row each, status failed for a malformed batch element, which has
--- no ledger row; webhook_events.py). The cross-tenant check cannot join
--- it: it must see what a concurrent insert committed while this statement waited on the key,
+-- insert and the raw provider events (webhooks, one row each, status failed for a malformed batch
+-- element, which has no ledger row; webhook_events.py). Its rows (id, delivery id, inserted, in the
+-- webhook's order) are what the caller then projects, in the same transaction: projector.lock and
+-- the statement project (sql/deliveries.sql), the rules' one home. The cross-tenant check cannot
+-- join it: it must see what a concurrent insert committed while this statement waited on the key,
 -- which a later statement's snapshot does (other_tenant_key, only when something was skipped).
 WITH found AS (
     SELECT
@@ -51,65 +52,6 @@ appended AS (
     RETURNING id
 ),
 
-linked AS (
-    SELECT
-        f.delivery_id,
-        f.type,
-        f.occurred_at,
-        f.ord
-    FROM found AS f INNER JOIN appended AS a ON f.id = a.id
-    WHERE f.delivery_id IS NOT NULL
-),
-
--- rule: lock_linked
-proj_locked AS MATERIALIZED (
-    SELECT d.id
-    FROM mailglass_deliveries AS d
-    WHERE d.id IN (SELECT linked.delivery_id FROM linked)
-    ORDER BY d.id
-    FOR NO KEY UPDATE OF d
-),
-
-won AS (
-    SELECT * FROM linked
-    WHERE (SELECT count(*) FROM proj_locked) >= 0
-),
--- end rule
-
--- rule: projection
-proj_agg AS (
-    SELECT
-        delivery_id,
-        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
-        max(occurred_at) AS latest_at,
-        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
-        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
-        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
-        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
-        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
-        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
-    FROM won
-    GROUP BY delivery_id
-),
-
-proj_upd AS (
-    UPDATE mailglass_deliveries AS d SET
-        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-        last_event_at = GREATEST(d.last_event_at, a.latest_at),
-        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
-        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
-        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
-        complained_at = COALESCE(d.complained_at, a.complained_at),
-        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
-        terminal = d.terminal OR a.terminal,
-        lock_version = d.lock_version + 1,
-        updated_at = now()
-    FROM proj_agg AS a
-    WHERE d.id = a.delivery_id
-    RETURNING d.id
-),
--- end rule
-
 webhook AS (
     INSERT INTO mailglass_webhook_events (
         id, tenant_id, provider, provider_event_id, event_type_raw, event_type_normalized, status,
@@ -135,12 +77,14 @@ FROM found AS f LEFT JOIN appended AS a ON f.id = a.id
 ORDER BY f.ord;
 
 -- name: store_webhooks_grouped
--- Several one-event webhooks in ONE autocommitted statement (ingest/grouped.py), each request all
--- or nothing: rows carries one ledger row per request (ord: its place in the group) with its
--- Mailgun token (token, digest; null for other providers); webhooks the raw records, each with
--- its request's ord, written only with that request's ledger event (stored). The group's deliveries
--- are locked first, without waiting (locked): a request whose delivery another transaction holds
--- stays out and comes back busy, so one locked row never holds up the group (ingest/grouped.py).
+-- Several one-event webhooks in ONE statement (ingest/grouped.py), each request all or nothing:
+-- rows carries one ledger row per request (ord: its place in the group) with its Mailgun token
+-- (token, digest; null for other providers); webhooks the raw records, each with its request's
+-- ord, written only with that request's ledger event (stored). The group's deliveries are locked
+-- first, without waiting (locked): a request whose delivery another transaction holds stays out and
+-- comes back busy, so one locked row never holds up the group (ingest/grouped.py). The rows it
+-- returns with a delivery are then projected (statement project) in the same transaction, under
+-- these locks, which the transaction holds until its commit.
 WITH found AS (
     SELECT
         r.id, r.tenant_id, lk.id AS delivery_id, r.type, r.occurred_at, r.idempotency_key, r.reject_reason,
@@ -200,55 +144,6 @@ appended AS (
 stored AS (
     SELECT f.* FROM ready AS f INNER JOIN appended AS a ON f.id = a.id
 ),
-
-linked AS (
-    SELECT
-        delivery_id,
-        type,
-        occurred_at,
-        ord
-    FROM stored
-    WHERE delivery_id IS NOT NULL
-),
-
--- Every delivery of linked is locked already (ready lets no held one through).
-won AS (
-    SELECT * FROM linked
-),
-
--- rule: projection
-proj_agg AS (
-    SELECT
-        delivery_id,
-        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
-        max(occurred_at) AS latest_at,
-        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
-        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
-        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
-        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
-        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
-        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
-    FROM won
-    GROUP BY delivery_id
-),
-
-proj_upd AS (
-    UPDATE mailglass_deliveries AS d SET
-        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-        last_event_at = GREATEST(d.last_event_at, a.latest_at),
-        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
-        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
-        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
-        complained_at = COALESCE(d.complained_at, a.complained_at),
-        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
-        terminal = d.terminal OR a.terminal,
-        lock_version = d.lock_version + 1,
-        updated_at = now()
-    FROM proj_agg AS a
-    WHERE d.id = a.delivery_id
-    RETURNING d.id
-),
--- end rule
 
 tok AS (
     INSERT INTO mailglass_webhook_tokens (provider, token, tenant_id, body_sha256)

@@ -2,9 +2,8 @@
 -- (mailglass_pipeline/reconciliation/sweep.py). A batch costs these statements whatever its size
 -- (decision D5). Each block is the complete statement PostgreSQL receives. The shared rules it
 -- calls (mailglass_reconciliation_due, _pick, _delivery, ...) are functions of migration 0007 that
--- the planner inlines (decision D28); the lines between "rule: <name>" and "end rule" are a copy of
--- a data-modifying rule whose one home is mailglass_pipeline/sql/rules.sql (compared by
--- tests/core/test_reconcile_sql.py).
+-- the planner inlines (decision D28). The projection onto the deliveries is the statement project
+-- of mailglass_pipeline/sql/deliveries.sql (projector.project), run after write (decision D30).
 
 -- name: set_timeouts
 -- The transaction's timeouts, and one plan per execution: psycopg prepares a statement after 5
@@ -160,8 +159,8 @@ ORDER BY p.tenant_id, p.cls, p.k1, p.k2, p.event_id;
 -- name: write
 -- The write step of a sweep as ONE statement (data-modifying CTEs), so a batch costs one round
 -- trip to write whatever its size. Its input is the linked batch as one JSON document (rows). It
--- locks no delivery: the projection onto the deliveries is the statement "project", run last
--- before the commit (decision D30), and won_rows is its input.
+-- locks no delivery: the projection onto the deliveries is the statement "project" (projector.py),
+-- run last before the commit (decision D30), and won_rows is its input.
 --   batch      that document (orphan id, delivery id, provider, provider event id, malformed, pos);
 --   matched    the linked orphans with type, times and tenant read from their own ledger rows
 --              (append-only, so exactly what find read);
@@ -305,7 +304,12 @@ newly_stale AS (
 
 SELECT
     ARRAY(SELECT id FROM won) AS won,
-    (SELECT COALESCE(json_agg(json_build_object('id', id, 'delivery_id', delivery_id, 'ord', ord)), '[]') FROM won) AS won_rows,
+    (
+        SELECT COALESCE(json_agg(json_build_object(
+            'delivery_id', delivery_id, 'type', type, 'occurred_at', occurred_at, 'ord', ord
+        )), '[]')
+        FROM won
+    ) AS won_rows,
     -- The queue rows of the won orphans are removed by the ledger trigger at the end of this
     -- statement; the statement's snapshot still sees them.
     (
@@ -364,55 +368,3 @@ SELECT
     (SELECT count(*) FROM due) AS due_remaining,
     (SELECT EXTRACT(EPOCH FROM now() - min(due_since)) FROM due) AS oldest_due_age,
     (SELECT EXTRACT(EPOCH FROM max(waited)) FROM linkable) AS pending_lag;
-
--- name: project
--- The projection rules from projector.py (decision D6) over the orphans the write statement won
--- (won_rows: orphan id, delivery id, ord), their type and time read from their own ledger rows.
--- The sweep runs it last before the commit, after projector.lock locked these deliveries in id
--- order: a delivery a sweep links is locked for this statement and the commit only, not for the
--- whole sweep, so a Mailglass write of that delivery waits milliseconds at most (decision D30).
-WITH won AS (
-    SELECT
-        w.delivery_id,
-        e.type,
-        e.occurred_at,
-        w.ord
-    FROM json_to_recordset(CAST(:won AS json)) AS w (id uuid, delivery_id uuid, ord bigint)
-    INNER JOIN mailglass_events AS e ON w.id = e.id
-),
-
--- rule: projection
-proj_agg AS (
-    SELECT
-        delivery_id,
-        (array_agg(type ORDER BY occurred_at DESC, ord ASC))[1] AS latest_type,
-        max(occurred_at) AS latest_at,
-        min(occurred_at) FILTER (WHERE type = 'dispatched') AS dispatched_at,
-        min(occurred_at) FILTER (WHERE type = 'delivered') AS delivered_at,
-        min(occurred_at) FILTER (WHERE type = 'bounced') AS bounced_at,
-        min(occurred_at) FILTER (WHERE type = 'complained') AS complained_at,
-        min(occurred_at) FILTER (WHERE type = 'suppressed') AS suppressed_at,
-        bool_or(type IN ('delivered', 'bounced', 'complained', 'rejected', 'failed', 'suppressed')) AS terminal
-    FROM won
-    GROUP BY delivery_id
-),
-
-proj_upd AS (
-    UPDATE mailglass_deliveries AS d SET
-        last_event_type = CASE WHEN a.latest_at > d.last_event_at THEN a.latest_type ELSE d.last_event_type END,
-        last_event_at = GREATEST(d.last_event_at, a.latest_at),
-        dispatched_at = COALESCE(d.dispatched_at, a.dispatched_at),
-        delivered_at = COALESCE(d.delivered_at, a.delivered_at),
-        bounced_at = COALESCE(d.bounced_at, a.bounced_at),
-        complained_at = COALESCE(d.complained_at, a.complained_at),
-        suppressed_at = COALESCE(d.suppressed_at, a.suppressed_at),
-        terminal = d.terminal OR a.terminal,
-        lock_version = d.lock_version + 1,
-        updated_at = now()
-    FROM proj_agg AS a
-    WHERE d.id = a.delivery_id
-    RETURNING d.id
-)
--- end rule
-
-SELECT count(*) AS projected FROM proj_upd;
