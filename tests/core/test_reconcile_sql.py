@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -127,15 +125,6 @@ def test_no_bind_parameter_in_a_comment() -> None:
         for line in clause.text.splitlines():
             comment = line.split("--", 1)[1] if "--" in line else ""
             assert not re.search(r"(?<![:\w]):\w", comment), (name, line)
-
-
-@pytest.mark.process
-def test_sqlfluff_lints_the_sql_files() -> None:
-    """The command CI runs (postgres dialect, the repository's .sqlfluff): every statement parses and lints whole."""
-    paths = [str(path.relative_to(REPO)) for path in SQL_FILES]
-    done = subprocess.run([sys.executable, "-m", "sqlfluff", "lint", *paths], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "PRS" not in done.stdout
 
 
 def test_every_copy_of_a_rule_equals_its_one_home() -> None:
