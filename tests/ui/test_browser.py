@@ -174,24 +174,30 @@ def readme_screenshot(driver: Any, url: str, name: str) -> None:
     driver.save_screenshot(str(REPO / "docs" / name))
 
 
-def test_asset_page_materialize_backfill_and_launchpad(
-    dev_server, browser, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+def use_dev_instance(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Any:
+    """The Dagster instance `mailglass dev` uses, read from this process: its DAGSTER_HOME and MAILGLASS_HOME,
+    and the storage URL it exported to its children, resolved as it did (it was started without any other
+    MAILGLASS_* variable, whatever this process has). monkeypatch undoes all of it after the test."""
+    from dagster import DagsterInstance
 
     from mailglass_pipeline import db
     from mailglass_pipeline.dagster_devtools.dev import resolve_dagster_storage_url
 
-    port, env = dev_server
-    base = f"http://127.0.0.1:{port}"
-    # This process reads the same instance as `mailglass dev`: its DAGSTER_HOME, and the storage URL it
-    # exported to its children, resolved the same way (monkeypatch undoes all three after the test).
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     monkeypatch.setenv("MAILGLASS_HOME", env["MAILGLASS_HOME"])
-    # `mailglass dev` was started without any MAILGLASS_* variable: resolve as it did, whatever this process has.
-    monkeypatch.delenv("MAILGLASS_DAGSTER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MAILGLASS_DATABASE_URL", raising=False)
     monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", resolve_dagster_storage_url(db.embedded_server_url()))
-    instance = DagsterInstance.get()
+    return DagsterInstance.get()
+
+
+def test_asset_page_materialize_backfill_and_launchpad(
+    dev_server, browser, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dagster import AssetKey, DagsterRunStatus
+
+    port, env = dev_server
+    base = f"http://127.0.0.1:{port}"
+    instance = use_dev_instance(monkeypatch, env)
     wait_for(lambda: len(instance.get_dynamic_partitions("tenants")) == 3, "the sensor added no partitions")
 
     # 1. Asset page -> Materialize -> one partition -> Launch 1 run.

@@ -33,6 +33,7 @@ from tests.ui.test_browser import (
     dev_after,
     open_page,
     readme_screenshot,
+    use_dev_instance,
     wait_for,
 )
 
@@ -136,22 +137,16 @@ def test_check_status_and_lag_after_the_quick_start_and_a_scheduled_sweep(
     browser,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
     from mailglass_pipeline import db
-    from mailglass_pipeline.dagster_devtools.dev import resolve_dagster_storage_url
     from mailglass_pipeline.defs.scheduled_sweep.sensors import LAG_CHECK_JOB_NAME
     from tests.factories import fetch
 
     port, env = quick_start_then_late_orphan
     base = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
-    monkeypatch.setenv("MAILGLASS_HOME", env["MAILGLASS_HOME"])
-    monkeypatch.delenv("MAILGLASS_DATABASE_URL", raising=False)
-    monkeypatch.delenv("MAILGLASS_DAGSTER_DATABASE_URL", raising=False)
+    instance = use_dev_instance(monkeypatch, env)
     app_url = db.embedded_server_url()
-    monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", resolve_dagster_storage_url(app_url))
-    instance = DagsterInstance.get()
     tenants = ["acme", "globex", "initech"]
 
     # The README: the asset page's latest materialization is the last tenant the quick start ran.
