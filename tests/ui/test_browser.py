@@ -186,6 +186,7 @@ def use_dev_instance(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> An
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     monkeypatch.setenv("MAILGLASS_HOME", env["MAILGLASS_HOME"])
     monkeypatch.delenv("MAILGLASS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MAILGLASS_DAGSTER_DATABASE_URL", raising=False)  # before resolving: it reads this first
     monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", resolve_dagster_storage_url(db.embedded_server_url()))
     return DagsterInstance.get()
 
