@@ -48,13 +48,24 @@ def test_materialize_refuses_an_unfit_explicit_tenant(database_url):
 
 
 @pytest.fixture
+def exported_environment():
+    """prepare_dev_environment exports its URLs and DAGSTER_HOME into os.environ, as the `mailglass dev`
+    process needs; in this process they would outlive the test (monkeypatch.delenv of an unset name
+    undoes nothing) and point later tests at a dropped database: restored here."""
+    saved = os.environ.copy()
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
 def project(tmp_path):
     for name in ("workspace.yaml", "dagster.yaml"):
         shutil.copyfile(REPO / name, tmp_path / name)
     return tmp_path
 
 
-def test_dev_environment_with_explicit_urls(project, database_url, monkeypatch):
+def test_dev_environment_with_explicit_urls(project, database_url, monkeypatch, exported_environment):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setenv("MAILGLASS_DATABASE_URL", database_url)
     monkeypatch.setenv("MAILGLASS_DAGSTER_DATABASE_URL", "postgresql://dagster:secret@db.example/dagster")
@@ -69,7 +80,7 @@ def test_dev_environment_with_explicit_urls(project, database_url, monkeypatch):
 
 
 def test_dev_creates_a_dagster_database_beside_the_app_database(
-    project, database_url, admin_engine, monkeypatch, capsys
+    project, database_url, admin_engine, monkeypatch, capsys, exported_environment
 ):
     name = f"mg_dagster_{uuid.uuid4().hex[:10]}"
     monkeypatch.setattr(dev, "DAGSTER_DATABASE", name)
