@@ -14,7 +14,7 @@ reports the reconciler's distance from it.
 
 The find statement and the backoff expression are the reconciler's own
 (read from the SQL registry, ``mailglass_pipeline.queries``), and so are the
-projection (``projector.lock`` and ``projector.project``, its one home) and the
+projection (``projector.project``, its one home, with its lock) and the
 notification (its function), so both do exactly the same work.
 """
 
@@ -96,7 +96,6 @@ def _run(engine: Engine, tenant_id: str | None, config: SweepConfig) -> tuple[in
         params = {**find_params(tenant_id, config, link=True), **BACKOFF_PARAMS}
         row = conn.execute(SWEEP_BATCH[tenant_id is not None], params).one()
         # The projection: the sweep's own two statements (its one home, projector.py), as the sweep runs them.
-        projector.lock(conn, (w["delivery_id"] for w in row.won_rows))
         projector.project(conn, row.won_rows)
     return int(row.scanned), int(row.linked)
 

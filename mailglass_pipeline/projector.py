@@ -84,18 +84,22 @@ def lock(conn: Connection, delivery_ids: Iterable[uuid.UUID]) -> None:
 _PROJECT = RawStatement.of(statement("project"))
 
 
-def project(conn: Connection, won: Sequence[Mapping[str, Any]]) -> None:
-    """Apply the projection rules to the deliveries of the ledger events ``won``, inside the caller's transaction.
+def project(conn: Connection, won: Sequence[Mapping[str, Any]], *, locked: bool = False) -> None:
+    """Lock the deliveries of the ledger events ``won`` (:func:`lock`), then apply the projection rules to them,
+    inside the caller's transaction.
 
     ``won``: one mapping per event as it was appended: ``delivery_id``, ``type``, ``occurred_at`` (for the
     sweep, the type and time of the orphan it linked) and ``ord`` (its place in the batch, which breaks a
     tie of ``occurred_at``). Nothing is read from the ledger: the receiver's role may read only a few of
-    its columns (``sql/grants_receiver.sql``). The deliveries must be locked by this transaction already
-    (:func:`lock`). Returns nothing, so in a pipeline (:func:`.db.pipelined_transaction`) it goes out
-    with the COMMIT instead of waiting alone; no statement at all for an empty ``won``.
+    its columns (``sql/grants_receiver.sql``). ``locked``: this transaction holds those deliveries already
+    (the group statement's own ``SKIP LOCKED`` lock), so no lock statement. Returns nothing, so in a
+    pipeline (:func:`.db.pipelined_transaction`) it goes out with the COMMIT instead of waiting alone; no
+    statement at all for an empty ``won``.
     """
     if not won:
         return
+    if not locked:
+        lock(conn, (w["delivery_id"] for w in won))
     rows = [{k: w[k] for k in ("delivery_id", "type", "occurred_at", "ord")} for w in won]
     document = json.dumps(rows, default=str, separators=(",", ":"))
     with driver_cursor(conn) as cursor:

@@ -21,8 +21,8 @@ stored entirely or not at all:
    ``mailglass_webhook_events`` (a SendGrid batch: one row per element;
    ``webhook_events``);
 3. fold the events actually inserted (never duplicates) into their
-   deliveries' projections: :func:`.projector.lock` then
-   :func:`.projector.project`, the rules' one home, which the sweep runs too
+   deliveries' projections: :func:`.projector.project` (its
+   lock in id order, then the rules' one home), which the sweep runs too
    (decision D6); no round trip when no inserted event has a delivery;
 4. if the ledger skipped a key, refuse it when another tenant holds it (409).
 
@@ -181,7 +181,6 @@ def store(
         for row, result in zip(rows, results, strict=True)
         if result[3] and result[1] is not None
     ]
-    projector.lock(conn, (w["delivery_id"] for w in won))
     projector.project(conn, won)
     skipped = {result[0] for result in results if not result[3]}
     refuse_cross_tenant(conn, [row["idempotency_key"] for row in rows if row["id"] in skipped], tenant_id)

@@ -36,7 +36,7 @@ and come back :data:`BUSY`, to be tried again by themselves a little later
 ``Retry-After``). ``NO KEY``: the projection's UPDATE needs no more, and
 the key-share locks of concurrent inserts that reference the delivery do not
 conflict with it. The transaction holds these locks until its commit, so the
-projection after the statement takes no other lock (no :func:`.projector.lock`).
+projection after the statement takes no other lock (``locked=True``).
 """
 
 from __future__ import annotations
@@ -163,12 +163,12 @@ def _store(engine: Engine, params: dict[str, Any], rows: dict[int, dict[str, Any
     """
     with connect(engine) as conn, driver_cursor(conn) as cursor, pipelined_transaction(conn):
         results = cursor.execute(_STORE_GROUP.text, _STORE_GROUP.values(params)).fetchall()
-        # No projector.lock: the statement locked every stored row's delivery itself (FOR NO KEY UPDATE
+        # locked=True: the statement locked every stored row's delivery itself (FOR NO KEY UPDATE
         # SKIP LOCKED, in id order), and this transaction holds those locks until its commit.
         stored = [
             {"delivery_id": r[2], "type": rows[r[0]]["type"], "occurred_at": rows[r[0]]["occurred_at"], "ord": r[0]}
             for r in results
             if not r[4] and r[2] is not None
         ]
-        projector.project(conn, stored)
+        projector.project(conn, stored, locked=True)
     return results

@@ -232,9 +232,7 @@ def _write(conn: Connection, linked: pd.DataFrame, tenant_id: str | None, config
             "run_started": None,
         },
     ).one()
-    if row.won_rows:
-        projector.lock(conn, (w["delivery_id"] for w in row.won_rows))
-        projector.project(conn, row.won_rows)
+    projector.project(conn, row.won_rows)  # locks the won deliveries in id order, then projects
     result = _summarize(linked, {str(i) for i in row.won}, after, tenant_id, newly_stale)
     lags = [float(v) for v in (row.linked_lag, after.pending_lag) if v is not None]
     result.lag_seconds = max(lags) if lags else None

@@ -239,7 +239,7 @@ def test_sendgrid_batch_is_one_transaction(
 
 
 def test_a_batch_projects_by_the_rules_in_its_own_transaction(database_url: str, engine: Engine) -> None:
-    """The transaction path (store_webhook, then projector.lock and projector.project): one write per delivery,
+    """The transaction path (store_webhook, then projector.project: lock, then projection): one write per delivery,
     the latest event wins, a tie keeps the first in the webhook's order, set-once times and terminal as D6 says."""
     first = make_delivery(engine, tenant_id="t1", provider="sendgrid", message_id="m-a")
     second = make_delivery(engine, tenant_id="t1", provider="sendgrid", message_id="m-b")

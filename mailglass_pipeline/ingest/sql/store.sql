@@ -17,8 +17,8 @@ LIMIT 1;
 -- JSON document; see ledger.py), each event's delivery by the lookup rule, the idempotent ledger
 -- insert and the raw provider events (webhooks, one row each, status failed for a malformed batch
 -- element, which has no ledger row; webhook_events.py). Its rows (id, delivery id, inserted, in the
--- webhook's order) are what the caller then projects, in the same transaction: projector.lock and
--- the statement project (sql/deliveries.sql), the rules' one home. The cross-tenant check cannot
+-- webhook's order) are what the caller then projects, in the same transaction: projector.project
+-- (its lock, then the statement project in sql/deliveries.sql), the rules' one home. The cross-tenant check cannot
 -- join it: it must see what a concurrent insert committed while this statement waited on the key,
 -- which a later statement's snapshot does (other_tenant_key, only when something was skipped).
 WITH found AS (
